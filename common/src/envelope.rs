@@ -1,0 +1,295 @@
+//! The task envelope: a task's identity and metadata, and how it maps to AMQP properties and
+//! headers. The body of the message is the encoded payload and is not part of the envelope.
+
+use crate::{headers, Codec, CodecError};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::BasicProperties;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A task's id: unique, chosen by the producer (a UUIDv7 unless the caller gives one).
+pub type TaskId = String;
+
+/// Schema version written when the producer does not choose one.
+pub const DEFAULT_SCHEMA_VERSION: u32 = 1;
+
+/// AMQP short strings (`type`, `message_id`) are at most 255 bytes.
+const MAX_SHORT_STRING: usize = 255;
+
+/// Persistent delivery mode: the broker writes the message to disk.
+const PERSISTENT: u8 = 2;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A message that is not a valid Warren task.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    /// A property the contract requires is absent or empty.
+    #[error("missing required property `{0}`")]
+    MissingProperty(&'static str),
+    /// A header has a type or value the contract does not allow.
+    #[error("header `{name}` is invalid: {problem}")]
+    InvalidHeader {
+        /// The header's name.
+        name: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A property is longer than AMQP allows.
+    #[error("`{name}` is {len} bytes long; AMQP allows at most 255")]
+    TooLong {
+        /// The property's name.
+        name: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The content type names no known codec.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// A task's identity and metadata, as carried by AMQP properties and Warren headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The task id (`message_id`).
+    pub id: TaskId,
+    /// The task name (`type`), which selects the handler.
+    pub task: String,
+    /// The payload's codec (`content_type`).
+    pub codec: Codec,
+    /// Attempt number of this delivery, starting at 1.
+    pub attempt: u32,
+    /// Creation time in milliseconds since the epoch, if the producer wrote it.
+    pub created_ms: Option<u64>,
+    /// The payload's schema version.
+    pub schema_version: u32,
+    /// Per-task override of the maximum number of attempts.
+    pub max_attempts: Option<u32>,
+    /// Per-task override of the handler timeout, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Time after which the task must not run, in milliseconds since the epoch.
+    pub expires_ms: Option<u64>,
+    /// W3C trace context of the publisher.
+    pub traceparent: Option<String>,
+}
+
+impl Envelope {
+    /// A new task with a fresh time-ordered id, attempt 1, created now.
+    pub fn new(task: impl Into<String>, codec: Codec) -> Self {
+        Envelope {
+            id: uuid::Uuid::now_v7().to_string(),
+            task: task.into(),
+            codec,
+            attempt: 1,
+            created_ms: Some(now_ms()),
+            schema_version: DEFAULT_SCHEMA_VERSION,
+            max_attempts: None,
+            timeout_ms: None,
+            expires_ms: None,
+            traceparent: None,
+        }
+    }
+
+    /// Checks what AMQP would otherwise refuse (or lapin panic on) before publishing.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        check_short("type", &self.task)?;
+        check_short("message_id", &self.id)?;
+        if self.task.is_empty() {
+            return Err(EnvelopeError::MissingProperty("type"));
+        }
+        if self.id.is_empty() {
+            return Err(EnvelopeError::MissingProperty("message_id"));
+        }
+        Ok(())
+    }
+
+    /// The AMQP properties of a persistent message carrying this task. Call
+    /// [`validate`](Self::validate) first: lapin panics on over-long short strings.
+    pub fn to_properties(&self) -> BasicProperties {
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type(ShortString::from(self.codec.content_type()))
+            .with_type(ShortString::from(self.task.as_str()))
+            .with_message_id(ShortString::from(self.id.as_str()));
+        if let Some(created) = self.created_ms {
+            props = props.with_timestamp(created / 1000);
+        }
+        props.with_headers(self.write_headers(FieldTable::default()))
+    }
+
+    /// Writes Warren's headers into `table`, keeping any others it holds.
+    pub fn write_headers(&self, mut table: FieldTable) -> FieldTable {
+        table.insert(headers::ATTEMPT.into(), int_value(self.attempt.into()));
+        table.insert(headers::SCHEMA_VERSION.into(), int_value(self.schema_version.into()));
+        let optional = [
+            (headers::CREATED_MS, self.created_ms),
+            (headers::MAX_ATTEMPTS, self.max_attempts.map(u64::from)),
+            (headers::TIMEOUT_MS, self.timeout_ms),
+            (headers::EXPIRES_MS, self.expires_ms),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                table.insert(name.into(), int_value(value));
+            }
+        }
+        if let Some(tp) = &self.traceparent {
+            table.insert(headers::TRACEPARENT.into(), text_value(tp));
+        }
+        table
+    }
+
+    /// Reads a task from a received message's properties.
+    pub fn from_properties(props: &BasicProperties) -> Result<Self, EnvelopeError> {
+        let task = non_empty(props.kind(), "type")?;
+        let id = non_empty(props.message_id(), "message_id")?;
+        let codec = Codec::from_content_type(props.content_type().as_ref().map(|s| s.as_str()))?;
+        let empty = FieldTable::default();
+        let table = props.headers().as_ref().unwrap_or(&empty);
+        let attempt = header_u64(table, headers::ATTEMPT)?.unwrap_or(1).max(1);
+        let schema = header_u64(table, headers::SCHEMA_VERSION)?;
+        Ok(Envelope {
+            id,
+            task,
+            codec,
+            attempt: saturate(attempt),
+            created_ms: header_u64(table, headers::CREATED_MS)?,
+            schema_version: schema.map(saturate).unwrap_or(DEFAULT_SCHEMA_VERSION),
+            max_attempts: header_u64(table, headers::MAX_ATTEMPTS)?.map(saturate),
+            timeout_ms: header_u64(table, headers::TIMEOUT_MS)?,
+            expires_ms: header_u64(table, headers::EXPIRES_MS)?,
+            traceparent: header_string(table, headers::TRACEPARENT),
+        })
+    }
+}
+
+fn saturate(v: u64) -> u32 {
+    u32::try_from(v).unwrap_or(u32::MAX)
+}
+
+fn check_short(name: &'static str, value: &str) -> Result<(), EnvelopeError> {
+    if value.len() > MAX_SHORT_STRING {
+        return Err(EnvelopeError::TooLong { name, len: value.len() });
+    }
+    Ok(())
+}
+
+fn non_empty(value: &Option<ShortString>, name: &'static str) -> Result<String, EnvelopeError> {
+    match value {
+        Some(v) if !v.as_str().is_empty() => Ok(v.as_str().to_owned()),
+        _ => Err(EnvelopeError::MissingProperty(name)),
+    }
+}
+
+/// An integer header value. Always a signed 64-bit integer: the broker and every client
+/// library read it, and lapin would turn a plain `u64` into a timestamp.
+pub fn int_value(value: u64) -> AMQPValue {
+    AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+/// A string header value. Always a long string: RabbitMQ refuses short strings in tables.
+pub fn text_value(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// Reads an unsigned integer header written in any integer width (clients such as pika
+/// choose the width by the value), or as a decimal string.
+pub fn header_u64(table: &FieldTable, name: &'static str) -> Result<Option<u64>, EnvelopeError> {
+    let Some(value) = table.inner().get(name) else {
+        return Ok(None);
+    };
+    let invalid = |problem: String| EnvelopeError::InvalidHeader { name, problem };
+    let signed: i128 = match value {
+        AMQPValue::ShortShortInt(v) => (*v).into(),
+        AMQPValue::ShortShortUInt(v) => (*v).into(),
+        AMQPValue::ShortInt(v) => (*v).into(),
+        AMQPValue::ShortUInt(v) => (*v).into(),
+        AMQPValue::LongInt(v) => (*v).into(),
+        AMQPValue::LongUInt(v) => (*v).into(),
+        AMQPValue::LongLongInt(v) => (*v).into(),
+        AMQPValue::Timestamp(v) => (*v).into(),
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse::<i128>().ok())
+            .ok_or_else(|| invalid(format!("{s:?} is not an integer")))?,
+        AMQPValue::Void => return Ok(None),
+        other => return Err(invalid(format!("expected an integer, found {other:?}"))),
+    };
+    u64::try_from(signed).map(Some).map_err(|_| invalid(format!("{signed} is negative")))
+}
+
+/// Reads a string header (long or short string), if present.
+pub fn header_string(table: &FieldTable, name: &str) -> Option<String> {
+    match table.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_round_trip() {
+        let mut env = Envelope::new("demo.echo", Codec::Json);
+        env.attempt = 3;
+        env.max_attempts = Some(7);
+        env.expires_ms = Some(123_456);
+        env.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        let props = env.to_properties();
+        assert_eq!(props.delivery_mode(), &Some(2));
+        assert_eq!(Envelope::from_properties(&props).unwrap(), env);
+    }
+
+    #[test]
+    fn integer_headers_are_read_in_any_width() {
+        let mut table = FieldTable::default();
+        for (value, expected) in [
+            (AMQPValue::ShortShortUInt(2), 2),
+            (AMQPValue::ShortInt(300), 300),
+            (AMQPValue::LongInt(70_000), 70_000),
+            (AMQPValue::LongUInt(4_000_000_000), 4_000_000_000),
+            (AMQPValue::LongLongInt(1_700_000_000_000), 1_700_000_000_000),
+            (AMQPValue::LongString("12".into()), 12),
+        ] {
+            table.insert(headers::ATTEMPT.into(), value);
+            assert_eq!(header_u64(&table, headers::ATTEMPT).unwrap(), Some(expected));
+        }
+        table.insert(headers::ATTEMPT.into(), AMQPValue::LongInt(-1));
+        assert!(header_u64(&table, headers::ATTEMPT).is_err());
+        table.insert(headers::ATTEMPT.into(), AMQPValue::Boolean(true));
+        assert!(header_u64(&table, headers::ATTEMPT).is_err());
+    }
+
+    #[test]
+    fn missing_properties_are_named() {
+        let props = BasicProperties::default().with_type("demo.noop".into());
+        let err = Envelope::from_properties(&props).unwrap_err();
+        assert!(matches!(err, EnvelopeError::MissingProperty("message_id")), "{err}");
+        let props = BasicProperties::default().with_message_id("id".into());
+        let err = Envelope::from_properties(&props).unwrap_err();
+        assert!(matches!(err, EnvelopeError::MissingProperty("type")), "{err}");
+    }
+
+    #[test]
+    fn defaults_apply_to_a_minimal_message() {
+        let props = BasicProperties::default()
+            .with_type("demo.noop".into())
+            .with_message_id("abc".into());
+        let env = Envelope::from_properties(&props).unwrap();
+        assert_eq!((env.attempt, env.codec, env.schema_version), (1, Codec::Json, 1));
+        assert_eq!(env.created_ms, None);
+    }
+
+    #[test]
+    fn over_long_names_are_refused_before_lapin_sees_them() {
+        let env = Envelope::new("x".repeat(300), Codec::Json);
+        assert!(matches!(env.validate(), Err(EnvelopeError::TooLong { name: "type", len: 300 })));
+    }
+}

@@ -1,0 +1,39 @@
+//! Names of the AMQP headers Warren reads and writes. These strings are the wire contract:
+//! changing one breaks every producer written in another language.
+
+/// Attempt number of this delivery of the task, starting at 1 (integer, any width).
+pub const ATTEMPT: &str = "x-warren-attempt";
+/// Creation time of the task in milliseconds since the Unix epoch (integer).
+pub const CREATED_MS: &str = "x-warren-created-ms";
+/// Version of the payload's schema, chosen by the task's author (integer, default 1).
+pub const SCHEMA_VERSION: &str = "x-warren-schema";
+/// Per-task override of the maximum number of attempts (integer, optional).
+pub const MAX_ATTEMPTS: &str = "x-warren-max-attempts";
+/// Per-task override of the handler timeout in milliseconds (integer, optional).
+pub const TIMEOUT_MS: &str = "x-warren-timeout-ms";
+/// Time after which the task must not run, in milliseconds since the epoch (integer, optional).
+pub const EXPIRES_MS: &str = "x-warren-expires-ms";
+/// W3C trace context of the publisher (string, optional).
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Why the task was dead-lettered: the error text, truncated.
+pub const DEAD_REASON: &str = "x-warren-dead-reason";
+/// The kind of reason, one of a fixed set (see the worker's `ReasonKind`).
+pub const DEAD_KIND: &str = "x-warren-dead-kind";
+/// Number of attempts made before the task was dead-lettered.
+pub const DEAD_ATTEMPTS: &str = "x-warren-dead-attempts";
+/// Time of the first failure, milliseconds since the epoch.
+pub const FIRST_FAILURE_MS: &str = "x-warren-first-failure-ms";
+/// Time of the last failure (the one that dead-lettered it), milliseconds since the epoch.
+pub const LAST_FAILURE_MS: &str = "x-warren-last-failure-ms";
+/// Queue the task was consumed from.
+pub const ORIGINAL_QUEUE: &str = "x-warren-original-queue";
+/// Routing key the task was published with.
+pub const ORIGINAL_ROUTING_KEY: &str = "x-warren-original-routing-key";
+/// Identity of the worker that gave up on the task.
+pub const DEAD_WORKER: &str = "x-warren-dead-worker";
+
+/// Redelivery count maintained by quorum queues (not written by Warren).
+pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
+/// Broker-maintained dead-lettering history (read for display only, never for counting).
+pub const X_DEATH: &str = "x-death";

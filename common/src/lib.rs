@@ -1,0 +1,27 @@
+//! Everything Warren's producers and workers share: the wire contract (how a task maps to an
+//! AMQP message), the payload codecs, the queue topology, connecting with backoff, and the
+//! telemetry and shutdown plumbing every process needs.
+//!
+//! The wire contract is written down for other languages in `docs/wire-format.md`; the
+//! constants in [`headers`] and the functions of [`Envelope`] are its single implementation.
+
+mod amqp;
+mod codec;
+mod envelope;
+pub mod headers;
+mod shutdown;
+mod telemetry;
+mod topology;
+
+pub use amqp::{connect, AmqpArgs, AmqpUrl, ConnectError};
+pub use codec::{Codec, CodecError};
+pub use envelope::{
+    header_string, header_u64, int_value, now_ms, text_value, Envelope, EnvelopeError, TaskId,
+    DEFAULT_SCHEMA_VERSION,
+};
+pub use shutdown::{shutdown_signal, Shutdown};
+pub use telemetry::{init_tracing, LogFormat};
+pub use topology::{
+    dead_letter_queue_name, QueueKind, QueueSpec, QueueState, Topology, TopologyError,
+    DEFAULT_EXCHANGE,
+};

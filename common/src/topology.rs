@@ -1,0 +1,265 @@
+//! Queue topology: the durable direct exchange tasks are published to, each work queue, and
+//! the dead-letter queue beside it. Workers and producers declare through this one module, so
+//! they can never disagree about a queue's arguments.
+
+use crate::envelope::{int_value, text_value};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Connection, ExchangeKind};
+
+/// Name of the exchange tasks are published to unless configured otherwise.
+pub const DEFAULT_EXCHANGE: &str = "warren";
+
+/// Suffix of a work queue's dead-letter queue.
+const DEAD_LETTER_SUFFIX: &str = ".dead";
+
+/// Redeliveries after which a quorum queue dead-letters a message by itself. A backstop only:
+/// the worker's own crash budget is far lower and dead-letters with Warren's headers.
+pub const BROKER_DELIVERY_LIMIT: u64 = 50;
+
+/// The dead-letter queue of a work queue.
+pub fn dead_letter_queue_name(queue: &str) -> String {
+    format!("{queue}{DEAD_LETTER_SUFFIX}")
+}
+
+/// The RabbitMQ queue type of a work queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueKind {
+    /// Replicated, durable, with a redelivery count: the default.
+    #[default]
+    Quorum,
+    /// A classic durable queue (needed for priorities).
+    Classic,
+}
+
+impl QueueKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            QueueKind::Quorum => "quorum",
+            QueueKind::Classic => "classic",
+        }
+    }
+}
+
+/// What a work queue looks like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    /// Queue name, also the routing key tasks are published with.
+    pub name: String,
+    /// Queue type.
+    pub kind: QueueKind,
+}
+
+impl QueueSpec {
+    /// A work queue of the given kind.
+    pub fn new(name: impl Into<String>, kind: QueueKind) -> Self {
+        QueueSpec { name: name.into(), kind }
+    }
+
+    fn work_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text_value(self.kind.as_str()));
+        // Whatever the broker dead-letters by itself (a quorum queue's delivery limit) lands
+        // in the same dead-letter queue as the worker's dead letters.
+        args.insert("x-dead-letter-exchange".into(), text_value(""));
+        let dlq = dead_letter_queue_name(&self.name);
+        args.insert("x-dead-letter-routing-key".into(), text_value(&dlq));
+        if self.kind == QueueKind::Quorum {
+            args.insert("x-delivery-limit".into(), int_value(BROKER_DELIVERY_LIMIT));
+        }
+        args
+    }
+
+    fn dead_letter_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), text_value(self.kind.as_str()));
+        args
+    }
+
+    fn validate(&self) -> Result<(), TopologyError> {
+        let dlq = dead_letter_queue_name(&self.name);
+        let problem = if self.name.is_empty() {
+            Some("a queue name must not be empty")
+        } else if dlq.len() > 255 {
+            Some("a queue name must leave room for the `.dead` suffix within 255 bytes")
+        } else if self.name.starts_with("amq.") {
+            Some("names starting with `amq.` are reserved by the broker")
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(TopologyError::InvalidName { queue: self.name.clone(), problem }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The broker's view of a queue, from a passive declare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueState {
+    /// Messages ready for delivery (never counts delivered-but-unacked ones).
+    pub ready: u32,
+    /// Consumers subscribed to the queue.
+    pub consumers: u32,
+}
+
+/// A topology that could not be declared.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The queue exists with other arguments. Declaring again will not help: the queue must
+    /// be deleted (losing its messages) or Warren configured to match it.
+    #[error(
+        "queue `{queue}` already exists with a different `{setting}`; \
+         delete it or configure Warren to match it (broker said: {detail})"
+    )]
+    Mismatch {
+        /// The queue (or exchange) declared.
+        queue: String,
+        /// The argument that differs, as the broker names it.
+        setting: String,
+        /// The broker's message.
+        detail: String,
+    },
+    /// The queue does not exist (from a passive declare).
+    #[error("queue `{0}` does not exist")]
+    NotFound(String),
+    /// The queue name cannot be used.
+    #[error("invalid queue name `{queue}`: {problem}")]
+    InvalidName {
+        /// The name given.
+        queue: String,
+        /// Why it cannot be used.
+        problem: &'static str,
+    },
+    /// Any other broker or connection error.
+    #[error("declaring `{queue}` failed: {source}")]
+    Broker {
+        /// The queue or exchange being declared.
+        queue: String,
+        /// The error.
+        source: lapin::Error,
+    },
+}
+
+impl TopologyError {
+    /// True when retrying cannot help (a configuration problem, not a broker outage).
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, TopologyError::Broker { .. })
+    }
+
+    fn from_lapin(queue: &str, source: lapin::Error) -> Self {
+        let queue = queue.to_owned();
+        let lapin::ErrorKind::ProtocolError(amqp) = source.kind() else {
+            return TopologyError::Broker { queue, source };
+        };
+        let detail = amqp.get_message().as_str().to_owned();
+        match amqp.get_id() {
+            406 => {
+                let setting = inequivalent_setting(&detail).unwrap_or("arguments").to_owned();
+                TopologyError::Mismatch { queue, setting, detail }
+            }
+            404 => TopologyError::NotFound(queue),
+            _ => TopologyError::Broker { queue, source },
+        }
+    }
+}
+
+/// Extracts `x-queue-type` from "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for ...".
+fn inequivalent_setting(detail: &str) -> Option<&str> {
+    let rest = detail.split("inequivalent arg '").nth(1)?;
+    rest.split('\'').next()
+}
+
+/// Declares and inspects Warren's topology.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// The direct exchange tasks are published to.
+    pub exchange: String,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Topology { exchange: DEFAULT_EXCHANGE.to_owned() }
+    }
+}
+
+impl Topology {
+    /// A topology publishing through `exchange`.
+    pub fn new(exchange: impl Into<String>) -> Self {
+        Topology { exchange: exchange.into() }
+    }
+
+    /// Declares the exchange, the work queue, its dead-letter queue and the binding. Idempotent.
+    /// Uses a channel of its own, since a refused declare closes the channel it was made on.
+    pub async fn declare(&self, conn: &Connection, spec: &QueueSpec) -> Result<(), TopologyError> {
+        spec.validate()?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| TopologyError::from_lapin(&spec.name, e))?;
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        channel
+            .exchange_declare(
+                ShortString::from(self.exchange.as_str()),
+                ExchangeKind::Direct,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| TopologyError::from_lapin(&self.exchange, e))?;
+        let dlq = dead_letter_queue_name(&spec.name);
+        channel
+            .queue_declare(dlq.as_str().into(), durable, spec.dead_letter_arguments())
+            .await
+            .map_err(|e| TopologyError::from_lapin(&dlq, e))?;
+        channel
+            .queue_declare(spec.name.as_str().into(), durable, spec.work_arguments())
+            .await
+            .map_err(|e| TopologyError::from_lapin(&spec.name, e))?;
+        channel
+            .queue_bind(
+                spec.name.as_str().into(),
+                self.exchange.as_str().into(),
+                spec.name.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| TopologyError::from_lapin(&spec.name, e))?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// Reads a queue's ready count and consumer count with a passive declare.
+    pub async fn inspect(conn: &Connection, queue: &str) -> Result<QueueState, TopologyError> {
+        let channel = conn.create_channel().await.map_err(|e| TopologyError::from_lapin(queue, e))?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let state = channel
+            .queue_declare(queue.into(), passive, FieldTable::default())
+            .await
+            .map_err(|e| TopologyError::from_lapin(queue, e))?;
+        let _ = channel.close(200, "inspected".into()).await;
+        Ok(QueueState { ready: state.message_count(), consumers: state.consumer_count() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_differing_setting_is_named() {
+        let detail = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in \
+                      vhost '/': received the value 'quorum' of type 'longstr' but current is none";
+        assert_eq!(inequivalent_setting(detail), Some("x-queue-type"));
+        assert_eq!(inequivalent_setting("something else"), None);
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(QueueSpec::new("", QueueKind::Quorum).validate().is_err());
+        assert!(QueueSpec::new("amq.x", QueueKind::Quorum).validate().is_err());
+        assert!(QueueSpec::new("q".repeat(251), QueueKind::Quorum).validate().is_err());
+        assert!(QueueSpec::new("orders", QueueKind::Quorum).validate().is_ok());
+    }
+}
