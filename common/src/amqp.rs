@@ -66,14 +66,18 @@ pub struct AmqpArgs {
         env = "AMQP_URL",
         value_delimiter = ',',
         default_value = DEFAULT_AMQP_URL,
-        hide_env_values = true
+        hide_env_values = true,
+        hide_default_value = true,
+        global = true
     )]
     pub urls: Vec<AmqpUrl>,
 }
 
 impl Default for AmqpArgs {
     fn default() -> Self {
-        AmqpArgs { urls: vec![DEFAULT_AMQP_URL.parse().expect("the default URL is valid")] }
+        AmqpArgs {
+            urls: vec![DEFAULT_AMQP_URL.parse().expect("the default URL is valid")],
+        }
     }
 }
 

@@ -121,7 +121,11 @@ mod tests {
     }
 
     fn sample() -> Payload {
-        Payload { name: "hello".into(), n: 42, items: vec![1, 2, 3] }
+        Payload {
+            name: "hello".into(),
+            n: 42,
+            items: vec![1, 2, 3],
+        }
     }
 
     #[test]
@@ -134,9 +138,15 @@ mod tests {
 
     #[test]
     fn content_types_map_to_codecs() {
-        assert_eq!(Codec::from_content_type(Some("application/json; charset=utf-8")).unwrap(), Codec::Json);
+        assert_eq!(
+            Codec::from_content_type(Some("application/json; charset=utf-8")).unwrap(),
+            Codec::Json
+        );
         assert_eq!(Codec::from_content_type(None).unwrap(), Codec::Json);
-        assert_eq!(Codec::from_content_type(Some(BINCODE)).unwrap(), Codec::Bincode);
+        assert_eq!(
+            Codec::from_content_type(Some(BINCODE)).unwrap(),
+            Codec::Bincode
+        );
         assert!(matches!(
             Codec::from_content_type(Some("text/xml")),
             Err(CodecError::UnsupportedContentType(t)) if t == "text/xml"

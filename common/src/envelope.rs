@@ -125,7 +125,10 @@ impl Envelope {
     /// Writes Warren's headers into `table`, keeping any others it holds.
     pub fn write_headers(&self, mut table: FieldTable) -> FieldTable {
         table.insert(headers::ATTEMPT.into(), int_value(self.attempt.into()));
-        table.insert(headers::SCHEMA_VERSION.into(), int_value(self.schema_version.into()));
+        table.insert(
+            headers::SCHEMA_VERSION.into(),
+            int_value(self.schema_version.into()),
+        );
         let optional = [
             (headers::CREATED_MS, self.created_ms),
             (headers::MAX_ATTEMPTS, self.max_attempts.map(u64::from)),
@@ -173,7 +176,10 @@ fn saturate(v: u64) -> u32 {
 
 fn check_short(name: &'static str, value: &str) -> Result<(), EnvelopeError> {
     if value.len() > MAX_SHORT_STRING {
-        return Err(EnvelopeError::TooLong { name, len: value.len() });
+        return Err(EnvelopeError::TooLong {
+            name,
+            len: value.len(),
+        });
     }
     Ok(())
 }
@@ -219,7 +225,9 @@ pub fn header_u64(table: &FieldTable, name: &'static str) -> Result<Option<u64>,
         AMQPValue::Void => return Ok(None),
         other => return Err(invalid(format!("expected an integer, found {other:?}"))),
     };
-    u64::try_from(signed).map(Some).map_err(|_| invalid(format!("{signed} is negative")))
+    u64::try_from(signed)
+        .map(Some)
+        .map_err(|_| invalid(format!("{signed} is negative")))
 }
 
 /// Reads a string header (long or short string), if present.
@@ -259,7 +267,10 @@ mod tests {
             (AMQPValue::LongString("12".into()), 12),
         ] {
             table.insert(headers::ATTEMPT.into(), value);
-            assert_eq!(header_u64(&table, headers::ATTEMPT).unwrap(), Some(expected));
+            assert_eq!(
+                header_u64(&table, headers::ATTEMPT).unwrap(),
+                Some(expected)
+            );
         }
         table.insert(headers::ATTEMPT.into(), AMQPValue::LongInt(-1));
         assert!(header_u64(&table, headers::ATTEMPT).is_err());
@@ -271,10 +282,16 @@ mod tests {
     fn missing_properties_are_named() {
         let props = BasicProperties::default().with_type("demo.noop".into());
         let err = Envelope::from_properties(&props).unwrap_err();
-        assert!(matches!(err, EnvelopeError::MissingProperty("message_id")), "{err}");
+        assert!(
+            matches!(err, EnvelopeError::MissingProperty("message_id")),
+            "{err}"
+        );
         let props = BasicProperties::default().with_message_id("id".into());
         let err = Envelope::from_properties(&props).unwrap_err();
-        assert!(matches!(err, EnvelopeError::MissingProperty("type")), "{err}");
+        assert!(
+            matches!(err, EnvelopeError::MissingProperty("type")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -283,13 +300,22 @@ mod tests {
             .with_type("demo.noop".into())
             .with_message_id("abc".into());
         let env = Envelope::from_properties(&props).unwrap();
-        assert_eq!((env.attempt, env.codec, env.schema_version), (1, Codec::Json, 1));
+        assert_eq!(
+            (env.attempt, env.codec, env.schema_version),
+            (1, Codec::Json, 1)
+        );
         assert_eq!(env.created_ms, None);
     }
 
     #[test]
     fn over_long_names_are_refused_before_lapin_sees_them() {
         let env = Envelope::new("x".repeat(300), Codec::Json);
-        assert!(matches!(env.validate(), Err(EnvelopeError::TooLong { name: "type", len: 300 })));
+        assert!(matches!(
+            env.validate(),
+            Err(EnvelopeError::TooLong {
+                name: "type",
+                len: 300
+            })
+        ));
     }
 }

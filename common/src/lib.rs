@@ -7,6 +7,7 @@
 
 mod amqp;
 mod codec;
+pub mod delay;
 mod envelope;
 pub mod headers;
 mod shutdown;

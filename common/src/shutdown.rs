@@ -38,7 +38,10 @@ pub async fn shutdown_signal(shutdown: Shutdown) {
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     // Installing a handler fails only if signals are unsupported; then wait on ctrl-c alone.
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

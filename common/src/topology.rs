@@ -2,10 +2,13 @@
 //! the dead-letter queue beside it. Workers and producers declare through this one module, so
 //! they can never disagree about a queue's arguments.
 
+use crate::delay::{self, DELAY_LEVELS};
 use crate::envelope::{int_value, text_value};
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{Connection, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 /// Name of the exchange tasks are published to unless configured otherwise.
 pub const DEFAULT_EXCHANGE: &str = "warren";
@@ -53,7 +56,10 @@ pub struct QueueSpec {
 impl QueueSpec {
     /// A work queue of the given kind.
     pub fn new(name: impl Into<String>, kind: QueueKind) -> Self {
-        QueueSpec { name: name.into(), kind }
+        QueueSpec {
+            name: name.into(),
+            kind,
+        }
     }
 
     fn work_arguments(&self) -> FieldTable {
@@ -84,11 +90,16 @@ impl QueueSpec {
             Some("a queue name must leave room for the `.dead` suffix within 255 bytes")
         } else if self.name.starts_with("amq.") {
             Some("names starting with `amq.` are reserved by the broker")
+        } else if self.name.split('.').any(|word| word == "*" || word == "#") {
+            Some("a dot-separated word of the name must not be `*` or `#`")
         } else {
             None
         };
         match problem {
-            Some(problem) => Err(TopologyError::InvalidName { queue: self.name.clone(), problem }),
+            Some(problem) => Err(TopologyError::InvalidName {
+                queue: self.name.clone(),
+                problem,
+            }),
             None => Ok(()),
         }
     }
@@ -155,8 +166,14 @@ impl TopologyError {
         let detail = amqp.get_message().as_str().to_owned();
         match amqp.get_id() {
             406 => {
-                let setting = inequivalent_setting(&detail).unwrap_or("arguments").to_owned();
-                TopologyError::Mismatch { queue, setting, detail }
+                let setting = inequivalent_setting(&detail)
+                    .unwrap_or("arguments")
+                    .to_owned();
+                TopologyError::Mismatch {
+                    queue,
+                    setting,
+                    detail,
+                }
             }
             404 => TopologyError::NotFound(queue),
             _ => TopologyError::Broker { queue, source },
@@ -179,68 +196,163 @@ pub struct Topology {
 
 impl Default for Topology {
     fn default() -> Self {
-        Topology { exchange: DEFAULT_EXCHANGE.to_owned() }
+        Topology {
+            exchange: DEFAULT_EXCHANGE.to_owned(),
+        }
     }
 }
 
 impl Topology {
     /// A topology publishing through `exchange`.
     pub fn new(exchange: impl Into<String>) -> Self {
-        Topology { exchange: exchange.into() }
+        Topology {
+            exchange: exchange.into(),
+        }
     }
 
-    /// Declares the exchange, the work queue, its dead-letter queue and the binding. Idempotent.
-    /// Uses a channel of its own, since a refused declare closes the channel it was made on.
+    /// Declares the exchange, the work queue, its dead-letter queue and their bindings (to
+    /// the task exchange and to the delay cascade's deliver exchange). Idempotent. Uses a
+    /// channel of its own, since a refused declare closes the channel it was made on.
     pub async fn declare(&self, conn: &Connection, spec: &QueueSpec) -> Result<(), TopologyError> {
         spec.validate()?;
-        let channel = conn
-            .create_channel()
-            .await
-            .map_err(|e| TopologyError::from_lapin(&spec.name, e))?;
-        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-        channel
-            .exchange_declare(
-                ShortString::from(self.exchange.as_str()),
-                ExchangeKind::Direct,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| TopologyError::from_lapin(&self.exchange, e))?;
+        let channel = open(conn, &spec.name).await?;
+        declare_exchange(&channel, &self.exchange, ExchangeKind::Direct).await?;
+        let deliver = delay::delay_deliver_exchange();
+        declare_exchange(&channel, &deliver, ExchangeKind::Topic).await?;
         let dlq = dead_letter_queue_name(&spec.name);
-        channel
-            .queue_declare(dlq.as_str().into(), durable, spec.dead_letter_arguments())
-            .await
-            .map_err(|e| TopologyError::from_lapin(&dlq, e))?;
-        channel
-            .queue_declare(spec.name.as_str().into(), durable, spec.work_arguments())
-            .await
-            .map_err(|e| TopologyError::from_lapin(&spec.name, e))?;
-        channel
-            .queue_bind(
-                spec.name.as_str().into(),
-                self.exchange.as_str().into(),
-                spec.name.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| TopologyError::from_lapin(&spec.name, e))?;
+        declare_queue(&channel, &dlq, spec.dead_letter_arguments()).await?;
+        declare_queue(&channel, &spec.name, spec.work_arguments()).await?;
+        bind_queue(&channel, &spec.name, &self.exchange, &spec.name).await?;
+        bind_queue(
+            &channel,
+            &spec.name,
+            &deliver,
+            &delay::deliver_pattern(&spec.name),
+        )
+        .await?;
+        let _ = channel.close(200, "declared".into()).await;
+        Ok(())
+    }
+
+    /// Declares the fixed delay cascade (see the `delay` module): one exchange and one queue
+    /// per level. Idempotent; every process that publishes retries or delayed tasks calls it
+    /// once at start-up.
+    pub async fn declare_delays(conn: &Connection) -> Result<(), TopologyError> {
+        let deliver = delay::delay_deliver_exchange();
+        let channel = open(conn, &deliver).await?;
+        declare_exchange(&channel, &deliver, ExchangeKind::Topic).await?;
+        for level in 0..DELAY_LEVELS {
+            let name = delay::level_name(level);
+            let below = if level == 0 {
+                deliver.clone()
+            } else {
+                delay::level_name(level - 1)
+            };
+            declare_exchange(&channel, &name, ExchangeKind::Topic).await?;
+            let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), text_value("classic"));
+            args.insert(
+                "x-message-ttl".into(),
+                int_value(delay::level_ttl_ms(level)),
+            );
+            args.insert("x-dead-letter-exchange".into(), text_value(&below));
+            declare_queue(&channel, &name, args).await?;
+            bind_queue(&channel, &name, &name, &delay::level_pattern(level, '1')).await?;
+            channel
+                .exchange_bind(
+                    below.as_str().into(),
+                    name.as_str().into(),
+                    delay::level_pattern(level, '0').into(),
+                    ExchangeBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| TopologyError::from_lapin(&name, e))?;
+        }
         let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
 
     /// Reads a queue's ready count and consumer count with a passive declare.
     pub async fn inspect(conn: &Connection, queue: &str) -> Result<QueueState, TopologyError> {
-        let channel = conn.create_channel().await.map_err(|e| TopologyError::from_lapin(queue, e))?;
-        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| TopologyError::from_lapin(queue, e))?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
         let state = channel
             .queue_declare(queue.into(), passive, FieldTable::default())
             .await
             .map_err(|e| TopologyError::from_lapin(queue, e))?;
         let _ = channel.close(200, "inspected".into()).await;
-        Ok(QueueState { ready: state.message_count(), consumers: state.consumer_count() })
+        Ok(QueueState {
+            ready: state.message_count(),
+            consumers: state.consumer_count(),
+        })
     }
+}
+
+async fn open(conn: &Connection, what: &str) -> Result<Channel, TopologyError> {
+    conn.create_channel()
+        .await
+        .map_err(|e| TopologyError::from_lapin(what, e))
+}
+
+async fn declare_exchange(
+    channel: &Channel,
+    name: &str,
+    kind: ExchangeKind,
+) -> Result<(), TopologyError> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            ShortString::from(name),
+            kind,
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| TopologyError::from_lapin(name, e))
+}
+
+async fn declare_queue(
+    channel: &Channel,
+    name: &str,
+    args: FieldTable,
+) -> Result<(), TopologyError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.into(), durable, args)
+        .await
+        .map(|_| ())
+        .map_err(|e| TopologyError::from_lapin(name, e))
+}
+
+async fn bind_queue(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), TopologyError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| TopologyError::from_lapin(queue, e))
 }
 
 #[cfg(test)]
@@ -258,8 +370,17 @@ mod tests {
     #[test]
     fn names_are_validated() {
         assert!(QueueSpec::new("", QueueKind::Quorum).validate().is_err());
-        assert!(QueueSpec::new("amq.x", QueueKind::Quorum).validate().is_err());
-        assert!(QueueSpec::new("q".repeat(251), QueueKind::Quorum).validate().is_err());
-        assert!(QueueSpec::new("orders", QueueKind::Quorum).validate().is_ok());
+        assert!(QueueSpec::new("amq.x", QueueKind::Quorum)
+            .validate()
+            .is_err());
+        assert!(QueueSpec::new("q".repeat(251), QueueKind::Quorum)
+            .validate()
+            .is_err());
+        assert!(QueueSpec::new("orders.*", QueueKind::Quorum)
+            .validate()
+            .is_err());
+        assert!(QueueSpec::new("orders.eu", QueueKind::Quorum)
+            .validate()
+            .is_ok());
     }
 }

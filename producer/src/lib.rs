@@ -1,1 +1,9 @@
-//! placeholder
+//! Publishing Warren tasks: a [`Publisher`] that returns a task's id only once the broker has
+//! confirmed it, pipelines confirms when many tasks are in flight, and turns nacks, unroutable
+//! messages and lost connections into errors. Also the `warren-producer` command line.
+
+pub mod cli;
+mod publisher;
+
+pub use publisher::{PublishError, Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT};
+pub use warren_common::{Codec, QueueKind, QueueSpec, TaskId};

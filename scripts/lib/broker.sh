@@ -97,6 +97,7 @@ _warren_parse_url() {
 }
 
 # tcp_open HOST PORT: does something accept a TCP connection there (2 s max)?
+# shellcheck disable=SC2016 # $1 and $2 are expanded by the inner bash
 tcp_open() {
 	local host=$1 port=$2
 	if command -v timeout >/dev/null 2>&1; then
@@ -147,11 +148,11 @@ _warren_rabbitmq_bin() {
 _warren_apt_get() {
 	if ((!_warren_apt_updated)); then
 		say "apt-get update"
-		apt-get update || return 1
+		apt-get update >&2 || return 1
 		_warren_apt_updated=1
 	fi
 	say "apt-get install -y $*"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >&2
 }
 
 _warren_can_apt() {
@@ -163,7 +164,7 @@ _warren_start_rabbitmq() {
 	local host=$1 port=$2 server ctl
 	server=$(_warren_rabbitmq_bin rabbitmq-server) || return 1
 	say "starting RabbitMQ: $server -detached"
-	if ! "$server" -detached; then
+	if ! "$server" -detached >&2; then
 		# It may already be booting; the port tells.
 		warn "$server -detached failed; waiting for the port anyway"
 	fi
@@ -257,7 +258,7 @@ ensure_broker() {
 	if compose=$(_warren_compose); then
 		say "starting the rabbitmq service: $compose -f $WARREN_ROOT/docker-compose.yml up -d rabbitmq"
 		# shellcheck disable=SC2086 # $compose is "docker compose" or "docker-compose"
-		if $compose -f "$WARREN_ROOT/docker-compose.yml" up -d rabbitmq; then
+		if $compose -f "$WARREN_ROOT/docker-compose.yml" up -d rabbitmq >&2; then
 			say "waiting up to 90 s for $host:$port"
 			if wait_for_port "$host" "$port" 90; then
 				say "broker is reachable at $masked"
@@ -294,7 +295,7 @@ ensure_promtool() {
 	fi
 	if _warren_can_apt; then
 		say "promtool is missing; installing Debian's prometheus package for it"
-		if _warren_apt_get prometheus && command -v promtool >/dev/null 2>&1; then
+		if _warren_apt_get --no-install-recommends prometheus && command -v promtool >/dev/null 2>&1; then
 			say "promtool: $(command -v promtool)"
 			return 0
 		fi

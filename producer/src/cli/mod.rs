@@ -1,0 +1,40 @@
+//! The `warren-producer` command line: publish tasks and inspect queues.
+
+mod publish;
+mod stats;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use warren_common::{AmqpArgs, LogFormat, Shutdown};
+
+/// Publish Warren tasks and inspect Warren queues.
+#[derive(Debug, Parser)]
+#[command(name = "warren-producer", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    /// Exchange tasks are published to.
+    #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE, global = true)]
+    exchange: String,
+    /// Log output format.
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value = "pretty", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish one task (printing its id) or many (with --count).
+    Publish(publish::PublishArgs),
+    /// Show a queue's ready messages, consumers and dead letters.
+    Stats(stats::StatsArgs),
+}
+
+/// Runs the parsed command line until it is done or `shutdown` fires.
+pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Publish(args) => publish::run(args, &cli.amqp, &cli.exchange, &shutdown).await,
+        Command::Stats(args) => stats::run(args, &cli.amqp, &shutdown).await,
+    }
+}

@@ -1,0 +1,139 @@
+//! `warren-producer publish`: one task (printing its id) or many, paced and pipelined, with a
+//! progress bar on a terminal and a summary.
+
+use crate::{PublishError, Publisher, PublisherConfig, TaskOptions};
+use anyhow::Context;
+use futures::{stream, StreamExt};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use warren_common::{AmqpArgs, Codec, QueueKind, QueueSpec, Shutdown};
+
+/// Arguments of `publish`.
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    /// Task name (selects the worker's handler), e.g. `demo.sleep`.
+    #[arg(long)]
+    task: String,
+    /// Payload as JSON, e.g. '{"ms": 10}'. Published with content type application/json.
+    #[arg(long, default_value = "null")]
+    payload: String,
+    /// Queue to publish to.
+    #[arg(long, env = "WARREN_QUEUE", default_value = "default")]
+    queue: String,
+    /// Type of the queue, if it has to be declared.
+    #[arg(long, env = "WARREN_QUEUE_TYPE", value_enum, default_value = "quorum")]
+    queue_type: QueueKind,
+    /// Publish this many tasks (each with its own id), showing progress and a summary.
+    #[arg(long)]
+    count: Option<u64>,
+    /// Publish at most this many tasks per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Task id to use (only for a single task).
+    #[arg(long, conflicts_with = "count")]
+    id: Option<String>,
+    /// Maximum number of confirms in flight.
+    #[arg(long, default_value_t = 1000)]
+    window: usize,
+    /// How long to wait for each confirm.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    confirm_timeout: Duration,
+}
+
+pub async fn run(
+    args: PublishArgs,
+    amqp: &AmqpArgs,
+    exchange: &str,
+    shutdown: &Shutdown,
+) -> anyhow::Result<ExitCode> {
+    let payload: serde_json::Value = serde_json::from_str(&args.payload)
+        .with_context(|| format!("--payload is not valid JSON: {}", args.payload))?;
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
+    }
+    let config = PublisherConfig {
+        amqp: amqp.clone(),
+        exchange: exchange.to_owned(),
+        default_queue: args.queue.clone(),
+        confirm_timeout: args.confirm_timeout,
+        connection_name: "warren-producer publish".to_owned(),
+    };
+    let publisher = Publisher::connect(config, &shutdown.drain).await?;
+    publisher.declare(&QueueSpec::new(&args.queue, args.queue_type)).await?;
+    let options = TaskOptions {
+        id: args.id.clone(),
+        codec: Some(Codec::Json),
+        ..TaskOptions::default()
+    };
+    let code = match args.count {
+        None => {
+            let id = publisher.publish(&args.task, &payload, &options).await?;
+            println!("{id}");
+            ExitCode::SUCCESS
+        }
+        Some(count) => publish_many(&publisher, &args, &payload, &options, count, shutdown).await,
+    };
+    publisher.close().await;
+    Ok(code)
+}
+
+async fn publish_many(
+    publisher: &Publisher,
+    args: &PublishArgs,
+    payload: &serde_json::Value,
+    options: &TaskOptions,
+    count: u64,
+    shutdown: &Shutdown,
+) -> ExitCode {
+    let progress = ProgressBar::new(count).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} confirmed  {per_sec}  eta {eta}")
+            .expect("the template is valid"),
+    );
+    let started = Instant::now();
+    let interval = args.rate.map(|rate| Duration::from_secs_f64(1.0 / rate));
+    let results = stream::iter(0..count)
+        .take_until(shutdown.drain.cancelled())
+        .then(|i| async move {
+            if let Some(interval) = interval {
+                tokio::time::sleep_until((started + interval.mul_f64(i as f64)).into()).await;
+            }
+        })
+        .map(|()| publisher.publish(&args.task, payload, options))
+        .buffered(args.window.max(1));
+    let mut results = std::pin::pin!(results);
+    let mut confirmed = 0u64;
+    let mut failures: BTreeMap<&'static str, u64> = BTreeMap::new();
+    let mut first_error: Option<PublishError> = None;
+    while let Some(result) = results.next().await {
+        match result {
+            Ok(_) => confirmed += 1,
+            Err(e) => {
+                *failures.entry(e.kind()).or_default() += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let failed: u64 = failures.values().sum();
+    println!(
+        "published {} tasks to `{}`: {confirmed} confirmed, {failed} not confirmed, {:.0} tasks/s",
+        confirmed + failed,
+        args.queue,
+        confirmed as f64 / elapsed.max(1e-9)
+    );
+    for (kind, n) in &failures {
+        println!("  {n} failed: {kind}");
+    }
+    if let Some(e) = first_error {
+        eprintln!("first failure: {e}");
+    }
+    if failed == 0 && confirmed == count {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
