@@ -5,6 +5,7 @@
 //! The wire contract is written down for other languages in `docs/wire-format.md`; the
 //! constants in [`headers`] and the functions of [`Envelope`] are its single implementation.
 
+mod admin;
 mod amqp;
 mod codec;
 pub mod delay;
@@ -14,6 +15,7 @@ mod shutdown;
 mod telemetry;
 mod topology;
 
+pub use admin::{serve_admin, AdminError, Health, Readiness};
 pub use amqp::{connect, AmqpArgs, AmqpUrl, ConnectError};
 pub use codec::{Codec, CodecError};
 pub use envelope::{

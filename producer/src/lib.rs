@@ -5,5 +5,7 @@
 pub mod cli;
 mod publisher;
 
-pub use publisher::{PublishError, Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT};
+pub use publisher::{
+    PublishError, Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
+};
 pub use warren_common::{Codec, QueueKind, QueueSpec, TaskId};

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use warren_common::{
-    connect, AmqpArgs, Codec, CodecError, ConnectError, Envelope, EnvelopeError, QueueSpec,
-    TaskId, Topology, TopologyError,
+    connect, AmqpArgs, Codec, CodecError, ConnectError, Envelope, EnvelopeError, QueueSpec, TaskId,
+    Topology, TopologyError,
 };
 
 /// How long a publish waits for the broker's confirm before reporting a failure.
@@ -30,7 +30,9 @@ pub enum PublishError {
         id: TaskId,
     },
     /// No queue is bound for the routing key: the message was returned.
-    #[error("task {id} is unroutable: no queue bound to `{routing_key}` on `{exchange}` ({reply})")]
+    #[error(
+        "task {id} is unroutable: no queue bound to `{routing_key}` on `{exchange}` ({reply})"
+    )]
     Unroutable {
         /// The task id.
         id: TaskId,
@@ -153,11 +155,22 @@ impl Publisher {
         cancel: &CancellationToken,
     ) -> Result<Self, PublishError> {
         let conn = connect(&config.amqp.urls, &config.connection_name, cancel).await?;
-        let channel = open_confirm_channel(&conn).await.map_err(|source| {
-            PublishError::Connection { id: String::new(), source }
-        })?;
+        let channel =
+            open_confirm_channel(&conn)
+                .await
+                .map_err(|source| PublishError::Connection {
+                    id: String::new(),
+                    source,
+                })?;
         let topology = Topology::new(config.exchange.clone());
-        Ok(Publisher { inner: Arc::new(Inner { conn, channel, topology, config }) })
+        Ok(Publisher {
+            inner: Arc::new(Inner {
+                conn,
+                channel,
+                topology,
+                config,
+            }),
+        })
     }
 
     /// Declares (or checks) a work queue exactly as workers do.
@@ -178,9 +191,19 @@ impl Publisher {
         options: &TaskOptions,
     ) -> Result<TaskId, PublishError> {
         let (envelope, body) = self.prepare(task, payload, options)?;
-        let queue = options.queue.as_deref().unwrap_or(&self.inner.config.default_queue);
+        let queue = options
+            .queue
+            .as_deref()
+            .unwrap_or(&self.inner.config.default_queue);
         let exchange = self.inner.topology.exchange.as_str();
-        self.publish_raw(exchange, queue, &body, envelope.to_properties(), &envelope.id).await?;
+        self.publish_raw(
+            exchange,
+            queue,
+            &body,
+            envelope.to_properties(),
+            &envelope.id,
+        )
+        .await?;
         Ok(envelope.id)
     }
 
@@ -236,18 +259,33 @@ impl Publisher {
         properties: BasicProperties,
         id: &str,
     ) -> Result<(), PublishError> {
-        let connection_error = |source| PublishError::Connection { id: id.to_owned(), source };
-        let options = BasicPublishOptions { mandatory: true, immediate: false };
+        let connection_error = |source| PublishError::Connection {
+            id: id.to_owned(),
+            source,
+        };
+        let options = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
         let confirm = self
             .inner
             .channel
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
             .await
             .map_err(connection_error)?;
         let timeout = self.inner.config.confirm_timeout;
         let confirmation = tokio::time::timeout(timeout, confirm)
             .await
-            .map_err(|_| PublishError::Timeout { id: id.to_owned(), timeout })?
+            .map_err(|_| PublishError::Timeout {
+                id: id.to_owned(),
+                timeout,
+            })?
             .map_err(connection_error)?;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
@@ -273,6 +311,8 @@ impl Publisher {
 
 async fn open_confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
     let channel = conn.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     Ok(channel)
 }

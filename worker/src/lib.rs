@@ -1,1 +1,39 @@
-//! placeholder
+//! Warren's worker pool: register typed handlers in a [`Registry`], then [`Worker::run`]
+//! consumes the configured queues with manual acks and a prefetch limit, runs handlers
+//! concurrently, and routes each result (ack, retry through the broker's delay cascade, or
+//! dead letter with its reason).
+
+mod acks;
+mod config;
+mod consumer;
+pub mod demo;
+mod execute;
+mod metrics;
+mod outcome;
+mod pool;
+mod registry;
+mod retry;
+mod routing;
+
+pub use config::{ConfigError, WorkerArgs, WorkerConfig};
+pub use metrics::{Totals, WorkerMetrics, UNKNOWN_TASK_LABEL};
+pub use outcome::{Failure, Outcome, ReasonKind};
+pub use pool::{DrainReport, Worker, WorkerError};
+pub use registry::{HandlerOptions, Permanent, Registry, TaskContext, TaskError};
+pub use retry::RetryPolicy;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// What every consumer and task of a worker shares.
+pub(crate) struct Shared {
+    pub(crate) registry: Registry,
+    pub(crate) config: WorkerConfig,
+    pub(crate) metrics: WorkerMetrics,
+    pub(crate) queue_metrics: HashMap<String, metrics::QueueMetrics>,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) topology: warren_common::Topology,
+}

@@ -17,7 +17,13 @@ pub struct Cli {
     #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE, global = true)]
     exchange: String,
     /// Log output format.
-    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value = "pretty", global = true)]
+    #[arg(
+        long,
+        env = "WARREN_LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     command: Command,

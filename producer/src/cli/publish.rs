@@ -51,7 +51,10 @@ pub async fn run(
     let payload: serde_json::Value = serde_json::from_str(&args.payload)
         .with_context(|| format!("--payload is not valid JSON: {}", args.payload))?;
     if let Some(rate) = args.rate {
-        anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be a positive number");
+        anyhow::ensure!(
+            rate > 0.0 && rate.is_finite(),
+            "--rate must be a positive number"
+        );
     }
     let config = PublisherConfig {
         amqp: amqp.clone(),
@@ -61,7 +64,9 @@ pub async fn run(
         connection_name: "warren-producer publish".to_owned(),
     };
     let publisher = Publisher::connect(config, &shutdown.drain).await?;
-    publisher.declare(&QueueSpec::new(&args.queue, args.queue_type)).await?;
+    publisher
+        .declare(&QueueSpec::new(&args.queue, args.queue_type))
+        .await?;
     let options = TaskOptions {
         id: args.id.clone(),
         codec: Some(Codec::Json),

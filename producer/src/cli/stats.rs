@@ -15,11 +15,19 @@ pub struct StatsArgs {
     json: bool,
 }
 
-pub async fn run(args: StatsArgs, amqp: &AmqpArgs, shutdown: &Shutdown) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    args: StatsArgs,
+    amqp: &AmqpArgs,
+    shutdown: &Shutdown,
+) -> anyhow::Result<ExitCode> {
     let conn = connect(&amqp.urls, "warren-producer stats", &shutdown.drain).await?;
-    let work = Topology::inspect(&conn, &args.queue).await.context("reading the work queue")?;
+    let work = Topology::inspect(&conn, &args.queue)
+        .await
+        .context("reading the work queue")?;
     let dlq = dead_letter_queue_name(&args.queue);
-    let dead = Topology::inspect(&conn, &dlq).await.context("reading the dead-letter queue")?;
+    let dead = Topology::inspect(&conn, &dlq)
+        .await
+        .context("reading the dead-letter queue")?;
     let _ = conn.close(200, "bye".into()).await;
     if args.json {
         let value = serde_json::json!({

@@ -1,0 +1,168 @@
+//! The admin HTTP server every Warren process runs: `/metrics` (Prometheus text format),
+//! `/healthz` (the process and its runtime answer) and `/readyz` (connected and working).
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Registry, TextEncoder};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What `/readyz` reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Readiness {
+    /// Not yet connected.
+    Connecting = 0,
+    /// Connected and working: the only state answered with 200.
+    Ready = 1,
+    /// Lost the broker; reconnecting.
+    Reconnecting = 2,
+    /// The broker blocks publishers (memory or disk alarm).
+    Blocked = 3,
+    /// Shutting down.
+    Draining = 4,
+}
+
+impl Readiness {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Readiness::Ready,
+            2 => Readiness::Reconnecting,
+            3 => Readiness::Blocked,
+            4 => Readiness::Draining,
+            _ => Readiness::Connecting,
+        }
+    }
+
+    /// The lowercase name reported by `/readyz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Connecting => "connecting",
+            Readiness::Ready => "ready",
+            Readiness::Reconnecting => "reconnecting",
+            Readiness::Blocked => "blocked",
+            Readiness::Draining => "draining",
+        }
+    }
+}
+
+/// The process's readiness, shared between its work and its admin server.
+#[derive(Clone, Debug, Default)]
+pub struct Health(Arc<AtomicU8>);
+
+impl Health {
+    /// A process still connecting.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the state. Once draining, the process stays draining.
+    pub fn set(&self, state: Readiness) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
+                (current != Readiness::Draining as u8).then_some(state as u8)
+            });
+    }
+
+    /// The current state.
+    pub fn get(&self) -> Readiness {
+        Readiness::from_u8(self.0.load(Ordering::Acquire))
+    }
+}
+
+/// The admin port could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("--admin-addr {addr}: cannot listen: {source}")]
+pub struct AdminError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Registry,
+    health: Health,
+}
+
+/// Binds the admin server on `addr` (port 0 picks a free port) and serves it until `stop`
+/// fires. Returns the bound address, which is also logged.
+pub async fn serve_admin(
+    addr: SocketAddr,
+    registry: Registry,
+    health: Health,
+    stop: CancellationToken,
+) -> Result<SocketAddr, AdminError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| AdminError { addr, source })?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { registry, health });
+    tracing::info!(admin_addr = %bound, "admin server listening");
+    tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(error) = server.await {
+            tracing::error!(%error, "admin server failed");
+        }
+    });
+    Ok(bound)
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let mut body = Vec::with_capacity(16 * 1024);
+    let encoder = TextEncoder::new();
+    match encoder.encode(&state.registry.gather(), &mut body) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+            body,
+        ),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain".to_owned())],
+            e.to_string().into_bytes(),
+        ),
+    }
+}
+
+/// Answering at all proves the runtime schedules tasks.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
+    let readiness = state.health.get();
+    let code = if readiness == Readiness::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, format!("{}\n", readiness.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draining_is_final() {
+        let health = Health::new();
+        assert_eq!(health.get(), Readiness::Connecting);
+        health.set(Readiness::Ready);
+        health.set(Readiness::Draining);
+        health.set(Readiness::Ready);
+        assert_eq!(health.get(), Readiness::Draining);
+    }
+}

@@ -1,0 +1,235 @@
+//! The worker's settings, from flags or `WARREN_*` environment variables.
+
+use crate::retry::RetryPolicy;
+use std::time::Duration;
+use warren_common::{AmqpArgs, LogFormat, QueueKind};
+
+/// Flags of `warren-worker` (each also read from the environment variable shown by `--help`).
+#[derive(Clone, Debug, clap::Parser)]
+#[command(
+    name = "warren-worker",
+    version,
+    about = "Run Warren tasks from RabbitMQ queues."
+)]
+pub struct WorkerArgs {
+    /// Broker connection.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Queue to consume; repeat (or separate with commas) for several.
+    #[arg(
+        long = "queue",
+        env = "WARREN_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub queues: Vec<String>,
+    /// Type of the queues, when they have to be declared.
+    #[arg(long, env = "WARREN_QUEUE_TYPE", value_enum, default_value = "quorum")]
+    pub queue_type: QueueKind,
+    /// Exchange tasks are published to.
+    #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE)]
+    pub exchange: String,
+    /// Handlers running at once (default: number of CPUs).
+    #[arg(long, env = "WARREN_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Deliveries each consumer may hold unacked (default: 4 × concurrency). Higher is faster
+    /// for short tasks; lower keeps long tasks from being hoarded by one worker.
+    #[arg(long, env = "WARREN_PREFETCH")]
+    pub prefetch: Option<u16>,
+    /// Identity of this worker in logs and dead-letter headers (default: host-pid).
+    #[arg(long, env = "WARREN_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Handler timeout, unless the task type or the task sets its own.
+    #[arg(long, env = "WARREN_TASK_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub task_timeout: Duration,
+    /// The broker's consumer_timeout: a delivery unacked longer closes the channel, so no
+    /// task timeout may exceed it.
+    #[arg(long, env = "WARREN_CONSUMER_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub consumer_timeout: Duration,
+    /// Attempts allowed per task, unless the task type or the task sets its own.
+    #[arg(long, env = "WARREN_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+    /// Delay before the second attempt.
+    #[arg(long, env = "WARREN_RETRY_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub retry_initial: Duration,
+    /// Factor applied to the delay for each further attempt.
+    #[arg(long, env = "WARREN_RETRY_MULTIPLIER", default_value_t = 2.0)]
+    pub retry_multiplier: f64,
+    /// Longest delay between attempts.
+    #[arg(long, env = "WARREN_RETRY_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
+    /// Random spread of each delay, as a fraction (0.2 = ±20%).
+    #[arg(long, env = "WARREN_RETRY_JITTER", default_value_t = 0.2)]
+    pub retry_jitter: f64,
+    /// Largest payload accepted; larger ones are dead-lettered unread.
+    #[arg(long, env = "WARREN_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
+    pub max_payload_bytes: usize,
+    /// Redeliveries (quorum queues' x-delivery-count) after which a task is dead-lettered as
+    /// `crash_loop` instead of run again.
+    #[arg(long, env = "WARREN_CRASH_BUDGET", default_value_t = 5)]
+    pub crash_budget: u64,
+    /// How long a drain waits for running tasks after the first SIGTERM.
+    #[arg(long, env = "WARREN_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Address of the admin HTTP server (/metrics, /healthz, /readyz); port 0 picks one.
+    #[arg(long, env = "WARREN_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: std::net::SocketAddr,
+    /// Log output format.
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+}
+
+/// A setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The flag named has an unusable value.
+    #[error("{flag}: {problem}")]
+    Invalid {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// The worker's validated settings.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Broker URLs.
+    pub amqp: AmqpArgs,
+    /// Queues consumed.
+    pub queues: Vec<String>,
+    /// Queue type used when declaring.
+    pub queue_type: QueueKind,
+    /// Task exchange.
+    pub exchange: String,
+    /// Handlers running at once.
+    pub concurrency: usize,
+    /// Deliveries each consumer may hold.
+    pub prefetch: u16,
+    /// Identity in logs and headers.
+    pub worker_id: String,
+    /// Default handler timeout.
+    pub task_timeout: Duration,
+    /// The broker's consumer timeout.
+    pub consumer_timeout: Duration,
+    /// Default maximum attempts.
+    pub max_attempts: u32,
+    /// Backoff between attempts.
+    pub retry: RetryPolicy,
+    /// Largest payload accepted.
+    pub max_payload_bytes: usize,
+    /// Redeliveries tolerated before `crash_loop`.
+    pub crash_budget: u64,
+    /// Drain timeout.
+    pub shutdown_timeout: Duration,
+}
+
+impl WorkerConfig {
+    /// Settings for consuming `queues` with every other value at its default.
+    pub fn new(queues: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        let concurrency = num_cpus::get().max(1);
+        WorkerConfig {
+            amqp: AmqpArgs::default(),
+            queues: queues.into_iter().map(Into::into).collect(),
+            queue_type: QueueKind::Quorum,
+            exchange: warren_common::DEFAULT_EXCHANGE.to_owned(),
+            concurrency,
+            prefetch: default_prefetch(concurrency),
+            worker_id: default_worker_id(),
+            task_timeout: Duration::from_secs(300),
+            consumer_timeout: Duration::from_secs(1800),
+            max_attempts: 5,
+            retry: RetryPolicy::default(),
+            max_payload_bytes: 1024 * 1024,
+            crash_budget: 5,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Checks settings that cannot work together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |flag, problem: String| Err(ConfigError::Invalid { flag, problem });
+        if self.queues.is_empty() || self.queues.iter().any(String::is_empty) {
+            return invalid("--queue", "give at least one non-empty queue name".into());
+        }
+        if self.concurrency == 0 {
+            return invalid("--concurrency", "must be at least 1".into());
+        }
+        if self.prefetch == 0 {
+            return invalid(
+                "--prefetch",
+                "must be at least 1 (0 would mean unlimited)".into(),
+            );
+        }
+        if self.task_timeout >= self.consumer_timeout {
+            return invalid(
+                "--task-timeout",
+                format!(
+                    "{} is not shorter than the broker's consumer timeout ({}); the broker would \
+                     close the channel first. Raise consumer_timeout in rabbitmq.conf and pass \
+                     it with --consumer-timeout",
+                    humantime::format_duration(self.task_timeout),
+                    humantime::format_duration(self.consumer_timeout)
+                ),
+            );
+        }
+        if !(self.retry.multiplier >= 1.0 && self.retry.multiplier.is_finite()) {
+            return invalid(
+                "--retry-multiplier",
+                "must be a number of at least 1".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.retry.jitter) {
+            return invalid("--retry-jitter", "must be between 0 and 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<&WorkerArgs> for WorkerConfig {
+    type Error = ConfigError;
+
+    fn try_from(args: &WorkerArgs) -> Result<Self, ConfigError> {
+        let concurrency = args.concurrency.unwrap_or_else(|| num_cpus::get().max(1));
+        let config = WorkerConfig {
+            amqp: args.amqp.clone(),
+            queues: args.queues.clone(),
+            queue_type: args.queue_type,
+            exchange: args.exchange.clone(),
+            concurrency,
+            prefetch: args
+                .prefetch
+                .unwrap_or_else(|| default_prefetch(concurrency)),
+            worker_id: args.worker_id.clone().unwrap_or_else(default_worker_id),
+            task_timeout: args.task_timeout,
+            consumer_timeout: args.consumer_timeout,
+            max_attempts: args.max_attempts,
+            retry: RetryPolicy {
+                initial: args.retry_initial,
+                multiplier: args.retry_multiplier,
+                max: args.retry_max,
+                jitter: args.retry_jitter,
+            },
+            max_payload_bytes: args.max_payload_bytes,
+            crash_budget: args.crash_budget,
+            shutdown_timeout: args.shutdown_timeout,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn default_prefetch(concurrency: usize) -> u16 {
+    u16::try_from(concurrency.saturating_mul(4)).unwrap_or(u16::MAX)
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{}", std::process::id())
+}

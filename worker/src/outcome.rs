@@ -1,0 +1,201 @@
+//! What becomes of a task: the one place where a handler's result, a decoding failure or an
+//! exhausted budget turns into ack, retry or dead letter.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Why a task failed or was dead-lettered. The names are the values of the
+/// `x-warren-dead-kind` header and of the `reason` metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReasonKind {
+    /// A retryable error on the last allowed attempt.
+    RetriesExhausted,
+    /// The handler returned a retryable error (a failure, not a dead-letter kind by itself).
+    Error,
+    /// The handler said the task can never succeed.
+    Permanent,
+    /// The handler ran longer than its timeout.
+    Timeout,
+    /// The handler panicked.
+    Panic,
+    /// The task's `expires_at` passed before it ran.
+    Expired,
+    /// The payload did not decode into the handler's type.
+    Undecodable,
+    /// No handler is registered under the task's name.
+    UnknownTask,
+    /// The content type names no codec Warren knows.
+    UnsupportedContentType,
+    /// A required property (`type`, `message_id`) is missing or a header is invalid.
+    InvalidMessage,
+    /// The payload is larger than the worker accepts.
+    TooLarge,
+    /// The task was redelivered more often than the crash budget allows.
+    CrashLoop,
+}
+
+impl ReasonKind {
+    /// Every kind, for documentation and metric initialisation.
+    pub const ALL: [ReasonKind; 12] = [
+        ReasonKind::RetriesExhausted,
+        ReasonKind::Error,
+        ReasonKind::Permanent,
+        ReasonKind::Timeout,
+        ReasonKind::Panic,
+        ReasonKind::Expired,
+        ReasonKind::Undecodable,
+        ReasonKind::UnknownTask,
+        ReasonKind::UnsupportedContentType,
+        ReasonKind::InvalidMessage,
+        ReasonKind::TooLarge,
+        ReasonKind::CrashLoop,
+    ];
+
+    /// The snake_case name used in headers and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReasonKind::RetriesExhausted => "retries_exhausted",
+            ReasonKind::Error => "error",
+            ReasonKind::Permanent => "permanent",
+            ReasonKind::Timeout => "timeout",
+            ReasonKind::Panic => "panic",
+            ReasonKind::Expired => "expired",
+            ReasonKind::Undecodable => "undecodable",
+            ReasonKind::UnknownTask => "unknown_task",
+            ReasonKind::UnsupportedContentType => "unsupported_content_type",
+            ReasonKind::InvalidMessage => "invalid_message",
+            ReasonKind::TooLarge => "too_large",
+            ReasonKind::CrashLoop => "crash_loop",
+        }
+    }
+
+    /// Parses a name written by [`as_str`](Self::as_str).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Whether another attempt may succeed.
+    fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ReasonKind::Error | ReasonKind::Timeout | ReasonKind::Panic
+        )
+    }
+}
+
+impl fmt::Display for ReasonKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure: its kind and a human-readable reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The kind of failure.
+    pub kind: ReasonKind,
+    /// What went wrong, for people.
+    pub reason: String,
+}
+
+impl Failure {
+    /// A failure of `kind` explained by `reason`.
+    pub fn new(kind: ReasonKind, reason: impl fmt::Display) -> Self {
+        Failure {
+            kind,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The fate of a delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The task succeeded: ack it.
+    Ack,
+    /// Publish it to run again after `after`, then ack this delivery.
+    Retry {
+        /// How long the broker holds it.
+        after: Duration,
+        /// The failure that caused the retry.
+        failure: Failure,
+    },
+    /// Publish it to the dead-letter queue, then ack this delivery.
+    DeadLetter(Failure),
+}
+
+impl Outcome {
+    /// Decides what follows a failure on attempt `attempt` of `max_attempts`; `backoff` gives
+    /// the delay before the next attempt.
+    pub fn after_failure(
+        failure: Failure,
+        attempt: u32,
+        max_attempts: u32,
+        backoff: impl FnOnce(u32) -> Duration,
+    ) -> Outcome {
+        if !failure.kind.is_retryable() {
+            return Outcome::DeadLetter(failure);
+        }
+        if attempt >= max_attempts {
+            let reason = format!(
+                "gave up after {attempt} attempts; last failure ({}): {}",
+                failure.kind, failure.reason
+            );
+            return Outcome::DeadLetter(Failure::new(ReasonKind::RetriesExhausted, reason));
+        }
+        Outcome::Retry {
+            after: backoff(attempt),
+            failure,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one_second(_: u32) -> Duration {
+        Duration::from_secs(1)
+    }
+
+    #[test]
+    fn retryable_failures_retry_until_the_last_attempt() {
+        let failure = Failure::new(ReasonKind::Error, "boom");
+        let outcome = Outcome::after_failure(failure.clone(), 1, 3, one_second);
+        assert_eq!(
+            outcome,
+            Outcome::Retry {
+                after: Duration::from_secs(1),
+                failure
+            }
+        );
+        let last =
+            Outcome::after_failure(Failure::new(ReasonKind::Timeout, "slow"), 3, 3, one_second);
+        assert!(
+            matches!(last, Outcome::DeadLetter(f) if f.kind == ReasonKind::RetriesExhausted
+            && f.reason.contains("timeout") && f.reason.contains("slow"))
+        );
+    }
+
+    #[test]
+    fn permanent_kinds_dead_letter_at_once() {
+        for kind in [
+            ReasonKind::Permanent,
+            ReasonKind::Undecodable,
+            ReasonKind::UnknownTask,
+            ReasonKind::Expired,
+            ReasonKind::CrashLoop,
+            ReasonKind::TooLarge,
+        ] {
+            let outcome = Outcome::after_failure(Failure::new(kind, "x"), 1, 5, one_second);
+            assert!(matches!(outcome, Outcome::DeadLetter(f) if f.kind == kind));
+        }
+    }
+
+    #[test]
+    fn kind_names_round_trip() {
+        for kind in ReasonKind::ALL {
+            assert_eq!(ReasonKind::parse(kind.as_str()), Some(kind));
+        }
+    }
+}

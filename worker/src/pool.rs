@@ -1,0 +1,265 @@
+//! The worker: sessions of (consume connection, publish connection, one consumer per queue)
+//! that are rebuilt whenever the broker is lost, and the graceful drain at the end.
+
+use crate::config::{ConfigError, WorkerConfig};
+use crate::consumer::{consume, ConsumerEnd, SessionLink};
+use crate::metrics::{Totals, WorkerMetrics};
+use crate::registry::Registry;
+use crate::Shared;
+use futures::future::join_all;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use warren_common::{
+    connect, ConnectError, Health, QueueSpec, Readiness, Shutdown, Topology, TopologyError,
+};
+use warren_producer::{PublishError, Publisher, PublisherConfig};
+
+/// A worker that cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A setting is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A queue exists with other arguments, or its name is unusable: retrying cannot help.
+    #[error(transparent)]
+    Topology(#[from] TopologyError),
+}
+
+/// What the drain achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Counts over the worker's life.
+    pub totals: Totals,
+    /// Tasks still running when the shutdown timeout passed (left unacked: the broker
+    /// redelivers them).
+    pub abandoned: usize,
+    /// Settlements that could not be sent (their tasks will be redelivered).
+    pub acks_lost: u64,
+}
+
+/// A pool of handlers consuming one or more queues.
+pub struct Worker {
+    shared: Arc<Shared>,
+    health: Health,
+}
+
+impl Worker {
+    /// A worker running `registry`'s handlers, registering its metrics in `metrics`.
+    pub fn new(
+        registry: Registry,
+        config: WorkerConfig,
+        metrics: &prometheus::Registry,
+    ) -> Result<Self, WorkerError> {
+        config.validate()?;
+        for (name, entry) in registry.entries() {
+            if entry
+                .options
+                .timeout
+                .is_some_and(|t| t >= config.consumer_timeout)
+            {
+                return Err(WorkerError::Config(ConfigError::Invalid {
+                    flag: "--consumer-timeout",
+                    problem: format!("task `{name}` has a timeout not shorter than the broker's consumer timeout"),
+                }));
+            }
+        }
+        let metrics = WorkerMetrics::new(metrics);
+        metrics.concurrency.set(config.concurrency as i64);
+        metrics.prefetch.set(config.prefetch.into());
+        let queue_metrics = config
+            .queues
+            .iter()
+            .map(|q| {
+                (
+                    q.clone(),
+                    metrics.for_queue(q, registry.names().into_iter()),
+                )
+            })
+            .collect();
+        let shared = Shared {
+            permits: Arc::new(Semaphore::new(config.concurrency)),
+            tasks: TaskTracker::new(),
+            topology: Topology::new(config.exchange.clone()),
+            registry,
+            config,
+            metrics,
+            queue_metrics,
+        };
+        Ok(Worker {
+            shared: Arc::new(shared),
+            health: Health::new(),
+        })
+    }
+
+    /// The readiness this worker reports, for the admin server.
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    /// The worker's metrics.
+    pub fn metrics(&self) -> &WorkerMetrics {
+        &self.shared.metrics
+    }
+
+    /// Runs until `shutdown.drain` fires, then drains: stops consuming, returns prefetched
+    /// tasks, waits up to the shutdown timeout for running ones, and closes the connections.
+    pub async fn run(self, shutdown: Shutdown) -> Result<DrainReport, WorkerError> {
+        let mut ackers = Vec::new();
+        let mut connections = None;
+        let mut first = true;
+        while !shutdown.drain.is_cancelled() {
+            self.health.set(if first {
+                Readiness::Connecting
+            } else {
+                Readiness::Reconnecting
+            });
+            if !first {
+                self.shared.metrics.reconnects.inc();
+            }
+            first = false;
+            let Some((conn, publisher)) = self.open_session(&shutdown.drain).await? else {
+                break;
+            };
+            self.health.set(Readiness::Ready);
+            self.shared.metrics.connected.set(1);
+            ackers = self.run_session(&conn, &publisher, &shutdown.drain).await;
+            self.shared.metrics.connected.set(0);
+            connections = Some((conn, publisher));
+            if !shutdown.drain.is_cancelled() {
+                tracing::warn!("lost the broker; reconnecting");
+            }
+        }
+        self.health.set(Readiness::Draining);
+        Ok(self.drain(ackers, connections, &shutdown.abort).await)
+    }
+
+    /// Connects, declares the topology and opens the publisher. `None` when shutting down.
+    async fn open_session(
+        &self,
+        stop: &CancellationToken,
+    ) -> Result<Option<(lapin::Connection, Publisher)>, WorkerError> {
+        let config = &self.shared.config;
+        loop {
+            let name = format!("warren-worker {}", config.worker_id);
+            let conn = match connect(&config.amqp.urls, &name, stop).await {
+                Ok(conn) => conn,
+                Err(ConnectError::Cancelled | ConnectError::NoUrl) => return Ok(None),
+            };
+            match self.declare(&conn).await {
+                Ok(()) => {}
+                Err(e) if e.is_permanent() => return Err(e.into()),
+                Err(error) => {
+                    tracing::warn!(%error, "declaring the topology failed; reconnecting");
+                    continue;
+                }
+            }
+            let publisher_config = PublisherConfig {
+                amqp: config.amqp.clone(),
+                exchange: config.exchange.clone(),
+                default_queue: config.queues[0].clone(),
+                connection_name: format!("{name} publish"),
+                ..PublisherConfig::default()
+            };
+            match Publisher::connect(publisher_config, stop).await {
+                Ok(publisher) => return Ok(Some((conn, publisher))),
+                Err(PublishError::Connect(_)) => return Ok(None),
+                Err(error) => tracing::warn!(%error, "opening the publisher failed; reconnecting"),
+            }
+        }
+    }
+
+    async fn declare(&self, conn: &lapin::Connection) -> Result<(), TopologyError> {
+        let config = &self.shared.config;
+        for queue in &config.queues {
+            let spec = QueueSpec::new(queue.clone(), config.queue_type);
+            self.shared.topology.declare(conn, &spec).await?;
+        }
+        Topology::declare_delays(conn).await
+    }
+
+    /// Consumes every queue until the drain or until one consumer is lost (then all stop, so
+    /// the session is rebuilt whole). Returns the ackers still settling running tasks.
+    async fn run_session(
+        &self,
+        conn: &lapin::Connection,
+        publisher: &Publisher,
+        drain: &CancellationToken,
+    ) -> Vec<JoinHandle<u64>> {
+        let stop = drain.child_token();
+        let consumers = self.shared.config.queues.iter().map(|queue| {
+            let link = SessionLink {
+                conn,
+                publisher,
+                stop: &stop,
+            };
+            let shared = self.shared.clone();
+            let queue: Arc<str> = queue.as_str().into();
+            let stop = stop.clone();
+            async move {
+                let end = consume(shared, link, queue.clone()).await;
+                if let ConsumerEnd::Lost(reason) = &end {
+                    tracing::warn!(queue = %queue, %reason, "consumer lost");
+                    stop.cancel();
+                }
+                end
+            }
+        });
+        join_all(consumers)
+            .await
+            .into_iter()
+            .filter_map(|end| match end {
+                ConsumerEnd::Stopped(acker) => Some(acker),
+                ConsumerEnd::Lost(_) => None,
+            })
+            .collect()
+    }
+
+    async fn drain(
+        self,
+        ackers: Vec<JoinHandle<u64>>,
+        connections: Option<(lapin::Connection, Publisher)>,
+        abort: &CancellationToken,
+    ) -> DrainReport {
+        let shared = &self.shared;
+        shared.tasks.close();
+        let running = shared.tasks.len();
+        tracing::info!(running, timeout = ?shared.config.shutdown_timeout, "draining: waiting for running tasks");
+        let mut acks_lost = 0;
+        let wait = async {
+            shared.tasks.wait().await;
+            for acker in ackers {
+                acks_lost += acker.await.unwrap_or(0);
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::timeout(shared.config.shutdown_timeout, wait) => {}
+            _ = abort.cancelled() => {}
+        }
+        let abandoned = shared.tasks.len();
+        if let Some((conn, publisher)) = connections {
+            publisher.close().await;
+            let _ = conn.close(200, "drained".into()).await;
+        }
+        let report = DrainReport {
+            totals: shared.metrics.totals(),
+            abandoned,
+            acks_lost,
+        };
+        let t = report.totals;
+        tracing::info!(
+            received = t.received,
+            succeeded = t.succeeded,
+            failed = t.failed,
+            retried = t.retried,
+            dead_lettered = t.dead_lettered,
+            requeued = t.requeued,
+            abandoned,
+            acks_lost,
+            "drained"
+        );
+        report
+    }
+}

@@ -1,0 +1,222 @@
+//! The task registry: task names mapped to typed async handlers. A handler receives its
+//! payload already decoded into its own type, plus a [`TaskContext`]; its error type says
+//! whether the task may be retried.
+
+use crate::outcome::{Failure, ReasonKind};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use warren_common::{Codec, CodecError, TaskId};
+
+/// What a handler knows about the task it runs.
+#[derive(Clone, Debug)]
+pub struct TaskContext {
+    /// The task id: the same on every attempt and on a republish with the same id, so a
+    /// handler can deduplicate with it.
+    pub id: TaskId,
+    /// The task name.
+    pub task: String,
+    /// This attempt's number, starting at 1.
+    pub attempt: u32,
+    /// Attempts allowed in all.
+    pub max_attempts: u32,
+    /// The queue the task came from.
+    pub queue: String,
+    /// The payload's schema version.
+    pub schema_version: u32,
+    /// Creation time, milliseconds since the epoch, if the producer wrote it.
+    pub created_ms: Option<u64>,
+    /// Whether the broker delivered this attempt before (a worker died or returned it).
+    pub redelivered: bool,
+}
+
+/// A failed task. Plain errors converted with `?` are retryable; wrap an error in
+/// [`Permanent`] (or call [`TaskError::permanent`]) when another attempt cannot succeed.
+///
+/// Deliberately not a `std::error::Error`, so that every error type converts into it.
+#[derive(Debug)]
+pub struct TaskError {
+    permanent: bool,
+    message: String,
+}
+
+impl TaskError {
+    /// A failure worth retrying.
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        TaskError {
+            permanent: false,
+            message: message.to_string(),
+        }
+    }
+
+    /// A failure no retry can fix: the task goes to the dead letters at once.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        TaskError {
+            permanent: true,
+            message: message.to_string(),
+        }
+    }
+
+    /// Whether the task goes to the dead letters without a retry.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    pub(crate) fn into_failure(self) -> Failure {
+        let kind = if self.permanent {
+            ReasonKind::Permanent
+        } else {
+            ReasonKind::Error
+        };
+        Failure::new(kind, self.message)
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error> From<E> for TaskError {
+    fn from(error: E) -> Self {
+        TaskError::retryable(error)
+    }
+}
+
+/// Marks an error as permanent: `return Err(Permanent(e).into())` or `Err(Permanent(e))?`.
+#[derive(Debug)]
+pub struct Permanent<E>(pub E);
+
+impl<E: fmt::Display> From<Permanent<E>> for TaskError {
+    fn from(Permanent(error): Permanent<E>) -> Self {
+        TaskError::permanent(error)
+    }
+}
+
+/// Per-task-type settings that override the worker's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HandlerOptions {
+    /// Handler timeout for this task type.
+    pub timeout: Option<Duration>,
+    /// Maximum attempts for this task type.
+    pub max_attempts: Option<u32>,
+}
+
+type HandlerResult = Result<(), TaskError>;
+type ErasedHandler = dyn Fn(TaskContext, Codec, &[u8]) -> Result<BoxFuture<'static, HandlerResult>, CodecError>
+    + Send
+    + Sync;
+
+/// A registered handler with its options.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) options: HandlerOptions,
+    handler: Arc<ErasedHandler>,
+}
+
+impl Entry {
+    /// Decodes the payload and returns the handler's future, or the decoding error.
+    pub(crate) fn start(
+        &self,
+        ctx: TaskContext,
+        codec: Codec,
+        body: &[u8],
+    ) -> Result<BoxFuture<'static, HandlerResult>, CodecError> {
+        (self.handler)(ctx, codec, body)
+    }
+}
+
+/// Task names mapped to handlers.
+#[derive(Clone, Default)]
+pub struct Registry {
+    entries: HashMap<String, Entry>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for tasks named `name`; its payload type `T` is decoded from JSON
+    /// or bincode as the message says. Replaces an earlier handler of the same name.
+    pub fn register<T, F, Fut, E>(&mut self, name: &str, handler: F) -> &mut Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<TaskError> + 'static,
+    {
+        self.register_with(name, HandlerOptions::default(), handler)
+    }
+
+    /// Like [`register`](Self::register), with a timeout or attempt limit of its own.
+    pub fn register_with<T, F, Fut, E>(
+        &mut self,
+        name: &str,
+        options: HandlerOptions,
+        handler: F,
+    ) -> &mut Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<TaskError> + 'static,
+    {
+        let erased = move |ctx: TaskContext, codec: Codec, body: &[u8]| {
+            let payload: T = codec.decode(body)?;
+            let fut = handler(ctx, payload);
+            Ok(async move { fut.await.map_err(Into::into) }.boxed())
+        };
+        let entry = Entry {
+            options,
+            handler: Arc::new(erased),
+        };
+        self.entries.insert(name.to_owned(), entry);
+        self
+    }
+
+    /// The registered task names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries.get(name)
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.entries.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Oops;
+    impl fmt::Display for Oops {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("oops")
+        }
+    }
+    impl std::error::Error for Oops {}
+
+    #[test]
+    fn plain_errors_are_retryable_and_permanent_ones_are_not() {
+        let plain: TaskError = Oops.into();
+        assert!(!plain.is_permanent());
+        let permanent: TaskError = Permanent(Oops).into();
+        assert!(permanent.is_permanent());
+        assert_eq!(permanent.into_failure().kind, ReasonKind::Permanent);
+    }
+}

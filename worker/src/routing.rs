@@ -1,0 +1,171 @@
+//! Carrying out an [`Outcome`]: a retry is republished (with a confirm) into the delay
+//! cascade and a dead letter into the queue's dead-letter queue, each with Warren's headers;
+//! only then is the original delivery acked. If the republish fails, the delivery is
+//! returned to its queue instead, so a task is never lost between the two.
+
+use crate::acks::Settle;
+use crate::outcome::{Failure, Outcome};
+use crate::Shared;
+use lapin::message::Delivery;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use warren_common::{
+    dead_letter_queue_name, delay, header_u64, headers, int_value, now_ms, text_value, Envelope,
+};
+use warren_producer::Publisher;
+
+/// Longest reason text kept in a dead letter's headers.
+const MAX_REASON_BYTES: usize = 2048;
+
+/// Headers the broker adds on delivery or dead-lettering; a republished task starts afresh.
+const BROKER_HEADERS: [&str; 6] = [
+    headers::X_DELIVERY_COUNT,
+    headers::X_DEATH,
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-reason",
+];
+
+/// Routes the outcome and says how to settle the delivery.
+pub(crate) async fn route(
+    shared: &Shared,
+    publisher: &Publisher,
+    queue: &str,
+    delivery: &Delivery,
+    envelope: Option<&Envelope>,
+    outcome: &Outcome,
+) -> Settle {
+    let tag = delivery.delivery_tag;
+    let id = envelope.map(|e| e.id.as_str()).unwrap_or("");
+    let published = match outcome {
+        Outcome::Ack => return Settle::Ack(tag),
+        Outcome::Retry { after, failure } => {
+            let attempt = envelope.map_or(1, |e| e.attempt) + 1;
+            let props = retry_properties(&delivery.properties, attempt, failure);
+            let key = delay::delay_routing_key(*after, queue);
+            tracing::info!(retry_in = ?after, next_attempt = attempt, reason_kind = %failure.kind,
+                reason = %failure.reason, "task failed; retrying");
+            let exchange = delay::delay_entry_exchange();
+            publisher
+                .publish_raw(&exchange, &key, &delivery.data, props, id)
+                .await
+        }
+        Outcome::DeadLetter(failure) => {
+            let props = dead_letter_properties(shared, queue, delivery, envelope, failure);
+            tracing::warn!(reason_kind = %failure.kind, reason = %failure.reason, "task dead-lettered");
+            let dlq = dead_letter_queue_name(queue);
+            publisher
+                .publish_raw("", &dlq, &delivery.data, props, id)
+                .await
+        }
+    };
+    match published {
+        Ok(()) => Settle::Ack(tag),
+        Err(error) => {
+            tracing::error!(%error, "could not move the task; returning it to its queue");
+            Settle::Requeue(tag)
+        }
+    }
+}
+
+fn without_broker_headers(props: &BasicProperties) -> FieldTable {
+    let mut table = props.headers().clone().unwrap_or_default();
+    let inner: std::collections::BTreeMap<_, _> = std::mem::take(&mut table)
+        .inner()
+        .iter()
+        .filter(|(k, _)| !BROKER_HEADERS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    FieldTable::from(inner)
+}
+
+fn retry_properties(props: &BasicProperties, attempt: u32, _failure: &Failure) -> BasicProperties {
+    let mut table = without_broker_headers(props);
+    let now = now_ms();
+    if !table.contains_key(headers::FIRST_FAILURE_MS) {
+        table.insert(headers::FIRST_FAILURE_MS.into(), int_value(now));
+    }
+    table.insert(headers::LAST_FAILURE_MS.into(), int_value(now));
+    table.insert(headers::ATTEMPT.into(), int_value(attempt.into()));
+    props.clone().with_delivery_mode(2).with_headers(table)
+}
+
+fn dead_letter_properties(
+    shared: &Shared,
+    queue: &str,
+    delivery: &Delivery,
+    envelope: Option<&Envelope>,
+    failure: &Failure,
+) -> BasicProperties {
+    let props = &delivery.properties;
+    let original = without_broker_headers(props);
+    let mut table = original.clone();
+    let now = now_ms();
+    let first = header_u64(&original, headers::FIRST_FAILURE_MS)
+        .ok()
+        .flatten()
+        .unwrap_or(now);
+    // Through the delay cascade the routing key is the cascade's; the task's own is the queue.
+    let routing_key = if delivery.exchange.as_str().starts_with("warren.delay") {
+        queue
+    } else {
+        delivery.routing_key.as_str()
+    };
+    let entries = [
+        (
+            headers::DEAD_REASON,
+            text_value(truncate(&failure.reason, MAX_REASON_BYTES)),
+        ),
+        (headers::DEAD_KIND, text_value(failure.kind.as_str())),
+        (
+            headers::DEAD_ATTEMPTS,
+            int_value(envelope.map_or(1, |e| e.attempt).into()),
+        ),
+        (headers::FIRST_FAILURE_MS, int_value(first)),
+        (headers::LAST_FAILURE_MS, int_value(now)),
+        (headers::ORIGINAL_QUEUE, text_value(queue)),
+        (headers::ORIGINAL_ROUTING_KEY, text_value(routing_key)),
+        (headers::DEAD_WORKER, text_value(&shared.config.worker_id)),
+    ];
+    for (name, value) in entries {
+        table.insert(name.into(), value);
+    }
+    props.clone().with_delivery_mode(2).with_headers(table)
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("short", 100), "short");
+    }
+
+    #[test]
+    fn republished_tasks_lose_the_brokers_counters() {
+        let mut table = FieldTable::default();
+        table.insert(headers::X_DELIVERY_COUNT.into(), int_value(3));
+        table.insert(headers::ATTEMPT.into(), int_value(1));
+        let props = BasicProperties::default().with_headers(table);
+        let failure = Failure::new(crate::outcome::ReasonKind::Error, "x");
+        let retried = retry_properties(&props, 2, &failure);
+        let headers = retried.headers().as_ref().unwrap();
+        assert!(!headers.contains_key(headers::X_DELIVERY_COUNT));
+        assert_eq!(header_u64(headers, headers::ATTEMPT).unwrap(), Some(2));
+        assert!(headers.contains_key(headers::FIRST_FAILURE_MS));
+    }
+}
