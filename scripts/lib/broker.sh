@@ -30,20 +30,27 @@ warn() {
 
 # mask_url URL: print URL with the password (if any) replaced by ***.
 #   amqp://guest:guest@127.0.0.1:5672/%2f -> amqp://guest:***@127.0.0.1:5672/%2f
-# The credentials are taken to end at the LAST '@' before any query string, so
-# a password with an unencoded '@' or '/' is still hidden completely (at worst
-# part of an odd vhost is hidden too; nothing secret is ever shown).
+# AMQP_URL may list a cluster's nodes separated by commas: each is masked.
+# The credentials are taken to end at the LAST '@' of the URL, so a password
+# with an unencoded '@', '/' or '?' is still hidden completely (at worst an odd
+# vhost or query holding an '@' is hidden too; nothing secret is ever shown).
 mask_url() {
-	local url=$1 scheme='' rest query='' cred after
+	local one out='' sep='' parts=()
+	IFS=, read -r -a parts <<<"$1"
+	for one in "${parts[@]}"; do
+		out+="$sep$(_warren_mask_one "$one")"
+		sep=,
+	done
+	printf '%s\n' "$out"
+}
+
+_warren_mask_one() {
+	local url=$1 scheme='' rest cred after
 	if [[ $url == *://* ]]; then
 		scheme="${url%%://*}://"
 		rest=${url#*://}
 	else
 		rest=$url
-	fi
-	if [[ $rest == *'?'* ]]; then
-		query="?${rest#*\?}"
-		rest=${rest%%\?*}
 	fi
 	if [[ $rest == *@* ]]; then
 		cred=${rest%@*}
@@ -52,7 +59,7 @@ mask_url() {
 			rest="${cred%%:*}:***@${after}"
 		fi
 	fi
-	printf '%s%s%s\n' "$scheme" "$rest" "$query"
+	printf '%s%s\n' "$scheme" "$rest"
 }
 
 # _warren_parse_url URL: set _warren_scheme, _warren_host and _warren_port.
@@ -204,31 +211,37 @@ _warren_compose() {
 }
 
 # ensure_broker: make sure an AMQP broker answers at $AMQP_URL (default: the
-# local node), starting or installing one when it is local. Exports AMQP_URL.
+# local node), starting or installing one when it is local. AMQP_URL may list
+# several nodes separated by commas; one answering is enough. Exports AMQP_URL.
 ensure_broker() {
 	export AMQP_URL="${AMQP_URL:-$WARREN_DEFAULT_AMQP_URL}"
-	local masked compose
+	local masked compose url urls=() host='' port=''
 	masked=$(mask_url "$AMQP_URL")
-	_warren_parse_url "$AMQP_URL" || return 1
-	local host=$_warren_host port=$_warren_port scheme=$_warren_scheme
-
-	say "checking for an AMQP broker at $masked ($host:$port)"
-	if tcp_open "$host" "$port"; then
-		say "broker is reachable at $masked"
-		return 0
-	fi
-	say "nothing answers on $host:$port"
-
-	if ! _warren_is_local "$host"; then
-		printf '==> error: AMQP_URL (%s) points at %s:%s, which does not answer, and it is not\n' "$masked" "$host" "$port" >&2
-		printf '    this machine, so there is nothing to start here. Start that broker, or unset\n' >&2
-		printf '    AMQP_URL to use a local one (%s).\n' "$(mask_url "$WARREN_DEFAULT_AMQP_URL")" >&2
+	IFS=, read -r -a urls <<<"$AMQP_URL"
+	if ((${#urls[@]} == 0)); then
+		printf '==> error: AMQP_URL is empty\n' >&2
 		return 1
 	fi
-	if [[ $scheme != amqp || $port != 5672 ]]; then
-		printf '==> error: AMQP_URL (%s) wants %s on port %s; a broker started by this script\n' "$masked" "$scheme" "$port" >&2
-		printf '    would listen for plain amqp on 5672 only. Start a broker there yourself, or\n' >&2
-		printf '    unset AMQP_URL to use %s.\n' "$(mask_url "$WARREN_DEFAULT_AMQP_URL")" >&2
+
+	say "checking for an AMQP broker at $masked"
+	for url in "${urls[@]}"; do
+		_warren_parse_url "$url" || return 1
+		if tcp_open "$_warren_host" "$_warren_port"; then
+			say "broker is reachable at $(mask_url "$url")"
+			return 0
+		fi
+		say "nothing answers on $_warren_host:$_warren_port"
+		# The first local plain-amqp node on 5672 is one we can start.
+		if [[ -z $host && $_warren_scheme == amqp && $_warren_port == 5672 ]] &&
+			_warren_is_local "$_warren_host"; then
+			host=$_warren_host port=$_warren_port
+		fi
+	done
+
+	if [[ -z $host ]]; then
+		printf '==> error: no broker answers at %s, and a broker started by this\n' "$masked" >&2
+		printf '    script could only serve plain amqp on this machine, port 5672. Start that\n' >&2
+		printf '    broker yourself, or unset AMQP_URL to use a local one (%s).\n' "$(mask_url "$WARREN_DEFAULT_AMQP_URL")" >&2
 		return 1
 	fi
 

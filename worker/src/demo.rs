@@ -1,26 +1,26 @@
 //! Built-in demo tasks, so the stock `warren-worker` runs with no user code.
 
 use crate::{Registry, TaskContext, TaskError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 /// Payload of `demo.sleep`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sleep {
     /// Milliseconds to sleep.
     pub ms: u64,
 }
 
 /// Payload of `demo.cpu`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Cpu {
     /// SHA-256 rounds to compute.
     pub rounds: u64,
 }
 
 /// Payload of `demo.flaky`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Flaky {
     /// Attempts that fail before one succeeds.
     pub fail_times: u32,
