@@ -219,9 +219,10 @@ impl Topology {
         declare_exchange(&channel, &self.exchange, ExchangeKind::Direct).await?;
         let deliver = delay::delay_deliver_exchange();
         declare_exchange(&channel, &deliver, ExchangeKind::Topic).await?;
+        // The work queue first, so a mismatch names the queue the user configured.
+        declare_queue(&channel, &spec.name, spec.work_arguments()).await?;
         let dlq = dead_letter_queue_name(&spec.name);
         declare_queue(&channel, &dlq, spec.dead_letter_arguments()).await?;
-        declare_queue(&channel, &spec.name, spec.work_arguments()).await?;
         bind_queue(&channel, &spec.name, &self.exchange, &spec.name).await?;
         bind_queue(
             &channel,

@@ -1,0 +1,145 @@
+//! The real binaries, as an operator runs them.
+
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use warren_tests::*;
+
+fn worker_command(queue: &str) -> Command {
+    let mut cmd = Command::new(binary("warren-worker"));
+    cmd.args(["--queue", queue, "--admin-addr", "127.0.0.1:0"])
+        .env("AMQP_URL", amqp_url())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("child is running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert!(status.expect("kill runs").success());
+}
+
+#[tokio::test]
+async fn worker_and_producer_binaries_run_a_thousand_tasks() {
+    let queue = unique_queue("bin");
+    let mut worker = worker_command(&queue)
+        .spawn()
+        .expect("warren-worker starts");
+    let lines = capture_lines(worker.stderr.take().unwrap());
+    wait_for_line(&lines, "consuming", Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let output = Command::new(binary("warren-producer"))
+        .args([
+            "publish",
+            "--task",
+            "demo.noop",
+            "--queue",
+            &queue,
+            "--count",
+            "1000",
+        ])
+        .env("AMQP_URL", amqp_url())
+        .output()
+        .await
+        .expect("warren-producer runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "publish failed: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("1000 confirmed, 0 not confirmed"),
+        "{stdout}"
+    );
+
+    let conn = raw_connection().await;
+    wait_until(Duration::from_secs(30), "the queue to drain", || {
+        let lines = lines.clone();
+        async move {
+            lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains("task finished"))
+                .count()
+                == 1000
+        }
+    })
+    .await;
+    sigterm(&worker);
+    let status = tokio::time::timeout(Duration::from_secs(20), worker.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "a drained worker exits 0, got {status}");
+    let summary = wait_for_line(&lines, "drained", Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(field(&summary, "succeeded"), Some(1000), "{summary}");
+    assert_eq!(ready_count(&conn, &queue).await, 0);
+    delete_queues(&conn, &queue).await;
+}
+
+#[tokio::test]
+async fn a_mismatched_queue_stops_the_worker_with_a_clear_message() {
+    let queue = unique_queue("binmismatch");
+    let publish = Command::new(binary("warren-producer"))
+        .args([
+            "publish",
+            "--task",
+            "demo.noop",
+            "--queue",
+            &queue,
+            "--queue-type",
+            "classic",
+        ])
+        .env("AMQP_URL", amqp_url())
+        .output()
+        .await
+        .unwrap();
+    assert!(publish.status.success());
+    let output = tokio::time::timeout(Duration::from_secs(30), worker_command(&queue).output())
+        .await
+        .expect("the worker exits instead of looping")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!("queue `{queue}`")) && stderr.contains("x-queue-type"),
+        "{stderr}"
+    );
+    delete_queues(&raw_connection().await, &queue).await;
+}
+
+#[tokio::test]
+async fn bad_flags_name_the_flag() {
+    let output = Command::new(binary("warren-worker"))
+        .args(["--prefetch", "lots"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--prefetch"));
+    let output = Command::new(binary("warren-worker"))
+        .args(["--task-timeout", "2h"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--task-timeout"));
+    let output = Command::new(binary("warren-producer"))
+        .args(["publish", "--task", "x", "--payload", "{not json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--payload"));
+}
