@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use warren_common::{
-    connect, AmqpArgs, Codec, CodecError, ConnectError, Envelope, EnvelopeError, QueueSpec, TaskId,
-    Topology, TopologyError,
+    connect, delay, AmqpArgs, Codec, CodecError, ConnectError, Envelope, EnvelopeError, QueueSpec,
+    TaskId, Topology, TopologyError,
 };
 
 /// How long a publish waits for the broker's confirm before reporting a failure.
@@ -106,6 +106,11 @@ pub struct TaskOptions {
     pub expires_at_ms: Option<u64>,
     /// W3C `traceparent` of the caller's span.
     pub traceparent: Option<String>,
+    /// Hold the task in the broker this long before it is delivered (whole seconds, rounded
+    /// up; see the delay cascade in `docs/wire-format.md`).
+    pub delay: Option<Duration>,
+    /// Priority 0-9, honoured by queues declared as priority queues.
+    pub priority: Option<u8>,
 }
 
 /// How a publisher connects.
@@ -142,6 +147,7 @@ pub struct Publisher {
 }
 
 struct Inner {
+    delays_declared: tokio::sync::OnceCell<()>,
     conn: Connection,
     channel: Channel,
     topology: Topology,
@@ -165,6 +171,7 @@ impl Publisher {
         let topology = Topology::new(config.exchange.clone());
         Ok(Publisher {
             inner: Arc::new(Inner {
+                delays_declared: tokio::sync::OnceCell::new(),
                 conn,
                 channel,
                 topology,
@@ -195,16 +202,34 @@ impl Publisher {
             .queue
             .as_deref()
             .unwrap_or(&self.inner.config.default_queue);
-        let exchange = self.inner.topology.exchange.as_str();
-        self.publish_raw(
-            exchange,
-            queue,
-            &body,
-            envelope.to_properties(),
-            &envelope.id,
-        )
-        .await?;
+        let mut properties = envelope.to_properties();
+        if let Some(priority) = options.priority {
+            properties = properties.with_priority(priority.min(9));
+        }
+        match options.delay.filter(|d| delay::delay_seconds(*d) > 0) {
+            None => {
+                let exchange = self.inner.topology.exchange.as_str();
+                self.publish_raw(exchange, queue, &body, properties, &envelope.id)
+                    .await?;
+            }
+            Some(wait) => {
+                self.ensure_delays().await?;
+                let exchange = delay::delay_entry_exchange();
+                let key = delay::delay_routing_key(wait, queue);
+                self.publish_raw(&exchange, &key, &body, properties, &envelope.id)
+                    .await?;
+            }
+        }
         Ok(envelope.id)
+    }
+
+    /// Declares the delay cascade once per publisher, before the first delayed task.
+    async fn ensure_delays(&self) -> Result<(), TopologyError> {
+        self.inner
+            .delays_declared
+            .get_or_try_init(|| Topology::declare_delays(&self.inner.conn))
+            .await
+            .map(|_| ())
     }
 
     /// Publishes many tasks with up to `window` confirms in flight, yielding each result in

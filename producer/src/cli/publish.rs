@@ -7,8 +7,8 @@ use futures::{stream, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
-use warren_common::{AmqpArgs, Codec, QueueKind, QueueSpec, Shutdown};
+use std::time::{Duration, Instant, SystemTime};
+use warren_common::{now_ms, AmqpArgs, Codec, QueueKind, QueueSpec, Shutdown};
 
 /// Arguments of `publish`.
 #[derive(Debug, clap::Args)]
@@ -34,6 +34,24 @@ pub struct PublishArgs {
     /// Task id to use (only for a single task).
     #[arg(long, conflicts_with = "count")]
     id: Option<String>,
+    /// Hold the task in the broker this long before it runs (e.g. 30s, 2h).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "at")]
+    delay: Option<Duration>,
+    /// Run the task not before this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    at: Option<SystemTime>,
+    /// Do not run the task after this much time has passed (it is dead-lettered as expired).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    expires_in: Option<Duration>,
+    /// Attempts allowed for this task (overrides the worker's setting).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: Option<u32>,
+    /// Handler timeout for this task (overrides the worker's setting).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Priority 0-9 (only priority queues honour it).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
+    priority: Option<u8>,
     /// Maximum number of confirms in flight.
     #[arg(long, default_value_t = 1000)]
     window: usize,
@@ -67,9 +85,18 @@ pub async fn run(
     publisher
         .declare(&QueueSpec::new(&args.queue, args.queue_type))
         .await?;
+    let delay = match args.at {
+        Some(at) => Some(at.duration_since(SystemTime::now()).unwrap_or_default()),
+        None => args.delay,
+    };
     let options = TaskOptions {
         id: args.id.clone(),
         codec: Some(Codec::Json),
+        delay,
+        expires_at_ms: args.expires_in.map(|d| now_ms() + d.as_millis() as u64),
+        max_attempts: args.max_attempts,
+        timeout: args.timeout,
+        priority: args.priority,
         ..TaskOptions::default()
     };
     let code = match args.count {
