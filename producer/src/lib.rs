@@ -3,8 +3,11 @@
 //! messages and lost connections into errors. Also the `warren-producer` command line.
 
 pub mod cli;
+mod link;
+mod metrics;
 mod publisher;
 
+pub use metrics::ProducerMetrics;
 pub use publisher::{
     PublishError, Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
 };

@@ -2,16 +2,17 @@
 //! `publish` may be called from many tasks at once; each call awaits only its own confirm, so
 //! concurrent callers (or [`Publisher::publish_all`]) keep a window of confirms in flight.
 
+use crate::link::{LinkError, Linker};
+use crate::metrics::ProducerMetrics;
 use futures::{stream, Stream, StreamExt};
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::Confirmation;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel, Confirmation};
 use serde::Serialize;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use warren_common::{
-    connect, delay, AmqpArgs, Codec, CodecError, ConnectError, Envelope, EnvelopeError, QueueSpec,
+    delay, AmqpArgs, Codec, CodecError, ConnectError, Envelope, EnvelopeError, Health, QueueSpec,
     TaskId, Topology, TopologyError,
 };
 
@@ -65,6 +66,24 @@ pub enum PublishError {
     /// The payload did not encode.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The broker blocked publishers (a memory or disk alarm) for longer than the timeout.
+    #[error(
+        "the broker blocks publishers (resource alarm); task {id} not published within {timeout:?}"
+    )]
+    Blocked {
+        /// The task id.
+        id: TaskId,
+        /// How long the publish waited.
+        timeout: Duration,
+    },
+    /// No connection to the broker could be made in time.
+    #[error("no broker connection for task {id} within {timeout:?}")]
+    Unavailable {
+        /// The task id.
+        id: TaskId,
+        /// How long the publish waited.
+        timeout: Duration,
+    },
     /// Connecting was abandoned.
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -80,7 +99,10 @@ impl PublishError {
             PublishError::Nacked { .. } => "nack",
             PublishError::Unroutable { .. } => "unroutable",
             PublishError::Timeout { .. } => "timeout",
-            PublishError::Connection { .. } | PublishError::Connect(_) => "connection",
+            PublishError::Blocked { .. } => "blocked",
+            PublishError::Connection { .. }
+            | PublishError::Connect(_)
+            | PublishError::Unavailable { .. } => "connection",
             PublishError::Envelope(_) | PublishError::Codec(_) => "invalid",
             PublishError::Topology(_) => "topology",
         }
@@ -122,10 +144,13 @@ pub struct PublisherConfig {
     pub exchange: String,
     /// The queue used when a task names none.
     pub default_queue: String,
-    /// How long to wait for each confirm.
+    /// How long to wait for each confirm, and at most for a reconnection or for the broker to
+    /// unblock publishers.
     pub confirm_timeout: Duration,
     /// Connection name shown by the broker.
     pub connection_name: String,
+    /// Registry to export the producer metrics to, if any.
+    pub metrics: Option<prometheus::Registry>,
 }
 
 impl Default for PublisherConfig {
@@ -136,22 +161,23 @@ impl Default for PublisherConfig {
             default_queue: "default".to_owned(),
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
             connection_name: "warren-producer".to_owned(),
+            metrics: None,
         }
     }
 }
 
-/// Publishes tasks with confirms. Cheap to clone; clones share the channel.
+/// Publishes tasks with confirms, reconnecting when the broker is lost. Cheap to clone;
+/// clones share the connection.
 #[derive(Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    delays_declared: tokio::sync::OnceCell<()>,
-    conn: Connection,
-    channel: Channel,
+    link: Linker,
     topology: Topology,
     config: PublisherConfig,
+    delays_declared: std::sync::atomic::AtomicU64,
 }
 
 impl Publisher {
@@ -160,34 +186,59 @@ impl Publisher {
         config: PublisherConfig,
         cancel: &CancellationToken,
     ) -> Result<Self, PublishError> {
-        let conn = connect(&config.amqp.urls, &config.connection_name, cancel).await?;
-        let channel =
-            open_confirm_channel(&conn)
-                .await
-                .map_err(|source| PublishError::Connection {
-                    id: String::new(),
-                    source,
-                })?;
+        let metrics = config.metrics.as_ref().map(ProducerMetrics::new);
+        let name = config.connection_name.clone();
+        let link = Linker::new(
+            config.amqp.urls.clone(),
+            name,
+            metrics,
+            cancel.child_token(),
+        );
+        link.get(None)
+            .await
+            .map_err(|e| link_error(e, "", config.confirm_timeout))?;
         let topology = Topology::new(config.exchange.clone());
+        let delays_declared = std::sync::atomic::AtomicU64::new(0);
         Ok(Publisher {
             inner: Arc::new(Inner {
-                delays_declared: tokio::sync::OnceCell::new(),
-                conn,
-                channel,
+                link,
                 topology,
                 config,
+                delays_declared,
             }),
         })
     }
 
-    /// Declares (or checks) a work queue exactly as workers do.
-    pub async fn declare(&self, spec: &QueueSpec) -> Result<(), TopologyError> {
-        self.inner.topology.declare(&self.inner.conn, spec).await
+    /// The publisher's readiness (connected, reconnecting, blocked), for an admin server.
+    pub fn health(&self) -> Health {
+        self.inner.link.health.clone()
     }
 
-    /// The connection, for tools that need a channel of their own.
-    pub fn connection(&self) -> &Connection {
-        &self.inner.conn
+    /// Declares (or checks) a work queue exactly as workers do.
+    pub async fn declare(&self, spec: &QueueSpec) -> Result<(), PublishError> {
+        let link = self.link("").await?;
+        Ok(self.inner.topology.declare(&link.conn, spec).await?)
+    }
+
+    /// A new channel on the publisher's connection, for tools that need one of their own.
+    pub async fn create_channel(&self) -> Result<Channel, PublishError> {
+        let link = self.link("").await?;
+        link.conn
+            .create_channel()
+            .await
+            .map_err(|source| PublishError::Connection {
+                id: String::new(),
+                source,
+            })
+    }
+
+    async fn link(&self, id: &str) -> Result<Arc<crate::link::Link>, PublishError> {
+        let timeout = self.inner.config.confirm_timeout;
+        self.inner
+            .link
+            .get(Some(timeout))
+            .await
+            .map_err(|e| link_error(e, id, timeout))
     }
 
     /// Publishes one task and returns its id once the broker confirmed it.
@@ -213,7 +264,7 @@ impl Publisher {
                     .await?;
             }
             Some(wait) => {
-                self.ensure_delays().await?;
+                self.ensure_delays(&envelope.id).await?;
                 let exchange = delay::delay_entry_exchange();
                 let key = delay::delay_routing_key(wait, queue);
                 self.publish_raw(&exchange, &key, &body, properties, &envelope.id)
@@ -221,15 +272,6 @@ impl Publisher {
             }
         }
         Ok(envelope.id)
-    }
-
-    /// Declares the delay cascade once per publisher, before the first delayed task.
-    async fn ensure_delays(&self) -> Result<(), TopologyError> {
-        self.inner
-            .delays_declared
-            .get_or_try_init(|| Topology::declare_delays(&self.inner.conn))
-            .await
-            .map(|_| ())
     }
 
     /// Publishes many tasks with up to `window` confirms in flight, yielding each result in
@@ -284,16 +326,47 @@ impl Publisher {
         properties: BasicProperties,
         id: &str,
     ) -> Result<(), PublishError> {
-        let connection_error = |source| PublishError::Connection {
-            id: id.to_owned(),
-            source,
+        let result = self
+            .try_publish(exchange, routing_key, body, properties, id)
+            .await;
+        if let Some(metrics) = &self.inner.link.metrics {
+            match &result {
+                Ok(()) => metrics.published.inc(),
+                Err(e) => metrics.failures.with_label_values(&[e.kind()]).inc(),
+            }
+        }
+        result
+    }
+
+    async fn try_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        id: &str,
+    ) -> Result<(), PublishError> {
+        let timeout = self.inner.config.confirm_timeout;
+        let link = self.link(id).await?;
+        if !self.inner.link.wait_unblocked(timeout).await {
+            return Err(PublishError::Blocked {
+                id: id.to_owned(),
+                timeout,
+            });
+        }
+        let broken = |source| {
+            self.inner.link.mark_broken(link.generation);
+            PublishError::Connection {
+                id: id.to_owned(),
+                source,
+            }
         };
         let options = BasicPublishOptions {
             mandatory: true,
             immediate: false,
         };
-        let confirm = self
-            .inner
+        let started = Instant::now();
+        let confirm = link
             .channel
             .basic_publish(
                 exchange.into(),
@@ -303,15 +376,19 @@ impl Publisher {
                 properties,
             )
             .await
-            .map_err(connection_error)?;
-        let timeout = self.inner.config.confirm_timeout;
+            .map_err(broken)?;
         let confirmation = tokio::time::timeout(timeout, confirm)
             .await
             .map_err(|_| PublishError::Timeout {
                 id: id.to_owned(),
                 timeout,
             })?
-            .map_err(connection_error)?;
+            .map_err(broken)?;
+        if let Some(metrics) = &self.inner.link.metrics {
+            metrics
+                .confirm_latency
+                .observe(started.elapsed().as_secs_f64());
+        }
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
@@ -326,18 +403,36 @@ impl Publisher {
         }
     }
 
+    /// Declares the delay cascade before the first delayed task of each connection.
+    async fn ensure_delays(&self, id: &str) -> Result<(), PublishError> {
+        use std::sync::atomic::Ordering;
+        let link = self.link(id).await?;
+        if self.inner.delays_declared.load(Ordering::Acquire) == link.generation {
+            return Ok(());
+        }
+        Topology::declare_delays(&link.conn).await?;
+        self.inner
+            .delays_declared
+            .store(link.generation, Ordering::Release);
+        Ok(())
+    }
+
     /// Waits for every outstanding confirm, then closes the channel and connection.
     pub async fn close(&self) {
-        let _ = self.inner.channel.wait_for_confirms().await;
-        let _ = self.inner.channel.close(200, "bye".into()).await;
-        let _ = self.inner.conn.close(200, "bye".into()).await;
+        self.inner.link.close().await;
     }
 }
 
-async fn open_confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
-    let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    Ok(channel)
+fn link_error(error: LinkError, id: &str, timeout: Duration) -> PublishError {
+    match error {
+        LinkError::Timeout => PublishError::Unavailable {
+            id: id.to_owned(),
+            timeout,
+        },
+        LinkError::Cancelled => PublishError::Connect(ConnectError::Cancelled),
+        LinkError::Broker(source) => PublishError::Connection {
+            id: id.to_owned(),
+            source,
+        },
+    }
 }

@@ -80,6 +80,7 @@ pub async fn run(
         default_queue: args.queue.clone(),
         confirm_timeout: args.confirm_timeout,
         connection_name: "warren-producer publish".to_owned(),
+        metrics: None,
     };
     let publisher = Publisher::connect(config, &shutdown.drain).await?;
     publisher

@@ -1,0 +1,197 @@
+//! The publisher's link to the broker: a connection and a confirm-mode channel, replaced
+//! when lost, and the broker's flow-control state (`connection.blocked`).
+//!
+//! Losing the link fails the publishes whose confirms were outstanding (their callers get an
+//! error, never silence); the next publish reconnects, waiting at most the confirm timeout.
+
+use crate::metrics::ProducerMetrics;
+use futures::StreamExt;
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, Event};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{watch, Mutex};
+use tokio_util::sync::CancellationToken;
+use warren_common::{connect, AmqpUrl, ConnectError, Health, Readiness};
+
+/// A live connection and its publishing channel.
+pub(crate) struct Link {
+    pub(crate) conn: Connection,
+    pub(crate) channel: Channel,
+    pub(crate) generation: u64,
+}
+
+/// Owns the current [`Link`] and replaces it when it breaks.
+pub(crate) struct Linker {
+    urls: Vec<AmqpUrl>,
+    name: String,
+    current: RwLock<Option<Arc<Link>>>,
+    reconnecting: Mutex<u64>,
+    blocked: watch::Sender<bool>,
+    pub(crate) health: Health,
+    pub(crate) metrics: Option<ProducerMetrics>,
+    pub(crate) cancel: CancellationToken,
+}
+
+/// Why no link is available.
+pub(crate) enum LinkError {
+    /// Could not connect within the time allowed.
+    Timeout,
+    /// Shutting down.
+    Cancelled,
+    /// Connected, but opening the channel failed.
+    Broker(lapin::Error),
+}
+
+impl Linker {
+    pub(crate) fn new(
+        urls: Vec<AmqpUrl>,
+        name: String,
+        metrics: Option<ProducerMetrics>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Linker {
+            urls,
+            name,
+            current: RwLock::new(None),
+            reconnecting: Mutex::new(0),
+            blocked: watch::channel(false).0,
+            health: Health::new(),
+            metrics,
+            cancel,
+        }
+    }
+
+    /// The current link, reconnecting first if there is none (waiting at most `wait`).
+    pub(crate) async fn get(&self, wait: Option<Duration>) -> Result<Arc<Link>, LinkError> {
+        if let Some(link) = self.live() {
+            return Ok(link);
+        }
+        match wait {
+            None => self.reconnect().await,
+            Some(wait) => tokio::time::timeout(wait, self.reconnect())
+                .await
+                .unwrap_or(Err(LinkError::Timeout)),
+        }
+    }
+
+    fn live(&self) -> Option<Arc<Link>> {
+        let guard = self.current.read().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .filter(|l| l.channel.status().connected())
+            .cloned()
+    }
+
+    /// Forgets the link of `generation` (if still current) so the next publish reconnects.
+    pub(crate) fn mark_broken(&self, generation: u64) {
+        let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_some_and(|l| l.generation == generation) {
+            *guard = None;
+            self.health.set(Readiness::Reconnecting);
+            if let Some(m) = &self.metrics {
+                m.connected.set(0);
+            }
+            tracing::warn!(connection = %self.name, "lost the publishing link; will reconnect");
+        }
+    }
+
+    async fn reconnect(&self) -> Result<Arc<Link>, LinkError> {
+        let mut generation = self.reconnecting.lock().await;
+        if let Some(link) = self.live() {
+            return Ok(link);
+        }
+        let conn = match connect(&self.urls, &self.name, &self.cancel).await {
+            Ok(conn) => conn,
+            Err(ConnectError::Cancelled | ConnectError::NoUrl) => return Err(LinkError::Cancelled),
+        };
+        let channel = open_confirm_channel(&conn)
+            .await
+            .map_err(LinkError::Broker)?;
+        *generation += 1;
+        if *generation > 1 {
+            if let Some(m) = &self.metrics {
+                m.reconnects.inc();
+            }
+        }
+        self.watch_events(&conn, *generation);
+        let link = Arc::new(Link {
+            conn,
+            channel,
+            generation: *generation,
+        });
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
+        let _ = self.blocked.send(false);
+        self.health.set(Readiness::Ready);
+        if let Some(m) = &self.metrics {
+            m.connected.set(1);
+            m.blocked.set(0);
+        }
+        Ok(link)
+    }
+
+    /// Follows the connection's events: blocked/unblocked and errors.
+    fn watch_events(&self, conn: &Connection, generation: u64) {
+        let mut events = conn.events_listener();
+        let blocked = self.blocked.clone();
+        let health = self.health.clone();
+        let metrics = self.metrics.clone();
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    Event::ConnectionBlocked(reason) => {
+                        tracing::warn!(connection = %name, %reason, generation, "broker blocks publishers");
+                        let _ = blocked.send(true);
+                        health.set(Readiness::Blocked);
+                        metrics.as_ref().map(|m| m.blocked.set(1));
+                    }
+                    Event::ConnectionUnblocked => {
+                        tracing::info!(connection = %name, "broker unblocked publishers");
+                        let _ = blocked.send(false);
+                        health.set(Readiness::Ready);
+                        metrics.as_ref().map(|m| m.blocked.set(0));
+                    }
+                    Event::Error(error) => {
+                        tracing::warn!(connection = %name, %error, "publishing connection failed");
+                        let _ = blocked.send(false);
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    /// Waits while the broker blocks publishers; false if still blocked after `wait`.
+    pub(crate) async fn wait_unblocked(&self, wait: Duration) -> bool {
+        let mut rx = self.blocked.subscribe();
+        if !*rx.borrow() {
+            return true;
+        }
+        let unblocked = tokio::time::timeout(wait, rx.wait_for(|blocked| !blocked)).await;
+        unblocked.is_ok()
+    }
+
+    /// Waits for outstanding confirms, then closes the channel and the connection.
+    pub(crate) async fn close(&self) {
+        let link = self
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(link) = link {
+            let _ = link.channel.wait_for_confirms().await;
+            let _ = link.channel.close(200, "bye".into()).await;
+            let _ = link.conn.close(200, "bye".into()).await;
+        }
+        self.cancel.cancel();
+    }
+}
+
+async fn open_confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}

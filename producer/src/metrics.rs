@@ -1,0 +1,84 @@
+//! The producer's Prometheus metrics.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric a publisher exports.
+#[derive(Clone, Debug)]
+pub struct ProducerMetrics {
+    /// Tasks confirmed by the broker.
+    pub published: IntCounter,
+    /// Time from publish to confirm.
+    pub confirm_latency: Histogram,
+    /// Publishes that failed, by kind (nack, unroutable, blocked, timeout, connection).
+    pub failures: IntCounterVec,
+    /// 1 while connected to the broker.
+    pub connected: IntGauge,
+    /// 1 while the broker blocks publishers (memory or disk alarm).
+    pub blocked: IntGauge,
+    /// Reconnections since start.
+    pub reconnects: IntCounter,
+}
+
+impl ProducerMetrics {
+    /// Creates and registers the metrics in `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        let buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let metrics = ProducerMetrics {
+            published: IntCounter::new(
+                "warren_producer_published_total",
+                "Tasks published and confirmed by the broker.",
+            )
+            .expect("metric is valid"),
+            confirm_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "warren_producer_confirm_seconds",
+                    "Time from publishing a task to the broker's confirm.",
+                )
+                .buckets(buckets),
+            )
+            .expect("metric is valid"),
+            failures: IntCounterVec::new(
+                Opts::new(
+                    "warren_producer_publish_failures_total",
+                    "Publishes not confirmed, by kind.",
+                ),
+                &["kind"],
+            )
+            .expect("metric is valid"),
+            connected: IntGauge::new(
+                "warren_broker_connected",
+                "1 while connected to the broker.",
+            )
+            .expect("metric is valid"),
+            blocked: IntGauge::new(
+                "warren_producer_blocked",
+                "1 while the broker blocks publishers (resource alarm).",
+            )
+            .expect("metric is valid"),
+            reconnects: IntCounter::new(
+                "warren_broker_reconnects_total",
+                "Reconnections to the broker since the process started.",
+            )
+            .expect("metric is valid"),
+        };
+        for kind in ["nack", "unroutable", "blocked", "timeout", "connection"] {
+            metrics.failures.with_label_values(&[kind]);
+        }
+        let collectors: [Box<dyn prometheus::core::Collector>; 6] = [
+            Box::new(metrics.published.clone()),
+            Box::new(metrics.confirm_latency.clone()),
+            Box::new(metrics.failures.clone()),
+            Box::new(metrics.connected.clone()),
+            Box::new(metrics.blocked.clone()),
+            Box::new(metrics.reconnects.clone()),
+        ];
+        for collector in collectors {
+            registry
+                .register(collector)
+                .expect("metric registered once");
+        }
+        metrics
+    }
+}
