@@ -16,6 +16,9 @@ pub const EXPIRES_MS: &str = "x-warren-expires-ms";
 /// W3C trace context of the publisher (string, optional).
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The last failure of a task being retried: `<kind>: <reason>`, truncated.
+pub const LAST_ERROR: &str = "x-warren-last-error";
+
 /// Why the task was dead-lettered: the error text, truncated.
 pub const DEAD_REASON: &str = "x-warren-dead-reason";
 /// The kind of reason, one of a fixed set (see the worker's `ReasonKind`).

@@ -13,6 +13,10 @@ use lapin::{Channel, Connection, ExchangeKind};
 /// Name of the exchange tasks are published to unless configured otherwise.
 pub const DEFAULT_EXCHANGE: &str = "warren";
 
+/// Longest work queue name: the delay cascade's routing keys are 56 bytes plus the name,
+/// within AMQP's 255.
+const MAX_QUEUE_NAME: usize = 199;
+
 /// Suffix of a work queue's dead-letter queue.
 const DEAD_LETTER_SUFFIX: &str = ".dead";
 
@@ -51,6 +55,8 @@ pub struct QueueSpec {
     pub name: String,
     /// Queue type.
     pub kind: QueueKind,
+    /// Highest priority honoured (1-9), making it a priority queue; classic queues only.
+    pub max_priority: Option<u8>,
 }
 
 impl QueueSpec {
@@ -59,7 +65,14 @@ impl QueueSpec {
         QueueSpec {
             name: name.into(),
             kind,
+            max_priority: None,
         }
+    }
+
+    /// The same queue as a priority queue honouring priorities up to `max` (1-9).
+    pub fn with_max_priority(mut self, max: Option<u8>) -> Self {
+        self.max_priority = max;
+        self
     }
 
     fn work_arguments(&self) -> FieldTable {
@@ -73,6 +86,9 @@ impl QueueSpec {
         if self.kind == QueueKind::Quorum {
             args.insert("x-delivery-limit".into(), int_value(BROKER_DELIVERY_LIMIT));
         }
+        if let Some(max) = self.max_priority {
+            args.insert("x-max-priority".into(), int_value(max.into()));
+        }
         args
     }
 
@@ -83,20 +99,23 @@ impl QueueSpec {
     }
 
     fn validate(&self) -> Result<(), TopologyError> {
-        let dlq = dead_letter_queue_name(&self.name);
         let problem = if self.name.is_empty() {
             Some("a queue name must not be empty")
-        } else if dlq.len() > 255 {
-            Some("a queue name must leave room for the `.dead` suffix within 255 bytes")
+        } else if self.name.len() > MAX_QUEUE_NAME {
+            Some("a queue name must be at most 199 bytes (the delay cascade's routing keys add 56)")
         } else if self.name.starts_with("amq.") {
             Some("names starting with `amq.` are reserved by the broker")
         } else if self.name.split('.').any(|word| word == "*" || word == "#") {
             Some("a dot-separated word of the name must not be `*` or `#`")
+        } else if self.max_priority.is_some() && self.kind != QueueKind::Classic {
+            Some("priority queues must be classic queues (--queue-type classic)")
+        } else if self.max_priority.is_some_and(|p| !(1..=9).contains(&p)) {
+            Some("the maximum priority must be between 1 and 9")
         } else {
             None
         };
         match problem {
-            Some(problem) => Err(TopologyError::InvalidName {
+            Some(problem) => Err(TopologyError::Invalid {
                 queue: self.name.clone(),
                 problem,
             }),
@@ -134,9 +153,9 @@ pub enum TopologyError {
     /// The queue does not exist (from a passive declare).
     #[error("queue `{0}` does not exist")]
     NotFound(String),
-    /// The queue name cannot be used.
-    #[error("invalid queue name `{queue}`: {problem}")]
-    InvalidName {
+    /// The queue name or settings cannot be used.
+    #[error("invalid queue `{queue}`: {problem}")]
+    Invalid {
         /// The name given.
         queue: String,
         /// Why it cannot be used.
@@ -374,7 +393,7 @@ mod tests {
         assert!(QueueSpec::new("amq.x", QueueKind::Quorum)
             .validate()
             .is_err());
-        assert!(QueueSpec::new("q".repeat(251), QueueKind::Quorum)
+        assert!(QueueSpec::new("q".repeat(200), QueueKind::Quorum)
             .validate()
             .is_err());
         assert!(QueueSpec::new("orders.*", QueueKind::Quorum)

@@ -26,6 +26,10 @@ pub struct WorkerArgs {
     /// Type of the queues, when they have to be declared.
     #[arg(long, env = "WARREN_QUEUE_TYPE", value_enum, default_value = "quorum")]
     pub queue_type: QueueKind,
+    /// Declare the queues as priority queues honouring priorities up to this (1-9); needs
+    /// `--queue-type classic` (quorum queues have no priorities).
+    #[arg(long, env = "WARREN_MAX_PRIORITY", value_parser = clap::value_parser!(u8).range(1..=9))]
+    pub max_priority: Option<u8>,
     /// Exchange tasks are published to.
     #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE)]
     pub exchange: String,
@@ -101,6 +105,8 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// Queue type used when declaring.
     pub queue_type: QueueKind,
+    /// Declare priority queues with this maximum priority (classic queues only).
+    pub max_priority: Option<u8>,
     /// Task exchange.
     pub exchange: String,
     /// Handlers running at once.
@@ -133,6 +139,7 @@ impl WorkerConfig {
             amqp: AmqpArgs::default(),
             queues: queues.into_iter().map(Into::into).collect(),
             queue_type: QueueKind::Quorum,
+            max_priority: None,
             exchange: warren_common::DEFAULT_EXCHANGE.to_owned(),
             concurrency,
             prefetch: default_prefetch(concurrency),
@@ -152,6 +159,12 @@ impl WorkerConfig {
         let invalid = |flag, problem: String| Err(ConfigError::Invalid { flag, problem });
         if self.queues.is_empty() || self.queues.iter().any(String::is_empty) {
             return invalid("--queue", "give at least one non-empty queue name".into());
+        }
+        if self.max_priority.is_some() && self.queue_type != QueueKind::Classic {
+            return invalid(
+                "--max-priority",
+                "priority queues must be classic: add --queue-type classic".into(),
+            );
         }
         if self.concurrency == 0 {
             return invalid("--concurrency", "must be at least 1".into());

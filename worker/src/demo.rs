@@ -1,6 +1,6 @@
 //! Built-in demo tasks, so the stock `warren-worker` runs with no user code.
 
-use crate::{Registry, TaskContext, TaskError};
+use crate::{HandlerOptions, Payload, Registry, TaskContext, TaskError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -27,65 +27,62 @@ pub struct Flaky {
 }
 
 /// Registers `demo.noop`, `demo.sleep`, `demo.cpu`, `demo.echo`, `demo.flaky`, `demo.fail`,
-/// `demo.panic` and `demo.crash`.
+/// `demo.panic` and `demo.crash`. The tasks that ignore their payload accept any payload in
+/// either codec.
 pub fn register(registry: &mut Registry) {
+    let any = HandlerOptions::default();
     registry
-        .register(
-            "demo.noop",
-            |_ctx: TaskContext, _: serde::de::IgnoredAny| async { Ok::<_, TaskError>(()) },
-        )
-        .register("demo.sleep", |_ctx: TaskContext, p: Sleep| async move {
+        .register_raw("demo.noop", any, |_: TaskContext, _: Payload| async {
+            Ok::<_, TaskError>(())
+        })
+        .register("demo.sleep", |_: TaskContext, p: Sleep| async move {
             tokio::time::sleep(Duration::from_millis(p.ms)).await;
             Ok::<_, TaskError>(())
         })
-        .register("demo.cpu", |_ctx: TaskContext, p: Cpu| async move {
+        .register("demo.cpu", |_: TaskContext, p: Cpu| async move {
             let digest = tokio::task::spawn_blocking(move || hash_rounds(p.rounds)).await?;
             tracing::debug!(digest = %hex(&digest), "hashed");
             Ok::<_, TaskError>(())
         })
         .register(
             "demo.echo",
-            |_ctx: TaskContext, p: serde_json::Value| async move {
+            |_: TaskContext, p: serde_json::Value| async move {
                 tracing::info!(payload = %p, "echo");
                 Ok::<_, TaskError>(())
             },
         )
         .register("demo.flaky", |ctx: TaskContext, p: Flaky| async move {
             if ctx.attempt <= p.fail_times {
+                let n = p.fail_times;
                 return Err(TaskError::retryable(format!(
-                    "flaky failure {} of {}",
-                    ctx.attempt, p.fail_times
+                    "flaky failure {} of {n}",
+                    ctx.attempt
                 )));
             }
             Ok(())
         })
-        .register(
+        .register_raw(
             "demo.fail",
-            |ctx: TaskContext, _: serde::de::IgnoredAny| async move {
+            any,
+            |ctx: TaskContext, _: Payload| async move {
+                let attempt = ctx.attempt;
                 Err::<(), _>(TaskError::retryable(format!(
-                    "demo.fail always fails (attempt {})",
-                    ctx.attempt
+                    "demo.fail always fails (attempt {attempt})"
                 )))
             },
         )
-        .register(
-            "demo.panic",
-            |_ctx: TaskContext, _: serde::de::IgnoredAny| async move {
-                if std::hint::black_box(true) {
-                    panic!("demo.panic panics on purpose");
-                }
-                Ok::<_, TaskError>(())
-            },
-        )
-        .register(
-            "demo.crash",
-            |_ctx: TaskContext, _: serde::de::IgnoredAny| async move {
-                tracing::error!("demo.crash: aborting the worker process on purpose");
-                std::process::abort();
-                #[allow(unreachable_code)]
-                Ok::<_, TaskError>(())
-            },
-        );
+        .register_raw("demo.panic", any, |_: TaskContext, _: Payload| async move {
+            if std::hint::black_box(true) {
+                panic!("demo.panic panics on purpose");
+            }
+            Ok::<_, TaskError>(())
+        })
+        .register_raw("demo.crash", any, |_: TaskContext, _: Payload| async move {
+            tracing::error!("demo.crash: aborting the worker process on purpose");
+            std::process::abort();
+            #[allow(unreachable_code)]
+            Ok::<_, TaskError>(())
+        });
 }
 
 fn hash_rounds(rounds: u64) -> [u8; 32] {

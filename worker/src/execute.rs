@@ -90,7 +90,12 @@ async fn run(
         .map(Duration::from_millis)
         .or(entry.options.timeout)
         .unwrap_or(config.task_timeout)
-        .min(config.consumer_timeout);
+        // Strictly below the broker's consumer timeout, or the two race.
+        .min(
+            config
+                .consumer_timeout
+                .saturating_sub(Duration::from_secs(1)),
+        );
     let ctx = TaskContext {
         id: envelope.id.clone(),
         task: envelope.task.clone(),

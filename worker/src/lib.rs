@@ -19,7 +19,7 @@ pub use config::{ConfigError, WorkerArgs, WorkerConfig};
 pub use metrics::{Totals, WorkerMetrics, UNKNOWN_TASK_LABEL};
 pub use outcome::{Failure, Outcome, ReasonKind};
 pub use pool::{DrainReport, Worker, WorkerError};
-pub use registry::{HandlerOptions, Permanent, Registry, TaskContext, TaskError};
+pub use registry::{HandlerOptions, Payload, Permanent, Registry, TaskContext, TaskError};
 pub use retry::RetryPolicy;
 
 use std::collections::HashMap;

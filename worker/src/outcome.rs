@@ -8,7 +8,8 @@ use std::time::Duration;
 /// `x-warren-dead-kind` header and of the `reason` metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReasonKind {
-    /// A retryable error on the last allowed attempt.
+    /// A handler error on the last allowed attempt (a timeout or a panic on the last attempt
+    /// keeps its own kind).
     RetriesExhausted,
     /// The handler returned a retryable error (a failure, not a dead-letter kind by itself).
     Error,
@@ -141,7 +142,13 @@ impl Outcome {
                 "gave up after {attempt} attempts; last failure ({}): {}",
                 failure.kind, failure.reason
             );
-            return Outcome::DeadLetter(Failure::new(ReasonKind::RetriesExhausted, reason));
+            // The dead letter keeps the kind of the last failure when it says more than
+            // "it failed" (a timeout, a panic); a plain error becomes `retries_exhausted`.
+            let kind = match failure.kind {
+                ReasonKind::Error => ReasonKind::RetriesExhausted,
+                other => other,
+            };
+            return Outcome::DeadLetter(Failure::new(kind, reason));
         }
         Outcome::Retry {
             after: backoff(attempt),
@@ -170,11 +177,14 @@ mod tests {
             }
         );
         let last =
-            Outcome::after_failure(Failure::new(ReasonKind::Timeout, "slow"), 3, 3, one_second);
+            Outcome::after_failure(Failure::new(ReasonKind::Error, "boom"), 3, 3, one_second);
         assert!(
-            matches!(last, Outcome::DeadLetter(f) if f.kind == ReasonKind::RetriesExhausted
-            && f.reason.contains("timeout") && f.reason.contains("slow"))
+            matches!(&last, Outcome::DeadLetter(f) if f.kind == ReasonKind::RetriesExhausted
+            && f.reason.contains("3 attempts") && f.reason.contains("boom"))
         );
+        let slow =
+            Outcome::after_failure(Failure::new(ReasonKind::Timeout, "slow"), 3, 3, one_second);
+        assert!(matches!(slow, Outcome::DeadLetter(f) if f.kind == ReasonKind::Timeout));
     }
 
     #[test]

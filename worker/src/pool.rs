@@ -174,7 +174,8 @@ impl Worker {
     async fn declare(&self, conn: &lapin::Connection) -> Result<(), TopologyError> {
         let config = &self.shared.config;
         for queue in &config.queues {
-            let spec = QueueSpec::new(queue.clone(), config.queue_type);
+            let spec = QueueSpec::new(queue.clone(), config.queue_type)
+                .with_max_priority(config.max_priority);
             self.shared.topology.declare(conn, &spec).await?;
         }
         Topology::declare_delays(conn).await

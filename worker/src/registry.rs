@@ -99,6 +99,24 @@ impl<E: fmt::Display> From<Permanent<E>> for TaskError {
     }
 }
 
+/// A payload not yet decoded, for handlers that decode it themselves, e.g. to pick a type by
+/// [`TaskContext::schema_version`] (bincode is not self-describing).
+#[derive(Clone, Debug)]
+pub struct Payload {
+    /// The codec named by the message's content type.
+    pub codec: Codec,
+    /// The encoded bytes.
+    pub bytes: Vec<u8>,
+}
+
+impl Payload {
+    /// Decodes the payload as `T`. An error here is permanent: the message will not decode
+    /// on another attempt either.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, TaskError> {
+        self.codec.decode(&self.bytes).map_err(TaskError::permanent)
+    }
+}
+
 /// Per-task-type settings that override the worker's.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HandlerOptions {
@@ -172,6 +190,36 @@ impl Registry {
         let erased = move |ctx: TaskContext, codec: Codec, body: &[u8]| {
             let payload: T = codec.decode(body)?;
             let fut = handler(ctx, payload);
+            Ok(async move { fut.await.map_err(Into::into) }.boxed())
+        };
+        let entry = Entry {
+            options,
+            handler: Arc::new(erased),
+        };
+        self.entries.insert(name.to_owned(), entry);
+        self
+    }
+
+    /// Registers a handler that receives the payload undecoded, as a [`Payload`].
+    pub fn register_raw<F, Fut, E>(
+        &mut self,
+        name: &str,
+        options: HandlerOptions,
+        handler: F,
+    ) -> &mut Self
+    where
+        F: Fn(TaskContext, Payload) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<TaskError> + 'static,
+    {
+        let erased = move |ctx: TaskContext, codec: Codec, body: &[u8]| {
+            let fut = handler(
+                ctx,
+                Payload {
+                    codec,
+                    bytes: body.to_vec(),
+                },
+            );
             Ok(async move { fut.await.map_err(Into::into) }.boxed())
         };
         let entry = Entry {

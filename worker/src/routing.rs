@@ -18,13 +18,16 @@ use warren_producer::Publisher;
 const MAX_REASON_BYTES: usize = 2048;
 
 /// Headers the broker adds on delivery or dead-lettering; a republished task starts afresh.
-const BROKER_HEADERS: [&str; 6] = [
+const BROKER_HEADERS: [&str; 9] = [
     headers::X_DELIVERY_COUNT,
     headers::X_DEATH,
     "x-first-death-exchange",
     "x-first-death-queue",
     "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
     "x-last-death-reason",
+    "x-acquired-count",
 ];
 
 /// Routes the outcome and says how to settle the delivery.
@@ -80,7 +83,28 @@ fn without_broker_headers(props: &BasicProperties) -> FieldTable {
     FieldTable::from(inner)
 }
 
-fn retry_properties(props: &BasicProperties, attempt: u32, _failure: &Failure) -> BasicProperties {
+/// The properties of a republished task: the original ones, persistent, with `headers`,
+/// and without `expiration` (it would cut a delay short) or `user_id` (the broker refuses a
+/// user id other than the publishing connection's).
+fn republished(props: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut out = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    macro_rules! copy {
+        ($($get:ident => $set:ident),*) => {$(
+            if let Some(value) = props.$get() {
+                out = out.$set(value.clone());
+            }
+        )*};
+    }
+    copy!(content_type => with_content_type, content_encoding => with_content_encoding,
+        priority => with_priority, correlation_id => with_correlation_id,
+        reply_to => with_reply_to, message_id => with_message_id, timestamp => with_timestamp,
+        kind => with_type, app_id => with_app_id);
+    out
+}
+
+fn retry_properties(props: &BasicProperties, attempt: u32, failure: &Failure) -> BasicProperties {
     let mut table = without_broker_headers(props);
     let now = now_ms();
     if !table.contains_key(headers::FIRST_FAILURE_MS) {
@@ -88,7 +112,13 @@ fn retry_properties(props: &BasicProperties, attempt: u32, _failure: &Failure) -
     }
     table.insert(headers::LAST_FAILURE_MS.into(), int_value(now));
     table.insert(headers::ATTEMPT.into(), int_value(attempt.into()));
-    props.clone().with_delivery_mode(2).with_headers(table)
+    let last_error = format!(
+        "{}: {}",
+        failure.kind,
+        truncate(&failure.reason, MAX_REASON_BYTES)
+    );
+    table.insert(headers::LAST_ERROR.into(), text_value(&last_error));
+    republished(props, table)
 }
 
 fn dead_letter_properties(
@@ -98,8 +128,7 @@ fn dead_letter_properties(
     envelope: Option<&Envelope>,
     failure: &Failure,
 ) -> BasicProperties {
-    let props = &delivery.properties;
-    let original = without_broker_headers(props);
+    let original = without_broker_headers(&delivery.properties);
     let mut table = original.clone();
     let now = now_ms();
     let first = header_u64(&original, headers::FIRST_FAILURE_MS)
@@ -131,7 +160,7 @@ fn dead_letter_properties(
     for (name, value) in entries {
         table.insert(name.into(), value);
     }
-    props.clone().with_delivery_mode(2).with_headers(table)
+    republished(&delivery.properties, table)
 }
 
 fn truncate(text: &str, max: usize) -> &str {
@@ -160,12 +189,19 @@ mod tests {
         let mut table = FieldTable::default();
         table.insert(headers::X_DELIVERY_COUNT.into(), int_value(3));
         table.insert(headers::ATTEMPT.into(), int_value(1));
-        let props = BasicProperties::default().with_headers(table);
+        let props = BasicProperties::default()
+            .with_headers(table)
+            .with_expiration("1000".into());
         let failure = Failure::new(crate::outcome::ReasonKind::Error, "x");
         let retried = retry_properties(&props, 2, &failure);
+        assert_eq!(retried.expiration(), &None);
         let headers = retried.headers().as_ref().unwrap();
         assert!(!headers.contains_key(headers::X_DELIVERY_COUNT));
         assert_eq!(header_u64(headers, headers::ATTEMPT).unwrap(), Some(2));
         assert!(headers.contains_key(headers::FIRST_FAILURE_MS));
+        assert_eq!(
+            warren_common::header_string(headers, headers::LAST_ERROR).as_deref(),
+            Some("error: x")
+        );
     }
 }

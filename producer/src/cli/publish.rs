@@ -25,6 +25,9 @@ pub struct PublishArgs {
     /// Type of the queue, if it has to be declared.
     #[arg(long, env = "WARREN_QUEUE_TYPE", value_enum, default_value = "quorum")]
     queue_type: QueueKind,
+    /// Declare the queue as a priority queue with this maximum priority (classic only).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=9))]
+    max_priority: Option<u8>,
     /// Publish this many tasks (each with its own id), showing progress and a summary.
     #[arg(long)]
     count: Option<u64>,
@@ -84,7 +87,7 @@ pub async fn run(
     };
     let publisher = Publisher::connect(config, &shutdown.drain).await?;
     publisher
-        .declare(&QueueSpec::new(&args.queue, args.queue_type))
+        .declare(&QueueSpec::new(&args.queue, args.queue_type).with_max_priority(args.max_priority))
         .await?;
     let delay = match args.at {
         Some(at) => Some(at.duration_since(SystemTime::now()).unwrap_or_default()),
