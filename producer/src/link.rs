@@ -23,6 +23,8 @@ pub(crate) struct Link {
 
 /// Owns the current [`Link`] and replaces it when it breaks.
 pub(crate) struct Linker {
+    /// A pinned linker publishes on one given connection and never reconnects.
+    pinned: bool,
     urls: Vec<AmqpUrl>,
     name: String,
     current: RwLock<Option<Arc<Link>>>,
@@ -51,6 +53,7 @@ impl Linker {
         cancel: CancellationToken,
     ) -> Self {
         Linker {
+            pinned: false,
             urls,
             name,
             current: RwLock::new(None),
@@ -60,6 +63,26 @@ impl Linker {
             metrics,
             cancel,
         }
+    }
+
+    /// A linker publishing on `conn` only: once that connection is lost, publishes fail.
+    pub(crate) async fn pinned(
+        conn: Connection,
+        name: String,
+        metrics: Option<ProducerMetrics>,
+    ) -> Result<Self, lapin::Error> {
+        let mut linker = Linker::new(Vec::new(), name, metrics, CancellationToken::new());
+        linker.pinned = true;
+        let channel = open_confirm_channel(&conn).await?;
+        linker.watch_events(&conn, 1);
+        let link = Arc::new(Link {
+            conn,
+            channel,
+            generation: 1,
+        });
+        *linker.current.write().unwrap_or_else(|e| e.into_inner()) = Some(link);
+        linker.health.set(Readiness::Ready);
+        Ok(linker)
     }
 
     /// The current link, reconnecting first if there is none (waiting at most `wait`).
@@ -100,6 +123,9 @@ impl Linker {
         let mut generation = self.reconnecting.lock().await;
         if let Some(link) = self.live() {
             return Ok(link);
+        }
+        if self.pinned {
+            return Err(LinkError::Cancelled);
         }
         let conn = match connect(&self.urls, &self.name, &self.cancel).await {
             Ok(conn) => conn,

@@ -209,6 +209,34 @@ impl Publisher {
         })
     }
 
+    /// A publisher on an existing connection that never reconnects: once `conn` is lost,
+    /// every publish fails. For publishing that must stop with the connection, e.g. on the
+    /// connection holding a lease.
+    pub async fn on_connection(
+        conn: lapin::Connection,
+        config: PublisherConfig,
+    ) -> Result<Self, PublishError> {
+        let metrics = config.metrics.as_ref().map(ProducerMetrics::new);
+        let name = config.connection_name.clone();
+        let link = Linker::pinned(conn, name, metrics)
+            .await
+            .map_err(|source| PublishError::Connection {
+                id: String::new(),
+                source,
+            })?;
+        let topology = Topology::new(config.exchange.clone());
+        let delays_declared = std::sync::atomic::AtomicU64::new(0);
+        let inner = Inner {
+            link,
+            topology,
+            config,
+            delays_declared,
+        };
+        Ok(Publisher {
+            inner: Arc::new(inner),
+        })
+    }
+
     /// The publisher's readiness (connected, reconnecting, blocked), for an admin server.
     pub fn health(&self) -> Health {
         self.inner.link.health.clone()
