@@ -209,6 +209,7 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
             amqp: args.amqp.clone(),
             queues: args.queues.clone(),
             queue_type: args.queue_type,
+            max_priority: args.max_priority,
             exchange: args.exchange.clone(),
             concurrency,
             prefetch: args
