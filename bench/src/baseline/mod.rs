@@ -1,0 +1,25 @@
+//! The baseline: what a careful engineer would write by hand with lapin and no Warren code,
+//! with the same broker settings (persistent messages, a quorum queue, publisher confirms
+//! pipelined up to a window, a prefetch limit and `multiple` acks).
+//!
+//! It leaves out what Warren adds for production: task ids and headers, retries, dead
+//! letters, crash budgets, metrics beyond one counter, reconnection and graceful drains.
+
+mod publisher;
+mod worker;
+
+pub use publisher::{check, RawPublisher};
+pub use worker::{run_worker, SUCCEEDED_METRIC};
+
+use lapin::BasicProperties;
+
+/// Persistent delivery mode.
+const PERSISTENT: u8 = 2;
+
+/// The properties of a baseline task: persistent, JSON, and its task name in `type`.
+pub fn properties(task: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type("application/json".into())
+        .with_type(task.into())
+}

@@ -1,0 +1,153 @@
+//! What every workload shares: the broker, the launcher, the sizes (full or smoke), and
+//! publishing a batch of tasks from either side.
+
+use crate::args::Tuning;
+use crate::baseline::RawPublisher;
+use crate::broker::Broker;
+use crate::launch::{Launcher, Side, WorkerSettings};
+use crate::{payload, warren};
+use lapin::Connection;
+use serde::Serialize;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How big each workload is.
+#[derive(Clone, Debug)]
+pub struct Sizes {
+    /// W1, W4 and memory: tasks published and drained.
+    pub tasks: usize,
+    /// W2: sleep tasks.
+    pub sleep_tasks: usize,
+    /// W2: milliseconds each sleeps.
+    pub sleep_ms: u64,
+    /// W3: probes published.
+    pub probes: usize,
+    /// W3: probes per second.
+    pub probe_rate: f64,
+    /// Memory: how long a fresh worker idles before its RSS is read.
+    pub idle: Duration,
+    /// W4: worker processes.
+    pub scale_out: Vec<usize>,
+}
+
+impl Sizes {
+    /// The full benchmark (`tasks` from `--tasks`), or a smoke run of ~200 tasks each.
+    pub fn new(tasks: usize, smoke: bool) -> Sizes {
+        if smoke {
+            return Sizes {
+                tasks: 200,
+                sleep_tasks: 200,
+                sleep_ms: 10,
+                probes: 200,
+                probe_rate: 500.0,
+                idle: Duration::from_millis(200),
+                scale_out: vec![1, 2, 4],
+            };
+        }
+        Sizes {
+            tasks,
+            sleep_tasks: 2_000,
+            sleep_ms: 10,
+            probes: 2_000,
+            probe_rate: 500.0,
+            idle: Duration::from_secs(2),
+            scale_out: vec![1, 2, 4],
+        }
+    }
+}
+
+/// The shared state of a run.
+pub struct Ctx {
+    /// The broker and the queues created.
+    pub broker: Broker,
+    /// Starts worker processes.
+    pub launcher: Launcher,
+    /// A connection for inspecting queues.
+    pub conn: Connection,
+    /// Workload sizes.
+    pub sizes: Sizes,
+    /// Throughput knobs.
+    pub tuning: Tuning,
+    /// Repetitions.
+    pub reps: u32,
+}
+
+impl Ctx {
+    /// Settings of the throughput workers (W1, W4, memory).
+    pub fn throughput_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            concurrency: self.tuning.concurrency,
+            prefetch: self.tuning.prefetch,
+            ack_every: self.tuning.ack_every,
+        }
+    }
+
+    /// Settings of the W2 and W3 workers: concurrency 16.
+    pub fn sleep_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            concurrency: 16,
+            prefetch: self.tuning.sleep_prefetch,
+            ack_every: self.tuning.ack_every,
+        }
+    }
+
+    /// Publishes `count` copies of a task with confirms (`--window` in flight) into a fresh
+    /// queue. Connecting and declaring are not timed; returns when publishing started and
+    /// how long it took until the last confirm.
+    pub async fn publish<T: Serialize + Sync>(
+        &self,
+        side: Side,
+        queue: &str,
+        task: &str,
+        payload: &T,
+        count: usize,
+    ) -> anyhow::Result<(Instant, Duration)> {
+        let window = self.tuning.window;
+        match side {
+            Side::Warren => {
+                let publisher = warren::publisher(&self.broker, queue).await?;
+                let start = Instant::now();
+                warren::publish_many(&publisher, task, payload, count, window).await?;
+                let took = start.elapsed();
+                publisher.close().await;
+                Ok((start, took))
+            }
+            Side::Baseline => {
+                let publisher = RawPublisher::connect(&self.broker, queue).await?;
+                let body = payload::json(payload);
+                let start = Instant::now();
+                publisher
+                    .publish_many(queue, task, &body, count, window)
+                    .await?;
+                let took = start.elapsed();
+                publisher.close().await;
+                Ok((start, took))
+            }
+        }
+    }
+}
+
+/// Repetitions of several figures for both sides.
+#[derive(Default)]
+pub struct Samples {
+    figures: std::collections::BTreeMap<String, [Vec<f64>; 2]>,
+}
+
+impl Samples {
+    /// Records one repetition of `figure` for `side`.
+    pub fn push(&mut self, figure: &str, side: Side, value: f64) {
+        let entry = self.figures.entry(figure.to_owned()).or_default();
+        entry[side as usize].push(value);
+    }
+
+    /// Warren's and the baseline's repetitions of `figure`.
+    pub fn take(&mut self, figure: &str) -> (Vec<f64>, Vec<f64>) {
+        let [warren, baseline] = self.figures.remove(figure).unwrap_or_default();
+        (warren, baseline)
+    }
+}
+
+/// A progress line on stderr.
+pub fn progress(workload: &str, rep: u32, side: Side, text: &str) {
+    eprintln!("[{workload} rep {}] {:<8} {text}", rep + 1, side.label());
+}

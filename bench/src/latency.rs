@@ -1,0 +1,145 @@
+//! W3: probes published at a steady rate while a worker runs; the latency of each is the
+//! time from its creation (a microsecond timestamp in the payload, taken just before the
+//! publish call) to its handler starting, read by the handler itself on the same clock.
+//!
+//! Warren's `x-warren-created-ms` header has millisecond granularity, too coarse for
+//! sub-millisecond latencies, and its queue-latency histogram has coarse buckets; so Warren's
+//! side is a `warren_worker::Worker` run in a child process with a `bench.stamp` handler
+//! registered by the benchmark, and the baseline worker runs the same handler.
+
+use crate::baseline::RawPublisher;
+use crate::context::{progress, Ctx, Samples};
+use crate::launch::Side;
+use crate::payload::{self, Stamp, STAMP};
+use crate::report::{Row, Target, WorkloadReport};
+use crate::stats::latency_figures;
+use crate::warren;
+use anyhow::Context;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// W3: p50, p99 and max creation-to-handler latency.
+pub async fn w3(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
+    let mut samples = Samples::default();
+    for rep in 0..ctx.reps {
+        for side in Side::order(rep) {
+            let latencies = run_probes(ctx, side, rep).await?;
+            let (p50, p99, max) =
+                latency_figures(latencies).context("the worker reported no latencies")?;
+            for (key, value) in [("p50", p50), ("p99", p99), ("max", max)] {
+                samples.push(key, side, value / 1000.0);
+            }
+            progress(
+                "W3",
+                rep,
+                side,
+                &format!(
+                    "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+                    p50 / 1000.0,
+                    p99 / 1000.0,
+                    max / 1000.0
+                ),
+            );
+        }
+    }
+    let sizes = &ctx.sizes;
+    let settings = ctx.sleep_settings();
+    let mut rows = Vec::new();
+    for (key, target) in [("p50", Some(1.2)), ("p99", Some(1.2)), ("max", None)] {
+        let (w, b) = samples.take(key);
+        rows.push(Row::new(
+            &format!("latency {key}"),
+            "ms",
+            w,
+            b,
+            target.map(Target::RatioAtMost),
+        ));
+    }
+    Ok(WorkloadReport {
+        title: format!(
+            "{} probes published at a steady {}/s while one worker runs; latency from creation to handler start",
+            sizes.probes, sizes.probe_rate
+        ),
+        settings: vec![
+            format!("worker: concurrency {}, prefetch {}; each probe published with a confirm (not awaited before the next)", settings.concurrency, settings.prefetch),
+            "creation time: microseconds in the payload, stamped just before the publish call (so Warren's envelope building counts); both processes read the same wall clock".to_owned(),
+            "Warren side: `warren_worker::Worker` in a child process with a `bench.stamp` handler (the ms-granular `x-warren-created-ms` header is too coarse)".to_owned(),
+        ],
+        rows,
+    })
+}
+
+/// Runs one side's probes; returns the latencies in microseconds.
+async fn run_probes(ctx: &Ctx, side: Side, rep: u32) -> anyhow::Result<Vec<f64>> {
+    let queue = ctx.broker.queue(&format!("w3.r{rep}.{}", side.label()));
+    let probes = ctx.sizes.probes;
+    let publish = Publish::connect(ctx, side, &queue).await?;
+    let proc = ctx
+        .launcher
+        .latency_worker(side, &queue, ctx.sleep_settings(), probes)
+        .await?;
+    proc.wait_ready().await?;
+    ctx.broker.wait_for_consumer(&ctx.conn, &queue).await?;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / ctx.sizes.probe_rate));
+    let mut confirms = Vec::with_capacity(probes);
+    for _ in 0..probes {
+        tick.tick().await;
+        confirms.push(publish.send(&queue, Stamp::now()).await?);
+    }
+    for confirm in confirms {
+        confirm.await??;
+    }
+    publish.close().await;
+    let out = proc.wait_exit(Duration::from_secs(60)).await?;
+    serde_json::from_str(out.trim()).context("reading the worker's latencies")
+}
+
+enum Publish {
+    Warren(warren_producer::Publisher),
+    Baseline(Box<RawPublisher>),
+}
+
+impl Publish {
+    async fn connect(ctx: &Ctx, side: Side, queue: &str) -> anyhow::Result<Publish> {
+        Ok(match side {
+            Side::Warren => Publish::Warren(warren::publisher(&ctx.broker, queue).await?),
+            Side::Baseline => {
+                Publish::Baseline(Box::new(RawPublisher::connect(&ctx.broker, queue).await?))
+            }
+        })
+    }
+
+    /// Sends a probe; the handle resolves once the broker confirmed it.
+    async fn send(
+        &self,
+        queue: &str,
+        stamp: Stamp,
+    ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+        match self {
+            Publish::Warren(publisher) => {
+                let publisher = publisher.clone();
+                Ok(tokio::spawn(async move {
+                    publisher
+                        .publish(STAMP, &stamp, &warren::json_options())
+                        .await?;
+                    Ok(())
+                }))
+            }
+            Publish::Baseline(publisher) => {
+                let confirm = publisher
+                    .publish(queue, STAMP, &payload::json(&stamp))
+                    .await?;
+                Ok(tokio::spawn(async move {
+                    crate::baseline::check(confirm.await?)
+                }))
+            }
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Publish::Warren(publisher) => publisher.close().await,
+            Publish::Baseline(publisher) => publisher.close().await,
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Worker processes under test, Warren's and the baseline's alike: started with their admin
+//! port announced on stderr, polled over HTTP for readiness and their success counter,
+//! measured through /proc, and stopped with SIGTERM.
+
+use crate::http;
+use anyhow::{bail, Context};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Lines of a child's stderr kept for error messages.
+const TAIL: usize = 40;
+
+/// A running worker process.
+pub struct Proc {
+    child: Child,
+    name: String,
+    /// Its admin server.
+    pub admin: SocketAddr,
+    counter: &'static str,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    stdout: Option<JoinHandle<String>>,
+}
+
+impl Proc {
+    /// Starts `command` and waits (up to a minute) for its `admin_addr=` line on stderr.
+    /// `counter` names the metric that counts its finished tasks.
+    pub async fn spawn(
+        name: &str,
+        mut command: Command,
+        counter: &'static str,
+    ) -> anyhow::Result<Proc> {
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut stdout = child.stdout.take().expect("stdout is piped");
+        let stdout = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = stdout.read_to_string(&mut text).await;
+            text
+        });
+        let tail = Arc::new(Mutex::new(VecDeque::new()));
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(read_stderr(stderr, tail.clone(), addr_tx));
+        let admin = match tokio::time::timeout(Duration::from_secs(60), addr_rx).await {
+            Ok(Ok(addr)) => addr,
+            _ => {
+                let _ = child.start_kill();
+                bail!("{name} announced no admin address:\n{}", lines(&tail));
+            }
+        };
+        Ok(Proc {
+            child,
+            name: name.to_owned(),
+            admin,
+            counter,
+            stderr: tail,
+            stdout: Some(stdout),
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// Polls `/readyz` every millisecond until it answers 200; returns when it did.
+    pub async fn wait_ready(&self) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = http::get(self.admin, "/readyz").await {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                bail!("{} never became ready:\n{}", self.name, self.stderr_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Tasks finished so far, from `/metrics`.
+    pub async fn finished(&self) -> anyhow::Result<u64> {
+        let (status, body) = http::get(self.admin, "/metrics")
+            .await
+            .with_context(|| format!("scraping {}", self.name))?;
+        anyhow::ensure!(
+            status == 200,
+            "{} answered /metrics with {status}",
+            self.name
+        );
+        Ok(http::metric_sum(&body, self.counter) as u64)
+    }
+
+    /// Resident memory in MiB (VmRSS from /proc/PID/status).
+    pub fn rss_mib(&self) -> anyhow::Result<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .with_context(|| format!("reading /proc for {}", self.name))?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("no VmRSS line")?;
+        Ok(kib / 1024.0)
+    }
+
+    /// The last lines the process wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        lines(&self.stderr)
+    }
+
+    /// Sends SIGTERM and waits (up to `grace`) for the process to exit, killing it after;
+    /// returns its stdout.
+    pub async fn stop(self, grace: Duration) -> anyhow::Result<String> {
+        let pid = self.pid().to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .context("running kill")?;
+        self.wait_exit(grace).await
+    }
+
+    /// Waits (up to `timeout`) for the process to exit by itself, killing it after; returns
+    /// its stdout. Fails if it did not exit successfully.
+    pub async fn wait_exit(mut self, timeout: Duration) -> anyhow::Result<String> {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                let _ = self.child.kill().await;
+                bail!(
+                    "{} did not exit within {timeout:?}:\n{}",
+                    self.name,
+                    self.stderr_tail()
+                );
+            }
+        };
+        let stdout = match self.stdout.take() {
+            Some(handle) => handle.await.unwrap_or_default(),
+            None => String::new(),
+        };
+        if !status.success() {
+            bail!(
+                "{} exited with {status}:\n{}",
+                self.name,
+                self.stderr_tail()
+            );
+        }
+        Ok(stdout)
+    }
+}
+
+async fn read_stderr(
+    stderr: tokio::process::ChildStderr,
+    tail: Arc<Mutex<VecDeque<String>>>,
+    addr_tx: tokio::sync::oneshot::Sender<SocketAddr>,
+) {
+    let mut addr_tx = Some(addr_tx);
+    let mut reader = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = reader.next_line().await {
+        if let Some(addr) = admin_addr(&line) {
+            if let Some(tx) = addr_tx.take() {
+                let _ = tx.send(addr);
+            }
+        }
+        let mut tail = tail.lock().expect("never poisoned");
+        if tail.len() == TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+fn lines(tail: &Mutex<VecDeque<String>>) -> String {
+    let tail = tail.lock().expect("never poisoned");
+    tail.iter().cloned().collect::<Vec<_>>().join("\n")
+}
+
+/// The address in an `admin_addr=...` log field.
+fn admin_addr(line: &str) -> Option<SocketAddr> {
+    let start = line.find("admin_addr=")? + "admin_addr=".len();
+    line[start..]
+        .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_admin_address_in_plain_and_json_logs() {
+        let plain = "2026-01-01T00:00:00Z  INFO warren_common::admin: admin server listening admin_addr=127.0.0.1:4321";
+        assert_eq!(admin_addr(plain), Some("127.0.0.1:4321".parse().unwrap()));
+        assert_eq!(
+            admin_addr("admin server listening admin_addr=127.0.0.1:9 more"),
+            Some("127.0.0.1:9".parse().unwrap())
+        );
+        assert_eq!(admin_addr("nothing here"), None);
+    }
+}

@@ -1,0 +1,131 @@
+//! W1 (publish then drain no-op tasks with one worker process) and W4 (the same drain with
+//! 1, 2 and 4 worker processes).
+
+use crate::context::{progress, Ctx, Samples};
+use crate::drain::{drain, Drain, DrainSpec};
+use crate::launch::Side;
+use crate::payload::{Filler, NOOP};
+use crate::report::{Row, Target, WorkloadReport};
+
+/// Body size of a W1 task.
+pub const BODY_BYTES: usize = 100;
+
+/// One publish-then-drain repetition: publish `tasks` no-op tasks into a fresh queue, then
+/// drain it with `processes` workers. Returns the publish time and the drain.
+pub async fn publish_and_drain(
+    ctx: &Ctx,
+    side: Side,
+    label: &str,
+    processes: usize,
+) -> anyhow::Result<(std::time::Duration, tokio::time::Instant, Drain)> {
+    let queue = ctx.broker.queue(&format!("{label}.{}", side.label()));
+    let tasks = ctx.sizes.tasks;
+    let filler = Filler::of_size(BODY_BYTES);
+    let (started, published) = ctx.publish(side, &queue, NOOP, &filler, tasks).await?;
+    let spec = DrainSpec {
+        side,
+        queue: &queue,
+        tasks: tasks as u64,
+        processes,
+        settings: ctx.throughput_settings(),
+    };
+    let drained = drain(&ctx.launcher, &ctx.broker, &ctx.conn, spec).await?;
+    Ok((published, started, drained))
+}
+
+/// W1: publish and drain throughput, end-to-end time, and the worker's RSS afterwards.
+pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
+    let mut samples = Samples::default();
+    let n = ctx.sizes.tasks as f64;
+    for rep in 0..ctx.reps {
+        for side in Side::order(rep) {
+            let (published, started, d) =
+                publish_and_drain(ctx, side, &format!("w1.r{rep}"), 1).await?;
+            let end_to_end = (d.done_at - started).as_secs_f64();
+            samples.push("publish", side, n / published.as_secs_f64());
+            samples.push("drain", side, n / d.drain.as_secs_f64());
+            samples.push("e2e", side, end_to_end);
+            samples.push("startup", side, d.startup.as_secs_f64());
+            samples.push("rss", side, d.rss_mib[0]);
+            progress(
+                "W1",
+                rep,
+                side,
+                &format!(
+                    "publish {:.0}/s, drain {:.0}/s, end-to-end {end_to_end:.3} s, startup {:.3} s",
+                    n / published.as_secs_f64(),
+                    n / d.drain.as_secs_f64(),
+                    d.startup.as_secs_f64()
+                ),
+            );
+        }
+    }
+    let row = |s: &mut Samples, key, metric, unit, target| {
+        let (w, b) = s.take(key);
+        Row::new(metric, unit, w, b, target)
+    };
+    let t = &ctx.tuning;
+    Ok(WorkloadReport {
+        title: format!(
+            "publish {} no-op tasks ({BODY_BYTES} B JSON body) with confirms, then drain them with one worker process",
+            ctx.sizes.tasks
+        ),
+        settings: vec![
+            format!("publisher: confirms pipelined, {} in flight (Warren: `Publisher::publish_all` window {}; baseline: a FIFO of `PublisherConfirm`s)", t.window, t.window),
+            format!("worker: prefetch {}, concurrency {} (Warren: `warren-worker --prefetch {} --concurrency {}`; baseline: `multiple` ack at least every {} completions and whenever idle)", t.prefetch, t.concurrency, t.prefetch, t.concurrency, t.ack_every),
+            "drain: from the worker process reporting ready (/readyz) to its success counter (/metrics) reaching the task count; end-to-end: from the first publish to the last task finished, including starting the worker process".to_owned(),
+            "startup: from spawning the worker process to /readyz answering 200 (Warren declares its topology and opens two connections)".to_owned(),
+        ],
+        rows: vec![
+            row(&mut samples, "publish", "publish", "tasks/s", Some(Target::RatioAtLeast(0.9))),
+            row(&mut samples, "drain", "drain", "tasks/s", Some(Target::RatioAtLeast(0.9))),
+            row(&mut samples, "e2e", "end-to-end", "s", Some(Target::RatioAtMost(1.0 / 0.9))),
+            row(&mut samples, "startup", "worker startup", "s", None),
+            row(&mut samples, "rss", "worker RSS after W1", "MiB", None),
+        ],
+    })
+}
+
+/// W4: W1's drain with 1, 2 and 4 worker processes.
+pub async fn w4(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
+    let mut samples = Samples::default();
+    let n = ctx.sizes.tasks as f64;
+    for &processes in &ctx.sizes.scale_out {
+        for rep in 0..ctx.reps {
+            for side in Side::order(rep) {
+                let label = format!("w4.p{processes}.r{rep}");
+                let (_, _, d) = publish_and_drain(ctx, side, &label, processes).await?;
+                let rate = n / d.drain.as_secs_f64();
+                samples.push(&processes.to_string(), side, rate);
+                progress(
+                    "W4",
+                    rep,
+                    side,
+                    &format!("{processes} workers: drain {rate:.0}/s"),
+                );
+            }
+        }
+    }
+    let rows = ctx
+        .sizes
+        .scale_out
+        .iter()
+        .map(|p| {
+            let (w, b) = samples.take(&p.to_string());
+            let metric = format!(
+                "drain, {p} worker process{}",
+                if *p == 1 { "" } else { "es" }
+            );
+            Row::new(&metric, "tasks/s", w, b, None)
+        })
+        .collect();
+    let t = &ctx.tuning;
+    Ok(WorkloadReport {
+        title: format!("W1's drain of {} tasks with several worker processes", ctx.sizes.tasks),
+        settings: vec![
+            format!("each process: prefetch {}, concurrency {}", t.prefetch, t.concurrency),
+            "drain: from the first process ready to the sum of the processes' success counters reaching the task count".to_owned(),
+        ],
+        rows,
+    })
+}

@@ -1,0 +1,101 @@
+//! Warren's side through its public API only: publishing with [`Publisher`], and (for W3)
+//! a [`Worker`] run in a child process with the benchmark's own stamp handler.
+
+use crate::args::WorkerRoleArgs;
+use crate::broker::Broker;
+use crate::payload::{now_us, Stamp, STAMP};
+use anyhow::Context;
+use futures::StreamExt;
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use warren_common::{serve_admin, shutdown_signal, AmqpArgs, Codec, QueueKind, QueueSpec};
+use warren_producer::{Publisher, PublisherConfig, TaskOptions};
+use warren_worker::{Registry, TaskContext, TaskError, Worker, WorkerConfig};
+
+/// Broker arguments for Warren's configuration structs.
+pub fn amqp_args(url: &str) -> anyhow::Result<AmqpArgs> {
+    let url = url
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--amqp-url: {e}"))?;
+    Ok(AmqpArgs {
+        urls: vec![url],
+        ..AmqpArgs::default()
+    })
+}
+
+/// A Warren publisher for `queue`, with the queue declared as a worker would declare it.
+pub async fn publisher(broker: &Broker, queue: &str) -> anyhow::Result<Publisher> {
+    let config = PublisherConfig {
+        amqp: amqp_args(&broker.url)?,
+        default_queue: queue.to_owned(),
+        connection_name: "warren-bench publisher".to_owned(),
+        ..PublisherConfig::default()
+    };
+    let publisher = Publisher::connect(config, &Default::default()).await?;
+    publisher
+        .declare(&QueueSpec::new(queue, QueueKind::Quorum))
+        .await?;
+    Ok(publisher)
+}
+
+/// JSON payloads: Warren's `demo.noop` takes any payload, which needs a self-describing
+/// codec, and the baseline sends the same JSON bytes.
+pub fn json_options() -> TaskOptions {
+    TaskOptions {
+        codec: Some(Codec::Json),
+        ..TaskOptions::default()
+    }
+}
+
+/// Publishes `count` tasks with `publish_all`, `window` confirms in flight.
+pub async fn publish_many<T: Serialize + Sync>(
+    publisher: &Publisher,
+    task: &str,
+    payload: &T,
+    count: usize,
+    window: usize,
+) -> anyhow::Result<()> {
+    let options = json_options();
+    let tasks = (0..count).map(|_| (task.to_owned(), payload, options.clone()));
+    let mut results = publisher.publish_all(tasks, window);
+    while let Some(result) = results.next().await {
+        result.context("Warren publish")?;
+    }
+    Ok(())
+}
+
+/// Runs a Warren worker with the stamp handler until `expect_stamps` probes have run, then
+/// prints their latencies (microseconds, JSON array) on stdout. Announces its admin port on
+/// stderr like `warren-worker`.
+pub async fn run_latency_worker(args: WorkerRoleArgs) -> anyhow::Result<()> {
+    warren_common::init_tracing(warren_common::LogFormat::Pretty);
+    let expect = args.expect_stamps.unwrap_or(usize::MAX);
+    let stamps = Arc::new(Mutex::new(Vec::with_capacity(expect.min(1 << 20))));
+    let shutdown = warren_common::Shutdown::new();
+    let mut registry = Registry::new();
+    let (sink, done) = (stamps.clone(), shutdown.drain.clone());
+    registry.register(STAMP, move |_ctx: TaskContext, stamp: Stamp| {
+        let latency = now_us().saturating_sub(stamp.created_us) as f64;
+        let mut stamps = sink.lock().expect("never poisoned");
+        stamps.push(latency);
+        if stamps.len() >= expect {
+            done.cancel();
+        }
+        async { Ok::<_, TaskError>(()) }
+    });
+    let mut config = WorkerConfig::new([args.queue.clone()]);
+    config.amqp = amqp_args(&args.amqp_url)?;
+    config.concurrency = args.concurrency;
+    config.prefetch = args.prefetch;
+    let metrics = prometheus::Registry::new();
+    let worker = Worker::new(registry, config, &metrics)?;
+    let admin = "127.0.0.1:0".parse().expect("a valid socket address");
+    let stop_admin = shutdown.abort.child_token();
+    // The address is logged (info, target warren_common::admin) like in warren-worker.
+    serve_admin(admin, metrics, worker.health(), stop_admin).await?;
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    worker.run(shutdown).await?;
+    let stamps = std::mem::take(&mut *stamps.lock().expect("never poisoned"));
+    println!("{}", serde_json::to_string(&stamps)?);
+    Ok(())
+}
