@@ -23,6 +23,7 @@ pub fn amqp_url() -> String {
 pub fn amqp_args() -> AmqpArgs {
     AmqpArgs {
         urls: vec![amqp_url().parse().expect("AMQP_URL is a valid amqp:// URL")],
+        ..AmqpArgs::default()
     }
 }
 
@@ -207,27 +208,48 @@ fn leak(name: &str) -> &'static str {
     Box::leak(name.to_owned().into_boxed_str())
 }
 
-/// Path of a workspace binary, built (in debug mode) on first use.
+/// Path of a workspace binary (`warren-worker`, `warren-producer`, `warren-scheduler`, ...),
+/// built in debug mode on first use with one `cargo build` of every binary.
+///
+/// The build runs with a clean environment: the variables cargo and nextest set for a test
+/// (`CARGO_PKG_*`, `LD_LIBRARY_PATH`, ...) would otherwise change the build's fingerprint and
+/// recompile the binaries on every test run.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     let dir = BUILT.get_or_init(|| {
-        let run = escargot::CargoBuild::new()
-            .package("warren-worker")
-            .bin("warren-worker")
-            .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
-            .run()
-            .map_err(|e| e.to_string())?;
-        escargot::CargoBuild::new()
-            .package("warren-producer")
-            .bin("warren-producer")
-            .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
-            .run()
-            .map_err(|e| e.to_string())?;
-        Ok(run
-            .path()
-            .parent()
-            .expect("binary has a directory")
-            .to_owned())
+        let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args([
+            "build",
+            "--bins",
+            "-p",
+            "warren-worker",
+            "-p",
+            "warren-producer",
+        ])
+        .current_dir(&root)
+        .env_clear();
+        for key in [
+            "PATH",
+            "HOME",
+            "CARGO_HOME",
+            "RUSTUP_HOME",
+            "RUSTUP_TOOLCHAIN",
+            "CARGO_TARGET_DIR",
+        ] {
+            if let Ok(value) = std::env::var(key) {
+                cmd.env(key, value);
+            }
+        }
+        let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("cargo build of the binaries failed: {status}"));
+        }
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| root.join("target"));
+        Ok(target.join("debug"))
     });
     match dir {
         Ok(dir) => dir.join(name),
