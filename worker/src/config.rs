@@ -75,6 +75,10 @@ pub struct WorkerArgs {
     /// How long a drain waits for running tasks after the first SIGTERM.
     #[arg(long, env = "WARREN_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// How often the broker's view of each queue is polled (ready messages and consumers,
+    /// exported as metrics; also the stall watchdog's period).
+    #[arg(long, env = "WARREN_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub poll_interval: Duration,
     /// Address of the admin HTTP server (/metrics, /healthz, /readyz); port 0 picks one.
     #[arg(long, env = "WARREN_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     pub admin_addr: std::net::SocketAddr,
@@ -129,6 +133,8 @@ pub struct WorkerConfig {
     pub crash_budget: u64,
     /// Drain timeout.
     pub shutdown_timeout: Duration,
+    /// Period of the queue poller and stall watchdog.
+    pub poll_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -151,6 +157,7 @@ impl WorkerConfig {
             max_payload_bytes: 1024 * 1024,
             crash_budget: 5,
             shutdown_timeout: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(5),
         }
     }
 
@@ -165,6 +172,9 @@ impl WorkerConfig {
                 "--max-priority",
                 "priority queues must be classic: add --queue-type classic".into(),
             );
+        }
+        if self.poll_interval.is_zero() {
+            return invalid("--poll-interval", "must be longer than zero".into());
         }
         if self.concurrency == 0 {
             return invalid("--concurrency", "must be at least 1".into());
@@ -228,6 +238,7 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
             max_payload_bytes: args.max_payload_bytes,
             crash_budget: args.crash_budget,
             shutdown_timeout: args.shutdown_timeout,
+            poll_interval: args.poll_interval,
         };
         config.validate()?;
         Ok(config)

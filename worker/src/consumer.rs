@@ -100,7 +100,8 @@ async fn receive(
     consumer: &mut Consumer,
     settle_tx: &mpsc::UnboundedSender<Settle>,
 ) -> Option<String> {
-    let held = &shared.queue_metrics[&**queue].held;
+    let queue_metrics = &shared.queue_metrics[&**queue];
+    let held = &queue_metrics.held;
     loop {
         let next = tokio::select! {
             biased;
@@ -113,6 +114,9 @@ async fn receive(
             None => return Some(format!("the broker cancelled the consumer of `{queue}`")),
         };
         held.inc();
+        queue_metrics
+            .deliveries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let permit = tokio::select! {
             biased;
             permit = shared.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),

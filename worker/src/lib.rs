@@ -9,6 +9,7 @@ mod consumer;
 pub mod demo;
 mod execute;
 mod metrics;
+mod monitor;
 mod outcome;
 mod pool;
 mod registry;

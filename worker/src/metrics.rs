@@ -81,6 +81,8 @@ pub(crate) struct QueueMetrics {
     pub(crate) held: IntGauge,
     pub(crate) in_progress: IntGauge,
     pub(crate) requeued: IntCounter,
+    /// Deliveries received on this queue, for the stall watchdog.
+    pub(crate) deliveries: std::sync::atomic::AtomicU64,
 }
 
 impl QueueMetrics {
@@ -187,6 +189,7 @@ impl WorkerMetrics {
             held: self.held.with_label_values(&[queue]),
             in_progress: self.in_progress.with_label_values(&[queue]),
             requeued: self.requeued.with_label_values(&[queue]),
+            deliveries: Default::default(),
         }
     }
 

@@ -208,9 +208,15 @@ impl Worker {
                 end
             }
         });
-        join_all(consumers)
-            .await
-            .into_iter()
+        let watch = async {
+            crate::monitor::monitor(&self.shared, conn, &stop).await;
+            std::future::pending::<()>().await
+        };
+        let ends = tokio::select! {
+            ends = join_all(consumers) => ends,
+            _ = watch => unreachable!("the monitor future never completes"),
+        };
+        ends.into_iter()
             .filter_map(|end| match end {
                 ConsumerEnd::Stopped(acker) => Some(acker),
                 ConsumerEnd::Lost(_) => None,
