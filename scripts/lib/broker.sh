@@ -5,6 +5,7 @@
 #   ensure_cargo     # cargo on PATH, or a clear message naming rustup
 #   ensure_broker    # an AMQP broker reachable at $AMQP_URL (exported)
 #   ensure_promtool  # best effort: promtool for the metrics tests
+#   ensure_deploy_validators  # best effort: docker-compose and promtool for tests/tests/deploy.rs
 #
 # Every step taken is printed on stderr with a `==>` prefix. URLs are always
 # printed through mask_url, so the AMQP password never reaches the terminal
@@ -316,6 +317,29 @@ ensure_promtool() {
 		return 0
 	fi
 	warn "promtool is missing (it comes with Debian's prometheus package); tests that use it may skip or fail"
+	return 0
+}
+
+# ensure_deploy_validators: best effort; the offline validators of the
+# deployment files: Debian's docker-compose (v1, `docker-compose config` needs
+# no engine) and promtool (Debian's prometheus package), installed with apt-get
+# when we are root on Debian. Never fails. (The Kubernetes validators are
+# installed by the tests themselves, into a virtualenv under target/.)
+ensure_deploy_validators() {
+	local missing=()
+	command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+	command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+	if ((${#missing[@]} == 0)); then
+		say "deployment validators: $(command -v docker-compose), $(command -v promtool)"
+		return 0
+	fi
+	if _warren_can_apt; then
+		say "installing the deployment validators: ${missing[*]}"
+		_warren_apt_get --no-install-recommends "${missing[@]}" ||
+			warn "could not install ${missing[*]}; the deployment tests that need them will skip"
+		return 0
+	fi
+	warn "missing ${missing[*]} (Debian packages); the deployment tests that need them will skip"
 	return 0
 }
 
