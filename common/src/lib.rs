@@ -16,7 +16,7 @@ mod telemetry;
 mod topology;
 
 pub use admin::{serve_admin, AdminError, Health, Readiness};
-pub use amqp::{connect, AmqpArgs, AmqpUrl, ConnectError};
+pub use amqp::{connect, AmqpArgs, AmqpArgsError, AmqpUrl, ConnectError};
 pub use codec::{Codec, CodecError};
 pub use envelope::{
     header_string, header_u64, int_value, now_ms, text_value, Envelope, EnvelopeError, TaskId,

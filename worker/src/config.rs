@@ -216,7 +216,10 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
     fn try_from(args: &WorkerArgs) -> Result<Self, ConfigError> {
         let concurrency = args.concurrency.unwrap_or_else(|| num_cpus::get().max(1));
         let config = WorkerConfig {
-            amqp: args.amqp.clone(),
+            amqp: args.amqp.resolve().map_err(|e| ConfigError::Invalid {
+                flag: e.flag,
+                problem: e.problem,
+            })?,
             queues: args.queues.clone(),
             queue_type: args.queue_type,
             max_priority: args.max_priority,

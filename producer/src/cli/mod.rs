@@ -38,7 +38,15 @@ enum Command {
 }
 
 /// Runs the parsed command line until it is done or `shutdown` fires.
-pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
+pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
+    // Read --amqp-url-file and the TLS files once, before any command connects.
+    cli.amqp = match cli.amqp.resolve() {
+        Ok(amqp) => amqp,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     match cli.command {
         Command::Publish(args) => publish::run(args, &cli.amqp, &cli.exchange, &shutdown).await,
         Command::Stats(args) => stats::run(args, &cli.amqp, &shutdown).await,
