@@ -170,13 +170,17 @@ impl Linker {
                         tracing::warn!(connection = %name, %reason, generation, "broker blocks publishers");
                         let _ = blocked.send(true);
                         health.set(Readiness::Blocked);
-                        metrics.as_ref().map(|m| m.blocked.set(1));
+                        if let Some(m) = &metrics {
+                            m.blocked.set(1);
+                        }
                     }
                     Event::ConnectionUnblocked => {
                         tracing::info!(connection = %name, "broker unblocked publishers");
                         let _ = blocked.send(false);
                         health.set(Readiness::Ready);
-                        metrics.as_ref().map(|m| m.blocked.set(0));
+                        if let Some(m) = &metrics {
+                            m.blocked.set(0);
+                        }
                     }
                     Event::Error(error) => {
                         tracing::warn!(connection = %name, %error, "publishing connection failed");

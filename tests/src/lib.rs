@@ -1,6 +1,10 @@
 //! Support for Warren's integration tests: unique queue names, raw broker access, in-process
 //! workers and the real binaries. Every test talks to the real broker at `AMQP_URL`.
 
+mod node;
+
+pub use node::PrivateNode;
+
 use anyhow::Context;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
@@ -337,4 +341,103 @@ pub async fn drain_queue(
     }
     let _ = channel.close(200, "done".into()).await;
     Ok(out)
+}
+
+/// A plain HTTP/1.1 GET, returning the status code and body (no client dependency needed for
+/// the admin endpoints).
+pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no HTTP status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A `warren-worker` process with its captured log lines and admin address.
+pub struct WorkerProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// Its stderr, line by line.
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The admin server's bound address.
+    pub admin: String,
+}
+
+impl WorkerProcess {
+    /// Starts `warren-worker` with `args` (plus an admin server on a free port) and waits
+    /// until its admin server listens.
+    pub async fn start(args: &[&str], amqp_url: &str) -> WorkerProcess {
+        let mut child = tokio::process::Command::new(binary("warren-worker"))
+            .args(args)
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .env("AMQP_URL", amqp_url)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("warren-worker starts");
+        let lines = capture_lines(child.stderr.take().expect("stderr is piped"));
+        let line = wait_for_line(&lines, "admin server listening", Duration::from_secs(30))
+            .await
+            .expect("the admin server starts");
+        let admin = line
+            .split("admin_addr=")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("the line names the address")
+            .to_owned();
+        WorkerProcess {
+            child,
+            lines,
+            admin,
+        }
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, ...).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        assert!(status.expect("kill runs").success());
+    }
+
+    /// Ids of the tasks this worker finished successfully, from its log.
+    pub fn finished_ids(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|l| l.contains("task finished"))
+            .filter_map(|l| {
+                l.split("task_id=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            })
+            .map(|id| id.trim_matches('"').to_owned())
+            .collect()
+    }
+
+    /// `GET /readyz` status code (0 if the server does not answer).
+    pub async fn readiness(&self) -> u16 {
+        http_get(&self.admin, "/readyz")
+            .await
+            .map(|r| r.0)
+            .unwrap_or(0)
+    }
 }

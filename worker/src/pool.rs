@@ -107,6 +107,13 @@ impl Worker {
     /// Runs until `shutdown.drain` fires, then drains: stops consuming, returns prefetched
     /// tasks, waits up to the shutdown timeout for running ones, and closes the connections.
     pub async fn run(self, shutdown: Shutdown) -> Result<DrainReport, WorkerError> {
+        // Readiness turns 503 the moment the drain is asked for, not when it is done.
+        let health = self.health.clone();
+        let drain = shutdown.drain.clone();
+        tokio::spawn(async move {
+            drain.cancelled().await;
+            health.set(Readiness::Draining);
+        });
         let mut ackers = Vec::new();
         let mut connections = None;
         let mut first = true;

@@ -1,0 +1,113 @@
+//! A private RabbitMQ node for tests that stop, restart or kill the broker: its own name,
+//! ports and data directory, so the system broker is never touched.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = "/usr/lib/rabbitmq/bin";
+
+/// A RabbitMQ node of this test's own. Stopped (and its data removed) when dropped.
+pub struct PrivateNode {
+    name: String,
+    dir: PathBuf,
+    /// AMQP port.
+    pub port: u16,
+    dist_port: u16,
+}
+
+impl PrivateNode {
+    /// Whether private nodes can run here (RabbitMQ installed).
+    pub fn available() -> bool {
+        PathBuf::from(BIN).join("rabbitmq-server").exists()
+    }
+
+    /// Starts a node on free ports and waits until it is up.
+    pub fn start(label: &str) -> PrivateNode {
+        let port = free_port();
+        let dist_port = free_port();
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let dir = std::env::temp_dir().join(format!("warren-node-{label}-{suffix}"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("plugins"), "[].").expect("plugins file");
+        let node = PrivateNode {
+            name: format!("warren-{label}-{suffix}@localhost"),
+            dir,
+            port,
+            dist_port,
+        };
+        node.boot();
+        node
+    }
+
+    /// The AMQP URL of the node.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(PathBuf::from(BIN).join(program));
+        let d = |sub: &str| self.dir.join(sub).to_string_lossy().into_owned();
+        cmd.env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", d("mnesia"))
+            .env("RABBITMQ_LOG_BASE", d("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", d("plugins"))
+            .env("RABBITMQ_PID_FILE", d("pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Starts the node (again) and waits for it.
+    pub fn boot(&self) {
+        let status = self
+            .command("rabbitmq-server")
+            .arg("-detached")
+            .status()
+            .expect("rabbitmq-server runs");
+        assert!(status.success(), "rabbitmq-server -detached failed");
+        let status = self
+            .command("rabbitmqctl")
+            .args(["-n", &self.name, "--timeout", "60", "await_startup"])
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success(), "the private node did not start");
+    }
+
+    /// Stops the node cleanly.
+    pub fn stop(&self) {
+        let _ = self
+            .command("rabbitmqctl")
+            .args(["-n", &self.name, "stop"])
+            .status();
+    }
+
+    /// Kills the node with SIGKILL, as a crash would.
+    pub fn kill(&self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+        // Wait until the port is closed.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        self.stop();
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("bound").port()
+}
