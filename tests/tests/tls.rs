@@ -4,6 +4,7 @@
 //! from `--amqp-url-file`; without the CA (or without a client certificate) connecting fails.
 //!
 //! The node has its own name, ports and directories: the system node is never touched.
+//! Unusable broker files (`--amqp-url-file`, the TLS files) stop both binaries with exit code 2.
 
 use anyhow::{ensure, Context};
 use rcgen::{
@@ -324,4 +325,42 @@ async fn round_trip_with_the_binaries(dir: &Path, pki: &Pki, url: &str) {
         !logs.contains(PASSWORD) && !stderr.contains(PASSWORD),
         "a password was logged"
     );
+}
+
+#[tokio::test]
+async fn unusable_broker_files_stop_both_binaries_with_exit_code_2() {
+    let dir = TempDir::new("warren-files");
+    let not_pem = dir.0.join("not.pem");
+    std::fs::write(&not_pem, "amqps://u:p@h/%2f\n").unwrap();
+    let missing = dir.0.join("missing");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--amqp-url-file", missing.to_str().unwrap()],
+            "--amqp-url-file",
+        ),
+        (
+            &["--amqp-ca-file", not_pem.to_str().unwrap()],
+            "--amqp-ca-file",
+        ),
+        (
+            &["--amqp-cert-file", not_pem.to_str().unwrap()],
+            "--amqp-key-file",
+        ),
+    ];
+    for (flags, named) in cases {
+        let runs: [(&str, &[&str]); 2] = [
+            ("warren-worker", &["--admin-addr", "127.0.0.1:0"]),
+            ("warren-producer", &["stats"]),
+        ];
+        for (bin, args) in runs {
+            let run = Command::new(binary(bin)).args(args).args(flags).output();
+            let output = tokio::time::timeout(Duration::from_secs(20), run)
+                .await
+                .expect("exits at once")
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{bin} {flags:?}: {stderr}");
+            assert!(stderr.contains(named), "{bin} {flags:?}: {stderr}");
+        }
+    }
 }
