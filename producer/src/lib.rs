@@ -6,6 +6,7 @@ pub mod cli;
 mod link;
 mod metrics;
 mod publisher;
+pub mod scheduler;
 
 pub use metrics::ProducerMetrics;
 pub use publisher::{

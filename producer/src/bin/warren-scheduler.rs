@@ -1,0 +1,114 @@
+//! The `warren-scheduler` binary: publish periodic tasks from a schedule file. Run as many
+//! replicas as you like; one publishes, the others stand by (see docs/scheduling.md).
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use warren_common::{
+    init_tracing, serve_admin, shutdown_signal, AmqpArgs, Health, LogFormat, Shutdown,
+};
+use warren_producer::scheduler::{self, schedule, SchedulerConfig};
+
+/// Publish Warren tasks on a schedule; replicas elect one leader through the broker.
+#[derive(Debug, Parser)]
+#[command(name = "warren-scheduler", version, about)]
+struct Args {
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    /// The schedule file (TOML; see docs/scheduling.md).
+    #[arg(long, env = "WARREN_SCHEDULE", value_name = "FILE")]
+    schedule: PathBuf,
+    /// The scheduler group: replicas with the same name share one lease (`NAME.lease`) and
+    /// one record of the last ticks (`NAME.state.<schedule>`).
+    #[arg(long, env = "WARREN_LEASE_NAME", default_value = scheduler::DEFAULT_LEASE_NAME)]
+    lease_name: String,
+    /// How often a standby tries to take the lease (bounds the failover time).
+    #[arg(long, env = "WARREN_LEASE_RETRY", default_value = "1s", value_parser = humantime::parse_duration)]
+    lease_retry: Duration,
+    /// Exchange tasks are published to.
+    #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE)]
+    exchange: String,
+    /// How long each publish waits for the broker's confirm.
+    #[arg(long, env = "WARREN_CONFIRM_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    confirm_timeout: Duration,
+    /// Address of the admin HTTP server (/metrics, /healthz, /readyz); port 0 picks one.
+    #[arg(long, env = "WARREN_ADMIN_ADDR", default_value = "0.0.0.0:9092")]
+    admin_addr: SocketAddr,
+    /// Log output format.
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value = "pretty")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    quiet_lease_attempts();
+    init_tracing(args.log_format);
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A standby's every attempt at the lease is refused (405 RESOURCE_LOCKED) and lapin logs
+/// each refused channel as an error, once a second. Unless `RUST_LOG` says otherwise, those
+/// lines are left out: the scheduler reports the channel errors that matter itself.
+fn quiet_lease_attempts() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        // Before any other thread exists: setting the environment is sound here.
+        std::env::set_var("RUST_LOG", "info,lapin::channel=off");
+    }
+}
+
+async fn run(args: Args) -> ExitCode {
+    let config = match configure(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = Shutdown::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    let (metrics, health) = (config.metrics.clone(), config.health.clone());
+    if let Err(error) = serve_admin(
+        args.admin_addr,
+        metrics,
+        health,
+        shutdown.abort.child_token(),
+    )
+    .await
+    {
+        eprintln!("error: {error}");
+        return ExitCode::from(2);
+    }
+    let abort = shutdown.abort.clone();
+    tokio::select! {
+        result = scheduler::run(config, shutdown) => match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                tracing::error!(%error, "scheduler stopped");
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        _ = abort.cancelled() => ExitCode::from(130),
+    }
+}
+
+/// Reads the broker files and the schedule file.
+fn configure(args: &Args) -> anyhow::Result<SchedulerConfig> {
+    let schedules = schedule::load(&args.schedule)?;
+    let mut config = SchedulerConfig::new(schedules);
+    config.amqp = args.amqp.resolve()?;
+    config.exchange.clone_from(&args.exchange);
+    config.lease_name.clone_from(&args.lease_name);
+    config.lease_retry = args.lease_retry;
+    config.confirm_timeout = args.confirm_timeout;
+    config.health = Health::new();
+    Ok(config)
+}

@@ -1,0 +1,193 @@
+//! Periodic tasks: the `warren-scheduler` process publishes each schedule's task when it falls
+//! due. Any number of replicas may run; one holds the lease (an exclusive queue: the `lease`
+//! module) and publishes, the others stand by and take over within about a second of its
+//! death. The last published tick of each schedule is kept in RabbitMQ (the `state` module), so a
+//! new leader resumes where the last one stopped and applies the schedule's missed-tick
+//! policy to the gap. `docs/scheduling.md` describes the whole mechanism and its guarantees.
+
+mod leader;
+mod lease;
+mod metrics;
+pub mod schedule;
+mod state;
+
+pub use metrics::SchedulerMetrics;
+pub use schedule::{MissedPolicy, Schedule, ScheduleError, Timing};
+
+use std::time::Duration;
+use warren_common::{connect, AmqpArgs, ConnectError, Health, Readiness, Shutdown};
+
+/// Name of the scheduler group unless configured otherwise: the lease queue is
+/// `warren.scheduler.lease`, the state queues `warren.scheduler.state.<schedule>`.
+pub const DEFAULT_LEASE_NAME: &str = "warren.scheduler";
+
+/// How often a standby tries to take the lease unless configured otherwise.
+pub const DEFAULT_LEASE_RETRY: Duration = Duration::from_secs(1);
+
+/// Longest lease name, so that state queue names stay within AMQP's 255 bytes.
+const MAX_LEASE_NAME: usize = 120;
+
+/// What a scheduler replica runs and how.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Broker URLs, tried in turn.
+    pub amqp: AmqpArgs,
+    /// The exchange tasks are published to.
+    pub exchange: String,
+    /// The schedules (every replica of a group must be given the same ones).
+    pub schedules: Vec<Schedule>,
+    /// The scheduler group: replicas with the same name share one lease and one state.
+    pub lease_name: String,
+    /// How often a standby tries to take the lease (also the delay before a failed tick is
+    /// tried again).
+    pub lease_retry: Duration,
+    /// How long each publish waits for the broker's confirm.
+    pub confirm_timeout: Duration,
+    /// Registry the scheduler's metrics are registered in.
+    pub metrics: prometheus::Registry,
+    /// Readiness for `/readyz`: ready while connected, as leader or standby.
+    pub health: Health,
+}
+
+impl SchedulerConfig {
+    /// A configuration with the defaults for everything but the schedules.
+    pub fn new(schedules: Vec<Schedule>) -> Self {
+        SchedulerConfig {
+            amqp: AmqpArgs::default(),
+            exchange: warren_common::DEFAULT_EXCHANGE.to_owned(),
+            schedules,
+            lease_name: DEFAULT_LEASE_NAME.to_owned(),
+            lease_retry: DEFAULT_LEASE_RETRY,
+            confirm_timeout: crate::DEFAULT_CONFIRM_TIMEOUT,
+            metrics: prometheus::Registry::new(),
+            health: Health::new(),
+        }
+    }
+
+    fn connection_name(&self) -> String {
+        format!("warren-scheduler {}", self.lease_name)
+    }
+
+    fn validate(&self) -> Result<(), SchedulerError> {
+        let name = &self.lease_name;
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.:".contains(c);
+        if name.is_empty()
+            || name.len() > MAX_LEASE_NAME
+            || name.starts_with("amq.")
+            || !name.chars().all(allowed)
+        {
+            return Err(SchedulerError::LeaseName(name.clone()));
+        }
+        if self.lease_retry.is_zero() {
+            return Err(SchedulerError::LeaseRetry);
+        }
+        Ok(())
+    }
+}
+
+/// Why a scheduler stopped other than by being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The lease name cannot be used.
+    #[error(
+        "--lease-name `{0}`: must be 1 to 120 letters, digits, `_`, `-`, `.` or `:`, \
+         not starting with `amq.`"
+    )]
+    LeaseName(String),
+    /// The lease retry interval is zero.
+    #[error("--lease-retry must be more than zero")]
+    LeaseRetry,
+    /// No broker URL was given.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The broker refuses the lease queue (permissions, or a queue of that name with other
+    /// settings).
+    #[error("the broker refuses the lease queue `{queue}`: {source}")]
+    Lease {
+        /// The lease queue.
+        queue: String,
+        /// The broker's error.
+        source: lapin::Error,
+    },
+    /// A state queue exists with other settings.
+    #[error(
+        "the state queue `{queue}` cannot be used (delete it to reset the schedule): {source}"
+    )]
+    State {
+        /// The state queue.
+        queue: String,
+        /// The broker's error.
+        source: lapin::Error,
+    },
+    /// The metrics could not be registered (already registered in the same registry).
+    #[error("registering the scheduler metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Runs one scheduler replica until `shutdown.drain` fires: connects, stands by until it
+/// takes the lease, then publishes ticks until it loses the lease (and stands by again) or is
+/// asked to stop (and closes the lease connection, so that a standby takes over at once).
+pub async fn run(config: SchedulerConfig, shutdown: Shutdown) -> Result<(), SchedulerError> {
+    config.validate()?;
+    let names = config.schedules.iter().map(|s| s.name.as_str());
+    let metrics = SchedulerMetrics::new(&config.metrics, names)?;
+    let result = replica(&config, &metrics, &shutdown).await;
+    metrics.leader.set(0);
+    config.health.set(Readiness::Draining);
+    result
+}
+
+async fn replica(
+    config: &SchedulerConfig,
+    metrics: &SchedulerMetrics,
+    shutdown: &Shutdown,
+) -> Result<(), SchedulerError> {
+    let lease_queue = lease::queue_name(&config.lease_name);
+    let cancel = &shutdown.drain;
+    loop {
+        let conn = match connect(&config.amqp.urls, &config.connection_name(), cancel).await {
+            Ok(conn) => conn,
+            Err(ConnectError::Cancelled) => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        config.health.set(Readiness::Ready);
+        match lease::acquire(&conn, &lease_queue, config.lease_retry, cancel).await {
+            lease::Acquired::Held => {
+                metrics.leader.set(1);
+                tracing::info!(lease = %lease_queue, schedules = config.schedules.len(), "became leader");
+                let term = leader::lead(conn, config, metrics, cancel).await;
+                metrics.leader.set(0);
+                match term? {
+                    leader::Term::Drained => {
+                        tracing::info!(lease = %lease_queue, "stopped leading: lease released");
+                        return Ok(());
+                    }
+                    leader::Term::Lost => {
+                        tracing::warn!(lease = %lease_queue, "no longer leader: reconnecting to stand by");
+                    }
+                }
+            }
+            lease::Acquired::Cancelled => {
+                let _ = conn.close(200, "shutting down".into()).await;
+                return Ok(());
+            }
+            lease::Acquired::Lost(error) => {
+                let error = error.map(|e| e.to_string()).unwrap_or_default();
+                tracing::warn!(%error, "lost the broker connection while standing by; reconnecting");
+            }
+            lease::Acquired::Refused(source) => {
+                let _ = conn.close(200, "lease refused".into()).await;
+                return Err(SchedulerError::Lease {
+                    queue: lease_queue,
+                    source,
+                });
+            }
+        }
+        config.health.set(Readiness::Reconnecting);
+        // A pause, so that a connection that keeps failing the same way is not hammered.
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(config.lease_retry.min(Duration::from_secs(1))) => {}
+        }
+    }
+}
