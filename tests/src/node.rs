@@ -30,6 +30,9 @@ impl PrivateNode {
         let dir = std::env::temp_dir().join(format!("warren-node-{label}-{suffix}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("plugins"), "[].").expect("plugins file");
+        // The system's rabbitmq.conf pins the listener to 5672: the node gets its own file.
+        let conf = format!("listeners.tcp.local = 127.0.0.1:{port}\n");
+        std::fs::write(dir.join("rabbitmq.conf"), conf).expect("config file");
         let node = PrivateNode {
             name: format!("warren-{label}-{suffix}@localhost"),
             dir,
@@ -55,6 +58,7 @@ impl PrivateNode {
             .env("RABBITMQ_LOG_BASE", d("log"))
             .env("RABBITMQ_ENABLED_PLUGINS_FILE", d("plugins"))
             .env("RABBITMQ_PID_FILE", d("pid"))
+            .env("RABBITMQ_CONFIG_FILE", d("rabbitmq.conf"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         cmd
@@ -68,9 +72,12 @@ impl PrivateNode {
             .status()
             .expect("rabbitmq-server runs");
         assert!(status.success(), "rabbitmq-server -detached failed");
+        // `-detached` returns before the node exists; `wait` follows the pid file until the
+        // node is up (await_startup right away fails: the node is not there yet).
+        let pid_file = self.dir.join("pid").to_string_lossy().into_owned();
         let status = self
             .command("rabbitmqctl")
-            .args(["-n", &self.name, "--timeout", "60", "await_startup"])
+            .args(["-n", &self.name, "--timeout", "60", "wait", &pid_file])
             .status()
             .expect("rabbitmqctl runs");
         assert!(status.success(), "the private node did not start");
