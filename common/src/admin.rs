@@ -105,11 +105,7 @@ pub async fn serve_admin(
     let bound = listener
         .local_addr()
         .map_err(|source| AdminError { addr, source })?;
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(AdminState { registry, health });
+    let app = admin_router(registry, health);
     tracing::info!(admin_addr = %bound, "admin server listening");
     tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
@@ -118,6 +114,16 @@ pub async fn serve_admin(
         }
     });
     Ok(bound)
+}
+
+/// The admin routes (`/metrics`, `/healthz`, `/readyz`) as a router, for a process that
+/// serves them on a listener of its own (merge it into that server's router).
+pub fn admin_router(registry: Registry, health: Health) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState { registry, health })
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {

@@ -15,7 +15,7 @@ mod shutdown;
 mod telemetry;
 mod topology;
 
-pub use admin::{serve_admin, AdminError, Health, Readiness};
+pub use admin::{admin_router, serve_admin, AdminError, Health, Readiness};
 pub use amqp::{connect, AmqpArgs, AmqpArgsError, AmqpUrl, ConnectError};
 pub use codec::{Codec, CodecError};
 pub use envelope::{

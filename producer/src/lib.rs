@@ -3,11 +3,15 @@
 //! messages and lost connections into errors. Also the `warren-producer` command line.
 
 pub mod cli;
+mod http;
 mod link;
 mod metrics;
 mod publisher;
 pub mod scheduler;
 
+pub use http::{
+    serve_ingest, BearerToken, IngestConfig, IngestError, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
+};
 pub use metrics::ProducerMetrics;
 pub use publisher::{
     PublishError, Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,

@@ -1,6 +1,7 @@
 //! The `warren-producer` command line: publish tasks and inspect queues.
 
 mod publish;
+mod serve;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +36,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Show a queue's ready messages, consumers and dead letters.
     Stats(stats::StatsArgs),
+    /// Serve the HTTP ingest: publish tasks posted as JSON (see docs/openapi.yaml).
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the parsed command line until it is done or `shutdown` fires.
@@ -50,5 +53,6 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Publish(args) => publish::run(args, &cli.amqp, &cli.exchange, &shutdown).await,
         Command::Stats(args) => stats::run(args, &cli.amqp, &shutdown).await,
+        Command::Serve(args) => serve::run(args, &cli.amqp, &cli.exchange, &shutdown).await,
     }
 }

@@ -1,0 +1,251 @@
+//! The `/v1` handlers: validate the whole request, publish, and answer 202 only for tasks
+//! the broker confirmed. A batch is published concurrently (its confirms pipelined on the
+//! one channel); if any task of it was not confirmed the answer is an error status whose
+//! body lists, by index and id, which tasks were confirmed and which were not.
+
+use super::broker::Broker;
+use super::error::{publish_failure, ApiError, FieldError, JsonBody, RETRY_AFTER_SECS};
+use super::request::{BatchRequest, TaskRequest, ValidTask};
+use crate::{PublishError, Publisher};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// What the `/v1` handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) broker: Broker,
+    pub(crate) default_queue: Arc<str>,
+    pub(crate) max_batch: usize,
+}
+
+/// The answer to an accepted task.
+#[derive(Debug, Serialize)]
+pub(crate) struct Accepted {
+    id: String,
+}
+
+/// The answer to an accepted batch: the ids in request order.
+#[derive(Debug, Serialize)]
+pub(crate) struct BatchAccepted {
+    ids: Vec<String>,
+}
+
+/// The answer to a batch of which some task was not confirmed.
+#[derive(Debug, Serialize)]
+pub(crate) struct BatchFailure {
+    error: String,
+    field: Option<String>,
+    /// Tasks the broker confirmed: they are queued and will run.
+    confirmed: Vec<Confirmed>,
+    /// Tasks not confirmed: assume they were not queued; publish them again (with the same
+    /// id, if a duplicate run is acceptable) after the error is resolved.
+    not_confirmed: Vec<NotConfirmed>,
+}
+
+#[derive(Debug, Serialize)]
+struct Confirmed {
+    index: usize,
+    id: String,
+}
+
+#[derive(Debug, Serialize)]
+struct NotConfirmed {
+    index: usize,
+    id: String,
+    error: String,
+    field: Option<String>,
+    kind: &'static str,
+    #[serde(skip)]
+    status: StatusCode,
+}
+
+/// `POST /v1/tasks`: publishes one task, answering 202 with its id once confirmed.
+pub(crate) async fn publish_one(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(request): JsonBody<TaskRequest>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let task = request.validate("", &app.default_queue, traceparent(&headers))?;
+    let publisher = app.broker.ready().map_err(|e| e.with_id(task.id()))?;
+    publish(&app.broker, &publisher, &task).await.map_err(|e| {
+        let e = ApiError::from_publish(&e, &task.queue, "queue").with_id(task.id());
+        tracing::warn!(task_id = %task.id(), task = %task.task, queue = %task.queue, error = %e.body.error, "task not accepted");
+        e
+    })?;
+    tracing::debug!(task_id = %task.id(), task = %task.task, queue = %task.queue, "task accepted");
+    let id = task.options.id.unwrap_or_default();
+    Ok((StatusCode::ACCEPTED, Json(Accepted { id })))
+}
+
+/// `POST /v1/tasks:batch`: validates every task (any invalid one fails the whole batch
+/// with nothing published), publishes them concurrently, and answers 202 with their ids
+/// only if every one was confirmed.
+pub(crate) async fn publish_batch(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(batch): JsonBody<BatchRequest>,
+) -> Result<Response, ApiError> {
+    let count = batch.tasks.len();
+    if count == 0 || count > app.max_batch {
+        let message = format!("tasks must hold 1 to {} tasks, not {count}", app.max_batch);
+        return Err(FieldError::new("tasks", message).into());
+    }
+    let header = traceparent(&headers);
+    let tasks = batch
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| t.validate(&format!("tasks[{i}]."), &app.default_queue, header))
+        .collect::<Result<Vec<_>, _>>()?;
+    let results = match app.broker.ready() {
+        Ok(publisher) => {
+            let publishes = tasks.iter().map(|t| publish(&app.broker, &publisher, t));
+            futures::future::join_all(publishes).await
+        }
+        Err(unavailable) => {
+            let failure = BatchFailure::unavailable(&tasks, unavailable);
+            return Ok(failure.into_response());
+        }
+    };
+    if results.iter().all(Result::is_ok) {
+        tracing::debug!(count, "batch accepted");
+        let ids = tasks.iter().map(|t| t.id().to_owned()).collect();
+        return Ok((StatusCode::ACCEPTED, Json(BatchAccepted { ids })).into_response());
+    }
+    let failure = BatchFailure::new(&tasks, results);
+    tracing::warn!(
+        count,
+        not_confirmed = failure.not_confirmed.len(),
+        error = %failure.error,
+        "batch not fully accepted"
+    );
+    Ok(failure.into_response())
+}
+
+/// Publishes a validated task; a delayed task's queue must exist first (see
+/// [`Broker::queue_exists`]).
+async fn publish(
+    broker: &Broker,
+    publisher: &Publisher,
+    task: &ValidTask,
+) -> Result<(), PublishError> {
+    if task.options.delay.is_some() && !broker.queue_exists(publisher, &task.queue).await? {
+        return Err(PublishError::Unroutable {
+            id: task.id().to_owned(),
+            exchange: String::new(),
+            routing_key: task.queue.clone(),
+            reply: "NOT_FOUND".to_owned(),
+        });
+    }
+    publisher
+        .publish(&task.task, &task.payload, &task.options)
+        .await
+        .map(drop)
+}
+
+/// The request's `traceparent` header, if it is text (its format is checked later).
+fn traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers.get("traceparent").and_then(|v| v.to_str().ok())
+}
+
+impl BatchFailure {
+    fn new(tasks: &[ValidTask], results: Vec<Result<(), PublishError>>) -> Self {
+        let mut confirmed = Vec::new();
+        let mut not_confirmed = Vec::new();
+        for (index, (task, result)) in tasks.iter().zip(results).enumerate() {
+            let id = task.id().to_owned();
+            match result {
+                Ok(()) => confirmed.push(Confirmed { index, id }),
+                Err(e) => {
+                    let field = format!("tasks[{index}].queue");
+                    let (status, error, field) = publish_failure(&e, &task.queue, &field);
+                    not_confirmed.push(NotConfirmed {
+                        index,
+                        id,
+                        error,
+                        field,
+                        kind: e.kind(),
+                        status,
+                    });
+                }
+            }
+        }
+        // Called only for a batch with a failure, so `not_confirmed` is not empty.
+        let first = &not_confirmed[0];
+        let error = format!(
+            "{} of {} tasks were not confirmed and must be published again (confirmed: {}); \
+             first failure, tasks[{}]: {}",
+            not_confirmed.len(),
+            tasks.len(),
+            confirmed.len(),
+            first.index,
+            first.error
+        );
+        BatchFailure {
+            error,
+            field: None,
+            confirmed,
+            not_confirmed,
+        }
+    }
+
+    /// Nothing was published: the broker cannot take tasks now.
+    fn unavailable(tasks: &[ValidTask], cause: ApiError) -> Self {
+        let not_confirmed = tasks
+            .iter()
+            .enumerate()
+            .map(|(index, task)| NotConfirmed {
+                index,
+                id: task.id().to_owned(),
+                error: cause.body.error.clone(),
+                field: None,
+                kind: cause.body.kind.unwrap_or("unavailable"),
+                status: cause.status,
+            })
+            .collect();
+        BatchFailure {
+            error: format!("no task was published: {}", cause.body.error),
+            field: None,
+            confirmed: Vec::new(),
+            not_confirmed,
+        }
+    }
+
+    /// 503 if any task may succeed when retried; else the first failure's status (422 for
+    /// a queue that does not exist).
+    fn status(&self) -> StatusCode {
+        let statuses = self.not_confirmed.iter().map(|n| n.status);
+        let mut retryable = statuses
+            .clone()
+            .filter(|s| *s == StatusCode::SERVICE_UNAVAILABLE);
+        retryable
+            .next()
+            .or_else(|| statuses.min())
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+    }
+}
+
+impl IntoResponse for BatchFailure {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut response = (status, Json(self)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        response
+    }
+}
+
+/// Any other path.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such route: POST /v1/tasks or /v1/tasks:batch publish tasks",
+    )
+}

@@ -1,0 +1,157 @@
+//! The HTTP ingest behind `warren-producer serve`: services in any language publish tasks
+//! with `POST /v1/tasks` and `POST /v1/tasks:batch`, and get `202` only for tasks the broker
+//! confirmed. The same listener serves `/metrics`, `/healthz` and `/readyz`.
+//!
+//! The server starts answering at once; the publisher connects in the background, and until
+//! it has (and whenever it cannot publish) `/v1` answers 503 and `/readyz` fails. The API is
+//! documented in `docs/openapi.yaml`.
+
+mod auth;
+mod broker;
+mod error;
+mod handlers;
+mod metrics;
+mod request;
+
+pub use auth::BearerToken;
+
+use crate::{PublishError, PublisherConfig};
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::routing::post;
+use axum::Router;
+use broker::Broker;
+use handlers::AppState;
+use metrics::HttpMetrics;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warren_common::{admin_router, Health, QueueKind, QueueSpec, Readiness};
+
+/// Default limit of a request body: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Default limit of tasks in one batch.
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+
+/// Settings of the HTTP ingest.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    /// How to connect and publish; its `default_queue` is used for tasks that name no queue
+    /// and is declared at start. Its `metrics` is replaced by `registry`.
+    pub publisher: PublisherConfig,
+    /// Type of the default queue, when it has to be declared.
+    pub queue_kind: QueueKind,
+    /// Declare the default queue as a priority queue with this maximum priority.
+    pub max_priority: Option<u8>,
+    /// Token required on `/v1` requests; none means `/v1` is open.
+    pub auth_token: Option<BearerToken>,
+    /// Largest request body accepted; larger ones are answered 413.
+    pub max_body_bytes: usize,
+    /// Most tasks in one batch.
+    pub max_batch: usize,
+    /// Registry for the producer's and the server's metrics, served on `/metrics`.
+    pub registry: prometheus::Registry,
+}
+
+impl IngestConfig {
+    /// Defaults around a publisher configuration: quorum queue, no token, 1 MiB bodies,
+    /// batches of up to 1000 tasks, a fresh registry.
+    pub fn new(publisher: PublisherConfig) -> Self {
+        IngestConfig {
+            publisher,
+            queue_kind: QueueKind::default(),
+            max_priority: None,
+            auth_token: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_batch: DEFAULT_MAX_BATCH,
+            registry: prometheus::Registry::new(),
+        }
+    }
+}
+
+/// Why the ingest stopped other than by being told to.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The default queue can never be declared (it exists with other arguments, or its name
+    /// is invalid).
+    #[error("cannot use the default queue: {0}")]
+    DefaultQueue(#[source] PublishError),
+    /// The metrics could not be registered (the registry already holds them).
+    #[error("cannot register the HTTP metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The server failed while accepting connections.
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Serves the ingest on `listener` until `stop` fires, then stops accepting connections,
+/// finishes the requests in flight, and closes the publisher after its last confirm.
+pub async fn serve_ingest(
+    listener: TcpListener,
+    mut config: IngestConfig,
+    stop: CancellationToken,
+) -> Result<(), IngestError> {
+    let health = Health::new();
+    let http_metrics = HttpMetrics::new(&config.registry)?;
+    config.publisher.metrics = Some(config.registry.clone());
+    let default_queue = config.publisher.default_queue.clone();
+    let spec =
+        QueueSpec::new(&default_queue, config.queue_kind).with_max_priority(config.max_priority);
+    let failed = CancellationToken::new();
+    let broker = Broker::start(
+        config.publisher.clone(),
+        spec,
+        health.clone(),
+        stop.clone(),
+        failed.clone(),
+    );
+    let state = AppState {
+        broker: broker.clone(),
+        default_queue: default_queue.as_str().into(),
+        max_batch: config.max_batch,
+    };
+    let app = router(state, &config, health.clone(), http_metrics);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(
+            listen = %addr,
+            queue = %default_queue,
+            auth = config.auth_token.is_some(),
+            "HTTP ingest listening"
+        );
+    }
+    let draining = async move {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = failed.cancelled() => {}
+        }
+        health.set(Readiness::Draining);
+        tracing::info!("HTTP ingest draining: no new connections, finishing requests in flight");
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(draining)
+        .await;
+    broker.close().await;
+    served.map_err(IngestError::Serve)?;
+    match broker.take_fatal() {
+        Some(error) => Err(IngestError::DefaultQueue(error)),
+        None => {
+            tracing::info!("HTTP ingest stopped");
+            Ok(())
+        }
+    }
+}
+
+fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpMetrics) -> Router {
+    let v1 = Router::new()
+        .route("/v1/tasks", post(handlers::publish_one))
+        .route("/v1/tasks:batch", post(handlers::publish_batch))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .route_layer(from_fn_with_state(
+            config.auth_token.clone(),
+            auth::require_token,
+        ))
+        .with_state(state);
+    v1.merge(admin_router(config.registry.clone(), health))
+        .fallback(handlers::not_found)
+        .layer(from_fn_with_state(metrics, metrics::record))
+}
