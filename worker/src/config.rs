@@ -1,5 +1,6 @@
 //! The worker's settings, from flags or `WARREN_*` environment variables.
 
+use crate::rate_limit::RateLimit;
 use crate::retry::RetryPolicy;
 use std::time::Duration;
 use warren_common::{AmqpArgs, LogFormat, QueueKind};
@@ -75,6 +76,10 @@ pub struct WorkerArgs {
     /// How long a drain waits for running tasks after the first SIGTERM.
     #[arg(long, env = "WARREN_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Limit a task type's rate on this worker: TASK=RATE/UNIT[:BURST], e.g. demo.cpu=50/s
+    /// (burst defaults to RATE). Repeat for several task types.
+    #[arg(long = "rate-limit", env = "WARREN_RATE_LIMITS", value_delimiter = ',')]
+    pub rate_limits: Vec<RateLimit>,
     /// How often the broker's view of each queue is polled (ready messages and consumers,
     /// exported as metrics; also the stall watchdog's period).
     #[arg(long, env = "WARREN_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -135,6 +140,8 @@ pub struct WorkerConfig {
     pub shutdown_timeout: Duration,
     /// Period of the queue poller and stall watchdog.
     pub poll_interval: Duration,
+    /// Per-task-type rate limits.
+    pub rate_limits: Vec<RateLimit>,
 }
 
 impl WorkerConfig {
@@ -158,6 +165,7 @@ impl WorkerConfig {
             crash_budget: 5,
             shutdown_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
+            rate_limits: Vec::new(),
         }
     }
 
@@ -242,6 +250,7 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
             crash_budget: args.crash_budget,
             shutdown_timeout: args.shutdown_timeout,
             poll_interval: args.poll_interval,
+            rate_limits: args.rate_limits.clone(),
         };
         config.validate()?;
         Ok(config)

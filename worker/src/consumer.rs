@@ -1,6 +1,6 @@
-//! One queue's consume loop on one channel: prefetch-limited deliveries, a concurrency permit
-//! per running task, and on stop the consumer cancelled and every delivery not yet started
-//! returned to the queue.
+//! One queue's consume loop on one channel: prefetch-limited deliveries, each waiting for its
+//! task type's rate limit and then a concurrency permit, and on stop the consumer cancelled
+//! and every delivery not yet started returned to the queue.
 
 use crate::acks::{run_acker, Settle};
 use crate::{execute, routing, Shared};
@@ -117,24 +117,26 @@ async fn receive(
         queue_metrics
             .deliveries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let permit = tokio::select! {
-            biased;
-            permit = shared.permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            _ = link.stop.cancelled() => {
-                requeue(shared, queue, settle_tx, &delivery);
-                return None;
-            }
-        };
         let task = process(
             shared.clone(),
             link.publisher.clone(),
             queue.clone(),
             delivery,
-            permit,
+            link.stop.clone(),
             settle_tx.clone(),
         );
         shared.tasks.spawn(task);
     }
+}
+
+/// Waits for the task's rate limit, then for a concurrency permit.
+async fn admit(shared: &Shared, task: &str) -> OwnedSemaphorePermit {
+    shared.rate_limits.wait(task).await;
+    let permits = shared.permits.clone();
+    permits
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed")
 }
 
 fn requeue(
@@ -155,7 +157,7 @@ async fn process(
     publisher: Publisher,
     queue: Arc<str>,
     delivery: Delivery,
-    permit: OwnedSemaphorePermit,
+    stop: CancellationToken,
     settle_tx: mpsc::UnboundedSender<Settle>,
 ) {
     let envelope = Envelope::from_properties(&delivery.properties);
@@ -175,6 +177,12 @@ async fn process(
     let queue_metrics = &shared.queue_metrics[&*queue];
     let metrics = queue_metrics.task(task);
     async {
+        // Not started yet: a drain returns it to the queue.
+        let permit = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return requeue(&shared, &queue, &settle_tx, &delivery),
+            permit = admit(&shared, task) => permit,
+        };
         metrics.received.inc();
         let in_progress = &queue_metrics.in_progress;
         in_progress.inc();

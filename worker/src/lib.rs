@@ -12,6 +12,7 @@ mod metrics;
 mod monitor;
 mod outcome;
 mod pool;
+mod rate_limit;
 mod registry;
 mod retry;
 mod routing;
@@ -20,6 +21,7 @@ pub use config::{ConfigError, WorkerArgs, WorkerConfig};
 pub use metrics::{Totals, WorkerMetrics, UNKNOWN_TASK_LABEL};
 pub use outcome::{Failure, Outcome, ReasonKind};
 pub use pool::{DrainReport, Worker, WorkerError};
+pub use rate_limit::RateLimit;
 pub use registry::{HandlerOptions, Payload, Permanent, Registry, TaskContext, TaskError};
 pub use retry::RetryPolicy;
 
@@ -35,6 +37,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: WorkerMetrics,
     pub(crate) queue_metrics: HashMap<String, metrics::QueueMetrics>,
     pub(crate) permits: Arc<Semaphore>,
+    pub(crate) rate_limits: rate_limit::RateLimits,
     pub(crate) tasks: TaskTracker,
     pub(crate) topology: warren_common::Topology,
 }

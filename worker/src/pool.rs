@@ -81,6 +81,7 @@ impl Worker {
             .collect();
         let shared = Shared {
             permits: Arc::new(Semaphore::new(config.concurrency)),
+            rate_limits: crate::rate_limit::RateLimits::new(&config.rate_limits),
             tasks: TaskTracker::new(),
             topology: Topology::new(config.exchange.clone()),
             registry,
