@@ -25,6 +25,6 @@ pub use envelope::{
 pub use shutdown::{shutdown_signal, Shutdown};
 pub use telemetry::{init_tracing, LogFormat};
 pub use topology::{
-    dead_letter_queue_name, QueueKind, QueueSpec, QueueState, Topology, TopologyError,
+    dead_letter_queue_name, QueueKind, QueueSpec, QueueState, Retention, Topology, TopologyError,
     DEFAULT_EXCHANGE,
 };

@@ -57,6 +57,37 @@ pub struct QueueSpec {
     pub kind: QueueKind,
     /// Highest priority honoured (1-9), making it a priority queue; classic queues only.
     pub max_priority: Option<u8>,
+    /// How long and how many dead letters the dead-letter queue keeps.
+    pub retention: Retention,
+}
+
+/// Retention of a dead-letter queue. Set when the queue is first declared: changing it later
+/// is refused by the broker (406) like any queue argument; a RabbitMQ policy can change it on
+/// a live queue instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+pub struct Retention {
+    /// Dead letters kept per queue; past it the oldest are dropped (0 = no limit).
+    #[arg(long = "dead-letter-max-length", env = "WARREN_DEAD_LETTER_MAX_LENGTH", default_value_t = DEFAULT_DEAD_LETTER_MAX_LENGTH)]
+    pub max_length: u64,
+    /// How long a dead letter is kept (0 = forever).
+    #[arg(long = "dead-letter-max-age", env = "WARREN_DEAD_LETTER_MAX_AGE", default_value = "14days", value_parser = humantime::parse_duration)]
+    pub max_age: std::time::Duration,
+}
+
+/// Default number of dead letters kept per queue.
+pub const DEFAULT_DEAD_LETTER_MAX_LENGTH: u64 = 100_000;
+
+/// Default age after which a dead letter is dropped.
+pub const DEFAULT_DEAD_LETTER_MAX_AGE: std::time::Duration =
+    std::time::Duration::from_secs(14 * 24 * 3600);
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_length: DEFAULT_DEAD_LETTER_MAX_LENGTH,
+            max_age: DEFAULT_DEAD_LETTER_MAX_AGE,
+        }
+    }
 }
 
 impl QueueSpec {
@@ -66,7 +97,14 @@ impl QueueSpec {
             name: name.into(),
             kind,
             max_priority: None,
+            retention: Retention::default(),
         }
+    }
+
+    /// The same queue with another dead-letter retention.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// The same queue as a priority queue honouring priorities up to `max` (1-9).
@@ -95,6 +133,13 @@ impl QueueSpec {
     fn dead_letter_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), text_value(self.kind.as_str()));
+        if self.retention.max_length > 0 {
+            args.insert("x-max-length".into(), int_value(self.retention.max_length));
+        }
+        if !self.retention.max_age.is_zero() {
+            let ms = u64::try_from(self.retention.max_age.as_millis()).unwrap_or(u64::MAX);
+            args.insert("x-message-ttl".into(), int_value(ms));
+        }
         args
     }
 

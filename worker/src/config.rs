@@ -3,7 +3,7 @@
 use crate::rate_limit::RateLimit;
 use crate::retry::RetryPolicy;
 use std::time::Duration;
-use warren_common::{AmqpArgs, LogFormat, QueueKind};
+use warren_common::{AmqpArgs, LogFormat, QueueKind, Retention};
 
 /// Flags of `warren-worker` (each also read from the environment variable shown by `--help`).
 #[derive(Clone, Debug, clap::Parser)]
@@ -76,6 +76,9 @@ pub struct WorkerArgs {
     /// How long a drain waits for running tasks after the first SIGTERM.
     #[arg(long, env = "WARREN_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Dead-letter retention of the queues, when they are declared.
+    #[command(flatten)]
+    pub retention: Retention,
     /// Limit a task type's rate on this worker: TASK=RATE/UNIT[:BURST], e.g. demo.cpu=50/s
     /// (burst defaults to RATE). Repeat for several task types.
     #[arg(long = "rate-limit", env = "WARREN_RATE_LIMITS", value_delimiter = ',')]
@@ -142,6 +145,8 @@ pub struct WorkerConfig {
     pub poll_interval: Duration,
     /// Per-task-type rate limits.
     pub rate_limits: Vec<RateLimit>,
+    /// Dead-letter retention used when declaring.
+    pub retention: Retention,
 }
 
 impl WorkerConfig {
@@ -166,6 +171,7 @@ impl WorkerConfig {
             shutdown_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_secs(5),
             rate_limits: Vec::new(),
+            retention: Retention::default(),
         }
     }
 
@@ -251,6 +257,7 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
             shutdown_timeout: args.shutdown_timeout,
             poll_interval: args.poll_interval,
             rate_limits: args.rate_limits.clone(),
+            retention: args.retention,
         };
         config.validate()?;
         Ok(config)

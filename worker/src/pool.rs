@@ -183,7 +183,8 @@ impl Worker {
         let config = &self.shared.config;
         for queue in &config.queues {
             let spec = QueueSpec::new(queue.clone(), config.queue_type)
-                .with_max_priority(config.max_priority);
+                .with_max_priority(config.max_priority)
+                .with_retention(config.retention);
             self.shared.topology.declare(conn, &spec).await?;
         }
         Topology::declare_delays(conn).await

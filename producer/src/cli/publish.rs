@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
-use warren_common::{now_ms, AmqpArgs, Codec, QueueKind, QueueSpec, Shutdown};
+use warren_common::{now_ms, AmqpArgs, Codec, QueueKind, QueueSpec, Retention, Shutdown};
 
 /// Arguments of `publish`.
 #[derive(Debug, clap::Args)]
@@ -28,6 +28,9 @@ pub struct PublishArgs {
     /// Declare the queue as a priority queue with this maximum priority (classic only).
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=9))]
     max_priority: Option<u8>,
+    /// Dead-letter retention, if the queue has to be declared (must match the workers').
+    #[command(flatten)]
+    retention: Retention,
     /// Publish this many tasks (each with its own id), showing progress and a summary.
     #[arg(long)]
     count: Option<u64>,
@@ -87,7 +90,11 @@ pub async fn run(
     };
     let publisher = Publisher::connect(config, &shutdown.drain).await?;
     publisher
-        .declare(&QueueSpec::new(&args.queue, args.queue_type).with_max_priority(args.max_priority))
+        .declare(
+            &QueueSpec::new(&args.queue, args.queue_type)
+                .with_max_priority(args.max_priority)
+                .with_retention(args.retention),
+        )
         .await?;
     let delay = match args.at {
         Some(at) => Some(at.duration_since(SystemTime::now()).unwrap_or_default()),
