@@ -76,6 +76,8 @@ pub struct Envelope {
     pub expires_ms: Option<u64>,
     /// W3C trace context of the publisher.
     pub traceparent: Option<String>,
+    /// Time before which the task was held back, milliseconds since the epoch.
+    pub not_before_ms: Option<u64>,
 }
 
 impl Envelope {
@@ -92,6 +94,7 @@ impl Envelope {
             timeout_ms: None,
             expires_ms: None,
             traceparent: None,
+            not_before_ms: None,
         }
     }
 
@@ -134,6 +137,7 @@ impl Envelope {
             (headers::MAX_ATTEMPTS, self.max_attempts.map(u64::from)),
             (headers::TIMEOUT_MS, self.timeout_ms),
             (headers::EXPIRES_MS, self.expires_ms),
+            (headers::NOT_BEFORE_MS, self.not_before_ms),
         ];
         for (name, value) in optional {
             if let Some(value) = value {
@@ -166,6 +170,7 @@ impl Envelope {
             timeout_ms: header_u64(table, headers::TIMEOUT_MS)?,
             expires_ms: header_u64(table, headers::EXPIRES_MS)?,
             traceparent: header_string(table, headers::TRACEPARENT),
+            not_before_ms: header_u64(table, headers::NOT_BEFORE_MS)?,
         })
     }
 }
@@ -249,6 +254,7 @@ mod tests {
         env.attempt = 3;
         env.max_attempts = Some(7);
         env.expires_ms = Some(123_456);
+        env.not_before_ms = Some(100_000);
         env.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
         let props = env.to_properties();
         assert_eq!(props.delivery_mode(), &Some(2));

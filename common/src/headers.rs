@@ -13,6 +13,9 @@ pub const MAX_ATTEMPTS: &str = "x-warren-max-attempts";
 pub const TIMEOUT_MS: &str = "x-warren-timeout-ms";
 /// Time after which the task must not run, in milliseconds since the epoch (integer, optional).
 pub const EXPIRES_MS: &str = "x-warren-expires-ms";
+/// Time before which the task was held back (a delayed publish or a retry's backoff), in
+/// milliseconds since the epoch (integer, optional). Queue latency is measured from it.
+pub const NOT_BEFORE_MS: &str = "x-warren-not-before-ms";
 /// W3C trace context of the publisher (string, optional).
 pub const TRACEPARENT: &str = "traceparent";
 

@@ -339,6 +339,12 @@ impl Publisher {
         envelope.timeout_ms = options.timeout.map(|t| t.as_millis() as u64);
         envelope.expires_ms = options.expires_at_ms;
         envelope.traceparent.clone_from(&options.traceparent);
+        envelope.not_before_ms = options
+            .delay
+            .filter(|d| delay::delay_seconds(*d) > 0)
+            .map(|d| {
+                envelope.created_ms.unwrap_or_else(warren_common::now_ms) + d.as_millis() as u64
+            });
         envelope.validate()?;
         let body = codec.encode(payload)?;
         Ok((envelope, body))

@@ -110,10 +110,12 @@ async fn run(
         Ok(future) => future,
         Err(e) => return Outcome::DeadLetter(Failure::new(ReasonKind::Undecodable, e)),
     };
-    if let Some(created) = envelope.created_ms {
+    // Latency counts from when the task could first run: its creation, or the end of a
+    // broker-held delay or retry backoff.
+    if let Some(ready) = envelope.created_ms.max(envelope.not_before_ms) {
         metrics
             .latency
-            .observe(now_ms().saturating_sub(created) as f64 / 1000.0);
+            .observe(now_ms().saturating_sub(ready) as f64 / 1000.0);
     }
     let started = Instant::now();
     let result = tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await;

@@ -45,7 +45,7 @@ pub(crate) async fn route(
         Outcome::Ack => return Settle::Ack(tag),
         Outcome::Retry { after, failure } => {
             let attempt = envelope.map_or(1, |e| e.attempt) + 1;
-            let props = retry_properties(&delivery.properties, attempt, failure);
+            let props = retry_properties(&delivery.properties, attempt, failure, *after);
             let key = delay::delay_routing_key(*after, queue);
             tracing::info!(retry_in = ?after, next_attempt = attempt, reason_kind = %failure.kind,
                 reason = %failure.reason, "task failed; retrying");
@@ -104,7 +104,12 @@ fn republished(props: &BasicProperties, headers: FieldTable) -> BasicProperties 
     out
 }
 
-fn retry_properties(props: &BasicProperties, attempt: u32, failure: &Failure) -> BasicProperties {
+fn retry_properties(
+    props: &BasicProperties,
+    attempt: u32,
+    failure: &Failure,
+    after: std::time::Duration,
+) -> BasicProperties {
     let mut table = without_broker_headers(props);
     let now = now_ms();
     if !table.contains_key(headers::FIRST_FAILURE_MS) {
@@ -112,6 +117,8 @@ fn retry_properties(props: &BasicProperties, attempt: u32, failure: &Failure) ->
     }
     table.insert(headers::LAST_FAILURE_MS.into(), int_value(now));
     table.insert(headers::ATTEMPT.into(), int_value(attempt.into()));
+    let due = now + delay::delay_seconds(after) * 1000;
+    table.insert(headers::NOT_BEFORE_MS.into(), int_value(due));
     let last_error = format!(
         "{}: {}",
         failure.kind,
@@ -193,7 +200,7 @@ mod tests {
             .with_headers(table)
             .with_expiration("1000".into());
         let failure = Failure::new(crate::outcome::ReasonKind::Error, "x");
-        let retried = retry_properties(&props, 2, &failure);
+        let retried = retry_properties(&props, 2, &failure, std::time::Duration::from_secs(1));
         assert_eq!(retried.expiration(), &None);
         let headers = retried.headers().as_ref().unwrap();
         assert!(!headers.contains_key(headers::X_DELIVERY_COUNT));
