@@ -14,6 +14,7 @@ pub mod headers;
 mod shutdown;
 mod telemetry;
 mod topology;
+mod trace;
 
 pub use admin::{admin_router, serve_admin, AdminError, Health, Readiness};
 pub use amqp::{connect, AmqpArgs, AmqpArgsError, AmqpUrl, ConnectError};
@@ -28,3 +29,4 @@ pub use topology::{
     dead_letter_queue_name, QueueKind, QueueSpec, QueueState, Retention, Topology, TopologyError,
     DEFAULT_EXCHANGE,
 };
+pub use trace::TraceParent;

@@ -393,10 +393,12 @@ impl WorkerProcess {
         let line = wait_for_line(&lines, "admin server listening", Duration::from_secs(30))
             .await
             .expect("the admin server starts");
+        // `admin_addr=ADDR` in text logs, `"admin_addr":"ADDR"` in JSON ones.
         let admin = line
-            .split("admin_addr=")
+            .split("admin_addr")
             .nth(1)
-            .and_then(|s| s.split_whitespace().next())
+            .map(|s| s.trim_start_matches(['=', '"', ':']))
+            .and_then(|s| s.split(|c: char| c == '"' || c.is_whitespace()).next())
             .expect("the line names the address")
             .to_owned();
         WorkerProcess {

@@ -173,7 +173,24 @@ async fn process(
             0,
         ),
     };
-    let span = tracing::info_span!("task", task_id = id, task, attempt, queue = &*queue);
+    let span = tracing::info_span!(
+        "task",
+        task_id = id,
+        task,
+        attempt,
+        queue = &*queue,
+        trace_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+    );
+    // The publisher's trace context: the task's span joins its trace.
+    let trace = envelope
+        .as_ref()
+        .ok()
+        .and_then(|e| e.traceparent.as_deref());
+    if let Some(parent) = trace.and_then(warren_common::TraceParent::parse) {
+        span.record("trace_id", parent.trace_id.as_str());
+        span.record("parent_span_id", parent.parent_id.as_str());
+    }
     let queue_metrics = &shared.queue_metrics[&*queue];
     let metrics = queue_metrics.task(task);
     async {

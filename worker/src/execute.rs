@@ -105,6 +105,7 @@ async fn run(
         schema_version: envelope.schema_version,
         created_ms: envelope.created_ms,
         redelivered: delivery.redelivered,
+        traceparent: envelope.traceparent.clone(),
     };
     let future = match entry.start(ctx, envelope.codec, &delivery.data) {
         Ok(future) => future,

@@ -33,6 +33,8 @@ pub struct TaskContext {
     pub created_ms: Option<u64>,
     /// Whether the broker delivered this attempt before (a worker died or returned it).
     pub redelivered: bool,
+    /// The publisher's W3C `traceparent`, to propagate to work the handler starts.
+    pub traceparent: Option<String>,
 }
 
 /// A failed task. Plain errors converted with `?` are retryable; wrap an error in
