@@ -1,7 +1,13 @@
 //! The ingest's side of the broker: a [`Publisher`] connected in the background (so the
 //! server answers, with 503s and a failing `/readyz`, while the broker is unreachable), the
-//! default queue declared once connected, the server's readiness kept equal to the
+//! default queue declared once connected, the server's readiness kept in line with the
 //! publisher's, and a cache of queues known to exist for delayed tasks.
+//!
+//! The publisher notices a lost connection only when a publish fails, and reconnects only
+//! when next used; until then its readiness still says ready. So that `/readyz` and `/v1`
+//! answer 503 as soon as the broker is gone (rather than after a confirm timeout), the
+//! server probes the link every second by opening a channel, and drives the reconnection
+//! itself.
 
 use super::error::ApiError;
 use crate::{PublishError, Publisher, PublisherConfig};
@@ -19,6 +25,13 @@ const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
 /// Pause between attempts to open the publisher or declare the default queue.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
+/// How often the link is probed while the publisher reports it ready.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A live link opens a channel well within this; a lost one makes the publisher reconnect,
+/// which takes longer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The publisher once connected, shared by every request. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Broker {
@@ -27,6 +40,8 @@ pub(crate) struct Broker {
 
 struct Inner {
     publisher: OnceLock<Publisher>,
+    /// The server's readiness: the publisher's, corrected by the probe.
+    health: Health,
     /// Cancels the publisher's reconnection loop; fired only once the server has stopped, so
     /// requests still in flight during a drain can complete.
     link_cancel: CancellationToken,
@@ -49,6 +64,7 @@ impl Broker {
         let broker = Broker {
             inner: Arc::new(Inner {
                 publisher: OnceLock::new(),
+                health,
                 link_cancel: CancellationToken::new(),
                 known_queues: Mutex::new(HashSet::new()),
                 fatal: Mutex::new(None),
@@ -58,7 +74,7 @@ impl Broker {
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                () = task.keep_connected(config, spec, health, failed) => {}
+                () = task.keep_connected(config, spec, failed) => {}
             }
         });
         broker
@@ -68,7 +84,6 @@ impl Broker {
         &self,
         config: PublisherConfig,
         spec: QueueSpec,
-        health: Health,
         failed: CancellationToken,
     ) {
         let publisher = loop {
@@ -98,7 +113,7 @@ impl Broker {
         lock(&self.inner.known_queues).insert(spec.name.clone());
         let _ = self.inner.publisher.set(publisher.clone());
         tracing::info!(queue = %spec.name, "connected; accepting tasks");
-        follow(&publisher, &spec, &health).await;
+        follow(&publisher, &spec, &self.inner.health).await;
     }
 
     /// The publisher, if it can take tasks now; else the 503 to answer.
@@ -106,7 +121,13 @@ impl Broker {
         let Some(publisher) = self.inner.publisher.get() else {
             return Err(ApiError::unavailable("not connected to the broker yet"));
         };
-        match publisher.health().get() {
+        let state = match (publisher.health().get(), self.inner.health.get()) {
+            // Requests received before a drain started are still served.
+            (Readiness::Ready, Readiness::Draining) => Readiness::Ready,
+            (Readiness::Ready, server) => server,
+            (publisher, _) => publisher,
+        };
+        match state {
             Readiness::Ready => Ok(publisher.clone()),
             Readiness::Blocked => Err(ApiError::unavailable(
                 "the broker is blocking publishers (memory or disk alarm)",
@@ -166,22 +187,50 @@ impl Broker {
     }
 }
 
-/// Keeps `health` equal to the publisher's readiness. The publisher reconnects lazily (on its
-/// next use), so while it is reconnecting this drives the reconnection by declaring the
-/// default queue again, which also restores the queue if the broker lost it.
+/// Keeps `health` in line with the publisher's readiness, probing the link while the
+/// publisher reports it ready, and reconnecting (by declaring the default queue again, which
+/// also restores it if the broker lost it) whenever the link is lost.
 async fn follow(publisher: &Publisher, spec: &QueueSpec, health: &Health) {
+    let mut next_probe = tokio::time::Instant::now();
     loop {
         let state = publisher.health().get();
+        if state == Readiness::Ready && tokio::time::Instant::now() >= next_probe {
+            next_probe += PROBE_INTERVAL;
+            if !probe(publisher).await {
+                tracing::warn!("lost the broker connection; answering 503 until reconnected");
+                health.set(Readiness::Reconnecting);
+                reconnect(publisher, spec).await;
+                next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
+                continue;
+            }
+        }
         health.set(state);
         if state == Readiness::Reconnecting {
-            if let Err(error) = publisher.declare(spec).await {
-                tracing::warn!(%error, "reconnecting to the broker failed; retrying");
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
+            reconnect(publisher, spec).await;
             continue;
         }
         tokio::time::sleep(FOLLOW_INTERVAL).await;
     }
+}
+
+/// Whether the link answers: a channel opens (and is closed again) within the timeout.
+async fn probe(publisher: &Publisher) -> bool {
+    match tokio::time::timeout(PROBE_TIMEOUT, publisher.create_channel()).await {
+        Ok(Ok(channel)) => {
+            let _ = channel.close(200, "probe".into()).await;
+            true
+        }
+        Ok(Err(_)) | Err(_) => false,
+    }
+}
+
+/// Reconnects, retrying until the default queue is declared on a new link.
+async fn reconnect(publisher: &Publisher, spec: &QueueSpec) {
+    while let Err(error) = publisher.declare(spec).await {
+        tracing::warn!(%error, "reconnecting to the broker failed; retrying");
+        tokio::time::sleep(RETRY_PAUSE).await;
+    }
+    tracing::info!(queue = %spec.name, "reconnected; accepting tasks");
 }
 
 fn is_not_found(error: &lapin::Error) -> bool {

@@ -45,7 +45,6 @@ impl Settings {
 /// The ingest running in this process.
 pub struct Server {
     pub url: String,
-    pub registry: prometheus::Registry,
     token: Option<&'static str>,
     shutdown: Shutdown,
     handle: JoinHandle<Result<(), IngestError>>,
@@ -67,18 +66,15 @@ impl Server {
             connection_name: format!("test ingest {}", settings.queue),
             ..PublisherConfig::default()
         };
-        let registry = prometheus::Registry::new();
         let config = IngestConfig {
             auth_token: settings.token.and_then(BearerToken::new),
             max_body_bytes: settings.max_body_bytes,
-            registry: registry.clone(),
             ..IngestConfig::new(publisher)
         };
         let shutdown = Shutdown::new();
         let handle = tokio::spawn(serve_ingest(listener, config, shutdown.drain.clone()));
         Server {
             url,
-            registry,
             token: settings.token,
             shutdown,
             handle,
