@@ -9,11 +9,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
+use warren_producer::scheduler::parse_task_id;
 use warren_tests::*;
 
 /// How long a standby may take from the leader's kill to its first tick (documented in
 /// docs/scheduling.md: the lease retry, plus up to one interval until the next tick).
 const TAKEOVER_LIMIT: Duration = Duration::from_secs(3);
+
+const PUBLISHED: &str = "warren_scheduler_ticks_published_total{schedule=\"beat\"}";
+const MISSED: &str = "warren_scheduler_ticks_missed_total{schedule=\"beat\"}";
 
 /// Path of the `warren-scheduler` binary, built (in debug mode) on first use.
 fn scheduler_binary() -> PathBuf {
@@ -126,16 +130,6 @@ impl Replica {
             .cloned()
     }
 
-    /// Every line containing `needle`.
-    fn all(&self, needle: &str) -> Vec<String> {
-        let lines = self.lines.lock().unwrap();
-        lines
-            .iter()
-            .filter(|(_, line)| line.contains(needle))
-            .map(|(_, line)| line.clone())
-            .collect()
-    }
-
     async fn wait_for(&self, needle: &str, since: Instant, timeout: Duration) -> Instant {
         let deadline = Instant::now() + timeout;
         loop {
@@ -143,17 +137,9 @@ impl Replica {
                 return at;
             }
             if Instant::now() > deadline {
-                let all: Vec<String> = self
-                    .lines
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|l| l.1.clone())
-                    .collect();
-                panic!(
-                    "no line containing {needle:?} within {timeout:?}:\n{}",
-                    all.join("\n")
-                );
+                let lines = self.lines.lock().unwrap();
+                let all: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+                panic!("no {needle:?} within {timeout:?}:\n{}", all.join("\n"));
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -162,8 +148,11 @@ impl Replica {
     /// The ticks (ms since the epoch) this replica logged as published, with their catch-up
     /// flag.
     fn ticks(&self) -> Vec<(u64, bool)> {
-        self.all("tick published")
+        let lines = self.lines.lock().unwrap();
+        lines
             .iter()
+            .map(|(_, line)| line)
+            .filter(|line| line.contains("tick published"))
             .map(|line| {
                 let tick = field(line, "tick_ms").expect("tick_ms field");
                 (tick, line.contains("catch_up=true"))
@@ -221,23 +210,12 @@ fn sample(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
 }
 
-/// Milliseconds since the epoch of a tick id `beat@YYYY-MM-DDTHH:MM:SSZ`.
+/// Milliseconds since the epoch of a tick id `beat@<RFC 3339>`.
 fn tick_of(id: &str) -> u64 {
-    let time = id.strip_prefix("beat@").expect("id names the schedule");
-    let n = |range: std::ops::Range<usize>| -> i64 { time[range].parse().expect("digits") };
-    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    let secs = days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19);
-    assert!(
-        time.ends_with('Z') && time.len() == 20,
-        "whole-second UTC tick: {id}"
-    );
-    secs as u64 * 1000
+    match parse_task_id(id) {
+        Some(("beat", tick)) => tick,
+        _ => panic!("not a tick id of `beat`: {id}"),
+    }
 }
 
 /// The ids of the messages taken out of the queue, in queue order.
@@ -306,6 +284,7 @@ async fn two_replicas_elect_one_leader_and_a_standby_takes_over_after_a_kill() {
         .wait_for("tick published", took_over, TAKEOVER_LIMIT)
         .await;
     let takeover = first_tick - killed;
+    eprintln!("first tick of the new leader {takeover:?} after the kill");
     assert!(
         takeover < TAKEOVER_LIMIT,
         "first tick {takeover:?} after the kill"
@@ -348,18 +327,12 @@ async fn two_replicas_elect_one_leader_and_a_standby_takes_over_after_a_kill() {
     // `skip` publishes none of the missed ticks and counts them (plus, at most, one the old
     // leader published without recording it).
     assert!(survivor_ticks.iter().all(|(_, catch_up)| !catch_up));
-    let missed = sample(
-        &metrics,
-        "warren_scheduler_ticks_missed_total{schedule=\"beat\"}",
-    ) as u64;
+    let missed = sample(&metrics, MISSED) as u64;
     assert!(
         missed == skipped || missed == skipped + 1,
         "missed {missed}, gap of {skipped}"
     );
-    let counted = sample(
-        &metrics,
-        "warren_scheduler_ticks_published_total{schedule=\"beat\"}",
-    );
+    let counted = sample(&metrics, PUBLISHED);
     assert_eq!(counted as usize, survivor_ticks.len());
 
     // The stopped leader released the lease: nothing holds the lease queue any more.
@@ -447,10 +420,7 @@ async fn run_once_publishes_one_catch_up_tick_after_a_restart() {
     assert_eq!(in_gap, catch_ups, "ticks published for the gap");
     let gap_ticks = (first_regular - last_before) / 1000 - 1;
     assert!(gap_ticks >= 3, "the 3 s stop missed {gap_ticks} ticks");
-    let missed = sample(
-        &metrics,
-        "warren_scheduler_ticks_missed_total{schedule=\"beat\"}",
-    );
+    let missed = sample(&metrics, MISSED);
     assert_eq!(missed as u64, gap_ticks - 1, "missed ticks counted");
     setup.delete_queues(&conn).await;
 }

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use warren_common::{now_ms, Codec, QueueSpec};
 
 /// How a term as leader ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Term {
     /// Shutdown was asked for; the lease connection is closed.
     Drained,
@@ -85,8 +86,9 @@ async fn prepare(
         match publisher.declare(&spec).await {
             Ok(()) => {}
             Err(PublishError::Topology(error)) if error.is_permanent() => {
-                // Publishing still works if the queue exists with other settings.
-                tracing::error!(schedule = %schedule.name, %error, "cannot declare the work queue");
+                // The queue exists with other settings (e.g. the workers' dead-letter
+                // retention): publishing to it still works.
+                tracing::warn!(schedule = %schedule.name, %error, "work queue not declared; publishing to it as it is");
             }
             Err(error) => {
                 tracing::warn!(%error, "lost the lease connection while declaring queues");
@@ -146,7 +148,7 @@ fn resume(
                 last_tick,
                 missed,
                 policy = "run_once",
-                "ticks missed while no scheduler ran: publishing the latest once"
+                "ticks missed while no scheduler led: publishing the latest once"
             );
             Cursor::at(Some(latest), true)
         }
@@ -157,7 +159,7 @@ fn resume(
                 last_tick,
                 missed,
                 policy = "skip",
-                "ticks missed while no scheduler ran: skipping them"
+                "ticks missed while no scheduler led: skipping them"
             );
             Cursor::at(resume_at, false)
         }
@@ -279,5 +281,63 @@ async fn publish_tick(
             tracing::error!(schedule = name, task_id, %error, "tick published but not recorded");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::schedule;
+
+    fn every_second(missed: &str) -> Schedule {
+        let toml = format!(
+            "[[schedule]]\nname = \"s\"\ntask = \"t\"\nevery = \"1s\"\nmissed = \"{missed}\"\n"
+        );
+        schedule::parse(&toml, "test.toml").unwrap().remove(0)
+    }
+
+    fn metrics() -> SchedulerMetrics {
+        SchedulerMetrics::new(&prometheus::Registry::new(), ["s"]).unwrap()
+    }
+
+    fn missed(metrics: &SchedulerMetrics) -> u64 {
+        metrics.missed.with_label_values(&["s"]).get()
+    }
+
+    #[test]
+    fn a_first_run_starts_from_now() {
+        let m = metrics();
+        let cursor = resume(&every_second("run_once"), None, 10_500, &m);
+        assert_eq!((cursor.next, cursor.catch_up), (Some(11_000), false));
+        assert_eq!(missed(&m), 0);
+    }
+
+    #[test]
+    fn skip_publishes_none_of_the_missed_ticks_and_counts_them() {
+        let m = metrics();
+        // Recorded 10 s; now 14.5 s: 11, 12, 13 and 14 were missed.
+        let cursor = resume(&every_second("skip"), Some(10_000), 14_500, &m);
+        assert_eq!((cursor.next, cursor.catch_up), (Some(15_000), false));
+        assert_eq!(missed(&m), 4);
+    }
+
+    #[test]
+    fn run_once_publishes_the_latest_missed_tick_once() {
+        let m = metrics();
+        let cursor = resume(&every_second("run_once"), Some(10_000), 14_500, &m);
+        assert_eq!((cursor.next, cursor.catch_up), (Some(14_000), true));
+        assert_eq!(missed(&m), 3);
+    }
+
+    #[test]
+    fn nothing_missed_resumes_after_the_record_even_if_it_is_ahead_of_the_clock() {
+        let m = metrics();
+        let schedule = every_second("run_once");
+        let cursor = resume(&schedule, Some(10_000), 10_700, &m);
+        assert_eq!((cursor.next, cursor.catch_up), (Some(11_000), false));
+        // A previous leader whose clock ran ahead recorded 20 s: nothing up to it is repeated.
+        let cursor = resume(&schedule, Some(20_000), 10_700, &m);
+        assert_eq!(cursor.next, Some(21_000));
+        assert_eq!(missed(&m), 0);
     }
 }

@@ -18,6 +18,11 @@ use warren_common::text_value;
 /// How often a lost connection is checked for while leading.
 const LIVENESS_POLL: Duration = Duration::from_millis(100);
 
+/// Refused attempts after which a standby opens a fresh connection. lapin (4.12) never frees
+/// the id of a channel the broker closed, and a connection has 2047 channel ids: without
+/// recycling, a standby could no longer try the lease after 2047 attempts (measured).
+const ATTEMPTS_PER_CONNECTION: u32 = 1000;
+
 /// How an attempt to take the lease ended.
 pub(crate) enum Acquired {
     /// This connection holds the lease.
@@ -26,6 +31,8 @@ pub(crate) enum Acquired {
     Cancelled,
     /// The connection was lost while standing by.
     Lost(Option<lapin::Error>),
+    /// The connection has used up its share of attempts: open a fresh one and go on.
+    Recycle,
     /// The broker refuses the lease queue for a reason retrying will not fix.
     Refused(lapin::Error),
 }
@@ -36,15 +43,15 @@ pub(crate) fn queue_name(lease_name: &str) -> String {
 }
 
 /// Tries to take the lease every `retry` until it is held, the connection is lost or `cancel`
-/// fires. Logs once when it starts standing by.
+/// fires. Logs when it starts standing by, unless `standing_by` says it already was.
 pub(crate) async fn acquire(
     conn: &Connection,
     queue: &str,
     retry: Duration,
+    standing_by: &mut bool,
     cancel: &CancellationToken,
 ) -> Acquired {
-    let mut standing_by = false;
-    loop {
+    for _ in 0..ATTEMPTS_PER_CONNECTION {
         if !conn.status().connected() {
             return Acquired::Lost(None);
         }
@@ -53,12 +60,12 @@ pub(crate) async fn acquire(
             Err(error) if !conn.status().connected() => return Acquired::Lost(Some(error)),
             Err(error) => match protocol_code(&error) {
                 Some(405) => {
-                    if !standing_by {
+                    if !*standing_by {
                         tracing::info!(
                             lease = queue,
                             "standing by: another scheduler holds the lease"
                         );
-                        standing_by = true;
+                        *standing_by = true;
                     }
                 }
                 Some(403 | 406) => return Acquired::Refused(error),
@@ -70,6 +77,7 @@ pub(crate) async fn acquire(
             _ = tokio::time::sleep(retry) => {}
         }
     }
+    Acquired::Recycle
 }
 
 /// Declares the lease queue on a channel of its own, closed afterwards (if the broker has not

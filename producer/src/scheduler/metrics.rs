@@ -8,7 +8,7 @@ use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 pub struct SchedulerMetrics {
     /// Ticks whose task the broker confirmed, by schedule.
     pub published: IntCounterVec,
-    /// Ticks not published because no scheduler ran when they fell due, by schedule.
+    /// Ticks not published because no scheduler held the lease when they fell due, by schedule.
     pub missed: IntCounterVec,
     /// Ticks whose task could not be published (retried), by schedule.
     pub failures: IntCounterVec,
@@ -32,7 +32,7 @@ impl SchedulerMetrics {
             )?,
             missed: by_schedule(
                 "warren_scheduler_ticks_missed_total",
-                "Ticks not published because no scheduler ran when they fell due.",
+                "Ticks not published because no scheduler held the lease when they fell due.",
             )?,
             failures: by_schedule(
                 "warren_scheduler_tick_failures_total",

@@ -12,9 +12,10 @@ pub mod schedule;
 mod state;
 
 pub use metrics::SchedulerMetrics;
-pub use schedule::{MissedPolicy, Schedule, ScheduleError, Timing};
+pub use schedule::{parse_task_id, MissedPolicy, Schedule, ScheduleError, Timing};
 
-use std::time::Duration;
+use leader::Term;
+use std::time::{Duration, Instant};
 use warren_common::{connect, AmqpArgs, ConnectError, Health, Readiness, Shutdown};
 
 /// Name of the scheduler group unless configured otherwise: the lease queue is
@@ -23,6 +24,9 @@ pub const DEFAULT_LEASE_NAME: &str = "warren.scheduler";
 
 /// How often a standby tries to take the lease unless configured otherwise.
 pub const DEFAULT_LEASE_RETRY: Duration = Duration::from_secs(1);
+
+/// A connection lost sooner than this after it was opened is followed by a pause.
+const FLAPPING: Duration = Duration::from_secs(5);
 
 /// Longest lease name, so that state queue names stay within AMQP's 255 bytes.
 const MAX_LEASE_NAME: usize = 120;
@@ -144,6 +148,7 @@ async fn replica(
 ) -> Result<(), SchedulerError> {
     let lease_queue = lease::queue_name(&config.lease_name);
     let cancel = &shutdown.drain;
+    let mut standing_by = false;
     loop {
         let conn = match connect(&config.amqp.urls, &config.connection_name(), cancel).await {
             Ok(conn) => conn,
@@ -151,21 +156,19 @@ async fn replica(
             Err(error) => return Err(error.into()),
         };
         config.health.set(Readiness::Ready);
-        match lease::acquire(&conn, &lease_queue, config.lease_retry, cancel).await {
+        let connected = Instant::now();
+        let retry = config.lease_retry;
+        match lease::acquire(&conn, &lease_queue, retry, &mut standing_by, cancel).await {
             lease::Acquired::Held => {
-                metrics.leader.set(1);
-                tracing::info!(lease = %lease_queue, schedules = config.schedules.len(), "became leader");
-                let term = leader::lead(conn, config, metrics, cancel).await;
-                metrics.leader.set(0);
-                match term? {
-                    leader::Term::Drained => {
-                        tracing::info!(lease = %lease_queue, "stopped leading: lease released");
-                        return Ok(());
-                    }
-                    leader::Term::Lost => {
-                        tracing::warn!(lease = %lease_queue, "no longer leader: reconnecting to stand by");
-                    }
+                standing_by = false;
+                if lead(conn, config, metrics, &lease_queue, cancel).await? == Term::Drained {
+                    return Ok(());
                 }
+            }
+            lease::Acquired::Recycle => {
+                tracing::debug!(lease = %lease_queue, "opening a fresh standby connection");
+                let _ = conn.close(200, "recycled".into()).await;
+                continue;
             }
             lease::Acquired::Cancelled => {
                 let _ = conn.close(200, "shutting down".into()).await;
@@ -174,20 +177,48 @@ async fn replica(
             lease::Acquired::Lost(error) => {
                 let error = error.map(|e| e.to_string()).unwrap_or_default();
                 tracing::warn!(%error, "lost the broker connection while standing by; reconnecting");
+                standing_by = false;
             }
             lease::Acquired::Refused(source) => {
                 let _ = conn.close(200, "lease refused".into()).await;
-                return Err(SchedulerError::Lease {
-                    queue: lease_queue,
-                    source,
-                });
+                let queue = lease_queue;
+                return Err(SchedulerError::Lease { queue, source });
             }
         }
         config.health.set(Readiness::Reconnecting);
-        // A pause, so that a connection that keeps failing the same way is not hammered.
-        tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(config.lease_retry.min(Duration::from_secs(1))) => {}
+        // Reconnect at once after a connection that lasted (ticks are due), but pause after
+        // one that failed quickly, so that a broker refusing the same way is not hammered.
+        if connected.elapsed() < FLAPPING {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(retry.min(Duration::from_secs(1))) => {}
+            }
         }
     }
+}
+
+/// One term as leader on `conn`, which holds the lease.
+async fn lead(
+    conn: lapin::Connection,
+    config: &SchedulerConfig,
+    metrics: &SchedulerMetrics,
+    lease_queue: &str,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Result<Term, SchedulerError> {
+    metrics.leader.set(1);
+    let schedules = config.schedules.len();
+    tracing::info!(lease = lease_queue, schedules, "became leader");
+    let term = leader::lead(conn, config, metrics, cancel).await;
+    metrics.leader.set(0);
+    match term {
+        Ok(Term::Drained) => tracing::info!(lease = lease_queue, "stopped leading: lease released"),
+        Ok(Term::Lost) => {
+            tracing::warn!(
+                lease = lease_queue,
+                "no longer leader: reconnecting to stand by"
+            );
+        }
+        Err(_) => {}
+    }
+    term
 }

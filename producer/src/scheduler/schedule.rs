@@ -354,6 +354,15 @@ impl Schedule {
     }
 }
 
+/// Splits a tick's task id into the schedule name and the tick (milliseconds since the epoch),
+/// e.g. for a handler that wants to know which tick it runs for. `None` if `id` is not a tick
+/// id.
+pub fn parse_task_id(id: &str) -> Option<(&str, u64)> {
+    let (name, time) = id.rsplit_once('@')?;
+    let tick = DateTime::parse_from_rfc3339(time).ok()?.timestamp_millis();
+    Some((name, u64::try_from(tick).ok()?))
+}
+
 /// A tick time in RFC 3339, UTC, with milliseconds only when there are some.
 pub fn tick_rfc3339(tick_ms: u64) -> String {
     match DateTime::<Utc>::from_timestamp_millis(tick_ms as i64) {

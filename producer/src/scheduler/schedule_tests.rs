@@ -100,6 +100,13 @@ fn task_ids_name_the_schedule_and_the_tick() {
         s.task_id(ms("2025-03-30T01:00:01.500Z")),
         "cleanup@2025-03-30T01:00:01.500Z"
     );
+    let tick = ms("2025-03-30T01:00:01.500Z");
+    assert_eq!(parse_task_id(&s.task_id(tick)), Some(("cleanup", tick)));
+    assert_eq!(
+        parse_task_id("a@b@2025-03-30T01:00:00Z"),
+        Some(("a@b", ms("2025-03-30T01:00:00Z")))
+    );
+    assert_eq!(parse_task_id("0190a4c2-uuid"), None);
 }
 
 #[test]
@@ -114,6 +121,16 @@ fn cron_ticks_follow_the_time_zone() {
     assert_eq!(
         ticks(&utc, "2025-06-06T06:07:59.999Z", 2),
         ["2025-06-06T06:15:00Z", "2025-06-06T06:30:00Z"]
+    );
+    let named = cron("0 9 * * MON-FRI", "Europe/Paris");
+    assert_eq!(
+        ticks(&named, "2025-06-06T06:00:00Z", 2),
+        ticks(&s, "2025-06-06T06:00:00Z", 2)
+    );
+    let last_day = cron("0 12 L * *", "UTC");
+    assert_eq!(
+        ticks(&last_day, "2025-02-01T00:00:00Z", 2),
+        ["2025-02-28T12:00:00Z", "2025-03-31T12:00:00Z"]
     );
     // A six-field pattern has seconds.
     let seconds = cron("*/20 * * * * *", "UTC");
