@@ -3,6 +3,7 @@
 //! messages and lost connections into errors. Also the `warren-producer` command line.
 
 pub mod cli;
+mod dead_letters;
 mod http;
 mod link;
 mod metrics;
@@ -11,6 +12,10 @@ pub mod scheduler;
 
 pub use http::{
     serve_ingest, BearerToken, IngestConfig, IngestError, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
+};
+pub use dead_letters::{
+    DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection,
+    BROKER_KIND_PREFIX,
 };
 pub use metrics::ProducerMetrics;
 pub use publisher::{

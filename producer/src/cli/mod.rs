@@ -1,5 +1,6 @@
 //! The `warren-producer` command line: publish tasks and inspect queues.
 
+mod dead_letters;
 mod publish;
 mod serve;
 mod stats;
@@ -36,6 +37,8 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Show a queue's ready messages, consumers and dead letters.
     Stats(stats::StatsArgs),
+    /// List, replay and purge a queue's dead letters.
+    DeadLetters(dead_letters::DeadLettersArgs),
     /// Serve the HTTP ingest: publish tasks posted as JSON (see docs/openapi.yaml).
     Serve(serve::ServeArgs),
 }
@@ -53,6 +56,9 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Publish(args) => publish::run(args, &cli.amqp, &cli.exchange, &shutdown).await,
         Command::Stats(args) => stats::run(args, &cli.amqp, &shutdown).await,
+        Command::DeadLetters(args) => {
+            dead_letters::run(args, &cli.amqp, &cli.exchange, &shutdown).await
+        }
         Command::Serve(args) => serve::run(args, &cli.amqp, &cli.exchange, &shutdown).await,
     }
 }

@@ -1,0 +1,225 @@
+//! Dead-letter tooling: list, replay and purge the dead letters of a work queue `Q`, which
+//! live in its dead-letter queue `Q.dead`.
+//!
+//! Every operation takes all of `Q.dead` out, settles what it acts on (a replay is acked once
+//! its republish is confirmed, a purge acks), and puts the rest back in their order (the `checkout`
+//! module says why that is a confirmed republish rather than a requeue). So a listing
+//! changes nothing a user can see, an interrupted operation never loses a dead letter, and
+//! its cost grows with the whole queue, not with the number shown. Run one operation on a
+//! queue at a time: two at once would interleave what they put back.
+
+mod checkout;
+mod properties;
+mod replay;
+mod view;
+
+pub use replay::Selection;
+pub use view::{DeadLetter, Filter, BROKER_KIND_PREFIX};
+
+use crate::{PublishError, Publisher};
+use checkout::Checkout;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use std::time::Duration;
+use warren_common::{dead_letter_queue_name, now_ms, Retention};
+
+/// Reply code of a passive declare of a queue that does not exist.
+const NOT_FOUND: u16 = 404;
+
+/// A dead-letter operation that could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// `Q.dead` does not exist (a passive declare answered 404).
+    #[error("no dead-letter queue for `{queue}` (looked for `{dlq}`): is the queue name right?")]
+    NoDeadLetterQueue {
+        /// The work queue given.
+        queue: String,
+        /// The dead-letter queue looked for.
+        dlq: String,
+    },
+    /// No connection or channel to the broker could be had.
+    #[error("could not reach the broker: {0}")]
+    Unavailable(#[source] Box<PublishError>),
+    /// A broker or connection error.
+    #[error("{action} on `{queue}` failed: {source}; check the broker and run the command again (dead letters not settled go back to the queue)")]
+    Broker {
+        /// What was being done.
+        action: &'static str,
+        /// The queue.
+        queue: String,
+        /// The error.
+        source: lapin::Error,
+    },
+    /// Some dead letters could not be put back in order.
+    #[error("could not put {unsettled} dead letters back into `{queue}` in order: {source}; none is lost (the broker returns what was not settled to the queue), but some may now appear twice or out of order, and what this command deleted or replayed may still be there: list the queue to check")]
+    PutBack {
+        /// The dead-letter queue.
+        queue: String,
+        /// Dead letters not put back.
+        unsettled: usize,
+        /// Why putting back failed.
+        source: Box<PublishError>,
+    },
+    /// Some selected dead letters could not be republished; they stay in the queue.
+    #[error("replayed {replayed} dead letters, but {failed} could not be republished and stay in `{queue}`: {source}; fix the cause and replay them again")]
+    ReplayFailed {
+        /// The dead-letter queue.
+        queue: String,
+        /// Dead letters replayed.
+        replayed: usize,
+        /// Dead letters that could not be republished.
+        failed: usize,
+        /// The first failure.
+        source: Box<PublishError>,
+    },
+    /// Requested ids are not in the queue (the others were replayed).
+    #[error("replayed {replayed} dead letters, but `{queue}` has no dead letter with id {}: check the ids with `warren-producer dead-letters list`", .missing.join(", "))]
+    MissingIds {
+        /// The dead-letter queue.
+        queue: String,
+        /// Dead letters replayed.
+        replayed: usize,
+        /// The ids not found.
+        missing: Vec<String>,
+    },
+}
+
+impl DeadLetterError {
+    fn unavailable(source: PublishError) -> Self {
+        DeadLetterError::Unavailable(Box::new(source))
+    }
+
+    fn broker(action: &'static str, queue: &str, source: lapin::Error) -> Self {
+        DeadLetterError::Broker {
+            action,
+            queue: queue.to_owned(),
+            source,
+        }
+    }
+}
+
+/// The result of [`DeadLetterQueue::list`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The dead letters shown: the first ones selected, up to the limit, oldest first.
+    pub shown: Vec<DeadLetter>,
+    /// How many dead letters the filter selected (shown or not).
+    pub matching: usize,
+    /// How many dead letters the queue holds.
+    pub total: usize,
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == NOT_FOUND)
+}
+
+/// The dead-letter queue of one work queue, and the operations on it.
+#[derive(Clone)]
+pub struct DeadLetterQueue {
+    publisher: Publisher,
+    exchange: String,
+    queue: String,
+    dlq: String,
+    max_age: Option<Duration>,
+}
+
+impl DeadLetterQueue {
+    /// Opens the dead-letter queue of `queue`, checking that it exists. Replays are published
+    /// through `publisher` to `exchange` (the task exchange, `warren` by default).
+    pub async fn open(
+        publisher: &Publisher,
+        queue: &str,
+        exchange: &str,
+    ) -> Result<Self, DeadLetterError> {
+        let dlq = dead_letter_queue_name(queue);
+        let channel = publisher
+            .create_channel()
+            .await
+            .map_err(DeadLetterError::unavailable)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(dlq.as_str().into(), passive, FieldTable::default())
+            .await;
+        match declared {
+            // A refused declare has closed the channel already.
+            Err(e) if is_not_found(&e) => {
+                return Err(DeadLetterError::NoDeadLetterQueue {
+                    queue: queue.to_owned(),
+                    dlq,
+                })
+            }
+            Err(e) => return Err(DeadLetterError::broker("checking the queue", &dlq, e)),
+            Ok(_) => {
+                let _ = channel.close(200, "checked".into()).await;
+            }
+        }
+        Ok(DeadLetterQueue {
+            publisher: publisher.clone(),
+            exchange: exchange.to_owned(),
+            queue: queue.to_owned(),
+            dlq,
+            max_age: Some(Retention::default().max_age),
+        })
+    }
+
+    /// The age limit the dead-letter queue was declared with (its `x-message-ttl`; zero for
+    /// none), 14 days unless set. Dead letters put back keep the time they had left instead
+    /// of starting the limit afresh.
+    pub fn with_max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = Some(max_age).filter(|age| !age.is_zero());
+        self
+    }
+
+    /// The work queue.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The dead-letter queue's name (`<queue>.dead`).
+    pub fn dead_letter_queue(&self) -> &str {
+        &self.dlq
+    }
+
+    /// The first `limit` dead letters selected by `filter`, oldest first. Every dead letter
+    /// stays in the queue, in its order.
+    pub async fn list(&self, filter: &Filter, limit: usize) -> Result<Listing, DeadLetterError> {
+        let mut checkout = Checkout::open(&self.publisher, &self.dlq, self.max_age).await?;
+        let now = now_ms();
+        let mut listing = Listing::default();
+        while let Some(delivery) = checkout.take().await? {
+            listing.total += 1;
+            let dead = DeadLetter::from_message(&delivery.properties, &delivery.data);
+            if filter.matches(&dead, now) {
+                listing.matching += 1;
+                if listing.shown.len() < limit {
+                    listing.shown.push(dead);
+                }
+            }
+            checkout.keep(delivery);
+        }
+        checkout.finish().await?;
+        Ok(listing)
+    }
+
+    /// Deletes the dead letters selected by `filter` (an empty filter selects all) and
+    /// returns how many were deleted. The others stay, in their order.
+    pub async fn purge(&self, filter: &Filter) -> Result<usize, DeadLetterError> {
+        let mut checkout = Checkout::open(&self.publisher, &self.dlq, self.max_age).await?;
+        let now = now_ms();
+        let mut deleted = 0;
+        while let Some(delivery) = checkout.take().await? {
+            let dead = DeadLetter::from_message(&delivery.properties, &delivery.data);
+            if filter.matches(&dead, now) {
+                checkout.delete(delivery);
+                deleted += 1;
+            } else {
+                checkout.keep(delivery);
+            }
+        }
+        checkout.finish().await?;
+        Ok(deleted)
+    }
+}

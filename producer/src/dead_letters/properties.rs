@@ -1,0 +1,181 @@
+//! The properties of a message the dead-letter tools republish: a dead letter put back into
+//! its queue (unchanged but for what the broker added, and keeping its remaining retention
+//! time), or a dead letter replayed as a task (without its dead-letter record).
+
+use super::DeadLetter;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use warren_common::{headers, int_value};
+
+/// Headers the broker adds when it delivers a message; not part of the dead letter.
+const ADDED_ON_DELIVERY: [&str; 2] = [headers::X_DELIVERY_COUNT, "x-acquired-count"];
+
+/// Headers a replayed task must not carry: the worker's dead-letter record and the broker's
+/// delivery and dead-lettering history (a replayed task starts afresh).
+pub(super) const STRIPPED_ON_REPLAY: [&str; 17] = [
+    headers::DEAD_REASON,
+    headers::DEAD_KIND,
+    headers::DEAD_ATTEMPTS,
+    headers::FIRST_FAILURE_MS,
+    headers::LAST_FAILURE_MS,
+    headers::ORIGINAL_QUEUE,
+    headers::ORIGINAL_ROUTING_KEY,
+    headers::DEAD_WORKER,
+    headers::X_DEATH,
+    headers::X_DELIVERY_COUNT,
+    "x-acquired-count",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+];
+
+/// A dead letter as it goes back into its queue. A republished message starts its queue's
+/// `x-message-ttl` afresh, so with the queue's retention age `max_age` known, the copy gets
+/// an `expiration` of the time it had left (counted from its last failure, when it was
+/// dead-lettered): putting it back never makes it live longer.
+pub(super) fn put_back_properties(
+    props: &BasicProperties,
+    max_age: Option<Duration>,
+    now_ms: u64,
+) -> BasicProperties {
+    let headers = without(props, &ADDED_ON_DELIVERY);
+    let dead_since = DeadLetter::from_message(props, &[]).last_failure_ms;
+    let remaining = max_age.zip(dead_since).map(|(age, since)| {
+        let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
+        // At least 1 ms: an overdue dead letter goes at once, as the broker would have done.
+        age_ms.saturating_sub(now_ms.saturating_sub(since)).max(1)
+    });
+    let copy = copied(props, headers);
+    match remaining {
+        Some(ms) => copy.with_expiration(ms.to_string().as_str().into()),
+        None => copy,
+    }
+}
+
+/// The properties of a replayed task: the dead letter's own, persistent, without the
+/// dead-letter and broker headers and without `expiration` (left by putting back), and with
+/// the attempt number it runs as: 1 with `reset`, else the one after the last one made.
+pub(super) fn replay_properties(
+    props: &BasicProperties,
+    dead: &DeadLetter,
+    reset: bool,
+) -> BasicProperties {
+    let mut headers = without(props, &STRIPPED_ON_REPLAY);
+    let attempt = if reset {
+        1
+    } else {
+        dead.attempts.map_or(1, |made| made.saturating_add(1))
+    };
+    headers.insert(headers::ATTEMPT.into(), int_value(attempt));
+    copied(props, headers)
+}
+
+fn without(props: &BasicProperties, names: &[&str]) -> FieldTable {
+    let mut table: BTreeMap<_, _> = props
+        .headers()
+        .as_ref()
+        .map(|t| t.inner().clone())
+        .unwrap_or_default();
+    table.retain(|name, _| !names.contains(&name.as_str()));
+    FieldTable::from(table)
+}
+
+/// The properties, persistent, with `headers`, and without `expiration` and `user_id` (the
+/// broker refuses a user id other than the publishing connection's).
+fn copied(props: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut out = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    macro_rules! copy {
+        ($($get:ident => $set:ident),*) => {$(
+            if let Some(value) = props.$get() {
+                out = out.$set(value.clone());
+            }
+        )*};
+    }
+    copy!(content_type => with_content_type, content_encoding => with_content_encoding,
+        priority => with_priority, correlation_id => with_correlation_id,
+        reply_to => with_reply_to, message_id => with_message_id, timestamp => with_timestamp,
+        kind => with_type, app_id => with_app_id, cluster_id => with_cluster_id);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{AMQPValue, FieldArray};
+    use warren_common::{header_u64, text_value};
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+
+    fn dead_letter_properties() -> BasicProperties {
+        let mut table = FieldTable::default();
+        for name in STRIPPED_ON_REPLAY {
+            table.insert(name.into(), text_value("x"));
+        }
+        table.insert(headers::DEAD_ATTEMPTS.into(), int_value(3));
+        table.insert(headers::ATTEMPT.into(), int_value(3));
+        table.insert(headers::LAST_FAILURE_MS.into(), int_value(10 * DAY_MS));
+        table.insert(headers::CREATED_MS.into(), int_value(42));
+        table.insert(headers::TRACEPARENT.into(), text_value("00-abc-def-01"));
+        let deaths = FieldArray::from(vec![AMQPValue::FieldTable(FieldTable::default())]);
+        table.insert(headers::X_DEATH.into(), AMQPValue::FieldArray(deaths));
+        BasicProperties::default()
+            .with_message_id("id-1".into())
+            .with_type("demo.flaky".into())
+            .with_user_id("someone-else".into())
+            .with_expiration("5000".into())
+            .with_priority(3)
+            .with_headers(table)
+    }
+
+    #[test]
+    fn replayed_tasks_lose_the_dead_letter_and_broker_headers() {
+        let props = dead_letter_properties();
+        let dead = DeadLetter::from_message(&props, b"");
+        let replayed = replay_properties(&props, &dead, false);
+        let table = replayed.headers().as_ref().unwrap();
+        for name in STRIPPED_ON_REPLAY {
+            assert!(!table.contains_key(name), "{name} was kept");
+        }
+        assert_eq!(header_u64(table, headers::ATTEMPT).unwrap(), Some(4));
+        assert_eq!(header_u64(table, headers::CREATED_MS).unwrap(), Some(42));
+        assert!(table.contains_key(headers::TRACEPARENT));
+        assert_eq!(replayed.delivery_mode(), &Some(2));
+        assert_eq!(replayed.message_id(), props.message_id());
+        assert_eq!(replayed.kind(), props.kind());
+        assert_eq!(replayed.priority(), &Some(3));
+        assert_eq!((replayed.expiration(), replayed.user_id()), (&None, &None));
+    }
+
+    #[test]
+    fn reset_attempts_starts_again_at_one() {
+        let props = dead_letter_properties();
+        let dead = DeadLetter::from_message(&props, b"");
+        let replayed = replay_properties(&props, &dead, true);
+        let table = replayed.headers().as_ref().unwrap();
+        assert_eq!(header_u64(table, headers::ATTEMPT).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn put_back_dead_letters_keep_their_record_and_remaining_time() {
+        let props = dead_letter_properties();
+        let max_age = Some(Duration::from_millis(14 * DAY_MS));
+        let back = put_back_properties(&props, max_age, 20 * DAY_MS);
+        let table = back.headers().as_ref().unwrap();
+        assert!(table.contains_key(headers::DEAD_REASON));
+        assert!(table.contains_key(headers::X_DEATH));
+        assert!(!table.contains_key(headers::X_DELIVERY_COUNT));
+        let four_days = (4 * DAY_MS).to_string();
+        assert_eq!(back.expiration().as_ref().unwrap().as_str(), four_days);
+        let overdue = put_back_properties(&props, max_age, 30 * DAY_MS);
+        assert_eq!(overdue.expiration().as_ref().unwrap().as_str(), "1");
+        let forever = put_back_properties(&props, None, 30 * DAY_MS);
+        assert_eq!(forever.expiration(), &None);
+    }
+}

@@ -1,0 +1,363 @@
+//! Reading a dead letter: what the worker (or, for its own dead letters, the broker) wrote on
+//! a message of a dead-letter queue, turned into a [`DeadLetter`] for people and tools, and
+//! the [`Filter`] that selects dead letters by task, kind and age.
+//!
+//! The worker writes `x-warren-dead-*` headers (see `warren_common::headers`). A message the
+//! broker dead-lettered by itself (a quorum queue's delivery limit) carries only the broker's
+//! `x-death` history: its kind reads `broker:<reason>`, e.g. `broker:delivery_limit`.
+
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use serde::Serialize;
+use std::time::Duration;
+use warren_common::{header_string, header_u64, headers};
+
+/// Prefix of the kind of a message the broker dead-lettered by itself.
+pub const BROKER_KIND_PREFIX: &str = "broker:";
+
+/// Kind of a dead letter that says neither who dead-lettered it nor why.
+const UNKNOWN_KIND: &str = "unknown";
+
+/// Characters of the payload kept in [`DeadLetter::payload_preview`].
+const PREVIEW_CHARS: usize = 120;
+
+/// Bytes of a binary payload shown (in hex) in the preview.
+const PREVIEW_BYTES: usize = 32;
+
+/// A dead letter as people and tools see it. Every field is read from the message alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadLetter {
+    /// The task id (`message_id`), absent on a message that was never a valid task.
+    pub id: Option<String>,
+    /// The task name (`type`).
+    pub task: Option<String>,
+    /// Kind of reason: the worker's (`retries_exhausted`, `unknown_task`, ...) or
+    /// `broker:<reason>` for the broker's own dead letters.
+    pub kind: String,
+    /// Why it was dead-lettered, for people.
+    pub reason: String,
+    /// Attempts made before it was dead-lettered.
+    pub attempts: Option<u64>,
+    /// Time of the first failure, milliseconds since the epoch.
+    pub first_failure_ms: Option<u64>,
+    /// Time of the last failure (the one that dead-lettered it), milliseconds since the epoch.
+    pub last_failure_ms: Option<u64>,
+    /// The work queue it was consumed from.
+    pub original_queue: Option<String>,
+    /// The routing key it was published with.
+    pub original_routing_key: Option<String>,
+    /// The worker that gave up on it.
+    pub worker: Option<String>,
+    /// The payload's content type.
+    pub content_type: Option<String>,
+    /// Size of the payload in bytes.
+    pub payload_bytes: usize,
+    /// The start of the payload: text as is, binary as hex.
+    pub payload_preview: String,
+}
+
+impl DeadLetter {
+    /// Reads a dead letter from a message's properties and body. Never fails: a header that
+    /// is missing or malformed is simply absent from the view.
+    pub fn from_message(props: &BasicProperties, body: &[u8]) -> Self {
+        let empty = FieldTable::default();
+        let table = props.headers().as_ref().unwrap_or(&empty);
+        let int = |name: &'static str| header_u64(table, name).ok().flatten();
+        let deaths = x_deaths(table);
+        let newest = deaths.first();
+        let broker_times = || deaths.iter().filter_map(|d| d.time_ms);
+        let (kind, reason) = kind_and_reason(table, newest);
+        DeadLetter {
+            id: props.message_id().as_ref().map(|s| s.as_str().to_owned()),
+            task: props.kind().as_ref().map(|s| s.as_str().to_owned()),
+            kind,
+            reason,
+            attempts: int(headers::DEAD_ATTEMPTS).or_else(|| int(headers::ATTEMPT)),
+            first_failure_ms: int(headers::FIRST_FAILURE_MS).or_else(|| broker_times().min()),
+            last_failure_ms: int(headers::LAST_FAILURE_MS).or_else(|| broker_times().max()),
+            original_queue: header_string(table, headers::ORIGINAL_QUEUE)
+                .or_else(|| newest.and_then(|d| d.queue.clone()))
+                .or_else(|| header_string(table, "x-first-death-queue")),
+            original_routing_key: header_string(table, headers::ORIGINAL_ROUTING_KEY)
+                .or_else(|| newest.and_then(|d| d.routing_key.clone())),
+            worker: header_string(table, headers::DEAD_WORKER),
+            content_type: props.content_type().as_ref().map(|s| s.as_str().to_owned()),
+            payload_bytes: body.len(),
+            payload_preview: preview(body),
+        }
+    }
+
+    /// True when the broker, not a worker, dead-lettered it.
+    pub fn is_from_broker(&self) -> bool {
+        self.kind.starts_with(BROKER_KIND_PREFIX)
+    }
+}
+
+/// The worker's kind and reason, or the broker's reason from `x-death`.
+fn kind_and_reason(table: &FieldTable, newest: Option<&XDeath>) -> (String, String) {
+    if let Some(kind) = header_string(table, headers::DEAD_KIND) {
+        let reason = header_string(table, headers::DEAD_REASON).unwrap_or_default();
+        return (kind, reason);
+    }
+    let broker_reason = newest
+        .and_then(|d| d.reason.clone())
+        .or_else(|| header_string(table, "x-last-death-reason"))
+        .or_else(|| header_string(table, "x-first-death-reason"));
+    let Some(why) = broker_reason else {
+        let reason = header_string(table, headers::DEAD_REASON)
+            .unwrap_or_else(|| "no dead-letter headers on this message".to_owned());
+        return (UNKNOWN_KIND.to_owned(), reason);
+    };
+    let mut reason = format!("dead-lettered by the broker ({why})");
+    if let Some(queue) = newest.and_then(|d| d.queue.as_deref()) {
+        reason.push_str(&format!(" from queue `{queue}`"));
+    }
+    if let Some(count) = newest.and_then(|d| d.count).filter(|&c| c > 1) {
+        reason.push_str(&format!(", {count} times"));
+    }
+    (format!("{BROKER_KIND_PREFIX}{why}"), reason)
+}
+
+/// One entry of the broker's `x-death` header, newest first.
+#[derive(Debug, Default)]
+struct XDeath {
+    reason: Option<String>,
+    queue: Option<String>,
+    routing_key: Option<String>,
+    count: Option<u64>,
+    time_ms: Option<u64>,
+}
+
+fn x_deaths(table: &FieldTable) -> Vec<XDeath> {
+    let Some(AMQPValue::FieldArray(entries)) = table.inner().get(headers::X_DEATH) else {
+        return Vec::new();
+    };
+    entries
+        .as_slice()
+        .iter()
+        .filter_map(|entry| match entry {
+            AMQPValue::FieldTable(t) => Some(XDeath {
+                reason: header_string(t, "reason"),
+                queue: header_string(t, "queue"),
+                routing_key: first_routing_key(t),
+                count: header_u64(t, "count").ok().flatten(),
+                // The broker writes `time` as an AMQP timestamp: seconds since the epoch.
+                time_ms: header_u64(t, "time")
+                    .ok()
+                    .flatten()
+                    .map(|s| s.saturating_mul(1000)),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn first_routing_key(table: &FieldTable) -> Option<String> {
+    match table.inner().get("routing-keys")? {
+        AMQPValue::FieldArray(keys) => keys.as_slice().iter().find_map(|k| match k {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+            _ => None,
+        }),
+        _ => None,
+    }
+}
+
+/// The start of a payload: UTF-8 text with control characters escaped, or hex.
+fn preview(body: &[u8]) -> String {
+    match std::str::from_utf8(body) {
+        Ok(text) => {
+            let mut out = String::new();
+            for c in text.chars().take(PREVIEW_CHARS) {
+                if c.is_control() {
+                    out.extend(c.escape_default());
+                } else {
+                    out.push(c);
+                }
+            }
+            if text.chars().count() > PREVIEW_CHARS {
+                out.push('…');
+            }
+            out
+        }
+        Err(_) => {
+            let hex: String = body
+                .iter()
+                .take(PREVIEW_BYTES)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let more = if body.len() > PREVIEW_BYTES {
+                "…"
+            } else {
+                ""
+            };
+            format!("0x{hex}{more}")
+        }
+    }
+}
+
+/// Selects dead letters. Every criterion given must hold; an empty filter selects all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this task name.
+    pub task: Option<String>,
+    /// Only this kind of reason, e.g. `unknown_task` or `broker:delivery_limit`; `broker`
+    /// alone selects everything the broker dead-lettered.
+    pub kind: Option<String>,
+    /// Only dead letters whose last failure is at least this old. A dead letter without a
+    /// failure time is never old enough: what cannot be dated is kept.
+    pub older_than: Option<Duration>,
+}
+
+impl Filter {
+    /// Whether `dead` is selected, `now_ms` being the current time.
+    pub fn matches(&self, dead: &DeadLetter, now_ms: u64) -> bool {
+        let task_ok = match &self.task {
+            Some(task) => dead.task.as_deref() == Some(task.as_str()),
+            None => true,
+        };
+        let kind_ok = match self.kind.as_deref() {
+            Some("broker") => dead.is_from_broker(),
+            Some(kind) => dead.kind == kind,
+            None => true,
+        };
+        let age_ok = match self.older_than {
+            Some(age) => dead
+                .last_failure_ms
+                .is_some_and(|at| now_ms.saturating_sub(at) >= age.as_millis() as u64),
+            None => true,
+        };
+        task_ok && kind_ok && age_ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, LongString};
+    use warren_common::{int_value, text_value};
+
+    fn worker_dead_letter() -> BasicProperties {
+        let mut table = FieldTable::default();
+        for (name, value) in [
+            (headers::DEAD_KIND, text_value("retries_exhausted")),
+            (headers::DEAD_REASON, text_value("gave up after 3 attempts")),
+            (headers::DEAD_ATTEMPTS, AMQPValue::LongInt(3)),
+            (headers::ATTEMPT, int_value(3)),
+            (headers::FIRST_FAILURE_MS, int_value(1_000)),
+            (headers::LAST_FAILURE_MS, int_value(5_000)),
+            (headers::ORIGINAL_QUEUE, text_value("orders")),
+            (headers::ORIGINAL_ROUTING_KEY, text_value("orders")),
+            (headers::DEAD_WORKER, text_value("w-1")),
+        ] {
+            table.insert(name.into(), value);
+        }
+        BasicProperties::default()
+            .with_message_id("id-1".into())
+            .with_type("demo.flaky".into())
+            .with_content_type("application/json".into())
+            .with_headers(table)
+    }
+
+    /// What RabbitMQ 3.10 writes when a quorum queue's delivery limit dead-letters a message.
+    fn broker_dead_letter() -> BasicProperties {
+        let mut death = FieldTable::default();
+        death.insert("count".into(), AMQPValue::LongLongInt(1));
+        death.insert(
+            "reason".into(),
+            AMQPValue::LongString("delivery_limit".into()),
+        );
+        death.insert("queue".into(), AMQPValue::LongString("orders".into()));
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        death.insert("exchange".into(), AMQPValue::LongString("warren".into()));
+        let keys = FieldArray::from(vec![AMQPValue::LongString(LongString::from("orders"))]);
+        death.insert("routing-keys".into(), AMQPValue::FieldArray(keys));
+        let mut table = FieldTable::default();
+        let deaths = FieldArray::from(vec![AMQPValue::FieldTable(death)]);
+        table.insert(headers::X_DEATH.into(), AMQPValue::FieldArray(deaths));
+        table.insert("x-first-death-queue".into(), text_value("orders"));
+        table.insert("x-first-death-reason".into(), text_value("delivery_limit"));
+        table.insert(headers::ATTEMPT.into(), AMQPValue::ShortShortUInt(1));
+        BasicProperties::default()
+            .with_message_id("id-2".into())
+            .with_type("demo.crash".into())
+            .with_headers(table)
+    }
+
+    #[test]
+    fn the_workers_headers_are_read() {
+        let dead = DeadLetter::from_message(&worker_dead_letter(), br#"{"fail_times": 1}"#);
+        assert_eq!(dead.id.as_deref(), Some("id-1"));
+        assert_eq!(dead.task.as_deref(), Some("demo.flaky"));
+        assert_eq!(dead.kind, "retries_exhausted");
+        assert_eq!(dead.reason, "gave up after 3 attempts");
+        assert_eq!(dead.attempts, Some(3));
+        assert_eq!(
+            (dead.first_failure_ms, dead.last_failure_ms),
+            (Some(1_000), Some(5_000))
+        );
+        assert_eq!(dead.original_queue.as_deref(), Some("orders"));
+        assert_eq!(dead.worker.as_deref(), Some("w-1"));
+        assert_eq!(dead.payload_preview, r#"{"fail_times": 1}"#);
+        assert!(!dead.is_from_broker());
+    }
+
+    #[test]
+    fn a_message_with_only_x_death_shows_the_brokers_reason() {
+        let dead = DeadLetter::from_message(&broker_dead_letter(), &[0xff, 0x00, 0x01]);
+        assert_eq!(dead.kind, "broker:delivery_limit");
+        assert!(dead.reason.contains("delivery_limit"), "{}", dead.reason);
+        assert!(dead.reason.contains("`orders`"), "{}", dead.reason);
+        assert_eq!(dead.original_queue.as_deref(), Some("orders"));
+        assert_eq!(dead.original_routing_key.as_deref(), Some("orders"));
+        assert_eq!(dead.last_failure_ms, Some(1_700_000_000_000));
+        assert_eq!(dead.attempts, Some(1));
+        assert_eq!(dead.worker, None);
+        assert_eq!(dead.payload_preview, "0xff0001");
+        assert!(dead.is_from_broker());
+    }
+
+    #[test]
+    fn a_message_without_any_dead_letter_header_is_still_shown() {
+        let dead = DeadLetter::from_message(&BasicProperties::default(), b"");
+        assert_eq!((dead.id, dead.task), (None, None));
+        assert_eq!(dead.kind, UNKNOWN_KIND);
+    }
+
+    #[test]
+    fn long_payloads_are_cut() {
+        let text = "é".repeat(500);
+        let shown = preview(text.as_bytes());
+        assert_eq!(shown.chars().count(), PREVIEW_CHARS + 1);
+        assert_eq!(preview(b"a\nb"), "a\\nb");
+        assert!(preview(&[0xffu8; 100]).ends_with('…'));
+    }
+
+    #[test]
+    fn filters_combine_task_kind_and_age() {
+        let worker = DeadLetter::from_message(&worker_dead_letter(), b"");
+        let broker = DeadLetter::from_message(&broker_dead_letter(), b"");
+        let by_kind = |kind: &str| Filter {
+            kind: Some(kind.into()),
+            ..Filter::default()
+        };
+        assert!(Filter::default().matches(&worker, 0));
+        assert!(by_kind("broker").matches(&broker, 0));
+        assert!(!by_kind("broker").matches(&worker, 0));
+        assert!(by_kind("broker:delivery_limit").matches(&broker, 0));
+        assert!(by_kind("retries_exhausted").matches(&worker, 0));
+        let task = Filter {
+            task: Some("demo.flaky".into()),
+            ..Filter::default()
+        };
+        assert!(task.matches(&worker, 0) && !task.matches(&broker, 0));
+        let old = Filter {
+            older_than: Some(Duration::from_secs(60)),
+            ..Filter::default()
+        };
+        assert!(!old.matches(&worker, 5_000 + 59_999));
+        assert!(old.matches(&worker, 5_000 + 60_000));
+        let undated = DeadLetter::from_message(&BasicProperties::default(), b"");
+        assert!(!old.matches(&undated, u64::MAX));
+    }
+}
