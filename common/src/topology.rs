@@ -62,8 +62,9 @@ pub struct QueueSpec {
 }
 
 /// Retention of a dead-letter queue. Set when the queue is first declared: changing it later
-/// is refused by the broker (406) like any queue argument; a RabbitMQ policy can change it on
-/// a live queue instead.
+/// is refused by the broker (406) like any queue argument. A RabbitMQ policy can only lower
+/// it on a live queue (the broker applies the lower of the two); to raise it, recreate the
+/// dead-letter queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
 pub struct Retention {
     /// Dead letters kept per queue; past it the oldest are dropped (0 = no limit).

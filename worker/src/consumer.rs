@@ -48,11 +48,13 @@ pub(crate) async fn consume(
     };
     tracing::info!(queue = %queue, prefetch = shared.config.prefetch, "consuming");
     let (settle_tx, settle_rx) = mpsc::unbounded_channel();
-    let acker = tokio::spawn(run_acker(
-        channel.clone(),
-        settle_rx,
-        shared.config.prefetch,
-    ));
+    let acks_lost = shared.metrics.acks_lost.with_label_values(&[&*queue]);
+    let settling = run_acker(channel.clone(), settle_rx, shared.config.prefetch);
+    let acker = tokio::spawn(async move {
+        let lost = settling.await;
+        acks_lost.inc_by(lost);
+        lost
+    });
     let mut consumer = consumer;
     let lost = receive(&shared, &link, &queue, &mut consumer, &settle_tx).await;
     if let Some(reason) = lost {
@@ -194,13 +196,13 @@ async fn process(
     let queue_metrics = &shared.queue_metrics[&*queue];
     let metrics = queue_metrics.task(task);
     async {
+        metrics.received.inc();
         // Not started yet: a drain returns it to the queue.
         let permit = tokio::select! {
             biased;
             _ = stop.cancelled() => return requeue(&shared, &queue, &settle_tx, &delivery),
             permit = admit(&shared, task) => permit,
         };
-        metrics.received.inc();
         let in_progress = &queue_metrics.in_progress;
         in_progress.inc();
         let outcome = execute::execute(&shared, &queue, &delivery, &envelope, &metrics).await;
@@ -216,6 +218,9 @@ async fn process(
         )
         .await;
         record(metrics, &outcome, settle);
+        if let Settle::Requeue(_) = settle {
+            queue_metrics.requeued.inc();
+        }
         queue_metrics.held.dec();
         if settle_tx.send(settle).is_err() {
             tracing::warn!("channel gone before the ack; the broker will redeliver this task");

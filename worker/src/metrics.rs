@@ -149,7 +149,7 @@ impl WorkerMetrics {
             retried: counter(registry, "warren_tasks_retried_total", "Tasks scheduled for another attempt.", qt),
             dead_lettered: counter(registry, "warren_tasks_dead_lettered_total", "Tasks moved to the dead-letter queue, by reason.", qtr),
             duration: histogram(registry, "warren_task_duration_seconds", "Time spent in the handler.", qt),
-            latency: histogram(registry, "warren_queue_latency_seconds", "Time from the task's creation to its handler starting.", qt),
+            latency: histogram(registry, "warren_queue_latency_seconds", "Time from the task becoming due (created, or the end of a delay or retry backoff) to its handler starting.", qt),
             in_progress: gauge(registry, "warren_tasks_in_progress", "Handlers running now.", q),
             held: gauge(registry, "warren_deliveries_held", "Deliveries received and not yet acked (prefetched or running).", q),
             requeued: counter(registry, "warren_deliveries_requeued_total", "Deliveries returned to the queue unprocessed.", q),

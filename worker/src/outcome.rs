@@ -36,7 +36,7 @@ pub enum ReasonKind {
 }
 
 impl ReasonKind {
-    /// Every kind, for documentation and metric initialisation.
+    /// Every kind.
     pub const ALL: [ReasonKind; 12] = [
         ReasonKind::RetriesExhausted,
         ReasonKind::Error,
