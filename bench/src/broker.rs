@@ -67,8 +67,9 @@ impl Broker {
     }
 
     /// Deletes every queue this run created, with the dead-letter queues Warren declared
-    /// beside them. Errors are reported, not returned: cleaning up must not stop.
-    pub async fn cleanup(&self) {
+    /// beside them, and returns their names. Errors are reported, not returned: cleaning up
+    /// must not stop.
+    pub async fn cleanup(&self) -> Vec<String> {
         let names: Vec<String> = std::mem::take(
             &mut *self
                 .created
@@ -76,17 +77,17 @@ impl Broker {
                 .expect("the queue list is never poisoned"),
         );
         if names.is_empty() {
-            return;
+            return names;
         }
         let conn = match self.connect("warren-bench cleanup").await {
             Ok(conn) => conn,
             Err(error) => {
                 eprintln!("warning: could not delete the benchmark's queues {names:?}: {error:#}");
-                return;
+                return names;
             }
         };
-        for name in names {
-            for queue in [name.clone(), dead_letter_queue_name(&name)] {
+        for name in &names {
+            for queue in [name.clone(), dead_letter_queue_name(name)] {
                 // A fresh channel each time: deleting a missing queue may close the channel.
                 let Ok(channel) = conn.create_channel().await else {
                     continue;
@@ -98,6 +99,7 @@ impl Broker {
             }
         }
         let _ = conn.close(200, "cleaned up".into()).await;
+        names
     }
 }
 

@@ -5,6 +5,7 @@ use crate::args::Tuning;
 use crate::baseline::RawPublisher;
 use crate::broker::Broker;
 use crate::launch::{Launcher, Side, WorkerSettings};
+use crate::process::cpu_seconds;
 use crate::{payload, warren};
 use lapin::Connection;
 use serde::Serialize;
@@ -92,8 +93,8 @@ impl Ctx {
     }
 
     /// Publishes `count` copies of a task with confirms (`--window` in flight) into a fresh
-    /// queue. Connecting and declaring are not timed; returns when publishing started and
-    /// how long it took until the last confirm.
+    /// queue. Connecting and declaring are not timed; returns when publishing started, how
+    /// long it took until the last confirm, and the CPU time this process used meanwhile.
     pub async fn publish<T: Serialize + Sync>(
         &self,
         side: Side,
@@ -101,29 +102,50 @@ impl Ctx {
         task: &str,
         payload: &T,
         count: usize,
-    ) -> anyhow::Result<(Instant, Duration)> {
+    ) -> anyhow::Result<Published> {
         let window = self.tuning.window;
         match side {
             Side::Warren => {
                 let publisher = warren::publisher(&self.broker, queue).await?;
-                let start = Instant::now();
+                let (start, cpu) = (Instant::now(), cpu_seconds("self")?);
                 warren::publish_many(&publisher, task, payload, count, window).await?;
-                let took = start.elapsed();
+                let published = Published::since(start, cpu)?;
                 publisher.close().await;
-                Ok((start, took))
+                Ok(published)
             }
             Side::Baseline => {
-                let publisher = RawPublisher::connect(&self.broker, queue).await?;
+                let envelope = self.tuning.baseline_envelope;
+                let publisher = RawPublisher::connect(&self.broker, queue, envelope).await?;
                 let body = payload::json(payload);
-                let start = Instant::now();
+                let (start, cpu) = (Instant::now(), cpu_seconds("self")?);
                 publisher
                     .publish_many(queue, task, &body, count, window)
                     .await?;
-                let took = start.elapsed();
+                let published = Published::since(start, cpu)?;
                 publisher.close().await;
-                Ok((start, took))
+                Ok(published)
             }
         }
+    }
+}
+
+/// A timed batch of publishes.
+pub struct Published {
+    /// When the first publish started.
+    pub start: Instant,
+    /// Until the last confirm.
+    pub took: Duration,
+    /// CPU time the benchmark process used meanwhile (it does nothing else), seconds.
+    pub cpu_seconds: f64,
+}
+
+impl Published {
+    fn since(start: Instant, cpu_at_start: f64) -> anyhow::Result<Published> {
+        Ok(Published {
+            start,
+            took: start.elapsed(),
+            cpu_seconds: cpu_seconds("self")? - cpu_at_start,
+        })
     }
 }
 

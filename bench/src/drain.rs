@@ -31,6 +31,8 @@ pub struct Drain {
     pub done_at: Instant,
     /// Each process's resident memory at the end, MiB.
     pub rss_mib: Vec<f64>,
+    /// CPU time all the processes used, from their start to the end of the drain, seconds.
+    pub cpu_seconds: f64,
 }
 
 /// What to drain.
@@ -64,6 +66,10 @@ pub async fn drain(
     let first_ready = first_ready?;
     let done_at = wait_finished(&procs, spec.tasks, first_ready).await?;
     let rss_mib = procs.iter().map(Proc::rss_mib).collect::<Result<_, _>>()?;
+    let cpu_seconds = procs
+        .iter()
+        .map(Proc::cpu_seconds)
+        .sum::<Result<f64, _>>()?;
     let finished: u64 = try_join_all(procs.iter().map(Proc::finished))
         .await?
         .into_iter()
@@ -83,6 +89,7 @@ pub async fn drain(
         drain: done_at - first_ready,
         done_at,
         rss_mib,
+        cpu_seconds,
     })
 }
 

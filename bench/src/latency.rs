@@ -104,7 +104,10 @@ impl Publish {
         Ok(match side {
             Side::Warren => Publish::Warren(warren::publisher(&ctx.broker, queue).await?),
             Side::Baseline => {
-                Publish::Baseline(Box::new(RawPublisher::connect(&ctx.broker, queue).await?))
+                let envelope = ctx.tuning.baseline_envelope;
+                Publish::Baseline(Box::new(
+                    RawPublisher::connect(&ctx.broker, queue, envelope).await?,
+                ))
             }
         })
     }

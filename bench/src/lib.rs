@@ -55,8 +55,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         done = work => done.unwrap_or_else(|_| Err(anyhow::anyhow!("the benchmark panicked"))),
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
     };
-    broker.cleanup().await;
-    let report = result?;
+    let queues = broker.cleanup().await;
+    let mut report = result?;
+    report.queues = queues;
     println!("{}", report.markdown());
     report
         .write_json(&args.json)
@@ -111,6 +112,7 @@ async fn run_workloads(args: BenchArgs, broker: Broker) -> anyhow::Result<Report
         reps: ctx.reps,
         smoke: args.smoke,
         workloads,
+        queues: Vec::new(),
     })
 }
 

@@ -22,7 +22,7 @@ pub async fn memory(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             tokio::time::sleep(ctx.sizes.idle).await;
             let idle = proc.rss_mib()?;
             proc.stop(Duration::from_secs(20)).await?;
-            let (_, _, d) = publish_and_drain(ctx, side, &format!("mem.w1.r{rep}"), 1).await?;
+            let (_, d) = publish_and_drain(ctx, side, &format!("mem.w1.r{rep}"), 1).await?;
             let after = d.rss_mib[0];
             samples.push("idle", side, idle);
             samples.push("after", side, after);

@@ -114,6 +114,11 @@ impl Proc {
         Ok(kib / 1024.0)
     }
 
+    /// CPU time the process has used so far (user + system, all threads), in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        cpu_seconds(&self.pid().to_string())
+    }
+
     /// The last lines the process wrote to stderr.
     pub fn stderr_tail(&self) -> String {
         lines(&self.stderr)
@@ -158,6 +163,22 @@ impl Proc {
         }
         Ok(stdout)
     }
+}
+
+/// CPU time (user + system) of process `pid` (or `self`) from /proc/PID/stat, in seconds.
+pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at field 3, `state`;
+    // utime and stime are fields 14 and 15, in USER_HZ ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').context("no ) in /proc/PID/stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("a short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 async fn read_stderr(

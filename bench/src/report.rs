@@ -144,6 +144,8 @@ pub struct Report {
     pub smoke: bool,
     /// Results by workload (`w1`, `w2`, `w3`, `w4`, `memory`).
     pub workloads: BTreeMap<String, WorkloadReport>,
+    /// Every queue the run created (all deleted at its end, with their dead-letter queues).
+    pub queues: Vec<String>,
 }
 
 impl Report {
@@ -229,6 +231,7 @@ fn number(value: f64, unit: &str) -> String {
         "tasks/s" => thousands(value.round() as u64),
         "s" => format!("{value:.3}"),
         "ms" => format!("{value:.2}"),
+        "µs" => format!("{value:.1}"),
         _ => format!("{value:.1}"),
     }
 }

@@ -1,7 +1,7 @@
 //! W1 (publish then drain no-op tasks with one worker process) and W4 (the same drain with
 //! 1, 2 and 4 worker processes).
 
-use crate::context::{progress, Ctx, Samples};
+use crate::context::{progress, Ctx, Published, Samples};
 use crate::drain::{drain, Drain, DrainSpec};
 use crate::launch::Side;
 use crate::payload::{Filler, NOOP};
@@ -11,17 +11,17 @@ use crate::report::{Row, Target, WorkloadReport};
 pub const BODY_BYTES: usize = 100;
 
 /// One publish-then-drain repetition: publish `tasks` no-op tasks into a fresh queue, then
-/// drain it with `processes` workers. Returns the publish time and the drain.
+/// drain it with `processes` workers.
 pub async fn publish_and_drain(
     ctx: &Ctx,
     side: Side,
     label: &str,
     processes: usize,
-) -> anyhow::Result<(std::time::Duration, tokio::time::Instant, Drain)> {
+) -> anyhow::Result<(Published, Drain)> {
     let queue = ctx.broker.queue(&format!("{label}.{}", side.label()));
     let tasks = ctx.sizes.tasks;
     let filler = Filler::of_size(BODY_BYTES);
-    let (started, published) = ctx.publish(side, &queue, NOOP, &filler, tasks).await?;
+    let published = ctx.publish(side, &queue, NOOP, &filler, tasks).await?;
     let spec = DrainSpec {
         side,
         queue: &queue,
@@ -30,7 +30,7 @@ pub async fn publish_and_drain(
         settings: ctx.throughput_settings(),
     };
     let drained = drain(&ctx.launcher, &ctx.broker, &ctx.conn, spec).await?;
-    Ok((published, started, drained))
+    Ok((published, drained))
 }
 
 /// W1: publish and drain throughput, end-to-end time, and the worker's RSS afterwards.
@@ -39,23 +39,26 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
     let n = ctx.sizes.tasks as f64;
     for rep in 0..ctx.reps {
         for side in Side::order(rep) {
-            let (published, started, d) =
-                publish_and_drain(ctx, side, &format!("w1.r{rep}"), 1).await?;
-            let end_to_end = (d.done_at - started).as_secs_f64();
-            samples.push("publish", side, n / published.as_secs_f64());
-            samples.push("drain", side, n / d.drain.as_secs_f64());
+            let (p, d) = publish_and_drain(ctx, side, &format!("w1.r{rep}"), 1).await?;
+            let end_to_end = (d.done_at - p.start).as_secs_f64();
+            let (publish, drain) = (n / p.took.as_secs_f64(), n / d.drain.as_secs_f64());
+            samples.push("publish", side, publish);
+            samples.push("drain", side, drain);
             samples.push("e2e", side, end_to_end);
             samples.push("startup", side, d.startup.as_secs_f64());
+            samples.push("pub_cpu", side, p.cpu_seconds * 1e6 / n);
+            samples.push("cpu", side, d.cpu_seconds * 1e6 / n);
             samples.push("rss", side, d.rss_mib[0]);
             progress(
                 "W1",
                 rep,
                 side,
                 &format!(
-                    "publish {:.0}/s, drain {:.0}/s, end-to-end {end_to_end:.3} s, startup {:.3} s",
-                    n / published.as_secs_f64(),
-                    n / d.drain.as_secs_f64(),
-                    d.startup.as_secs_f64()
+                    "publish {publish:.0}/s, drain {drain:.0}/s, end-to-end {end_to_end:.3} s, \
+                     startup {:.3} s, CPU/task publish {:.1} µs, worker {:.1} µs",
+                    d.startup.as_secs_f64(),
+                    p.cpu_seconds * 1e6 / n,
+                    d.cpu_seconds * 1e6 / n
                 ),
             );
         }
@@ -75,12 +78,15 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             format!("worker: prefetch {}, concurrency {} (Warren: `warren-worker --prefetch {} --concurrency {}`; baseline: `multiple` ack at least every {} completions and whenever idle)", t.prefetch, t.concurrency, t.prefetch, t.concurrency, t.ack_every),
             "drain: from the worker process reporting ready (/readyz) to its success counter (/metrics) reaching the task count; end-to-end: from the first publish to the last task finished, including starting the worker process".to_owned(),
             "startup: from spawning the worker process to /readyz answering 200 (Warren declares its topology and opens two connections)".to_owned(),
+            "CPU per task: user + system time of the publishing process during the publish, and of the worker process from its start to the end of the drain (/proc/PID/stat, 10 ms ticks), over the task count".to_owned(),
         ],
         rows: vec![
             row(&mut samples, "publish", "publish", "tasks/s", Some(Target::RatioAtLeast(0.9))),
             row(&mut samples, "drain", "drain", "tasks/s", Some(Target::RatioAtLeast(0.9))),
             row(&mut samples, "e2e", "end-to-end", "s", Some(Target::RatioAtMost(1.0 / 0.9))),
             row(&mut samples, "startup", "worker startup", "s", None),
+            row(&mut samples, "pub_cpu", "publisher CPU per task", "µs", None),
+            row(&mut samples, "cpu", "worker CPU per task", "µs", None),
             row(&mut samples, "rss", "worker RSS after W1", "MiB", None),
         ],
     })
@@ -94,7 +100,7 @@ pub async fn w4(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
         for rep in 0..ctx.reps {
             for side in Side::order(rep) {
                 let label = format!("w4.p{processes}.r{rep}");
-                let (_, _, d) = publish_and_drain(ctx, side, &label, processes).await?;
+                let (_, d) = publish_and_drain(ctx, side, &label, processes).await?;
                 let rate = n / d.drain.as_secs_f64();
                 samples.push(&processes.to_string(), side, rate);
                 progress(

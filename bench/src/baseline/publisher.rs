@@ -12,18 +12,24 @@ use std::collections::VecDeque;
 pub struct RawPublisher {
     conn: Connection,
     channel: Channel,
+    envelope: bool,
 }
 
 impl RawPublisher {
-    /// Connects, opens a confirm channel and declares `queue`.
-    pub async fn connect(broker: &Broker, queue: &str) -> anyhow::Result<Self> {
+    /// Connects, opens a confirm channel and declares `queue`. With `envelope`, messages
+    /// carry Warren's envelope fields too (see [`super::properties`]).
+    pub async fn connect(broker: &Broker, queue: &str, envelope: bool) -> anyhow::Result<Self> {
         let conn = broker.connect("warren-bench baseline publisher").await?;
         declare_plain_quorum(&conn, queue).await?;
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(RawPublisher { conn, channel })
+        Ok(RawPublisher {
+            conn,
+            channel,
+            envelope,
+        })
     }
 
     /// Publishes one message, returning its pending confirm.
@@ -40,7 +46,7 @@ impl RawPublisher {
                 queue.into(),
                 BasicPublishOptions::default(),
                 body,
-                super::properties(task),
+                super::properties(task, self.envelope),
             )
             .await
             .context("basic.publish")?;
