@@ -266,7 +266,7 @@ async fn every_kind_of_bad_task_is_dead_lettered_with_its_reason_and_the_worker_
     };
     let note = Note { text: "hi".into() };
     let mut expected = Vec::new();
-    let mut publish = |task: &'static str, options: TaskOptions, kind: &'static str| {
+    let publish = |task: &'static str, options: TaskOptions, kind: &'static str| {
         let publisher = publisher.clone();
         let note = Note {
             text: note.text.clone(),

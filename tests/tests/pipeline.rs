@@ -318,7 +318,7 @@ async fn bad_messages_are_dead_lettered_and_the_worker_goes_on() {
         );
         assert!(header(props, headers::DEAD_REASON).is_some());
     }
-    let seen = seen.lock().unwrap();
+    let seen = seen.lock().unwrap().clone();
     assert!(good.iter().all(|id| seen.get(id) == Some(&1)));
     delete_queues(&conn, &queue).await;
 }

@@ -205,7 +205,7 @@ async fn process(
         };
         let in_progress = &queue_metrics.in_progress;
         in_progress.inc();
-        let outcome = execute::execute(&shared, &queue, &delivery, &envelope, &metrics).await;
+        let outcome = execute::execute(&shared, &queue, &delivery, &envelope, metrics).await;
         in_progress.dec();
         drop(permit);
         let settle = routing::route(
