@@ -6,14 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use warren_common::{
-    init_tracing, serve_admin, shutdown_signal, AmqpArgs, Health, LogFormat, Shutdown,
-};
+use warren_common::{init_tracing, serve_admin, shutdown_signal, AmqpArgs, LogFormat, Shutdown};
 use warren_producer::scheduler::{self, schedule, SchedulerConfig};
 
 /// Publish Warren tasks on a schedule; replicas elect one leader through the broker.
 #[derive(Debug, Parser)]
-#[command(name = "warren-scheduler", version, about)]
+#[command(name = "warren-scheduler", version)]
 struct Args {
     #[command(flatten)]
     amqp: AmqpArgs,
@@ -22,7 +20,7 @@ struct Args {
     schedule: PathBuf,
     /// The scheduler group: replicas with the same name share one lease (`NAME.lease`) and
     /// one record of the last ticks (`NAME.state.<schedule>`).
-    #[arg(long, env = "WARREN_LEASE_NAME", default_value = scheduler::DEFAULT_LEASE_NAME)]
+    #[arg(long, env = "WARREN_LEASE_NAME", value_name = "NAME", default_value = scheduler::DEFAULT_LEASE_NAME)]
     lease_name: String,
     /// How often a standby tries to take the lease (bounds the failover time).
     #[arg(long, env = "WARREN_LEASE_RETRY", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -109,6 +107,6 @@ fn configure(args: &Args) -> anyhow::Result<SchedulerConfig> {
     config.lease_name.clone_from(&args.lease_name);
     config.lease_retry = args.lease_retry;
     config.confirm_timeout = args.confirm_timeout;
-    config.health = Health::new();
+    config.validate()?;
     Ok(config)
 }

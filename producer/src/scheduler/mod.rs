@@ -72,7 +72,8 @@ impl SchedulerConfig {
         format!("warren-scheduler {}", self.lease_name)
     }
 
-    fn validate(&self) -> Result<(), SchedulerError> {
+    /// Checks the settings that do not need the broker ([`run`] checks them too).
+    pub fn validate(&self) -> Result<(), SchedulerError> {
         let name = &self.lease_name;
         let allowed = |c: char| c.is_ascii_alphanumeric() || "_-.:".contains(c);
         if name.is_empty()
