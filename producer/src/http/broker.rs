@@ -82,7 +82,7 @@ impl Broker {
 
     async fn keep_connected(
         &self,
-        config: PublisherConfig,
+        mut config: PublisherConfig,
         spec: QueueSpec,
         failed: CancellationToken,
     ) {
@@ -90,7 +90,12 @@ impl Broker {
             match Publisher::connect(config.clone(), &self.inner.link_cancel).await {
                 Ok(publisher) => break publisher,
                 Err(error) => {
-                    tracing::warn!(%error, "cannot open the publishing channel; retrying")
+                    // The failed attempt registered the producer metrics already, and
+                    // registering them twice panics: later attempts go without.
+                    if config.metrics.take().is_some() {
+                        tracing::warn!("producer metrics are frozen until the server restarts");
+                    }
+                    tracing::warn!(%error, "cannot open the publishing channel; retrying");
                 }
             }
             tokio::time::sleep(RETRY_PAUSE).await;
