@@ -27,7 +27,9 @@ pub(crate) struct Linker {
     pinned: bool,
     urls: Vec<AmqpUrl>,
     name: String,
-    current: RwLock<Option<Arc<Link>>>,
+    current: Arc<RwLock<Option<Arc<Link>>>>,
+    /// Woken when the connection is lost, so the link is rebuilt without waiting for a publish.
+    lost: Arc<tokio::sync::Notify>,
     reconnecting: Mutex<u64>,
     blocked: watch::Sender<bool>,
     pub(crate) health: Health,
@@ -45,6 +47,12 @@ pub(crate) enum LinkError {
     Broker(lapin::Error),
 }
 
+impl Drop for Linker {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
 impl Linker {
     pub(crate) fn new(
         urls: Vec<AmqpUrl>,
@@ -56,7 +64,8 @@ impl Linker {
             pinned: false,
             urls,
             name,
-            current: RwLock::new(None),
+            current: Arc::new(RwLock::new(None)),
+            lost: Arc::new(tokio::sync::Notify::new()),
             reconnecting: Mutex::new(0),
             blocked: watch::channel(false).0,
             health: Health::new(),
@@ -163,6 +172,8 @@ impl Linker {
         let health = self.health.clone();
         let metrics = self.metrics.clone();
         let name = self.name.clone();
+        let current = self.current.clone();
+        let lost = self.lost.clone();
         tokio::spawn(async move {
             while let Some(event) = events.next().await {
                 match event {
@@ -182,11 +193,54 @@ impl Linker {
                             m.blocked.set(0);
                         }
                     }
+                    // A channel-level error (e.g. a refused declare on another channel) leaves
+                    // the connection up; anything else ends it.
+                    Event::Error(error) if error.is_amqp_soft_error() => {
+                        tracing::debug!(connection = %name, %error, "channel error");
+                    }
                     Event::Error(error) => {
-                        tracing::warn!(connection = %name, %error, "publishing connection failed");
+                        tracing::warn!(connection = %name, %error, "publishing connection lost");
                         let _ = blocked.send(false);
+                        let mut guard = current.write().unwrap_or_else(|e| e.into_inner());
+                        if guard.as_ref().is_some_and(|l| l.generation == generation) {
+                            *guard = None;
+                            health.set(Readiness::Reconnecting);
+                            if let Some(m) = &metrics {
+                                m.connected.set(0);
+                            }
+                        }
+                        drop(guard);
+                        lost.notify_one();
                     }
                     _ => {}
+                }
+            }
+        });
+    }
+
+    /// Rebuilds the link in the background whenever its connection is lost, so readiness
+    /// recovers without traffic. Holds the linker only weakly: stops once it is dropped or
+    /// closed.
+    pub(crate) fn keep_alive(linker: &Arc<Linker>) {
+        if linker.pinned {
+            return;
+        }
+        let weak = Arc::downgrade(linker);
+        let lost = linker.lost.clone();
+        let cancel = linker.cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = lost.notified() => {}
+                }
+                loop {
+                    let Some(linker) = weak.upgrade() else { return };
+                    match linker.get(Some(Duration::from_secs(10))).await {
+                        Ok(_) => break,
+                        Err(LinkError::Cancelled) => return,
+                        Err(_) => continue,
+                    }
                 }
             }
         });

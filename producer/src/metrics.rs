@@ -20,8 +20,9 @@ pub struct ProducerMetrics {
 }
 
 impl ProducerMetrics {
-    /// Creates and registers the metrics in `registry`.
-    pub fn new(registry: &Registry) -> Self {
+    /// Creates and registers the metrics in `registry`, or `None` (with a warning) if the
+    /// registry already holds them, e.g. from another publisher of the same process.
+    pub fn register(registry: &Registry) -> Option<Self> {
         let buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
@@ -75,10 +76,11 @@ impl ProducerMetrics {
             Box::new(metrics.reconnects.clone()),
         ];
         for collector in collectors {
-            registry
-                .register(collector)
-                .expect("metric registered once");
+            if let Err(error) = registry.register(collector) {
+                tracing::warn!(%error, "producer metrics already registered; this publisher exports none");
+                return None;
+            }
         }
-        metrics
+        Some(metrics)
     }
 }

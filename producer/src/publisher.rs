@@ -174,7 +174,7 @@ pub struct Publisher {
 }
 
 struct Inner {
-    link: Linker,
+    link: Arc<Linker>,
     topology: Topology,
     config: PublisherConfig,
     delays_declared: std::sync::atomic::AtomicU64,
@@ -186,17 +186,18 @@ impl Publisher {
         config: PublisherConfig,
         cancel: &CancellationToken,
     ) -> Result<Self, PublishError> {
-        let metrics = config.metrics.as_ref().map(ProducerMetrics::new);
+        let metrics = config.metrics.as_ref().and_then(ProducerMetrics::register);
         let name = config.connection_name.clone();
-        let link = Linker::new(
+        let link = Arc::new(Linker::new(
             config.amqp.urls.clone(),
             name,
             metrics,
             cancel.child_token(),
-        );
+        ));
         link.get(None)
             .await
             .map_err(|e| link_error(e, "", config.confirm_timeout))?;
+        Linker::keep_alive(&link);
         let topology = Topology::new(config.exchange.clone());
         let delays_declared = std::sync::atomic::AtomicU64::new(0);
         Ok(Publisher {
@@ -216,14 +217,16 @@ impl Publisher {
         conn: lapin::Connection,
         config: PublisherConfig,
     ) -> Result<Self, PublishError> {
-        let metrics = config.metrics.as_ref().map(ProducerMetrics::new);
+        let metrics = config.metrics.as_ref().and_then(ProducerMetrics::register);
         let name = config.connection_name.clone();
-        let link = Linker::pinned(conn, name, metrics)
-            .await
-            .map_err(|source| PublishError::Connection {
-                id: String::new(),
-                source,
-            })?;
+        let link = Arc::new(
+            Linker::pinned(conn, name, metrics)
+                .await
+                .map_err(|source| PublishError::Connection {
+                    id: String::new(),
+                    source,
+                })?,
+        );
         let topology = Topology::new(config.exchange.clone());
         let delays_declared = std::sync::atomic::AtomicU64::new(0);
         let inner = Inner {
