@@ -1,14 +1,18 @@
 //! Dead-letter tooling: list, replay and purge the dead letters of a work queue `Q`, which
 //! live in its dead-letter queue `Q.dead`.
 //!
-//! Every operation takes all of `Q.dead` out, settles what it acts on (a replay is acked once
-//! its republish is confirmed, a purge acks), and puts the rest back in their order (the `checkout`
-//! module says why that is a confirmed republish rather than a requeue). So a listing
-//! changes nothing a user can see, an interrupted operation never loses a dead letter, and
-//! its cost grows with the whole queue, not with the number shown. Run one operation on a
-//! queue at a time: two at once would interleave what they put back.
+//! AMQP cannot read a queue without taking its messages. So every operation makes one pass
+//! over `Q.dead`, a page of messages at a time: it takes them out, settles what it acts on (a
+//! replayed dead letter once its republish is confirmed, a purged one at once) and puts the
+//! rest back at the tail in their order, republished with confirms (the `checkout` module says
+//! why not requeued). After the pass the queue is in its order again: a listing changes
+//! nothing a user can see, an interrupted operation never loses a dead letter, and the cost
+//! grows with the whole queue, not with the number shown. Dead letters arriving during a pass
+//! may end up among the ones put back. Run one operation on a queue at a time: two at once
+//! would interleave what they put back.
 
 mod checkout;
+mod pass;
 mod properties;
 mod replay;
 mod view;
@@ -17,9 +21,9 @@ pub use replay::Selection;
 pub use view::{DeadLetter, Filter, BROKER_KIND_PREFIX};
 
 use crate::{PublishError, Publisher};
-use checkout::Checkout;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
+use pass::Pass;
 use std::time::Duration;
 use warren_common::{dead_letter_queue_name, now_ms, Retention};
 
@@ -186,40 +190,42 @@ impl DeadLetterQueue {
     /// The first `limit` dead letters selected by `filter`, oldest first. Every dead letter
     /// stays in the queue, in its order.
     pub async fn list(&self, filter: &Filter, limit: usize) -> Result<Listing, DeadLetterError> {
-        let mut checkout = Checkout::open(&self.publisher, &self.dlq, self.max_age).await?;
+        let mut pass = Pass::start(&self.publisher, &self.dlq, self.max_age).await?;
         let now = now_ms();
         let mut listing = Listing::default();
-        while let Some(delivery) = checkout.take().await? {
-            listing.total += 1;
-            let dead = DeadLetter::from_message(&delivery.properties, &delivery.data);
-            if filter.matches(&dead, now) {
-                listing.matching += 1;
-                if listing.shown.len() < limit {
-                    listing.shown.push(dead);
+        while pass.next_page().await? {
+            while let Some(delivery) = pass.take().await? {
+                listing.total += 1;
+                let dead = DeadLetter::from_message(&delivery.properties, &delivery.data);
+                if filter.matches(&dead, now) {
+                    listing.matching += 1;
+                    if listing.shown.len() < limit {
+                        listing.shown.push(dead);
+                    }
                 }
+                pass.keep(delivery);
             }
-            checkout.keep(delivery);
         }
-        checkout.finish().await?;
         Ok(listing)
     }
 
     /// Deletes the dead letters selected by `filter` (an empty filter selects all) and
     /// returns how many were deleted. The others stay, in their order.
     pub async fn purge(&self, filter: &Filter) -> Result<usize, DeadLetterError> {
-        let mut checkout = Checkout::open(&self.publisher, &self.dlq, self.max_age).await?;
+        let mut pass = Pass::start(&self.publisher, &self.dlq, self.max_age).await?;
         let now = now_ms();
         let mut deleted = 0;
-        while let Some(delivery) = checkout.take().await? {
-            let dead = DeadLetter::from_message(&delivery.properties, &delivery.data);
-            if filter.matches(&dead, now) {
-                checkout.delete(delivery);
-                deleted += 1;
-            } else {
-                checkout.keep(delivery);
+        while pass.next_page().await? {
+            while let Some(delivery) = pass.take().await? {
+                let dead = DeadLetter::from_message(&delivery.properties, &delivery.data);
+                if filter.matches(&dead, now) {
+                    pass.delete(delivery);
+                    deleted += 1;
+                } else {
+                    pass.keep(delivery);
+                }
             }
         }
-        checkout.finish().await?;
         Ok(deleted)
     }
 }

@@ -368,8 +368,9 @@ async fn a_broker_dead_letter_is_shown_and_replayed_clean() {
 }
 
 #[tokio::test]
-async fn order_and_count_hold_for_a_thousand_and_more_dead_letters() {
-    const COUNT: usize = 1500;
+async fn order_and_count_hold_over_several_pages_of_dead_letters() {
+    // More than one page (4,096) of the pass.
+    const COUNT: usize = 5000;
     let queue = unique_queue("dlorder");
     let dlq = format!("{queue}.dead");
     let publisher = publisher(&queue).await;

@@ -4,7 +4,7 @@
 //! confirmed the republish (with the others, when the checkout finishes), so a crash
 //! mid-replay duplicates a task at worst and never loses one.
 
-use super::checkout::Checkout;
+use super::pass::Pass;
 use super::properties::replay_properties;
 use super::{DeadLetter, DeadLetterError, DeadLetterQueue};
 use crate::PublishError;
@@ -47,17 +47,17 @@ struct Tally {
 
 impl Tally {
     /// Records one replay: a replayed dead letter leaves the queue when the checkout
-    /// finishes, one that could not be republished stays.
-    fn record(&mut self, outcome: (Delivery, Result<(), PublishError>), checkout: &mut Checkout) {
+    /// is settled, one that could not be republished stays.
+    fn record(&mut self, outcome: (Delivery, Result<(), PublishError>), pass: &mut Pass) {
         match outcome {
             (delivery, Ok(())) => {
                 self.replayed += 1;
-                checkout.delete(delivery);
+                pass.delete(delivery);
             }
             (delivery, Err(error)) => {
                 self.failed += 1;
                 self.first_failure.get_or_insert(error);
-                checkout.keep(delivery);
+                pass.keep(delivery);
             }
         }
     }
@@ -74,31 +74,30 @@ impl DeadLetterQueue {
         selection: &Selection,
         reset_attempts: bool,
     ) -> Result<usize, DeadLetterError> {
-        let mut checkout = Checkout::open(&self.publisher, &self.dlq, self.max_age).await?;
+        let mut pass = Pass::start(&self.publisher, &self.dlq, self.max_age).await?;
         let mut found = HashSet::new();
         let mut tally = Tally::default();
-        let mut inflight = FuturesUnordered::new();
-        loop {
-            while inflight.len() >= REPLAY_WINDOW {
-                if let Some(outcome) = inflight.next().await {
-                    tally.record(outcome, &mut checkout);
+        while pass.next_page().await? {
+            let mut inflight = FuturesUnordered::new();
+            while let Some(delivery) = pass.take().await? {
+                let dead = DeadLetter::from_message(&delivery.properties, &delivery.data);
+                if !selection.matches(&dead) {
+                    pass.keep(delivery);
+                    continue;
+                }
+                found.extend(dead.id.clone());
+                inflight.push(self.replay_one(delivery, dead, reset_attempts));
+                if inflight.len() >= REPLAY_WINDOW {
+                    if let Some(outcome) = inflight.next().await {
+                        tally.record(outcome, &mut pass);
+                    }
                 }
             }
-            let Some(delivery) = checkout.take().await? else {
-                break;
-            };
-            let dead = DeadLetter::from_message(&delivery.properties, &delivery.data);
-            if !selection.matches(&dead) {
-                checkout.keep(delivery);
-                continue;
+            // Every replay of the page is settled before the page is.
+            while let Some(outcome) = inflight.next().await {
+                tally.record(outcome, &mut pass);
             }
-            found.extend(dead.id.clone());
-            inflight.push(self.replay_one(delivery, dead, reset_attempts));
         }
-        while let Some(outcome) = inflight.next().await {
-            tally.record(outcome, &mut checkout);
-        }
-        checkout.finish().await?;
         self.replay_result(tally, selection, &found)
     }
 
