@@ -10,12 +10,11 @@ mod metrics;
 mod publisher;
 pub mod scheduler;
 
+pub use dead_letters::{
+    DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection, BROKER_KIND_PREFIX,
+};
 pub use http::{
     serve_ingest, BearerToken, IngestConfig, IngestError, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
-};
-pub use dead_letters::{
-    DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection,
-    BROKER_KIND_PREFIX,
 };
 pub use metrics::ProducerMetrics;
 pub use publisher::{

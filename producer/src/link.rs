@@ -156,7 +156,7 @@ impl Linker {
             generation: *generation,
         });
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
-        let _ = self.blocked.send(false);
+        self.blocked.send_replace(false);
         self.health.set(Readiness::Ready);
         if let Some(m) = &self.metrics {
             m.connected.set(1);
@@ -179,7 +179,7 @@ impl Linker {
                 match event {
                     Event::ConnectionBlocked(reason) => {
                         tracing::warn!(connection = %name, %reason, generation, "broker blocks publishers");
-                        let _ = blocked.send(true);
+                        blocked.send_replace(true);
                         health.set(Readiness::Blocked);
                         if let Some(m) = &metrics {
                             m.blocked.set(1);
@@ -187,7 +187,7 @@ impl Linker {
                     }
                     Event::ConnectionUnblocked => {
                         tracing::info!(connection = %name, "broker unblocked publishers");
-                        let _ = blocked.send(false);
+                        blocked.send_replace(false);
                         health.set(Readiness::Ready);
                         if let Some(m) = &metrics {
                             m.blocked.set(0);
@@ -200,7 +200,7 @@ impl Linker {
                     }
                     Event::Error(error) => {
                         tracing::warn!(connection = %name, %error, "publishing connection lost");
-                        let _ = blocked.send(false);
+                        blocked.send_replace(false);
                         let mut guard = current.write().unwrap_or_else(|e| e.into_inner());
                         if guard.as_ref().is_some_and(|l| l.generation == generation) {
                             *guard = None;

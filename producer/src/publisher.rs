@@ -84,6 +84,14 @@ pub enum PublishError {
         /// How long the publish waited.
         timeout: Duration,
     },
+    /// The delay is longer than the delay cascade can hold.
+    #[error("a delay of {requested:?} is longer than the longest Warren can hold ({max:?})")]
+    DelayTooLong {
+        /// The delay asked for.
+        requested: Duration,
+        /// The longest delay possible.
+        max: Duration,
+    },
     /// Connecting was abandoned.
     #[error(transparent)]
     Connect(#[from] ConnectError),
@@ -103,7 +111,9 @@ impl PublishError {
             PublishError::Connection { .. }
             | PublishError::Connect(_)
             | PublishError::Unavailable { .. } => "connection",
-            PublishError::Envelope(_) | PublishError::Codec(_) => "invalid",
+            PublishError::Envelope(_)
+            | PublishError::Codec(_)
+            | PublishError::DelayTooLong { .. } => "invalid",
             PublishError::Topology(_) => "topology",
         }
     }
@@ -346,8 +356,15 @@ impl Publisher {
             .delay
             .filter(|d| delay::delay_seconds(*d) > 0)
             .map(|d| {
-                envelope.created_ms.unwrap_or_else(warren_common::now_ms) + d.as_millis() as u64
+                let created = envelope.created_ms.unwrap_or_else(warren_common::now_ms);
+                created + delay::delay_seconds(d) * 1000
             });
+        if let Some(wait) = options.delay.filter(|d| *d > delay::max_delay()) {
+            return Err(PublishError::DelayTooLong {
+                requested: wait,
+                max: delay::max_delay(),
+            });
+        }
         envelope.validate()?;
         let body = codec.encode(payload)?;
         Ok((envelope, body))
@@ -403,24 +420,29 @@ impl Publisher {
             immediate: false,
         };
         let started = Instant::now();
-        let confirm = link
-            .channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await
-            .map_err(broken)?;
-        let confirmation = tokio::time::timeout(timeout, confirm)
-            .await
-            .map_err(|_| PublishError::Timeout {
-                id: id.to_owned(),
-                timeout,
-            })?
-            .map_err(broken)?;
+        // Sending can stall too (lapin holds writes while the broker blocks the connection),
+        // so the timeout covers the publish and its confirm together.
+        let publish = async {
+            let confirm = link
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    options,
+                    body,
+                    properties,
+                )
+                .await
+                .map_err(broken)?;
+            confirm.await.map_err(broken)
+        };
+        let confirmation =
+            tokio::time::timeout(timeout, publish)
+                .await
+                .map_err(|_| PublishError::Timeout {
+                    id: id.to_owned(),
+                    timeout,
+                })??;
         if let Some(metrics) = &self.inner.link.metrics {
             metrics
                 .confirm_latency

@@ -83,6 +83,13 @@ impl PrivateNode {
         assert!(status.success(), "the private node did not start");
     }
 
+    /// Runs `rabbitmqctl ARGS` against the node; true if it succeeded.
+    pub fn ctl(&self, args: &[&str]) -> bool {
+        let mut cmd = self.command("rabbitmqctl");
+        cmd.args(["-n", &self.name]).args(args);
+        cmd.status().map(|s| s.success()).unwrap_or(false)
+    }
+
     /// Stops the node cleanly.
     pub fn stop(&self) {
         let _ = self

@@ -187,6 +187,13 @@ impl WorkerConfig {
                 "priority queues must be classic: add --queue-type classic".into(),
             );
         }
+        let mut limited = std::collections::HashSet::new();
+        if let Some(twice) = self.rate_limits.iter().find(|l| !limited.insert(&l.task)) {
+            return invalid(
+                "--rate-limit",
+                format!("task `{}` is given more than one limit", twice.task),
+            );
+        }
         if self.poll_interval.is_zero() {
             return invalid("--poll-interval", "must be longer than zero".into());
         }

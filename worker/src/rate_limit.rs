@@ -49,6 +49,9 @@ impl FromStr for RateLimit {
         if task.trim().is_empty() {
             return Err(shape());
         }
+        if (per / rate.get()).is_zero() {
+            return Err(format!("`{s}`: at most 1,000,000,000 tasks per second"));
+        }
         Ok(RateLimit {
             task: task.trim().to_owned(),
             rate,
@@ -115,6 +118,7 @@ mod tests {
             "demo.cpu",
             "demo.cpu=50",
             "demo.cpu=0/s",
+            "x=2000000000/s",
             "=5/s",
             "x=5/week",
             "x=5/s:0",

@@ -31,6 +31,10 @@ struct Args {
     /// How long each publish waits for the broker's confirm.
     #[arg(long, env = "WARREN_CONFIRM_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     confirm_timeout: Duration,
+    /// Dead-letter retention of the schedules' queues, if they have to be declared (must match
+    /// the workers').
+    #[command(flatten)]
+    retention: warren_common::Retention,
     /// Address of the admin HTTP server (/metrics, /healthz, /readyz); port 0 picks one.
     #[arg(long, env = "WARREN_ADMIN_ADDR", default_value = "0.0.0.0:9092")]
     admin_addr: SocketAddr,
@@ -107,6 +111,7 @@ fn configure(args: &Args) -> anyhow::Result<SchedulerConfig> {
     config.lease_name.clone_from(&args.lease_name);
     config.lease_retry = args.lease_retry;
     config.confirm_timeout = args.confirm_timeout;
+    config.retention = args.retention;
     config.validate()?;
     Ok(config)
 }

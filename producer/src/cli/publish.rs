@@ -43,8 +43,9 @@ pub struct PublishArgs {
     /// Hold the task in the broker this long before it runs (e.g. 30s, 2h).
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "at")]
     delay: Option<Duration>,
-    /// Run the task not before this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
-    #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+    /// Run the task not before this time (RFC 3339 with a zone, e.g. 2026-12-01T09:00:00Z or
+    /// 2026-12-01T10:00:00+01:00).
+    #[arg(long, value_parser = parse_time)]
     at: Option<SystemTime>,
     /// Do not run the task after this much time has passed (it is dead-lettered as expired).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -178,5 +179,29 @@ async fn publish_many(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// An RFC 3339 time with its offset honoured.
+fn parse_time(value: &str) -> Result<SystemTime, String> {
+    let time = chrono::DateTime::parse_from_rfc3339(value.trim()).map_err(|e| {
+        format!("not an RFC 3339 time with a zone ({e}), e.g. 2026-12-01T09:00:00Z")
+    })?;
+    Ok(SystemTime::from(time))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_keep_their_offset() {
+        let utc = parse_time("2026-12-01T09:00:00Z").unwrap();
+        let paris = parse_time("2026-12-01T10:00:00.5+01:00").unwrap();
+        assert_eq!(
+            paris.duration_since(utc).unwrap(),
+            Duration::from_millis(500)
+        );
+        assert!(parse_time("2026-12-01T09:00:00").is_err());
     }
 }

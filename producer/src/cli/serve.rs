@@ -25,6 +25,10 @@ pub struct ServeArgs {
     /// Declare the default queue as a priority queue with this maximum priority (classic only).
     #[arg(long, env = "WARREN_MAX_PRIORITY", value_parser = clap::value_parser!(u8).range(1..=9))]
     max_priority: Option<u8>,
+    /// Dead-letter retention of the default queue, if it has to be declared (must match the
+    /// workers').
+    #[command(flatten)]
+    retention: warren_common::Retention,
     /// How long a request waits for the broker's confirm (and at most for a reconnection)
     /// before it is answered 503.
     #[arg(long, env = "WARREN_CONFIRM_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -75,6 +79,7 @@ pub async fn run(
     let config = IngestConfig {
         queue_kind: args.queue_type,
         max_priority: args.max_priority,
+        retention: args.retention,
         auth_token,
         max_body_bytes: args.max_body_bytes,
         max_batch: args.max_batch,

@@ -14,8 +14,10 @@ const ADDED_ON_DELIVERY: [&str; 2] = [headers::X_DELIVERY_COUNT, "x-acquired-cou
 
 /// Headers a replayed task must not carry: the worker's dead-letter record and the broker's
 /// delivery and dead-lettering history (a replayed task starts afresh).
-pub(super) const STRIPPED_ON_REPLAY: [&str; 17] = [
+pub(super) const STRIPPED_ON_REPLAY: [&str; 19] = [
     headers::DEAD_REASON,
+    headers::LAST_ERROR,
+    headers::NOT_BEFORE_MS,
     headers::DEAD_KIND,
     headers::DEAD_ATTEMPTS,
     headers::FIRST_FAILURE_MS,

@@ -43,6 +43,8 @@ pub struct IngestConfig {
     pub queue_kind: QueueKind,
     /// Declare the default queue as a priority queue with this maximum priority.
     pub max_priority: Option<u8>,
+    /// Dead-letter retention used when declaring the default queue.
+    pub retention: warren_common::Retention,
     /// Token required on `/v1` requests; none means `/v1` is open.
     pub auth_token: Option<BearerToken>,
     /// Largest request body accepted; larger ones are answered 413.
@@ -61,6 +63,7 @@ impl IngestConfig {
             publisher,
             queue_kind: QueueKind::default(),
             max_priority: None,
+            retention: warren_common::Retention::default(),
             auth_token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
@@ -95,8 +98,9 @@ pub async fn serve_ingest(
     let http_metrics = HttpMetrics::new(&config.registry)?;
     config.publisher.metrics = Some(config.registry.clone());
     let default_queue = config.publisher.default_queue.clone();
-    let spec =
-        QueueSpec::new(&default_queue, config.queue_kind).with_max_priority(config.max_priority);
+    let spec = QueueSpec::new(&default_queue, config.queue_kind)
+        .with_max_priority(config.max_priority)
+        .with_retention(config.retention);
     let failed = CancellationToken::new();
     let broker = Broker::start(
         config.publisher.clone(),

@@ -82,7 +82,8 @@ async fn prepare(
     metrics: &SchedulerMetrics,
 ) -> Result<Option<Vec<Cursor>>, SchedulerError> {
     for schedule in &config.schedules {
-        let spec = QueueSpec::new(&schedule.queue, schedule.queue_type);
+        let spec =
+            QueueSpec::new(&schedule.queue, schedule.queue_type).with_retention(config.retention);
         match publisher.declare(&spec).await {
             Ok(()) => {}
             Err(PublishError::Topology(error)) if error.is_permanent() => {

@@ -47,6 +47,8 @@ pub struct SchedulerConfig {
     pub lease_retry: Duration,
     /// How long each publish waits for the broker's confirm.
     pub confirm_timeout: Duration,
+    /// Dead-letter retention used when declaring the schedules' queues.
+    pub retention: warren_common::Retention,
     /// Registry the scheduler's metrics are registered in.
     pub metrics: prometheus::Registry,
     /// Readiness for `/readyz`: ready while connected, as leader or standby.
@@ -63,6 +65,7 @@ impl SchedulerConfig {
             lease_name: DEFAULT_LEASE_NAME.to_owned(),
             lease_retry: DEFAULT_LEASE_RETRY,
             confirm_timeout: crate::DEFAULT_CONFIRM_TIMEOUT,
+            retention: warren_common::Retention::default(),
             metrics: prometheus::Registry::new(),
             health: Health::new(),
         }
