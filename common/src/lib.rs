@@ -11,6 +11,7 @@ mod codec;
 pub mod delay;
 mod envelope;
 pub mod headers;
+mod republish;
 mod shutdown;
 mod telemetry;
 mod topology;
@@ -23,6 +24,7 @@ pub use envelope::{
     header_string, header_u64, int_value, now_ms, text_value, Envelope, EnvelopeError, TaskId,
     DEFAULT_SCHEMA_VERSION,
 };
+pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};
 pub use telemetry::{init_tracing, LogFormat};
 pub use topology::{

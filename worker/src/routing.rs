@@ -10,25 +10,13 @@ use lapin::message::Delivery;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use warren_common::{
-    dead_letter_queue_name, delay, header_u64, headers, int_value, now_ms, text_value, Envelope,
+    dead_letter_queue_name, delay, header_u64, headers, headers_without, int_value, now_ms,
+    republished, text_value, Envelope, BROKER_HEADERS,
 };
 use warren_producer::Publisher;
 
 /// Longest reason text kept in a dead letter's headers.
 const MAX_REASON_BYTES: usize = 2048;
-
-/// Headers the broker adds on delivery or dead-lettering; a republished task starts afresh.
-const BROKER_HEADERS: [&str; 9] = [
-    headers::X_DELIVERY_COUNT,
-    headers::X_DEATH,
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-    "x-acquired-count",
-];
 
 /// Routes the outcome and says how to settle the delivery.
 pub(crate) async fn route(
@@ -73,35 +61,7 @@ pub(crate) async fn route(
 }
 
 fn without_broker_headers(props: &BasicProperties) -> FieldTable {
-    let mut table = props.headers().clone().unwrap_or_default();
-    let inner: std::collections::BTreeMap<_, _> = std::mem::take(&mut table)
-        .inner()
-        .iter()
-        .filter(|(k, _)| !BROKER_HEADERS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    FieldTable::from(inner)
-}
-
-/// The properties of a republished task: the original ones, persistent, with `headers`,
-/// and without `expiration` (it would cut a delay short) or `user_id` (the broker refuses a
-/// user id other than the publishing connection's).
-fn republished(props: &BasicProperties, headers: FieldTable) -> BasicProperties {
-    let mut out = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    macro_rules! copy {
-        ($($get:ident => $set:ident),*) => {$(
-            if let Some(value) = props.$get() {
-                out = out.$set(value.clone());
-            }
-        )*};
-    }
-    copy!(content_type => with_content_type, content_encoding => with_content_encoding,
-        priority => with_priority, correlation_id => with_correlation_id,
-        reply_to => with_reply_to, message_id => with_message_id, timestamp => with_timestamp,
-        kind => with_type, app_id => with_app_id);
-    out
+    headers_without(props, &BROKER_HEADERS)
 }
 
 fn retry_properties(

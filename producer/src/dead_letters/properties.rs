@@ -5,7 +5,6 @@
 use super::DeadLetter;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use std::collections::BTreeMap;
 use std::time::Duration;
 use warren_common::{headers, int_value};
 
@@ -78,33 +77,11 @@ pub(super) fn replay_properties(
 }
 
 fn without(props: &BasicProperties, names: &[&str]) -> FieldTable {
-    let mut table: BTreeMap<_, _> = props
-        .headers()
-        .as_ref()
-        .map(|t| t.inner().clone())
-        .unwrap_or_default();
-    table.retain(|name, _| !names.contains(&name.as_str()));
-    FieldTable::from(table)
+    warren_common::headers_without(props, names)
 }
 
-/// The properties, persistent, with `headers`, and without `expiration` and `user_id` (the
-/// broker refuses a user id other than the publishing connection's).
 fn copied(props: &BasicProperties, headers: FieldTable) -> BasicProperties {
-    let mut out = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    macro_rules! copy {
-        ($($get:ident => $set:ident),*) => {$(
-            if let Some(value) = props.$get() {
-                out = out.$set(value.clone());
-            }
-        )*};
-    }
-    copy!(content_type => with_content_type, content_encoding => with_content_encoding,
-        priority => with_priority, correlation_id => with_correlation_id,
-        reply_to => with_reply_to, message_id => with_message_id, timestamp => with_timestamp,
-        kind => with_type, app_id => with_app_id, cluster_id => with_cluster_id);
-    out
+    warren_common::republished(props, headers)
 }
 
 #[cfg(test)]
