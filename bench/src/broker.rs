@@ -132,7 +132,12 @@ pub fn mask(url: &str) -> String {
 
 /// The broker's version, from `rabbitmqctl version` (when the broker runs on this machine).
 pub async fn broker_version() -> String {
-    for ctl in ["/usr/lib/rabbitmq/bin/rabbitmqctl", "rabbitmqctl"] {
+    // The /usr/sbin wrapper runs as the broker's user (with its Erlang cookie).
+    for ctl in [
+        "/usr/sbin/rabbitmqctl",
+        "/usr/lib/rabbitmq/bin/rabbitmqctl",
+        "rabbitmqctl",
+    ] {
         let run = tokio::process::Command::new(ctl)
             .arg("version")
             .stdin(std::process::Stdio::null())

@@ -3,9 +3,10 @@
 //! process reporting ready (`/readyz` 200: connected, about to subscribe) to the sum of the
 //! processes' success counters (`/metrics`) reaching the number of tasks published.
 //!
-//! The counters are polled adaptively: every 20 ms while far from done, then every 1 ms as
+//! The counters are polled adaptively: every 50 ms while far from done, then every 1 ms as
 //! the estimated finish nears, so the end is seen within about a millisecond while the
-//! scrapes cost the workers next to nothing.
+//! scrapes cost the workers little (a scrape of Warren's /metrics renders every series: a
+//! few hundred microseconds of the worker's CPU; a W1 drain sees 10-20 of them).
 
 use crate::broker::Broker;
 use crate::launch::{Launcher, Side, WorkerSettings};
@@ -31,7 +32,7 @@ pub struct Drain {
     pub done_at: Instant,
     /// Each process's resident memory at the end, MiB.
     pub rss_mib: Vec<f64>,
-    /// CPU time all the processes used, from their start to the end of the drain, seconds.
+    /// CPU time the processes used during the drain (from the first ready), seconds.
     pub cpu_seconds: f64,
 }
 
@@ -64,12 +65,11 @@ pub async fn drain(
     .await?;
     let (first_ready, _, _) = select_all(procs.iter().map(|p| p.wait_ready().boxed())).await;
     let first_ready = first_ready?;
+    let cpu = || procs.iter().map(Proc::cpu_seconds).sum::<Result<f64, _>>();
+    let cpu_at_ready = cpu()?;
     let done_at = wait_finished(&procs, spec.tasks, first_ready).await?;
+    let cpu_seconds = cpu()? - cpu_at_ready;
     let rss_mib = procs.iter().map(Proc::rss_mib).collect::<Result<_, _>>()?;
-    let cpu_seconds = procs
-        .iter()
-        .map(Proc::cpu_seconds)
-        .sum::<Result<f64, _>>()?;
     let finished: u64 = try_join_all(procs.iter().map(Proc::finished))
         .await?
         .into_iter()
@@ -113,7 +113,7 @@ async fn wait_finished(procs: &[Proc], tasks: u64, start: Instant) -> anyhow::Re
     }
 }
 
-/// Half the estimated time left, between 1 and 20 ms.
+/// Half the estimated time left, between 1 and 50 ms.
 fn next_poll(done: u64, tasks: u64, elapsed: Duration) -> Duration {
     let min = Duration::from_millis(1);
     if done == 0 {
@@ -121,7 +121,7 @@ fn next_poll(done: u64, tasks: u64, elapsed: Duration) -> Duration {
     }
     let rate = done as f64 / elapsed.as_secs_f64().max(1e-6);
     let left = Duration::from_secs_f64((tasks - done) as f64 / rate / 2.0);
-    left.clamp(min, Duration::from_millis(20))
+    left.clamp(min, Duration::from_millis(50))
 }
 
 #[cfg(test)]
@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn polls_slowly_when_far_and_quickly_when_near() {
         let ms = Duration::from_millis;
-        assert_eq!(next_poll(1_000, 20_000, ms(100)), ms(20));
+        assert_eq!(next_poll(1_000, 20_000, ms(100)), ms(50));
         assert_eq!(next_poll(19_990, 20_000, ms(200)), ms(1));
         assert_eq!(next_poll(0, 20_000, ms(5)), ms(2));
     }

@@ -15,6 +15,24 @@ pub const LOG_FILTER: &str = "warn,warren_common::admin=info";
 /// Warren's success counter.
 pub const WARREN_METRIC: &str = "warren_tasks_succeeded_total";
 
+/// Environment variable naming a command to run every worker process under, for profiling:
+/// `WARREN_BENCH_WRAP="valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p"`.
+pub const WRAP_ENV: &str = "WARREN_BENCH_WRAP";
+
+/// A command running `program`, under the wrapper of [`WRAP_ENV`] if one is set.
+fn wrapped(program: &std::path::Path) -> Command {
+    let wrap = std::env::var(WRAP_ENV).unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    match words.next() {
+        None => Command::new(program),
+        Some(first) => {
+            let mut cmd = Command::new(first);
+            cmd.args(words).arg(program);
+            cmd
+        }
+    }
+}
+
 /// The two sides of every comparison.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Side {
@@ -77,7 +95,7 @@ impl Launcher {
     ) -> anyhow::Result<Proc> {
         match side {
             Side::Warren => {
-                let mut cmd = Command::new(&self.worker_bin);
+                let mut cmd = wrapped(&self.worker_bin);
                 cmd.args(["--queue", queue, "--admin-addr", "127.0.0.1:0"])
                     .args(["--concurrency", &settings.concurrency.to_string()])
                     .args(["--prefetch", &settings.prefetch.to_string()])
@@ -120,7 +138,7 @@ impl Launcher {
         settings: WorkerSettings,
         expect: Option<usize>,
     ) -> Command {
-        let mut cmd = Command::new(&self.self_exe);
+        let mut cmd = wrapped(&self.self_exe);
         cmd.args([role, "--queue", queue, "--amqp-url", &self.url])
             .args(["--concurrency", &settings.concurrency.to_string()])
             .args(["--prefetch", &settings.prefetch.to_string()])

@@ -165,8 +165,13 @@ impl Proc {
     }
 }
 
-/// CPU time (user + system) of process `pid` (or `self`) from /proc/PID/stat, in seconds.
+/// CPU time of process `pid` (or `self`), in seconds: the sum over its live threads of
+/// the nanoseconds on CPU in /proc/PID/task/*/schedstat, or (without schedstat) user +
+/// system time from /proc/PID/stat in 10 ms ticks.
 pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    if let Some(ns) = schedstat_ns(pid) {
+        return Ok(ns as f64 / 1e9);
+    }
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at field 3, `state`;
     // utime and stime are fields 14 and 15, in USER_HZ ticks (100 per second on Linux).
@@ -179,6 +184,18 @@ pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
             .parse::<f64>()?)
     };
     Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+fn schedstat_ns(pid: &str) -> Option<u64> {
+    let mut total = 0;
+    for thread in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = thread.ok()?.path().join("schedstat");
+        // A thread that just exited has no file any more: skip it.
+        if let Ok(text) = std::fs::read_to_string(path) {
+            total += text.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
 }
 
 async fn read_stderr(

@@ -78,7 +78,7 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             format!("worker: prefetch {}, concurrency {} (Warren: `warren-worker --prefetch {} --concurrency {}`; baseline: `multiple` ack at least every {} completions and whenever idle)", t.prefetch, t.concurrency, t.prefetch, t.concurrency, t.ack_every),
             "drain: from the worker process reporting ready (/readyz) to its success counter (/metrics) reaching the task count; end-to-end: from the first publish to the last task finished, including starting the worker process".to_owned(),
             "startup: from spawning the worker process to /readyz answering 200 (Warren declares its topology and opens two connections)".to_owned(),
-            "CPU per task: user + system time of the publishing process during the publish, and of the worker process from its start to the end of the drain (/proc/PID/stat, 10 ms ticks), over the task count".to_owned(),
+            "CPU per task: CPU time (/proc/PID/task/*/schedstat) of the publishing process during the publish, and of the worker process during the drain, over the task count".to_owned(),
         ],
         rows: vec![
             row(&mut samples, "publish", "publish", "tasks/s", Some(Target::RatioAtLeast(0.9))),
