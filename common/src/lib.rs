@@ -11,6 +11,7 @@ mod codec;
 pub mod delay;
 mod envelope;
 pub mod headers;
+mod queue;
 mod republish;
 mod shutdown;
 mod telemetry;
@@ -24,11 +25,9 @@ pub use envelope::{
     header_string, header_u64, int_value, now_ms, text_value, Envelope, EnvelopeError, TaskId,
     DEFAULT_SCHEMA_VERSION,
 };
+pub use queue::{dead_letter_queue_name, QueueKind, QueueSpec, Retention};
 pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};
 pub use telemetry::{init_tracing, LogFormat};
-pub use topology::{
-    dead_letter_queue_name, QueueKind, QueueSpec, QueueState, Retention, Topology, TopologyError,
-    DEFAULT_EXCHANGE,
-};
+pub use topology::{QueueState, Topology, TopologyError, DEFAULT_EXCHANGE};
 pub use trace::TraceParent;

@@ -4,6 +4,7 @@
 
 pub mod cli;
 mod dead_letters;
+mod error;
 mod http;
 mod link;
 mod metrics;
@@ -13,11 +14,10 @@ pub mod scheduler;
 pub use dead_letters::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection, BROKER_KIND_PREFIX,
 };
+pub use error::PublishError;
 pub use http::{
     serve_ingest, BearerToken, IngestConfig, IngestError, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
 };
 pub use metrics::ProducerMetrics;
-pub use publisher::{
-    PublishError, Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
-};
+pub use publisher::{Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT};
 pub use warren_common::{Codec, QueueKind, QueueSpec, TaskId};

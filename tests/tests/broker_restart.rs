@@ -75,10 +75,14 @@ async fn worker_and_producer_recover_from_a_clean_restart_and_from_a_killed_brok
     // queues need to survive the kill -9 below).
     node.stop();
     readiness_is(&worker, 503, Duration::from_secs(10)).await;
-    wait_until(Duration::from_secs(10), "the producer to report the loss", || {
-        let state = publisher.health().get();
-        async move { state != Readiness::Ready }
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "the producer to report the loss",
+        || {
+            let state = publisher.health().get();
+            async move { state != Readiness::Ready }
+        },
+    )
     .await;
     node.boot();
     readiness_is(&worker, 200, Duration::from_secs(30)).await;
