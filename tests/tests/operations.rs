@@ -57,13 +57,20 @@ async fn readiness_follows_connecting_consuming_and_draining() {
     publish(
         &queue,
         &amqp_url(),
-        &["--task", "demo.sleep", "--payload", r#"{"ms": 1500}"#],
+        &["--task", "demo.sleep", "--payload", r#"{"ms": 4000}"#],
     )
     .await;
-    wait_for_line(&worker.lines, "task{", Duration::from_secs(10))
-        .await
-        .ok();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Drain while the task runs (no log line marks a task's start: watch the gauge).
+    wait_until(Duration::from_secs(10), "the task to start", || async {
+        let metrics = http_get(&worker.admin, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        metrics
+            .lines()
+            .any(|l| l.starts_with("warren_tasks_in_progress{") && l.ends_with(" 1"))
+    })
+    .await;
     worker.signal("TERM");
     wait_until(Duration::from_secs(2), "readiness to turn 503", || async {
         worker.readiness().await == 503
