@@ -29,13 +29,15 @@ impl Broker {
         }
     }
 
-    /// A queue name unique to this run, remembered for [`cleanup`](Self::cleanup).
+    /// A queue name unique to this run (and to this call), remembered for
+    /// [`cleanup`](Self::cleanup).
     pub fn queue(&self, label: &str) -> String {
-        let name = format!("bench.{}.{label}", self.run_id);
-        self.created
+        let mut created = self
+            .created
             .lock()
-            .expect("the queue list is never poisoned")
-            .push(name.clone());
+            .expect("the queue list is never poisoned");
+        let name = format!("bench.{}.{label}.{}", self.run_id, created.len());
+        created.push(name.clone());
         name
     }
 

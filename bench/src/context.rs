@@ -169,6 +169,22 @@ impl Samples {
     }
 }
 
+/// Runs one repetition, and once more if it fails: the machine and the broker are shared,
+/// and one refused connection should not discard a whole run. A second failure is final.
+pub async fn retry_once<T, F, Fut>(what: &str, mut run: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    match run().await {
+        Ok(value) => Ok(value),
+        Err(error) => {
+            eprintln!("warning: {what} failed; retrying it once: {error:#}");
+            run().await
+        }
+    }
+}
+
 /// A progress line on stderr.
 pub fn progress(workload: &str, rep: u32, side: Side, text: &str) {
     eprintln!("[{workload} rep {}] {:<8} {text}", rep + 1, side.label());

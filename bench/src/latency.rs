@@ -8,7 +8,7 @@
 //! registered by the benchmark, and the baseline worker runs the same handler.
 
 use crate::baseline::RawPublisher;
-use crate::context::{progress, Ctx, Samples};
+use crate::context::{progress, retry_once, Ctx, Samples};
 use crate::launch::Side;
 use crate::payload::{self, Stamp, STAMP};
 use crate::report::{Row, Target, WorkloadReport};
@@ -23,7 +23,8 @@ pub async fn w3(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
     let mut samples = Samples::default();
     for rep in 0..ctx.reps {
         for side in Side::order(rep) {
-            let latencies = run_probes(ctx, side, rep).await?;
+            let what = format!("W3 rep {} ({})", rep + 1, side.label());
+            let latencies = retry_once(&what, || run_probes(ctx, side, rep)).await?;
             let (p50, p99, max) =
                 latency_figures(latencies).context("the worker reported no latencies")?;
             for (key, value) in [("p50", p50), ("p99", p99), ("max", max)] {

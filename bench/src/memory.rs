@@ -1,6 +1,6 @@
 //! Memory: a worker process's resident set idle after start, and after a W1 drain.
 
-use crate::context::{progress, Ctx, Samples};
+use crate::context::{progress, retry_once, Ctx, Samples};
 use crate::launch::Side;
 use crate::report::{Row, Target, WorkloadReport};
 use crate::throughput::publish_and_drain;
@@ -11,18 +11,10 @@ pub async fn memory(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
     let mut samples = Samples::default();
     for rep in 0..ctx.reps {
         for side in Side::order(rep) {
-            let queue = ctx
-                .broker
-                .queue(&format!("mem.idle.r{rep}.{}", side.label()));
-            let proc = ctx
-                .launcher
-                .drain_worker(side, &queue, ctx.throughput_settings())
-                .await?;
-            proc.wait_ready().await?;
-            tokio::time::sleep(ctx.sizes.idle).await;
-            let idle = proc.rss_mib()?;
-            proc.stop(Duration::from_secs(20)).await?;
-            let (_, d) = publish_and_drain(ctx, side, &format!("mem.w1.r{rep}"), 1).await?;
+            let label = format!("mem.idle.r{rep}.{}", side.label());
+            let idle = retry_once(&label, || idle_rss(ctx, side, &label)).await?;
+            let label = format!("mem.w1.r{rep}");
+            let (_, d) = retry_once(&label, || publish_and_drain(ctx, side, &label, 1)).await?;
             let after = d.rss_mib[0];
             samples.push("idle", side, idle);
             samples.push("after", side, after);
@@ -61,4 +53,18 @@ pub async fn memory(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             ),
         ],
     })
+}
+
+/// The RSS of a fresh worker idling on an empty queue.
+async fn idle_rss(ctx: &Ctx, side: Side, label: &str) -> anyhow::Result<f64> {
+    let queue = ctx.broker.queue(label);
+    let proc = ctx
+        .launcher
+        .drain_worker(side, &queue, ctx.throughput_settings())
+        .await?;
+    proc.wait_ready().await?;
+    tokio::time::sleep(ctx.sizes.idle).await;
+    let idle = proc.rss_mib()?;
+    proc.stop(Duration::from_secs(20)).await?;
+    Ok(idle)
 }

@@ -1,7 +1,7 @@
 //! W2: many short sleeping tasks on one worker with concurrency 16, where the worker's
 //! overhead per task and the timer's granularity decide the drain time.
 
-use crate::context::{progress, Ctx, Samples};
+use crate::context::{progress, retry_once, Ctx, Samples};
 use crate::drain::{drain, DrainSpec};
 use crate::launch::Side;
 use crate::payload::{Sleep, SLEEP};
@@ -14,18 +14,22 @@ pub async fn w2(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
     let settings = ctx.sleep_settings();
     for rep in 0..ctx.reps {
         for side in Side::order(rep) {
-            let queue = ctx.broker.queue(&format!("w2.r{rep}.{}", side.label()));
-            let payload = Sleep { ms: sizes.sleep_ms };
-            ctx.publish(side, &queue, SLEEP, &payload, sizes.sleep_tasks)
-                .await?;
-            let spec = DrainSpec {
-                side,
-                queue: &queue,
-                tasks: sizes.sleep_tasks as u64,
-                processes: 1,
-                settings,
-            };
-            let d = drain(&ctx.launcher, &ctx.broker, &ctx.conn, spec).await?;
+            let label = format!("w2.r{rep}.{}", side.label());
+            let d = retry_once(&label, || async {
+                let queue = ctx.broker.queue(&label);
+                let payload = Sleep { ms: sizes.sleep_ms };
+                ctx.publish(side, &queue, SLEEP, &payload, sizes.sleep_tasks)
+                    .await?;
+                let spec = DrainSpec {
+                    side,
+                    queue: &queue,
+                    tasks: sizes.sleep_tasks as u64,
+                    processes: 1,
+                    settings,
+                };
+                drain(&ctx.launcher, &ctx.broker, &ctx.conn, spec).await
+            })
+            .await?;
             samples.push("drain", side, d.drain.as_secs_f64());
             progress(
                 "W2",

@@ -1,7 +1,7 @@
 //! W1 (publish then drain no-op tasks with one worker process) and W4 (the same drain with
 //! 1, 2 and 4 worker processes).
 
-use crate::context::{progress, Ctx, Published, Samples};
+use crate::context::{progress, retry_once, Ctx, Published, Samples};
 use crate::drain::{drain, Drain, DrainSpec};
 use crate::launch::Side;
 use crate::payload::{Filler, NOOP};
@@ -39,7 +39,8 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
     let n = ctx.sizes.tasks as f64;
     for rep in 0..ctx.reps {
         for side in Side::order(rep) {
-            let (p, d) = publish_and_drain(ctx, side, &format!("w1.r{rep}"), 1).await?;
+            let label = format!("w1.r{rep}");
+            let (p, d) = retry_once(&label, || publish_and_drain(ctx, side, &label, 1)).await?;
             let end_to_end = (d.done_at - p.start).as_secs_f64();
             let (publish, drain) = (n / p.took.as_secs_f64(), n / d.drain.as_secs_f64());
             samples.push("publish", side, publish);
@@ -100,7 +101,8 @@ pub async fn w4(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
         for rep in 0..ctx.reps {
             for side in Side::order(rep) {
                 let label = format!("w4.p{processes}.r{rep}");
-                let (_, d) = publish_and_drain(ctx, side, &label, processes).await?;
+                let (_, d) =
+                    retry_once(&label, || publish_and_drain(ctx, side, &label, processes)).await?;
                 let rate = n / d.drain.as_secs_f64();
                 samples.push(&processes.to_string(), side, rate);
                 progress(
