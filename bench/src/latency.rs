@@ -92,8 +92,18 @@ async fn run_probes(ctx: &Ctx, side: Side, rep: u32) -> anyhow::Result<Vec<f64>>
     }
     publish.close().await;
     let out = proc.wait_exit(Duration::from_secs(60)).await?;
-    serde_json::from_str(out.trim()).context("reading the worker's latencies")
+    let latencies: Vec<f64> =
+        serde_json::from_str(out.trim()).context("reading the worker's latencies")?;
+    // For looking at the tail: every latency, in the order the handlers started.
+    if let Ok(dir) = std::env::var(DUMP_ENV) {
+        let path = std::path::Path::new(&dir).join(format!("w3-{}-r{rep}.json", side.label()));
+        std::fs::write(&path, &out).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(latencies)
 }
+
+/// Environment variable naming a directory where W3 writes every latency it measured.
+pub const DUMP_ENV: &str = "WARREN_BENCH_DUMP";
 
 enum Publish {
     Warren(warren_producer::Publisher),
