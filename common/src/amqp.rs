@@ -21,6 +21,11 @@ use tokio_util::sync::CancellationToken;
 /// The broker on a developer's machine.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
+/// The largest frame Warren asks the broker for unless the URL's `frame_max` says otherwise:
+/// 32 KiB. Larger messages are split into more frames, which costs next to nothing; the
+/// broker's default (128 KiB) makes lapin hold 8 MiB of buffers per connection.
+pub const DEFAULT_FRAME_MAX: u32 = 32_768;
+
 /// An AMQP URL and the TLS settings for reaching it. Its `Display` and `Debug` mask the
 /// password (and never show a key), so it is safe to log.
 #[derive(Clone, PartialEq, Eq)]
@@ -54,9 +59,18 @@ impl AmqpUrl {
     /// Opens one connection, once, without retrying. Over `amqps://` the broker's certificate
     /// must chain to a system root or to a CA of `--amqp-ca-file`, and its name must match the
     /// URL's host.
+    ///
+    /// Unless the URL sets `frame_max`, Warren asks for [`DEFAULT_FRAME_MAX`]: lapin keeps a
+    /// receive and a send buffer of 32 frames per connection, 8 MiB at RabbitMQ's default
+    /// of 128 KiB, which would be most of an idle worker's memory.
     pub async fn open(&self, properties: ConnectionProperties) -> Result<Connection, lapin::Error> {
         let runtime = lapin::runtime::default_runtime()?;
-        Connection::connect_with_config(&self.url, properties, self.tls_config(), runtime).await
+        // Checked when the URL was read; lapin's message might quote the password.
+        let mut uri: lapin::uri::AMQPUri = self.url.parse().map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an AMQP URL")
+        })?;
+        uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+        Connection::connect_uri_with_config(uri, properties, self.tls_config(), runtime).await
     }
 
     fn tls_config(&self) -> OwnedTLSConfig {

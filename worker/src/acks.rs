@@ -2,15 +2,19 @@
 //!
 //! Handlers finish out of order. The [`AckLedger`] tracks which delivery tags are settled and
 //! acks the contiguous prefix with one `multiple` ack; a delivery finished behind a slow one
-//! is acked on its own once enough such deliveries pile up, or the channel goes quiet, so a
-//! long task never holds the rest of the prefetch window hostage. Requeues (returning a
-//! delivery to the queue) are sent at once, individually.
+//! is held back until the gap closes, and acked on its own if the gap is still open after
+//! [`QUIET`], so a long task never holds the rest of the prefetch window hostage. Requeues
+//! (returning a delivery to the queue) are sent at once, individually.
 
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 use std::collections::BTreeSet;
 use std::time::Duration;
-use tokio::sync::mpsc;
+
+/// How long a delivery finished behind an unfinished one waits for the gap to close before
+/// it is acked on its own. A gap left by a fast task closes within microseconds, and one
+/// `multiple` ack then settles everything.
+pub(crate) const QUIET: Duration = Duration::from_millis(20);
 
 /// How a delivery is settled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,52 +45,81 @@ pub(crate) struct AckLedger {
     pending: BTreeSet<u64>,
     /// Already acked or requeued individually, beyond `next`.
     sent: BTreeSet<u64>,
-    /// Pending tags beyond a gap are acked individually once this many pile up.
-    out_of_order_limit: usize,
+    /// The highest tag below `next` that is done and not yet acked, if any: what a
+    /// `multiple` ack names (never a tag already settled on its own).
+    up_to: Option<u64>,
+    /// How many tags that `multiple` ack would settle.
+    ackable: u64,
 }
 
 impl AckLedger {
     /// A ledger for a fresh channel (tags start at 1).
-    pub(crate) fn new(prefetch: u16) -> Self {
+    pub(crate) fn new() -> Self {
         AckLedger {
             next: 1,
             pending: BTreeSet::new(),
             sent: BTreeSet::new(),
-            out_of_order_limit: usize::from(prefetch / 4).max(1),
+            up_to: None,
+            ackable: 0,
         }
     }
 
     /// Records one settlement, returning a frame to send at once, if any.
     pub(crate) fn record(&mut self, settle: Settle) -> Option<AckAction> {
         match settle {
+            Settle::Ack(tag) if tag == self.next && self.pending.is_empty() => {
+                // The common case, in order: no set to touch.
+                self.up_to = Some(tag);
+                self.next += 1;
+                self.ackable += 1;
+                self.skip_sent();
+                None
+            }
             Settle::Ack(tag) => {
                 self.pending.insert(tag);
+                self.advance();
                 None
             }
             Settle::Requeue(tag) => {
                 self.sent.insert(tag);
+                self.advance();
                 Some(AckAction::Requeue(tag))
             }
         }
     }
 
-    /// The frames that settle what was recorded: one `multiple` ack for the contiguous
-    /// prefix, and individual acks for the rest if too many wait behind a gap or `force`.
-    pub(crate) fn flush(&mut self, force: bool) -> Vec<AckAction> {
-        let mut actions = Vec::new();
-        let mut highest_pending = None;
+    fn advance(&mut self) {
         loop {
             if self.pending.remove(&self.next) {
-                highest_pending = Some(self.next);
+                self.up_to = Some(self.next);
+                self.ackable += 1;
             } else if !self.sent.remove(&self.next) {
                 break;
             }
             self.next += 1;
         }
-        if let Some(tag) = highest_pending {
-            actions.push(AckAction::AckUpTo(tag));
+    }
+
+    fn skip_sent(&mut self) {
+        while self.sent.remove(&self.next) {
+            self.next += 1;
         }
-        if force || self.pending.len() >= self.out_of_order_limit {
+    }
+
+    /// Finished deliveries one `multiple` ack would settle now.
+    pub(crate) fn ackable(&self) -> u64 {
+        self.ackable
+    }
+
+    /// The frames that settle what was recorded: one `multiple` ack for the contiguous
+    /// prefix, and with `force` individual acks for those held back behind a gap.
+    pub(crate) fn flush(&mut self, force: bool) -> Vec<AckAction> {
+        let mut actions = Vec::new();
+        if let Some(tag) = self.up_to.take() {
+            actions.push(AckAction::AckUpTo(tag));
+            self.ackable = 0;
+        }
+        if force {
             for tag in std::mem::take(&mut self.pending) {
                 self.sent.insert(tag);
                 actions.push(AckAction::AckOne(tag));
@@ -101,47 +134,55 @@ impl AckLedger {
     }
 }
 
-/// How long held-back acks wait for a quiet channel before being sent individually.
-const QUIET: Duration = Duration::from_millis(20);
-
-/// Settles deliveries on `channel` until every sender of `settles` is dropped. Returns how
-/// many acks could not be sent (the channel died: those tasks will be redelivered).
-pub(crate) async fn run_acker(
-    channel: Channel,
-    mut settles: mpsc::UnboundedReceiver<Settle>,
-    prefetch: u16,
-) -> u64 {
-    let mut ledger = AckLedger::new(prefetch);
-    let mut failed = 0u64;
-    let mut buffer = Vec::with_capacity(64);
-    loop {
-        let received = if ledger.has_pending() {
-            match tokio::time::timeout(QUIET, settles.recv_many(&mut buffer, 256)).await {
-                Ok(n) => n,
-                Err(_) => {
-                    failed += send(&channel, ledger.flush(true)).await;
-                    continue;
-                }
-            }
-        } else {
-            settles.recv_many(&mut buffer, 256).await
-        };
-        if received == 0 {
-            // Every sender is gone: settle the rest and stop.
-            failed += send(&channel, ledger.flush(true)).await;
-            return failed;
-        }
-        let mut actions: Vec<AckAction> =
-            buffer.drain(..).filter_map(|s| ledger.record(s)).collect();
-        actions.extend(ledger.flush(false));
-        failed += send(&channel, actions).await;
-    }
+/// One consumer channel's ledger and the frames it sends.
+pub(crate) struct Acks<'a> {
+    channel: &'a Channel,
+    ledger: AckLedger,
+    /// Settlements that could not be sent (the channel died: those tasks will be redelivered).
+    lost: u64,
 }
 
-/// Sends frames, returning how many failed.
-async fn send(channel: &Channel, actions: Vec<AckAction>) -> u64 {
-    let mut failed = 0;
-    for action in actions {
+impl<'a> Acks<'a> {
+    pub(crate) fn new(channel: &'a Channel) -> Self {
+        Acks {
+            channel,
+            ledger: AckLedger::new(),
+            lost: 0,
+        }
+    }
+
+    /// Records a settlement; a requeue is sent at once, an ack waits for [`flush`](Self::flush).
+    pub(crate) async fn settle(&mut self, settle: Settle) {
+        if let Some(action) = self.ledger.record(settle) {
+            self.send(action).await;
+        }
+    }
+
+    /// Sends the `multiple` ack for the contiguous prefix; with `force`, also acks the
+    /// deliveries held back behind a gap.
+    pub(crate) async fn flush(&mut self, force: bool) {
+        for action in self.ledger.flush(force) {
+            self.send(action).await;
+        }
+    }
+
+    /// Finished deliveries the next flush would settle with one frame.
+    pub(crate) fn ackable(&self) -> u64 {
+        self.ledger.ackable()
+    }
+
+    /// Whether finished deliveries wait behind an unfinished one.
+    pub(crate) fn holding(&self) -> bool {
+        self.ledger.has_pending()
+    }
+
+    /// Settlements that could not be sent.
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    async fn send(&mut self, action: AckAction) {
+        let channel = self.channel;
         let result = match action {
             AckAction::AckUpTo(tag) => {
                 channel
@@ -158,11 +199,10 @@ async fn send(channel: &Channel, actions: Vec<AckAction>) -> u64 {
             }
         };
         if let Err(error) = result {
-            failed += 1;
+            self.lost += 1;
             tracing::warn!(?action, %error, "could not settle a delivery; the broker will redeliver it");
         }
     }
-    failed
 }
 
 #[cfg(test)]
@@ -172,31 +212,38 @@ mod tests {
 
     #[test]
     fn in_order_completions_become_one_multiple_ack() {
-        let mut ledger = AckLedger::new(100);
+        let mut ledger = AckLedger::new();
         for tag in 1..=5 {
             assert_eq!(ledger.record(Settle::Ack(tag)), None);
         }
+        assert_eq!(ledger.ackable(), 5);
         assert_eq!(ledger.flush(false), vec![AckUpTo(5)]);
+        assert_eq!(ledger.ackable(), 0);
         assert_eq!(ledger.flush(false), vec![]);
     }
 
     #[test]
     fn a_gap_holds_back_until_it_closes() {
-        let mut ledger = AckLedger::new(100);
+        let mut ledger = AckLedger::new();
         ledger.record(Settle::Ack(2));
         ledger.record(Settle::Ack(3));
+        assert_eq!(ledger.ackable(), 0);
         assert_eq!(ledger.flush(false), vec![]);
+        assert!(ledger.has_pending());
         ledger.record(Settle::Ack(1));
+        assert_eq!(ledger.ackable(), 3);
         assert_eq!(ledger.flush(false), vec![AckUpTo(3)]);
+        assert!(!ledger.has_pending());
     }
 
     #[test]
     fn a_slow_head_does_not_hold_the_window_hostage() {
-        let mut ledger = AckLedger::new(8); // out-of-order limit 2
+        let mut ledger = AckLedger::new();
         ledger.record(Settle::Ack(2));
-        assert_eq!(ledger.flush(false), vec![]);
         ledger.record(Settle::Ack(3));
-        assert_eq!(ledger.flush(false), vec![AckOne(2), AckOne(3)]);
+        assert_eq!(ledger.flush(false), vec![]);
+        // The gap stayed open too long: the consume loop forces them out.
+        assert_eq!(ledger.flush(true), vec![AckOne(2), AckOne(3)]);
         // When the head finishes, the multiple ack covers only it: 2 and 3 are not re-acked.
         ledger.record(Settle::Ack(1));
         ledger.record(Settle::Ack(4));
@@ -207,17 +254,22 @@ mod tests {
     fn the_multiple_ack_never_names_an_already_settled_tag() {
         // Acking an unknown tag with `multiple` closes the channel, so the last tag of the
         // prefix must be one still outstanding.
-        let mut ledger = AckLedger::new(100);
+        let mut ledger = AckLedger::new();
         ledger.record(Settle::Ack(1));
         assert_eq!(ledger.record(Settle::Requeue(2)), Some(Requeue(2)));
         assert_eq!(ledger.flush(false), vec![AckUpTo(1)]);
         ledger.record(Settle::Ack(3));
         assert_eq!(ledger.flush(true), vec![AckUpTo(3)]);
+        ledger.record(Settle::Ack(5));
+        assert_eq!(ledger.record(Settle::Requeue(4)), Some(Requeue(4)));
+        assert_eq!(ledger.flush(false), vec![AckUpTo(5)]);
+        assert_eq!(ledger.record(Settle::Requeue(6)), Some(Requeue(6)));
+        assert_eq!(ledger.flush(true), vec![]);
     }
 
     #[test]
     fn forcing_acks_everything_held_back() {
-        let mut ledger = AckLedger::new(100);
+        let mut ledger = AckLedger::new();
         ledger.record(Settle::Ack(5));
         assert_eq!(ledger.flush(true), vec![AckOne(5)]);
         assert!(!ledger.has_pending());

@@ -1,28 +1,41 @@
-//! One queue's consume loop on one channel: prefetch-limited deliveries, each waiting for its
-//! task type's rate limit and then a concurrency permit, and on stop the consumer cancelled
-//! and every delivery not yet started returned to the queue.
+//! One queue's consume loop on one channel. Deliveries are taken as the prefetch allows,
+//! wait in order for a concurrency permit, and run as futures inside the loop itself, which
+//! also settles them: finishing a task, acking it and starting the next involve no other
+//! task, channel or thread (a handler registered with `spawn` runs on a task of its own).
+//! On stop the consumer is cancelled and every delivery not yet started goes back to the
+//! queue, while the running ones finish and are settled.
 
-use crate::acks::{run_acker, Settle};
+use crate::acks::{Acks, Settle, QUIET};
+use crate::metrics::QueueMetrics;
 use crate::{execute, routing, Shared};
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, Consumer};
+use lapin::{Channel, Connection, Consumer};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, SemaphorePermit};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use warren_common::Envelope;
 use warren_producer::Publisher;
 
-/// Why a consume loop ended.
+/// How long a stopping consumer keeps returning deliveries the broker had already sent.
+const RETURN_WINDOW: Duration = Duration::from_secs(5);
+
+/// Why a consume loop stopped taking deliveries.
 pub(crate) enum ConsumerEnd {
-    /// Asked to stop. The acker finishes once every running task has settled.
+    /// Asked to stop. The handle resolves, to the number of settlements that could not be
+    /// sent, once every running task has finished and been settled.
     Stopped(JoinHandle<u64>),
-    /// The channel, the connection or the subscription was lost.
+    /// The channel, the connection or the subscription was lost. Running tasks still finish
+    /// (their acks fail: the broker redelivers them).
     Lost(String),
 }
 
@@ -47,37 +60,26 @@ pub(crate) async fn consume(
         }
     };
     tracing::info!(queue = %queue, prefetch = shared.config.prefetch, "consuming");
-    let (settle_tx, settle_rx) = mpsc::unbounded_channel();
-    let acks_lost = shared.metrics.acks_lost.with_label_values(&[&*queue]);
-    let settling = run_acker(channel.clone(), settle_rx, shared.config.prefetch);
-    let acker = tokio::spawn(async move {
-        let lost = settling.await;
-        acks_lost.inc_by(lost);
-        lost
-    });
-    let mut consumer = consumer;
-    let lost = receive(&shared, &link, &queue, &mut consumer, &settle_tx).await;
-    if let Some(reason) = lost {
-        return ConsumerEnd::Lost(reason);
+    let (ended, end) = oneshot::channel();
+    let lane = Owned {
+        shared,
+        publisher: link.publisher.clone(),
+        queue: queue.clone(),
+        stop: link.stop.clone(),
+    };
+    let running = tokio::spawn(lane.run(channel, consumer, ended));
+    match end.await {
+        Ok(None) => ConsumerEnd::Stopped(running),
+        Ok(Some(reason)) => ConsumerEnd::Lost(reason),
+        Err(_) => ConsumerEnd::Lost(format!("the consume loop of `{queue}` ended unexpectedly")),
     }
-    // Stopping: no new deliveries, and the buffered ones go back to the queue.
-    let _ = channel
-        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-        .await;
-    let rest = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(delivery)) = consumer.next().await {
-            requeue(&shared, &queue, &settle_tx, &delivery);
-        }
-    });
-    let _ = rest.await;
-    ConsumerEnd::Stopped(acker)
 }
 
 async fn subscribe(
     shared: &Shared,
     conn: &Connection,
     queue: &str,
-) -> Result<(Consumer, lapin::Channel), lapin::Error> {
+) -> Result<(Consumer, Channel), lapin::Error> {
     let channel = conn.create_channel().await?;
     channel
         .basic_qos(shared.config.prefetch, BasicQosOptions { global: false })
@@ -94,140 +96,271 @@ async fn subscribe(
     Ok((consumer, channel))
 }
 
-/// Receives deliveries until stopped (`None`) or lost (`Some(reason)`).
-async fn receive(
-    shared: &Arc<Shared>,
-    link: &SessionLink<'_>,
-    queue: &Arc<str>,
-    consumer: &mut Consumer,
-    settle_tx: &mpsc::UnboundedSender<Settle>,
-) -> Option<String> {
-    let queue_metrics = &shared.queue_metrics[&**queue];
-    let held = &queue_metrics.held;
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = link.stop.cancelled() => return None,
-            next = consumer.next() => next,
-        };
-        let delivery = match next {
-            Some(Ok(delivery)) => delivery,
-            Some(Err(error)) => return Some(format!("consumer of `{queue}` failed: {error}")),
-            None => return Some(format!("the broker cancelled the consumer of `{queue}`")),
-        };
-        held.inc();
-        queue_metrics
-            .deliveries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let task = process(
-            shared.clone(),
-            link.publisher.clone(),
-            queue.clone(),
-            delivery,
-            link.stop.clone(),
-            settle_tx.clone(),
-        );
-        shared.tasks.spawn(task);
-    }
-}
-
-/// Waits for the task's rate limit, then for a concurrency permit.
-async fn admit(shared: &Shared, task: &str) -> OwnedSemaphorePermit {
-    shared.rate_limits.wait(task).await;
-    let permits = shared.permits.clone();
-    permits
-        .acquire_owned()
-        .await
-        .expect("the semaphore is never closed")
-}
-
-fn requeue(
-    shared: &Shared,
-    queue: &str,
-    settle_tx: &mpsc::UnboundedSender<Settle>,
-    delivery: &Delivery,
-) {
-    let metrics = &shared.queue_metrics[queue];
-    metrics.requeued.inc();
-    metrics.held.dec();
-    let _ = settle_tx.send(Settle::Requeue(delivery.delivery_tag));
-}
-
-/// Runs one delivery to its settlement.
-async fn process(
+/// What a consume loop owns, so that it can run as a task of its own.
+struct Owned {
     shared: Arc<Shared>,
     publisher: Publisher,
     queue: Arc<str>,
-    delivery: Delivery,
     stop: CancellationToken,
-    settle_tx: mpsc::UnboundedSender<Settle>,
-) {
-    let envelope = Envelope::from_properties(&delivery.properties);
-    let (task, id, attempt) = match &envelope {
-        Ok(e) => (e.task.as_str(), e.id.as_str(), e.attempt),
-        Err(_) => (
-            "",
-            delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map_or("", |s| s.as_str()),
-            0,
-        ),
-    };
-    let span = tracing::info_span!(
-        "task",
-        task_id = id,
-        task,
-        attempt,
-        queue = &*queue,
-        trace_id = tracing::field::Empty,
-        parent_span_id = tracing::field::Empty,
-    );
-    // The publisher's trace context: the task's span joins its trace.
-    let trace = envelope
-        .as_ref()
-        .ok()
-        .and_then(|e| e.traceparent.as_deref());
-    if let Some(parent) = trace.and_then(warren_common::TraceParent::parse) {
-        span.record("trace_id", parent.trace_id.as_str());
-        span.record("parent_span_id", parent.parent_id.as_str());
-    }
-    let queue_metrics = &shared.queue_metrics[&*queue];
-    let metrics = queue_metrics.task(task);
-    async {
-        metrics.received.inc();
-        // Not started yet: a drain returns it to the queue.
-        let permit = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return requeue(&shared, &queue, &settle_tx, &delivery),
-            permit = admit(&shared, task) => permit,
+}
+
+/// What every delivery of one consume loop borrows.
+#[derive(Clone, Copy)]
+struct Lane<'a> {
+    shared: &'a Shared,
+    publisher: &'a Publisher,
+    queue: &'a str,
+    metrics: &'a QueueMetrics,
+    stop: &'a CancellationToken,
+}
+
+/// Where a consume loop is in its life.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Taking deliveries and running them.
+    Taking,
+    /// Stopped: returning deliveries the broker still sends, finishing the running ones.
+    Returning,
+    /// Finishing the running ones.
+    Finishing,
+}
+
+impl Owned {
+    /// The consume loop. Tells `ended` why it stopped taking deliveries (`None`: asked to),
+    /// then finishes and settles what runs. Returns how many settlements could not be sent.
+    async fn run(
+        self,
+        channel: Channel,
+        mut consumer: Consumer,
+        ended: oneshot::Sender<Option<String>>,
+    ) -> u64 {
+        let lane = Lane {
+            shared: &self.shared,
+            publisher: &self.publisher,
+            queue: &self.queue,
+            metrics: &self.shared.queue_metrics[&*self.queue],
+            stop: &self.stop,
         };
-        let in_progress = &queue_metrics.in_progress;
-        in_progress.inc();
-        let outcome = execute::execute(&shared, &queue, &delivery, &envelope, metrics).await;
-        in_progress.dec();
-        drop(permit);
-        let settle = routing::route(
-            &shared,
-            &publisher,
-            &queue,
-            &delivery,
-            envelope.as_ref().ok(),
-            &outcome,
-        )
-        .await;
-        record(metrics, &outcome, settle);
-        if let Settle::Requeue(_) = settle {
-            queue_metrics.requeued.inc();
+        let permits = &*self.shared.permits;
+        // One `multiple` ack at least every quarter of the window while tasks keep finishing.
+        let ack_every = u64::from(self.shared.config.prefetch / 4).max(1);
+        let mut acks = Acks::new(&channel);
+        let mut ended = Some(ended);
+        let mut phase = Phase::Taking;
+        let mut waiting: VecDeque<Delivery> = VecDeque::new();
+        let mut running = FuturesUnordered::new();
+        let stopped = self.stop.cancelled();
+        let quiet = tokio::time::sleep(Duration::ZERO);
+        let returned = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(stopped, quiet, returned);
+        let mut quiet_armed = false;
+        loop {
+            let taking = phase == Phase::Taking;
+            let receiving = phase != Phase::Finishing;
+            tokio::select! {
+                biased;
+                _ = &mut stopped, if taking => {
+                    phase = Phase::Returning;
+                    returned.as_mut().reset(Instant::now() + RETURN_WINDOW);
+                    let _ = channel
+                        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                        .await;
+                    for delivery in waiting.drain(..) {
+                        lane.returned(&mut acks, &delivery).await;
+                    }
+                    if let Some(ended) = ended.take() {
+                        let _ = ended.send(None);
+                    }
+                }
+                Some(settle) = running.next(), if !running.is_empty() => {
+                    acks.settle(settle).await;
+                }
+                _ = &mut quiet, if quiet_armed => {
+                    quiet_armed = false;
+                    acks.flush(true).await;
+                }
+                permit = permits.acquire(), if taking && !waiting.is_empty() => {
+                    let permit = permit.expect("the semaphore is never closed");
+                    let delivery = waiting.pop_front().expect("checked non-empty");
+                    running.push(lane.process(delivery, permit));
+                }
+                next = consumer.next(), if receiving => match (phase, next) {
+                    (Phase::Taking, Some(Ok(delivery))) => waiting.push_back(lane.taken(delivery)),
+                    (_, Some(Ok(delivery))) => lane.returned(&mut acks, &delivery).await,
+                    (Phase::Taking, end) => {
+                        let reason = match end {
+                            Some(Err(error)) => format!("consumer of `{}` failed: {error}", lane.queue),
+                            _ => format!("the broker cancelled the consumer of `{}`", lane.queue),
+                        };
+                        phase = Phase::Finishing;
+                        lane.metrics.held.sub(waiting.len() as i64);
+                        waiting.clear();
+                        if let Some(ended) = ended.take() {
+                            let _ = ended.send(Some(reason));
+                        }
+                    }
+                    (_, _) => phase = Phase::Finishing,
+                },
+                _ = &mut returned, if phase == Phase::Returning => phase = Phase::Finishing,
+                else => break,
+            }
+            // Take whatever else is ready without waiting, acking as the batch grows.
+            loop {
+                let mut progressed = false;
+                while let Some(Some(settle)) = running.next().now_or_never() {
+                    acks.settle(settle).await;
+                    progressed = true;
+                    if acks.ackable() >= ack_every {
+                        acks.flush(false).await;
+                    }
+                }
+                if phase == Phase::Taking {
+                    while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                        waiting.push_back(lane.taken(delivery));
+                        progressed = true;
+                    }
+                    while !waiting.is_empty() {
+                        let Ok(permit) = permits.try_acquire() else {
+                            break;
+                        };
+                        let delivery = waiting.pop_front().expect("checked non-empty");
+                        running.push(lane.process(delivery, permit));
+                        progressed = true;
+                    }
+                }
+                if !progressed {
+                    break;
+                }
+            }
+            // About to wait: settle what is done, and give a gap its deadline.
+            acks.flush(false).await;
+            if !acks.holding() {
+                quiet_armed = false;
+            } else if !quiet_armed {
+                quiet_armed = true;
+                quiet.as_mut().reset(Instant::now() + QUIET);
+            }
         }
-        queue_metrics.held.dec();
-        if settle_tx.send(settle).is_err() {
-            tracing::warn!("channel gone before the ack; the broker will redeliver this task");
+        acks.flush(true).await;
+        let lost = acks.lost();
+        self.shared
+            .metrics
+            .acks_lost
+            .with_label_values(&[&*self.queue])
+            .inc_by(lost);
+        lost
+    }
+}
+
+impl<'a> Lane<'a> {
+    /// Counts a delivery taken from the consumer.
+    fn taken(self, delivery: Delivery) -> Delivery {
+        self.metrics.held.inc();
+        self.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
+        delivery
+    }
+
+    /// Returns a delivery that was never started to its queue.
+    async fn returned(self, acks: &mut Acks<'_>, delivery: &Delivery) {
+        self.metrics.requeued.inc();
+        self.metrics.held.dec();
+        acks.settle(Settle::Requeue(delivery.delivery_tag)).await;
+    }
+
+    /// Runs one delivery to its settlement.
+    async fn process(self, delivery: Delivery, permit: SemaphorePermit<'a>) -> Settle {
+        let _running = self.shared.tasks.token();
+        let envelope = Envelope::from_properties(&delivery.properties);
+        let (task, id, attempt) = match &envelope {
+            Ok(e) => (e.task.as_str(), e.id.as_str(), e.attempt),
+            Err(_) => (
+                "",
+                delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map_or("", |s| s.as_str()),
+                0,
+            ),
+        };
+        let span = tracing::info_span!(
+            "task",
+            task_id = id,
+            task,
+            attempt,
+            queue = self.queue,
+            trace_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        // The publisher's trace context: the task's span joins its trace.
+        let trace = envelope
+            .as_ref()
+            .ok()
+            .and_then(|e| e.traceparent.as_deref());
+        if let Some(parent) = trace.and_then(warren_common::TraceParent::parse) {
+            span.record("trace_id", parent.trace_id.as_str());
+            span.record("parent_span_id", parent.parent_id.as_str());
+        }
+        let metrics = self.metrics.task(task);
+        async {
+            metrics.received.inc();
+            let Some(permit) = self.rate_limited(task, permit).await else {
+                // Stopped while waiting for its turn: it never started.
+                self.metrics.requeued.inc();
+                self.metrics.held.dec();
+                return Settle::Requeue(delivery.delivery_tag);
+            };
+            let in_progress = &self.metrics.in_progress;
+            in_progress.inc();
+            let outcome =
+                execute::execute(self.shared, self.queue, &delivery, &envelope, metrics).await;
+            in_progress.dec();
+            drop(permit);
+            let settle = routing::route(
+                self.shared,
+                self.publisher,
+                self.queue,
+                &delivery,
+                envelope.as_ref().ok(),
+                &outcome,
+            )
+            .await;
+            record(metrics, &outcome, settle);
+            if let Settle::Requeue(_) = settle {
+                self.metrics.requeued.inc();
+            }
+            self.metrics.held.dec();
+            settle
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Keeps `permit` if `task` has no rate limit or a token is free; otherwise gives the
+    /// permit back while waiting for a token, so other task types keep running, and takes
+    /// one again after. `None` if the worker stops meanwhile.
+    async fn rate_limited(
+        self,
+        task: &str,
+        permit: SemaphorePermit<'a>,
+    ) -> Option<SemaphorePermit<'a>> {
+        let Some(limiter) = self.shared.rate_limits.get(task) else {
+            return Some(permit);
+        };
+        if limiter.check().is_ok() {
+            return Some(permit);
+        }
+        drop(permit);
+        let turn = async {
+            limiter.until_ready().await;
+            self.shared.permits.acquire().await
+        };
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => None,
+            permit = turn => Some(permit.expect("the semaphore is never closed")),
         }
     }
-    .instrument(span)
-    .await;
 }
 
 fn record(metrics: &crate::metrics::TaskMetrics, outcome: &crate::Outcome, settle: Settle) {

@@ -119,7 +119,19 @@ async fn run(
             .observe(now_ms().saturating_sub(ready) as f64 / 1000.0);
     }
     let started = Instant::now();
-    let result = tokio::time::timeout(timeout, AssertUnwindSafe(future).catch_unwind()).await;
+    let handler = AssertUnwindSafe(future).catch_unwind();
+    let result = if entry.options.spawn {
+        let mut task = tokio::spawn(handler);
+        match tokio::time::timeout(timeout, &mut task).await {
+            Ok(joined) => Ok(joined.unwrap_or_else(|e| Err(Box::new(e.to_string())))),
+            Err(elapsed) => {
+                task.abort();
+                Err(elapsed)
+            }
+        }
+    } else {
+        tokio::time::timeout(timeout, handler).await
+    };
     metrics.duration.observe(started.elapsed().as_secs_f64());
     let failure = match result {
         Ok(Ok(Ok(()))) => return Outcome::Ack,

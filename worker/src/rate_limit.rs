@@ -90,11 +90,12 @@ impl RateLimits {
         RateLimits(limiters.collect())
     }
 
-    /// Waits for a token if `task` is limited.
-    pub(crate) async fn wait(&self, task: &str) {
-        if let Some(limiter) = self.0.get(task) {
-            limiter.until_ready().await;
+    /// The limiter of `task`, if it is limited.
+    pub(crate) fn get(&self, task: &str) -> Option<&DefaultDirectRateLimiter> {
+        if self.0.is_empty() {
+            return None;
         }
+        self.0.get(task).map(|limiter| &**limiter)
     }
 }
 

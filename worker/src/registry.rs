@@ -126,6 +126,11 @@ pub struct HandlerOptions {
     pub timeout: Option<Duration>,
     /// Maximum attempts for this task type.
     pub max_attempts: Option<u32>,
+    /// Run each task of this type as a tokio task of its own, so that handlers which compute
+    /// between their awaits run in parallel on every core. By default a handler runs inside
+    /// its queue's consume loop, which costs less per task: there a handler must not block
+    /// or compute for long (hand such work to `tokio::task::spawn_blocking`, or set this).
+    pub spawn: bool,
 }
 
 type HandlerResult = Result<(), TaskError>;
