@@ -150,28 +150,52 @@ impl Envelope {
         table
     }
 
-    /// Reads a task from a received message's properties.
+    /// Reads a task from a received message's properties, in one pass over the headers.
     pub fn from_properties(props: &BasicProperties) -> Result<Self, EnvelopeError> {
         let task = non_empty(props.kind(), "type")?;
         let id = non_empty(props.message_id(), "message_id")?;
         let codec = Codec::from_content_type(props.content_type().as_ref().map(|s| s.as_str()))?;
-        let empty = FieldTable::default();
-        let table = props.headers().as_ref().unwrap_or(&empty);
-        let attempt = header_u64(table, headers::ATTEMPT)?.unwrap_or(1).max(1);
-        let schema = header_u64(table, headers::SCHEMA_VERSION)?;
-        Ok(Envelope {
+        let mut envelope = Envelope {
             id,
             task,
             codec,
-            attempt: saturate(attempt),
-            created_ms: header_u64(table, headers::CREATED_MS)?,
-            schema_version: schema.map(saturate).unwrap_or(DEFAULT_SCHEMA_VERSION),
-            max_attempts: header_u64(table, headers::MAX_ATTEMPTS)?.map(saturate),
-            timeout_ms: header_u64(table, headers::TIMEOUT_MS)?,
-            expires_ms: header_u64(table, headers::EXPIRES_MS)?,
-            traceparent: header_string(table, headers::TRACEPARENT),
-            not_before_ms: header_u64(table, headers::NOT_BEFORE_MS)?,
-        })
+            attempt: 1,
+            created_ms: None,
+            schema_version: DEFAULT_SCHEMA_VERSION,
+            max_attempts: None,
+            timeout_ms: None,
+            expires_ms: None,
+            traceparent: None,
+            not_before_ms: None,
+        };
+        let Some(table) = props.headers() else {
+            return Ok(envelope);
+        };
+        for (name, value) in table.inner() {
+            let e = &mut envelope;
+            match name.as_str() {
+                headers::ATTEMPT => {
+                    let attempt = int_header(headers::ATTEMPT, value)?;
+                    e.attempt = saturate(attempt.unwrap_or(1).max(1));
+                }
+                headers::SCHEMA_VERSION => {
+                    let schema = int_header(headers::SCHEMA_VERSION, value)?;
+                    e.schema_version = schema.map_or(DEFAULT_SCHEMA_VERSION, saturate);
+                }
+                headers::CREATED_MS => e.created_ms = int_header(headers::CREATED_MS, value)?,
+                headers::MAX_ATTEMPTS => {
+                    e.max_attempts = int_header(headers::MAX_ATTEMPTS, value)?.map(saturate);
+                }
+                headers::TIMEOUT_MS => e.timeout_ms = int_header(headers::TIMEOUT_MS, value)?,
+                headers::EXPIRES_MS => e.expires_ms = int_header(headers::EXPIRES_MS, value)?,
+                headers::NOT_BEFORE_MS => {
+                    e.not_before_ms = int_header(headers::NOT_BEFORE_MS, value)?;
+                }
+                headers::TRACEPARENT => e.traceparent = string_value(value),
+                _ => {}
+            }
+        }
+        Ok(envelope)
     }
 }
 
@@ -210,9 +234,14 @@ pub fn text_value(value: &str) -> AMQPValue {
 /// Reads an unsigned integer header written in any integer width (clients such as pika
 /// choose the width by the value), or as a decimal string.
 pub fn header_u64(table: &FieldTable, name: &'static str) -> Result<Option<u64>, EnvelopeError> {
-    let Some(value) = table.inner().get(name) else {
-        return Ok(None);
-    };
+    match table.inner().get(name) {
+        Some(value) => int_header(name, value),
+        None => Ok(None),
+    }
+}
+
+/// The value of integer header `name`, as [`header_u64`] reads it.
+fn int_header(name: &'static str, value: &AMQPValue) -> Result<Option<u64>, EnvelopeError> {
     let invalid = |problem: String| EnvelopeError::InvalidHeader { name, problem };
     let signed: i128 = match value {
         AMQPValue::ShortShortInt(v) => (*v).into(),
@@ -237,7 +266,11 @@ pub fn header_u64(table: &FieldTable, name: &'static str) -> Result<Option<u64>,
 
 /// Reads a string header (long or short string), if present.
 pub fn header_string(table: &FieldTable, name: &str) -> Option<String> {
-    match table.inner().get(name)? {
+    string_value(table.inner().get(name)?)
+}
+
+fn string_value(value: &AMQPValue) -> Option<String> {
+    match value {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         _ => None,

@@ -316,15 +316,22 @@ impl<'a> Lane<'a> {
                 execute::execute(self.shared, self.queue, &delivery, &envelope, metrics).await;
             in_progress.dec();
             drop(permit);
-            let settle = routing::route(
-                self.shared,
-                self.publisher,
-                self.queue,
-                &delivery,
-                envelope.as_ref().ok(),
-                &outcome,
-            )
-            .await;
+            let settle = match outcome {
+                crate::Outcome::Ack => Settle::Ack(delivery.delivery_tag),
+                // Rare, and a large future: kept out of this one, which every delivery moves.
+                _ => {
+                    let envelope = envelope.as_ref().ok();
+                    let route = routing::route(
+                        self.shared,
+                        self.publisher,
+                        self.queue,
+                        &delivery,
+                        envelope,
+                        &outcome,
+                    );
+                    Box::pin(route).await
+                }
+            };
             record(metrics, &outcome, settle);
             if let Settle::Requeue(_) = settle {
                 self.metrics.requeued.inc();

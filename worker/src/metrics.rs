@@ -76,7 +76,7 @@ impl TaskMetrics {
 
 /// Per-task handles of one queue, keyed by task name.
 pub(crate) struct QueueMetrics {
-    by_task: HashMap<String, Arc<TaskMetrics>>,
+    by_task: HashMap<String, Arc<TaskMetrics>, foldhash::fast::RandomState>,
     unknown: Arc<TaskMetrics>,
     pub(crate) held: IntGauge,
     pub(crate) in_progress: IntGauge,

@@ -160,7 +160,9 @@ impl Entry {
 /// Task names mapped to handlers.
 #[derive(Clone, Default)]
 pub struct Registry {
-    entries: HashMap<String, Entry>,
+    /// Looked up once per delivery: a fast hash (task names come from producers, but a
+    /// worker only holds the names it registered).
+    entries: HashMap<String, Entry, foldhash::fast::RandomState>,
 }
 
 impl Registry {
