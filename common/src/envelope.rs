@@ -125,14 +125,20 @@ impl Envelope {
         props.with_headers(self.write_headers(FieldTable::default()))
     }
 
-    /// Writes Warren's headers into `table`, keeping any others it holds.
-    pub fn write_headers(&self, mut table: FieldTable) -> FieldTable {
-        table.insert(headers::ATTEMPT.into(), int_value(self.attempt.into()));
-        table.insert(
-            headers::SCHEMA_VERSION.into(),
-            int_value(self.schema_version.into()),
-        );
+    /// Writes Warren's headers into `table`. A header holding its default (attempt 1,
+    /// schema 1) is left out: every reader applies the default, and each header costs every
+    /// delivery a parse on the broker and in the worker.
+    fn write_headers(&self, mut table: FieldTable) -> FieldTable {
         let optional = [
+            (
+                headers::ATTEMPT,
+                Some(self.attempt.into()).filter(|&a| a != 1),
+            ),
+            (
+                headers::SCHEMA_VERSION,
+                Some(self.schema_version.into())
+                    .filter(|&v| v != u64::from(DEFAULT_SCHEMA_VERSION)),
+            ),
             (headers::CREATED_MS, self.created_ms),
             (headers::MAX_ATTEMPTS, self.max_attempts.map(u64::from)),
             (headers::TIMEOUT_MS, self.timeout_ms),

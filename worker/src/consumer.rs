@@ -142,8 +142,8 @@ impl Owned {
             stop: &self.stop,
         };
         let permits = &*self.shared.permits;
-        // One `multiple` ack at least every quarter of the window while tasks keep finishing.
-        let ack_every = u64::from(self.shared.config.prefetch / 4).max(1);
+        // One `multiple` ack at least every tenth of the window while tasks keep finishing.
+        let ack_every = u64::from(self.shared.config.prefetch / 10).max(1);
         let mut acks = Acks::new(&channel);
         let mut ended = Some(ended);
         let mut phase = Phase::Taking;

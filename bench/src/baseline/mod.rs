@@ -18,8 +18,9 @@ use lapin::BasicProperties;
 const PERSISTENT: u8 = 2;
 
 /// The properties of a baseline task: persistent, JSON, and its task name in `type`. With
-/// `envelope`, also what Warren's envelope carries (a UUIDv7 message id, a timestamp and
-/// three integer headers), written by hand, to measure what the bigger messages cost.
+/// `envelope`, also what Warren's envelope carries on a first attempt (a UUIDv7 message id,
+/// a timestamp and the `x-warren-created-ms` header), written by hand, to measure what the
+/// bigger messages cost.
 pub fn properties(task: &str, envelope: bool) -> BasicProperties {
     let props = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
@@ -30,13 +31,7 @@ pub fn properties(task: &str, envelope: bool) -> BasicProperties {
     }
     let now_ms = (crate::payload::now_us() / 1000) as i64;
     let mut headers = FieldTable::default();
-    for (name, value) in [
-        ("x-warren-attempt", 1),
-        ("x-warren-schema", 1),
-        ("x-warren-created-ms", now_ms),
-    ] {
-        headers.insert(name.into(), AMQPValue::LongLongInt(value));
-    }
+    headers.insert("x-warren-created-ms".into(), AMQPValue::LongLongInt(now_ms));
     props
         .with_message_id(uuid::Uuid::now_v7().to_string().into())
         .with_timestamp(now_ms as u64 / 1000)

@@ -36,7 +36,8 @@ pub struct DeadLetter {
     pub kind: String,
     /// Why it was dead-lettered, for people.
     pub reason: String,
-    /// Attempts made before it was dead-lettered.
+    /// Attempts made before it was dead-lettered: `x-warren-dead-attempts`, else the
+    /// message's own `x-warren-attempt` (a broker dead letter), which defaults to 1.
     pub attempts: Option<u64>,
     /// Time of the first failure, milliseconds since the epoch.
     pub first_failure_ms: Option<u64>,
@@ -72,7 +73,9 @@ impl DeadLetter {
             task: props.kind().as_ref().map(|s| s.as_str().to_owned()),
             kind,
             reason,
-            attempts: int(headers::DEAD_ATTEMPTS).or_else(|| int(headers::ATTEMPT)),
+            attempts: int(headers::DEAD_ATTEMPTS)
+                .or_else(|| int(headers::ATTEMPT))
+                .or(Some(1)),
             first_failure_ms: int(headers::FIRST_FAILURE_MS).or_else(|| broker_times().min()),
             last_failure_ms: int(headers::LAST_FAILURE_MS).or_else(|| broker_times().max()),
             original_queue: header_string(table, headers::ORIGINAL_QUEUE)
