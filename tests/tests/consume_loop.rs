@@ -1,0 +1,177 @@
+//! The consume loop against the real broker: handlers registered with `spawn` run on tasks
+//! of their own (in parallel, failing like any other), and a slow task at the head of the
+//! prefetch window does not hold back the acks of the tasks finished behind it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use warren_common::headers;
+use warren_producer::TaskOptions;
+use warren_tests::*;
+use warren_worker::{HandlerOptions, Payload, Registry, TaskContext, TaskError};
+
+/// Counts handlers running at once, remembering the most seen.
+#[derive(Default)]
+struct Overlap {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl Overlap {
+    /// Blocks the thread for `ms` while counted as running, as a computing handler would.
+    fn compute(&self, ms: u64) {
+        let running = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(running, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn computing(name: &str, spawn: bool, overlap: &Arc<Overlap>, registry: &mut Registry) {
+    let options = HandlerOptions {
+        spawn,
+        ..HandlerOptions::default()
+    };
+    let overlap = overlap.clone();
+    registry.register_raw(name, options, move |_: TaskContext, _: Payload| {
+        let overlap = overlap.clone();
+        async move {
+            overlap.compute(150);
+            Ok::<_, TaskError>(())
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spawned_handlers_run_in_parallel_and_inline_ones_share_their_loop() {
+    let queue = unique_queue("spawned");
+    let (inline, spawned) = (Arc::new(Overlap::default()), Arc::new(Overlap::default()));
+    let mut registry = Registry::new();
+    computing("test.inline", false, &inline, &mut registry);
+    computing("test.spawned", true, &spawned, &mut registry);
+    let worker = TestWorker::start(registry, test_config(&queue)).await;
+    let publisher = publisher(&queue).await;
+    for task in ["test.inline", "test.spawned"] {
+        for _ in 0..4 {
+            publisher
+                .publish(task, &(), &TaskOptions::default())
+                .await
+                .unwrap();
+        }
+        let label = [("task", task)];
+        wait_until(Duration::from_secs(20), task, || async {
+            worker.metric("warren_tasks_succeeded_total", &label) == 4.0
+        })
+        .await;
+    }
+    // Concurrency 4: the spawned handlers ran side by side on the runtime's threads; the
+    // inline ones, blocking their consume loop, one after another.
+    assert!(
+        spawned.most.load(Ordering::SeqCst) >= 2,
+        "spawned ran alone"
+    );
+    assert_eq!(inline.most.load(Ordering::SeqCst), 1);
+    let report = worker.stop().await;
+    assert_eq!(report.totals.succeeded, 8);
+    delete_queues(&raw_connection().await, &queue).await;
+}
+
+#[tokio::test]
+async fn a_spawned_handler_that_panics_or_overruns_fails_like_an_inline_one() {
+    let queue = unique_queue("spawnfail");
+    let spawn = HandlerOptions {
+        spawn: true,
+        timeout: Some(Duration::from_millis(300)),
+        max_attempts: Some(1),
+    };
+    let mut registry = Registry::new();
+    registry.register_raw("test.panics", spawn, |_: TaskContext, _: Payload| async {
+        if true {
+            panic!("boom in a spawned handler");
+        }
+        Ok::<_, TaskError>(())
+    });
+    registry.register_raw("test.hangs", spawn, |_: TaskContext, _: Payload| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        Ok::<_, TaskError>(())
+    });
+    let worker = TestWorker::start(registry, test_config(&queue)).await;
+    let publisher = publisher(&queue).await;
+    for task in ["test.panics", "test.hangs"] {
+        publisher
+            .publish(task, &(), &TaskOptions::default())
+            .await
+            .unwrap();
+    }
+    let conn = raw_connection().await;
+    let dlq = warren_common::dead_letter_queue_name(&queue);
+    wait_until(Duration::from_secs(20), "two dead letters", || async {
+        ready_count(&conn, &dlq).await == 2
+    })
+    .await;
+    let mut kinds: Vec<(String, String)> = take_all(&conn, &dlq)
+        .await
+        .iter()
+        .map(|(props, _)| {
+            let task = props.kind().as_ref().unwrap().to_string();
+            (task, header(props, headers::DEAD_KIND).unwrap())
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("test.hangs".to_owned(), "timeout".to_owned()),
+            ("test.panics".to_owned(), "panic".to_owned()),
+        ]
+    );
+    let report = worker.stop().await;
+    assert_eq!(report.totals.dead_lettered, 2);
+    assert_eq!(report.abandoned, 0);
+    delete_queues(&conn, &queue).await;
+}
+
+#[tokio::test]
+async fn a_slow_task_does_not_hold_back_the_acks_of_those_finished_behind_it() {
+    let queue = unique_queue("slowhead");
+    let mut registry = Registry::new();
+    let any = HandlerOptions::default();
+    registry.register_raw("test.slow", any, |_: TaskContext, _: Payload| async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        Ok::<_, TaskError>(())
+    });
+    registry.register_raw("test.fast", any, |_: TaskContext, _: Payload| async {
+        Ok::<_, TaskError>(())
+    });
+    // A window of 8: if the fast tasks' acks waited for the slow one, the broker would stop
+    // after 7 of them until it finished.
+    let mut config = test_config(&queue);
+    config.prefetch = 8;
+    let worker = TestWorker::start(registry, config).await;
+    let publisher = publisher(&queue).await;
+    publisher
+        .publish("test.slow", &(), &TaskOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..40 {
+        publisher
+            .publish("test.fast", &(), &TaskOptions::default())
+            .await
+            .unwrap();
+    }
+    let fast = [("task", "test.fast")];
+    wait_until(Duration::from_secs(3), "40 fast tasks", || async {
+        worker.metric("warren_tasks_succeeded_total", &fast) == 40.0
+    })
+    .await;
+    assert_eq!(
+        worker.metric("warren_tasks_in_progress", &[]),
+        1.0,
+        "the slow task is still running"
+    );
+    let report = worker.stop().await;
+    assert_eq!(report.totals.succeeded, 41);
+    let conn = raw_connection().await;
+    assert_eq!(ready_count(&conn, &queue).await, 0);
+    delete_queues(&conn, &queue).await;
+}
