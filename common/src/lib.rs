@@ -19,7 +19,7 @@ mod topology;
 mod trace;
 
 pub use admin::{admin_router, serve_admin, AdminError, Health, Readiness};
-pub use amqp::{connect, AmqpArgs, AmqpArgsError, AmqpUrl, ConnectError};
+pub use amqp::{connect, AmqpArgs, AmqpArgsError, AmqpUrl, ConnectError, DEFAULT_FRAME_MAX};
 pub use codec::{Codec, CodecError};
 pub use envelope::{
     header_string, header_u64, int_value, now_ms, text_value, Envelope, EnvelopeError, TaskId,

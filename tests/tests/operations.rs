@@ -283,3 +283,28 @@ async fn metrics_count_exactly_what_happened_and_promtool_accepts_them() {
     }
     delete_queues(&raw_connection().await, &queue).await;
 }
+
+#[tokio::test]
+async fn connections_ask_for_small_frames_unless_the_url_says_otherwise() {
+    // lapin's buffers are 32 frames each way per connection: the frame size is the memory.
+    let base: warren_common::AmqpUrl = amqp_url().parse().unwrap();
+    let conn = base
+        .open(lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.configuration().frame_max(),
+        warren_common::DEFAULT_FRAME_MAX
+    );
+    let _ = conn.close(200, "done".into()).await;
+    let sep = if amqp_url().contains('?') { '&' } else { '?' };
+    let own: warren_common::AmqpUrl = format!("{}{sep}frame_max=65536", amqp_url())
+        .parse()
+        .unwrap();
+    let conn = own
+        .open(lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    assert_eq!(conn.configuration().frame_max(), 65536);
+    let _ = conn.close(200, "done".into()).await;
+}
