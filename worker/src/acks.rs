@@ -6,6 +6,9 @@
 //! [`QUIET`], so a long task never holds the rest of the prefetch window hostage. Requeues
 //! (returning a delivery to the queue) are sent at once, individually.
 
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 use std::collections::BTreeSet;
@@ -135,9 +138,15 @@ impl AckLedger {
 }
 
 /// One consumer channel's ledger and the frames it sends.
+///
+/// Sending a frame never makes the consume loop wait: lapin queues the frame at once and
+/// resolves its future only when its I/O thread has written it, a round trip through another
+/// thread that would hold up every task of the queue. The futures are kept and reaped later,
+/// to count the frames that could not be sent.
 pub(crate) struct Acks<'a> {
     channel: &'a Channel,
     ledger: AckLedger,
+    sending: FuturesUnordered<BoxFuture<'a, (AckAction, lapin::Result<()>)>>,
     /// Settlements that could not be sent (the channel died: those tasks will be redelivered).
     lost: u64,
 }
@@ -147,22 +156,23 @@ impl<'a> Acks<'a> {
         Acks {
             channel,
             ledger: AckLedger::new(),
+            sending: FuturesUnordered::new(),
             lost: 0,
         }
     }
 
     /// Records a settlement; a requeue is sent at once, an ack waits for [`flush`](Self::flush).
-    pub(crate) async fn settle(&mut self, settle: Settle) {
+    pub(crate) fn settle(&mut self, settle: Settle) {
         if let Some(action) = self.ledger.record(settle) {
-            self.send(action).await;
+            self.send(action);
         }
     }
 
     /// Sends the `multiple` ack for the contiguous prefix; with `force`, also acks the
     /// deliveries held back behind a gap.
-    pub(crate) async fn flush(&mut self, force: bool) {
+    pub(crate) fn flush(&mut self, force: bool) {
         for action in self.ledger.flush(force) {
-            self.send(action).await;
+            self.send(action);
         }
     }
 
@@ -176,28 +186,45 @@ impl<'a> Acks<'a> {
         self.ledger.has_pending()
     }
 
-    /// Settlements that could not be sent.
-    pub(crate) fn lost(&self) -> u64 {
+    /// Flushes everything, waits until every frame is written (or has failed), and returns
+    /// how many settlements could not be sent.
+    pub(crate) async fn finish(mut self) -> u64 {
+        self.flush(true);
+        while let Some((action, result)) = self.sending.next().await {
+            self.count(action, result);
+        }
         self.lost
     }
 
-    async fn send(&mut self, action: AckAction) {
+    fn send(&mut self, action: AckAction) {
         let channel = self.channel;
-        let result = match action {
-            AckAction::AckUpTo(tag) => {
-                channel
-                    .basic_ack(tag, BasicAckOptions { multiple: true })
-                    .await
-            }
-            AckAction::AckOne(tag) => channel.basic_ack(tag, BasicAckOptions::default()).await,
-            AckAction::Requeue(tag) => {
-                let options = BasicNackOptions {
-                    multiple: false,
-                    requeue: true,
-                };
-                channel.basic_nack(tag, options).await
-            }
+        let frame = async move {
+            let result = match action {
+                AckAction::AckUpTo(tag) => {
+                    channel
+                        .basic_ack(tag, BasicAckOptions { multiple: true })
+                        .await
+                }
+                AckAction::AckOne(tag) => channel.basic_ack(tag, BasicAckOptions::default()).await,
+                AckAction::Requeue(tag) => {
+                    let options = BasicNackOptions {
+                        multiple: false,
+                        requeue: true,
+                    };
+                    channel.basic_nack(tag, options).await
+                }
+            };
+            (action, result)
         };
+        self.sending.push(frame.boxed());
+        // The first poll queues the frame (in the order the ledger produced them); it also
+        // reaps the frames already written.
+        while let Some(Some((action, result))) = self.sending.next().now_or_never() {
+            self.count(action, result);
+        }
+    }
+
+    fn count(&mut self, action: AckAction, result: lapin::Result<()>) {
         if let Err(error) = result {
             self.lost += 1;
             tracing::warn!(?action, %error, "could not settle a delivery; the broker will redeliver it");

@@ -166,18 +166,18 @@ impl Owned {
                         .basic_cancel(consumer.tag(), BasicCancelOptions::default())
                         .await;
                     for delivery in waiting.drain(..) {
-                        lane.returned(&mut acks, &delivery).await;
+                        lane.returned(&mut acks, &delivery);
                     }
                     if let Some(ended) = ended.take() {
                         let _ = ended.send(None);
                     }
                 }
                 Some(settle) = running.next(), if !running.is_empty() => {
-                    acks.settle(settle).await;
+                    acks.settle(settle);
                 }
                 _ = &mut quiet, if quiet_armed => {
                     quiet_armed = false;
-                    acks.flush(true).await;
+                    acks.flush(true);
                 }
                 permit = permits.acquire(), if taking && !waiting.is_empty() => {
                     let permit = permit.expect("the semaphore is never closed");
@@ -186,7 +186,7 @@ impl Owned {
                 }
                 next = consumer.next(), if receiving => match (phase, next) {
                     (Phase::Taking, Some(Ok(delivery))) => waiting.push_back(lane.taken(delivery)),
-                    (_, Some(Ok(delivery))) => lane.returned(&mut acks, &delivery).await,
+                    (_, Some(Ok(delivery))) => lane.returned(&mut acks, &delivery),
                     (Phase::Taking, end) => {
                         let reason = match end {
                             Some(Err(error)) => format!("consumer of `{}` failed: {error}", lane.queue),
@@ -208,10 +208,10 @@ impl Owned {
             loop {
                 let mut progressed = false;
                 while let Some(Some(settle)) = running.next().now_or_never() {
-                    acks.settle(settle).await;
+                    acks.settle(settle);
                     progressed = true;
                     if acks.ackable() >= ack_every {
-                        acks.flush(false).await;
+                        acks.flush(false);
                     }
                 }
                 if phase == Phase::Taking {
@@ -233,7 +233,7 @@ impl Owned {
                 }
             }
             // About to wait: settle what is done, and give a gap its deadline.
-            acks.flush(false).await;
+            acks.flush(false);
             if !acks.holding() {
                 quiet_armed = false;
             } else if !quiet_armed {
@@ -241,8 +241,7 @@ impl Owned {
                 quiet.as_mut().reset(Instant::now() + QUIET);
             }
         }
-        acks.flush(true).await;
-        let lost = acks.lost();
+        let lost = acks.finish().await;
         self.shared
             .metrics
             .acks_lost
@@ -261,10 +260,10 @@ impl<'a> Lane<'a> {
     }
 
     /// Returns a delivery that was never started to its queue.
-    async fn returned(self, acks: &mut Acks<'_>, delivery: &Delivery) {
+    fn returned(self, acks: &mut Acks<'_>, delivery: &Delivery) {
         self.metrics.requeued.inc();
         self.metrics.held.dec();
-        acks.settle(Settle::Requeue(delivery.delivery_tag)).await;
+        acks.settle(Settle::Requeue(delivery.delivery_tag));
     }
 
     /// Runs one delivery to its settlement.
