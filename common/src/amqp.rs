@@ -1,22 +1,17 @@
-//! Connecting to the broker: URLs (with the password masked wherever one is printed), read from
-//! the command line or from a file, the TLS settings of `amqps://` (a private CA, a client
-//! certificate), several cluster nodes tried in turn, and retries with exponential backoff that
-//! never give up until the process is told to stop.
+//! Where the broker is: URLs (with the password masked wherever one is printed), read from
+//! the command line or from a file, and the TLS settings of `amqps://` (a private CA, a client
+//! certificate). [`crate::connect`] tries them in turn.
 //!
 //! Files are read once, by [`AmqpArgs::resolve`] at start-up; from then on every [`AmqpUrl`]
 //! carries what it needs to be connected to, so code that passes URLs around needs no TLS
 //! knowledge.
 
-use backoff::backoff::Backoff;
-use backoff::ExponentialBackoffBuilder;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// The broker on a developer's machine.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -352,62 +347,6 @@ fn read_pem(flag: &'static str, path: &Path, label: &str) -> Result<String, Amqp
         return Err(AmqpArgsError::new(flag, problem));
     }
     Ok(text)
-}
-
-/// Connecting was abandoned.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    /// The process is shutting down.
-    #[error("gave up connecting: shutting down")]
-    Cancelled,
-    /// No URL was given.
-    #[error("no AMQP URL given")]
-    NoUrl,
-}
-
-/// Connects to the first node that answers, trying each URL in turn and backing off
-/// exponentially (capped at 10 s, with jitter) between rounds. Never gives up on its own;
-/// returns only once connected or when `cancel` fires. Every failure (an untrusted certificate
-/// included) is logged as a warning with the password masked.
-pub async fn connect(
-    urls: &[AmqpUrl],
-    name: &str,
-    cancel: &CancellationToken,
-) -> Result<Connection, ConnectError> {
-    if urls.is_empty() {
-        return Err(ConnectError::NoUrl);
-    }
-    let mut backoff = ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_millis(200))
-        .with_max_interval(Duration::from_secs(10))
-        .with_max_elapsed_time(None)
-        .build();
-    let mut attempt: u64 = 0;
-    loop {
-        for url in urls {
-            attempt += 1;
-            let props = ConnectionProperties::default().with_connection_name(name.into());
-            let result = tokio::select! {
-                _ = cancel.cancelled() => return Err(ConnectError::Cancelled),
-                result = url.open(props) => result,
-            };
-            match result {
-                Ok(conn) => {
-                    tracing::info!(url = %url, connection = name, attempt, "connected to broker");
-                    return Ok(conn);
-                }
-                Err(error) => {
-                    tracing::warn!(url = %url, connection = name, attempt, %error, "broker unreachable");
-                }
-            }
-        }
-        let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(10));
-        tracing::info!(retry_in = ?delay, "retrying broker connection");
-        tokio::select! {
-            _ = cancel.cancelled() => return Err(ConnectError::Cancelled),
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
 }
 
 #[cfg(test)]

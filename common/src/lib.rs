@@ -8,6 +8,7 @@
 mod admin;
 mod amqp;
 mod codec;
+mod connect;
 pub mod delay;
 mod envelope;
 pub mod headers;
@@ -19,8 +20,9 @@ mod topology;
 mod trace;
 
 pub use admin::{admin_router, serve_admin, AdminError, Health, Readiness};
-pub use amqp::{connect, AmqpArgs, AmqpArgsError, AmqpUrl, ConnectError, DEFAULT_FRAME_MAX};
+pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
 pub use codec::{Codec, CodecError};
+pub use connect::{connect, ConnectError};
 pub use envelope::{
     header_string, header_u64, int_value, now_ms, text_value, Envelope, EnvelopeError, TaskId,
     DEFAULT_SCHEMA_VERSION,

@@ -1,0 +1,65 @@
+//! Connecting to the broker: several cluster nodes tried in turn, and retries with
+//! exponential backoff that never give up until the process is told to stop.
+
+use crate::AmqpUrl;
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoffBuilder;
+use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Connecting was abandoned.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The process is shutting down.
+    #[error("gave up connecting: shutting down")]
+    Cancelled,
+    /// No URL was given.
+    #[error("no AMQP URL given")]
+    NoUrl,
+}
+
+/// Connects to the first node that answers, trying each URL in turn and backing off
+/// exponentially (capped at 10 s, with jitter) between rounds. Never gives up on its own;
+/// returns only once connected or when `cancel` fires. Every failure (an untrusted certificate
+/// included) is logged as a warning with the password masked.
+pub async fn connect(
+    urls: &[AmqpUrl],
+    name: &str,
+    cancel: &CancellationToken,
+) -> Result<Connection, ConnectError> {
+    if urls.is_empty() {
+        return Err(ConnectError::NoUrl);
+    }
+    let mut backoff = ExponentialBackoffBuilder::new()
+        .with_initial_interval(Duration::from_millis(200))
+        .with_max_interval(Duration::from_secs(10))
+        .with_max_elapsed_time(None)
+        .build();
+    let mut attempt: u64 = 0;
+    loop {
+        for url in urls {
+            attempt += 1;
+            let props = ConnectionProperties::default().with_connection_name(name.into());
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return Err(ConnectError::Cancelled),
+                result = url.open(props) => result,
+            };
+            match result {
+                Ok(conn) => {
+                    tracing::info!(url = %url, connection = name, attempt, "connected to broker");
+                    return Ok(conn);
+                }
+                Err(error) => {
+                    tracing::warn!(url = %url, connection = name, attempt, %error, "broker unreachable");
+                }
+            }
+        }
+        let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(10));
+        tracing::info!(retry_in = ?delay, "retrying broker connection");
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(ConnectError::Cancelled),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
