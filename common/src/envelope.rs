@@ -84,11 +84,19 @@ impl Envelope {
     /// A new task with a fresh time-ordered id, attempt 1, created now.
     pub fn new(task: impl Into<String>, codec: Codec) -> Self {
         Envelope {
-            id: uuid::Uuid::now_v7().to_string(),
-            task: task.into(),
+            created_ms: Some(now_ms()),
+            ..Envelope::with_defaults(uuid::Uuid::now_v7().to_string(), task.into(), codec)
+        }
+    }
+
+    /// A task with every optional field absent and every other at its contract default.
+    fn with_defaults(id: TaskId, task: String, codec: Codec) -> Self {
+        Envelope {
+            id,
+            task,
             codec,
             attempt: 1,
-            created_ms: Some(now_ms()),
+            created_ms: None,
             schema_version: DEFAULT_SCHEMA_VERSION,
             max_attempts: None,
             timeout_ms: None,
@@ -161,19 +169,7 @@ impl Envelope {
         let task = non_empty(props.kind(), "type")?;
         let id = non_empty(props.message_id(), "message_id")?;
         let codec = Codec::from_content_type(props.content_type().as_ref().map(|s| s.as_str()))?;
-        let mut envelope = Envelope {
-            id,
-            task,
-            codec,
-            attempt: 1,
-            created_ms: None,
-            schema_version: DEFAULT_SCHEMA_VERSION,
-            max_attempts: None,
-            timeout_ms: None,
-            expires_ms: None,
-            traceparent: None,
-            not_before_ms: None,
-        };
+        let mut envelope = Envelope::with_defaults(id, task, codec);
         let Some(table) = props.headers() else {
             return Ok(envelope);
         };

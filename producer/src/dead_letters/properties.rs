@@ -6,14 +6,14 @@ use super::DeadLetter;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use std::time::Duration;
-use warren_common::{headers, int_value};
+use warren_common::{headers, int_value, BROKER_HEADERS};
 
 /// Headers the broker adds when it delivers a message; not part of the dead letter.
 const ADDED_ON_DELIVERY: [&str; 2] = [headers::X_DELIVERY_COUNT, "x-acquired-count"];
 
-/// Headers a replayed task must not carry: the worker's dead-letter record and the broker's
-/// delivery and dead-lettering history (a replayed task starts afresh).
-pub(super) const STRIPPED_ON_REPLAY: [&str; 19] = [
+/// Headers of the worker's dead-letter record (and of the failures before it), which a
+/// replayed task must not carry, besides the broker's [`BROKER_HEADERS`]: it starts afresh.
+pub(super) const DEAD_LETTER_RECORD: [&str; 10] = [
     headers::DEAD_REASON,
     headers::LAST_ERROR,
     headers::NOT_BEFORE_MS,
@@ -24,16 +24,12 @@ pub(super) const STRIPPED_ON_REPLAY: [&str; 19] = [
     headers::ORIGINAL_QUEUE,
     headers::ORIGINAL_ROUTING_KEY,
     headers::DEAD_WORKER,
-    headers::X_DEATH,
-    headers::X_DELIVERY_COUNT,
-    "x-acquired-count",
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
 ];
+
+/// Every header [`replay_properties`] drops.
+fn stripped_on_replay() -> impl Iterator<Item = &'static str> {
+    DEAD_LETTER_RECORD.into_iter().chain(BROKER_HEADERS)
+}
 
 /// A dead letter as it goes back into its queue. A republished message starts its queue's
 /// `x-message-ttl` afresh, so with the queue's retention age `max_age` known, the copy gets
@@ -66,7 +62,8 @@ pub(super) fn replay_properties(
     dead: &DeadLetter,
     reset: bool,
 ) -> BasicProperties {
-    let mut headers = without(props, &STRIPPED_ON_REPLAY);
+    let stripped: Vec<&str> = stripped_on_replay().collect();
+    let mut headers = without(props, &stripped);
     let attempt = if reset {
         1
     } else {
@@ -94,7 +91,7 @@ mod tests {
 
     fn dead_letter_properties() -> BasicProperties {
         let mut table = FieldTable::default();
-        for name in STRIPPED_ON_REPLAY {
+        for name in stripped_on_replay() {
             table.insert(name.into(), text_value("x"));
         }
         table.insert(headers::DEAD_ATTEMPTS.into(), int_value(3));
@@ -119,7 +116,7 @@ mod tests {
         let dead = DeadLetter::from_message(&props, b"");
         let replayed = replay_properties(&props, &dead, false);
         let table = replayed.headers().as_ref().unwrap();
-        for name in STRIPPED_ON_REPLAY {
+        for name in stripped_on_replay() {
             assert!(!table.contains_key(name), "{name} was kept");
         }
         assert_eq!(header_u64(table, headers::ATTEMPT).unwrap(), Some(4));
