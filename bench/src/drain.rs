@@ -10,7 +10,7 @@
 
 use crate::broker::Broker;
 use crate::launch::{Launcher, Side, WorkerSettings};
-use crate::process::Proc;
+use crate::process::{cpu_seconds, local_broker_pid, Proc};
 use anyhow::{bail, Context};
 use futures::future::{select_all, try_join_all};
 use futures::FutureExt;
@@ -34,6 +34,9 @@ pub struct Drain {
     pub rss_mib: Vec<f64>,
     /// CPU time the processes used during the drain (from the first ready), seconds.
     pub cpu_seconds: f64,
+    /// CPU time the local broker used during the drain, seconds (`None`: no local broker
+    /// whose CPU time can be read).
+    pub broker_cpu_seconds: Option<f64>,
 }
 
 /// What to drain.
@@ -66,9 +69,14 @@ pub async fn drain(
     let (first_ready, _, _) = select_all(procs.iter().map(|p| p.wait_ready().boxed())).await;
     let first_ready = first_ready?;
     let cpu = || procs.iter().map(Proc::cpu_seconds).sum::<Result<f64, _>>();
-    let cpu_at_ready = cpu()?;
+    let broker_pid = local_broker_pid();
+    let broker_cpu = || broker_pid.as_deref().and_then(|pid| cpu_seconds(pid).ok());
+    let (cpu_at_ready, broker_at_ready) = (cpu()?, broker_cpu());
     let done_at = wait_finished(&procs, spec.tasks, first_ready).await?;
     let cpu_seconds = cpu()? - cpu_at_ready;
+    let broker_cpu_seconds = broker_cpu()
+        .zip(broker_at_ready)
+        .map(|(end, start)| end - start);
     let rss_mib = procs.iter().map(Proc::rss_mib).collect::<Result<_, _>>()?;
     let finished: u64 = try_join_all(procs.iter().map(Proc::finished))
         .await?
@@ -90,6 +98,7 @@ pub async fn drain(
         done_at,
         rss_mib,
         cpu_seconds,
+        broker_cpu_seconds,
     })
 }
 

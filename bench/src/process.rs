@@ -154,7 +154,11 @@ impl Proc {
             Some(handle) => handle.await.unwrap_or_default(),
             None => String::new(),
         };
-        if !status.success() {
+        // A profiler wrapping the process (`WARREN_BENCH_WRAP`) may die of the SIGTERM it
+        // passes on: that is how it was asked to stop.
+        let wrapped_term = std::env::var_os(crate::launch::WRAP_ENV).is_some()
+            && std::os::unix::process::ExitStatusExt::signal(&status) == Some(15);
+        if !status.success() && !wrapped_term {
             bail!(
                 "{} exited with {status}:\n{}",
                 self.name,
@@ -163,6 +167,19 @@ impl Proc {
         }
         Ok(stdout)
     }
+}
+
+/// The pid of the local RabbitMQ node (the one `beam.smp` process), if there is exactly one
+/// and this user may read its CPU time: the broker shares the machine's cores with the
+/// workers, so its CPU time per task is part of what each side costs.
+pub fn local_broker_pid() -> Option<String> {
+    let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+        (comm.trim_end() == "beam.smp").then(|| entry.file_name().to_string_lossy().into_owned())
+    });
+    let pid = found.next()?;
+    (found.next().is_none() && cpu_seconds(&pid).is_ok()).then_some(pid)
 }
 
 /// CPU time of process `pid` (or `self`), in seconds: the sum over its live threads of

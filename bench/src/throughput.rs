@@ -49,6 +49,10 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             samples.push("startup", side, d.startup.as_secs_f64());
             samples.push("pub_cpu", side, p.cpu_seconds * 1e6 / n);
             samples.push("cpu", side, d.cpu_seconds * 1e6 / n);
+            let broker_cpu = d.broker_cpu_seconds.map(|s| s * 1e6 / n);
+            if let Some(us) = broker_cpu {
+                samples.push("broker_cpu", side, us);
+            }
             samples.push("rss", side, d.rss_mib[0]);
             progress(
                 "W1",
@@ -56,10 +60,11 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
                 side,
                 &format!(
                     "publish {publish:.0}/s, drain {drain:.0}/s, end-to-end {end_to_end:.3} s, \
-                     startup {:.3} s, CPU/task publish {:.1} µs, worker {:.1} µs",
+                     startup {:.3} s, CPU/task publish {:.1} µs, worker {:.1} µs, broker {}",
                     d.startup.as_secs_f64(),
                     p.cpu_seconds * 1e6 / n,
-                    d.cpu_seconds * 1e6 / n
+                    d.cpu_seconds * 1e6 / n,
+                    broker_cpu.map_or("unknown".to_owned(), |us| format!("{us:.1} µs")),
                 ),
             );
         }
@@ -79,7 +84,7 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             format!("worker: prefetch {}, concurrency {} (Warren: `warren-worker --prefetch {} --concurrency {}`; baseline: `multiple` ack at least every {} completions and whenever idle)", t.prefetch, t.concurrency, t.prefetch, t.concurrency, t.ack_every),
             "drain: from the worker process reporting ready (/readyz) to its success counter (/metrics) reaching the task count; end-to-end: from the first publish to the last task finished, including starting the worker process".to_owned(),
             "startup: from spawning the worker process to /readyz answering 200 (Warren declares its topology and opens two connections)".to_owned(),
-            "CPU per task: CPU time (/proc/PID/task/*/schedstat) of the publishing process during the publish, and of the worker process during the drain, over the task count".to_owned(),
+            "CPU per task: CPU time (/proc/PID/task/*/schedstat) of the publishing process during the publish, and of the worker process and of the local broker (`beam.smp`, when there is one) during the drain, over the task count".to_owned(),
         ],
         rows: vec![
             row(&mut samples, "publish", "publish", "tasks/s", Some(Target::RatioAtLeast(0.9))),
@@ -88,6 +93,7 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             row(&mut samples, "startup", "worker startup", "s", None),
             row(&mut samples, "pub_cpu", "publisher CPU per task", "µs", None),
             row(&mut samples, "cpu", "worker CPU per task", "µs", None),
+            row(&mut samples, "broker_cpu", "broker CPU per task, drain", "µs", None),
             row(&mut samples, "rss", "worker RSS after W1", "MiB", None),
         ],
     })
