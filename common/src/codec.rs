@@ -45,6 +45,12 @@ impl Codec {
     /// The codec named by a `content_type`; a missing content type means JSON, which is what
     /// a hand-written producer in another language most likely sent.
     pub fn from_content_type(content_type: Option<&str>) -> Result<Self, CodecError> {
+        // Read on every delivery: the exact names Warren writes need no parsing.
+        match content_type {
+            Some(BINCODE) => return Ok(Codec::Bincode),
+            Some(JSON) | None => return Ok(Codec::Json),
+            Some(_) => {}
+        }
         // Parameters such as "; charset=utf-8" do not change the codec.
         let essence = content_type.map(|ct| ct.split(';').next().unwrap_or("").trim());
         match essence {
