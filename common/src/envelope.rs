@@ -64,7 +64,8 @@ pub struct Envelope {
     pub codec: Codec,
     /// Attempt number of this delivery, starting at 1.
     pub attempt: u32,
-    /// Creation time in milliseconds since the epoch, if the producer wrote it.
+    /// Creation time in milliseconds since the epoch: `x-warren-created-ms`, or the time in
+    /// a UUIDv7 id.
     pub created_ms: Option<u64>,
     /// The payload's schema version.
     pub schema_version: u32,
@@ -81,11 +82,13 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// A new task with a fresh time-ordered id, attempt 1, created now.
+    /// A new task with a fresh time-ordered id (a UUIDv7), attempt 1, created now: the
+    /// creation time is the one the id carries, so the message needs no header for it.
     pub fn new(task: impl Into<String>, codec: Codec) -> Self {
+        let id = uuid::Uuid::now_v7();
         Envelope {
-            created_ms: Some(now_ms()),
-            ..Envelope::with_defaults(uuid::Uuid::now_v7().to_string(), task.into(), codec)
+            created_ms: v7_ms(&id),
+            ..Envelope::with_defaults(id.to_string(), task.into(), codec)
         }
     }
 
@@ -130,12 +133,18 @@ impl Envelope {
         if let Some(created) = self.created_ms {
             props = props.with_timestamp(created / 1000);
         }
-        props.with_headers(self.write_headers(FieldTable::default()))
+        let headers = self.write_headers(FieldTable::default());
+        if headers.inner().is_empty() {
+            // No header table at all: nothing for the broker or a reader to parse.
+            return props;
+        }
+        props.with_headers(headers)
     }
 
     /// Writes Warren's headers into `table`. A header holding its default (attempt 1,
-    /// schema 1) is left out: every reader applies the default, and each header costs every
-    /// delivery a parse on the broker and in the worker.
+    /// schema 1, a creation time equal to the one in a UUIDv7 id) is left out: every reader
+    /// applies the default, and each header costs every delivery a parse on the broker and
+    /// in the worker.
     fn write_headers(&self, mut table: FieldTable) -> FieldTable {
         let optional = [
             (
@@ -147,7 +156,10 @@ impl Envelope {
                 Some(self.schema_version.into())
                     .filter(|&v| v != u64::from(DEFAULT_SCHEMA_VERSION)),
             ),
-            (headers::CREATED_MS, self.created_ms),
+            (
+                headers::CREATED_MS,
+                self.created_ms.filter(|&c| Some(c) != id_time_ms(&self.id)),
+            ),
             (headers::MAX_ATTEMPTS, self.max_attempts.map(u64::from)),
             (headers::TIMEOUT_MS, self.timeout_ms),
             (headers::EXPIRES_MS, self.expires_ms),
@@ -170,10 +182,8 @@ impl Envelope {
         let id = non_empty(props.message_id(), "message_id")?;
         let codec = Codec::from_content_type(props.content_type().as_ref().map(|s| s.as_str()))?;
         let mut envelope = Envelope::with_defaults(id, task, codec);
-        let Some(table) = props.headers() else {
-            return Ok(envelope);
-        };
-        for (name, value) in table.inner() {
+        let table = props.headers().as_ref().map(FieldTable::inner);
+        for (name, value) in table.into_iter().flatten() {
             let e = &mut envelope;
             match name.as_str() {
                 headers::ATTEMPT => {
@@ -197,8 +207,29 @@ impl Envelope {
                 _ => {}
             }
         }
+        if envelope.created_ms.is_none() {
+            envelope.created_ms = id_time_ms(&envelope.id);
+        }
         Ok(envelope)
     }
+}
+
+/// The creation time a task id carries: the Unix milliseconds of a UUIDv7 (RFC 9562), the
+/// default of `x-warren-created-ms`. `None` for any other id.
+pub fn id_time_ms(id: &str) -> Option<u64> {
+    // Cheap checks first: most ids that are not UUIDv7s fail on length or version digit.
+    if id.len() != 36 || id.as_bytes()[14] != b'7' {
+        return None;
+    }
+    v7_ms(&uuid::Uuid::try_parse(id).ok()?)
+}
+
+fn v7_ms(id: &uuid::Uuid) -> Option<u64> {
+    if id.get_version() != Some(uuid::Version::SortRand) {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
 }
 
 fn saturate(v: u64) -> u32 {
@@ -346,6 +377,51 @@ mod tests {
             (1, Codec::Json, 1)
         );
         assert_eq!(env.created_ms, None);
+    }
+
+    #[test]
+    fn a_generated_id_carries_the_creation_time_and_the_message_no_headers() {
+        let before = now_ms();
+        let env = Envelope::new("demo.noop", Codec::Json);
+        let created = env.created_ms.expect("a new task has a creation time");
+        assert!(created >= before && created <= now_ms(), "{created}");
+        assert_eq!(id_time_ms(&env.id), Some(created));
+        let props = env.to_properties();
+        assert_eq!(props.headers(), &None, "a first attempt needs no header");
+        assert_eq!(props.timestamp(), &Some(created / 1000));
+        assert_eq!(Envelope::from_properties(&props).unwrap(), env);
+    }
+
+    #[test]
+    fn a_creation_time_the_id_does_not_carry_is_written() {
+        let mut env = Envelope::new("demo.noop", Codec::Json);
+        // A caller's own id (not a UUIDv7), and a UUIDv7 minted at another time.
+        for id in ["order-42", "01890a5d-ac96-774b-bcce-b302099a8057"] {
+            env.id = id.to_owned();
+            let props = env.to_properties();
+            let table = props.headers().as_ref().expect("headers");
+            assert_eq!(
+                header_u64(table, headers::CREATED_MS).unwrap(),
+                env.created_ms
+            );
+            assert_eq!(Envelope::from_properties(&props).unwrap(), env);
+        }
+    }
+
+    #[test]
+    fn without_the_header_the_creation_time_comes_from_a_uuidv7_id() {
+        let props = |id: &str| {
+            BasicProperties::default()
+                .with_type("demo.noop".into())
+                .with_message_id(id.into())
+        };
+        // 0x01890a5dac96 ms = 2023-07-04T...: the RFC 9562 layout.
+        let v7 = Envelope::from_properties(&props("01890a5d-ac96-774b-bcce-b302099a8057"));
+        assert_eq!(v7.unwrap().created_ms, Some(0x0189_0a5d_ac96));
+        let v4 = Envelope::from_properties(&props("9f1c2c1e-5b7a-4c59-9d0e-2f1b8e4c7a10"));
+        assert_eq!(v4.unwrap().created_ms, None);
+        let not_a_uuid = Envelope::from_properties(&props("01890a5d-ac96-774b-bcce-b302099a805z"));
+        assert_eq!(not_a_uuid.unwrap().created_ms, None);
     }
 
     #[test]

@@ -24,8 +24,8 @@ pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
 pub use codec::{Codec, CodecError};
 pub use connect::{connect, ConnectError};
 pub use envelope::{
-    header_string, header_u64, int_value, now_ms, text_value, Envelope, EnvelopeError, TaskId,
-    DEFAULT_SCHEMA_VERSION,
+    header_string, header_u64, id_time_ms, int_value, now_ms, text_value, Envelope, EnvelopeError,
+    TaskId, DEFAULT_SCHEMA_VERSION,
 };
 pub use queue::{dead_letter_queue_name, QueueKind, QueueSpec, Retention};
 pub use republish::{headers_without, republished, BROKER_HEADERS};

@@ -29,7 +29,8 @@ pub struct TaskContext {
     pub queue: String,
     /// The payload's schema version.
     pub schema_version: u32,
-    /// Creation time, milliseconds since the epoch, if the producer wrote it.
+    /// Creation time, milliseconds since the epoch: `x-warren-created-ms`, or the time in a
+    /// UUIDv7 task id; `None` if the message carries neither.
     pub created_ms: Option<u64>,
     /// Whether the broker delivered this attempt before (a worker died or returned it).
     pub redelivered: bool,
