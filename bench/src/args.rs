@@ -85,9 +85,8 @@ pub struct Tuning {
     /// (it also acks whenever it has nothing else ready to do).
     #[arg(long, default_value_t = 100)]
     pub ack_every: u64,
-    /// Baseline messages carry Warren's first-attempt envelope too (a message id, a
-    /// timestamp and the `x-warren-created-ms` header), to separate the cost of the bigger
-    /// messages from the cost of the code.
+    /// Baseline messages carry Warren's first-attempt envelope too (a UUIDv7 message id and
+    /// a timestamp), to separate the cost of the bigger messages from the cost of the code.
     #[arg(long)]
     pub baseline_envelope: bool,
     /// Prefetch of the W2 (sleep) and W3 (latency) workers; their concurrency is 16.

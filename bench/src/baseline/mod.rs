@@ -11,7 +11,6 @@ mod worker;
 pub use publisher::{check, RawPublisher};
 pub use worker::{run_worker, SUCCEEDED_METRIC};
 
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
 /// Persistent delivery mode.
@@ -19,7 +18,7 @@ const PERSISTENT: u8 = 2;
 
 /// The properties of a baseline task: persistent, JSON, and its task name in `type`. With
 /// `envelope`, also what Warren's envelope carries on a first attempt (a UUIDv7 message id,
-/// a timestamp and the `x-warren-created-ms` header), written by hand, to measure what the
+/// which holds the creation time, and a timestamp), written by hand, to measure what the
 /// bigger messages cost.
 pub fn properties(task: &str, envelope: bool) -> BasicProperties {
     let props = BasicProperties::default()
@@ -29,11 +28,8 @@ pub fn properties(task: &str, envelope: bool) -> BasicProperties {
     if !envelope {
         return props;
     }
-    let now_ms = (crate::payload::now_us() / 1000) as i64;
-    let mut headers = FieldTable::default();
-    headers.insert("x-warren-created-ms".into(), AMQPValue::LongLongInt(now_ms));
+    let now_s = crate::payload::now_us() / 1_000_000;
     props
         .with_message_id(uuid::Uuid::now_v7().to_string().into())
-        .with_timestamp(now_ms as u64 / 1000)
-        .with_headers(headers)
+        .with_timestamp(now_s)
 }
