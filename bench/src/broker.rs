@@ -41,6 +41,13 @@ impl Broker {
         name
     }
 
+    /// The pid of the broker process, when it runs on this machine and its CPU time can be
+    /// read (see [`listening_pid`](crate::process::listening_pid)).
+    pub fn local_pid(&self) -> Option<String> {
+        let uri: lapin::uri::AMQPUri = self.url.parse().ok()?;
+        crate::process::listening_pid(uri.authority.port)
+    }
+
     /// A plain lapin connection.
     pub async fn connect(&self, name: &str) -> anyhow::Result<Connection> {
         let props = ConnectionProperties::default().with_connection_name(name.into());

@@ -10,7 +10,7 @@
 
 use crate::broker::Broker;
 use crate::launch::{Launcher, Side, WorkerSettings};
-use crate::process::{cpu_seconds, local_broker_pid, Proc};
+use crate::process::{cpu_seconds, Proc};
 use anyhow::{bail, Context};
 use futures::future::{select_all, try_join_all};
 use futures::FutureExt;
@@ -34,8 +34,8 @@ pub struct Drain {
     pub rss_mib: Vec<f64>,
     /// CPU time the processes used during the drain (from the first ready), seconds.
     pub cpu_seconds: f64,
-    /// CPU time the local broker used during the drain, seconds (`None`: no local broker
-    /// whose CPU time can be read).
+    /// CPU time the broker used during the drain, seconds (`None`: the broker is not a local
+    /// process whose CPU time this user can read).
     pub broker_cpu_seconds: Option<f64>,
 }
 
@@ -61,6 +61,7 @@ pub async fn drain(
     conn: &Connection,
     spec: DrainSpec<'_>,
 ) -> anyhow::Result<Drain> {
+    let broker_pid = broker.local_pid();
     let started = Instant::now();
     let procs = try_join_all(
         (0..spec.processes).map(|_| launcher.drain_worker(spec.side, spec.queue, spec.settings)),
@@ -69,7 +70,6 @@ pub async fn drain(
     let (first_ready, _, _) = select_all(procs.iter().map(|p| p.wait_ready().boxed())).await;
     let first_ready = first_ready?;
     let cpu = || procs.iter().map(Proc::cpu_seconds).sum::<Result<f64, _>>();
-    let broker_pid = local_broker_pid();
     let broker_cpu = || broker_pid.as_deref().and_then(|pid| cpu_seconds(pid).ok());
     let (cpu_at_ready, broker_at_ready) = (cpu()?, broker_cpu());
     let done_at = wait_finished(&procs, spec.tasks, first_ready).await?;

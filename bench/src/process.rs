@@ -169,17 +169,56 @@ impl Proc {
     }
 }
 
-/// The pid of the local RabbitMQ node (the one `beam.smp` process), if there is exactly one
-/// and this user may read its CPU time: the broker shares the machine's cores with the
-/// workers, so its CPU time per task is part of what each side costs.
-pub fn local_broker_pid() -> Option<String> {
-    let mut found = std::fs::read_dir("/proc").ok()?.filter_map(|entry| {
+/// The pid of the local process listening on TCP `port` (the broker's AMQP port), if this
+/// user may see it and read its CPU time: the broker shares the machine's cores with the
+/// workers, so its CPU time per task is part of what each side costs. Found through the
+/// listening socket's inode (`/proc/net/tcp*`) and the process holding it (`/proc/*/fd`), so
+/// that a `rabbitmqctl` running meanwhile or another node on the machine is not mistaken
+/// for it.
+pub fn listening_pid(port: u16) -> Option<String> {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return None;
+    }
+    let targets: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let holds = |pid: &std::path::Path| -> bool {
+        let Ok(fds) = std::fs::read_dir(pid.join("fd")) else {
+            return false;
+        };
+        fds.filter_map(Result::ok).any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|link| targets.iter().any(|t| link.as_os_str() == t.as_str()))
+        })
+    };
+    let pid = std::fs::read_dir("/proc").ok()?.find_map(|entry| {
         let entry = entry.ok()?;
-        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
-        (comm.trim_end() == "beam.smp").then(|| entry.file_name().to_string_lossy().into_owned())
-    });
-    let pid = found.next()?;
-    (found.next().is_none() && cpu_seconds(&pid).is_ok()).then_some(pid)
+        let name = entry.file_name().to_string_lossy().into_owned();
+        (name.bytes().all(|b| b.is_ascii_digit()) && holds(&entry.path())).then_some(name)
+    })?;
+    cpu_seconds(&pid).is_ok().then_some(pid)
+}
+
+/// Inodes of the sockets listening on `port` (IPv4 and IPv6).
+fn listening_inodes(port: u16) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    let port = format!("{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    let local_port = f.get(1)?.rsplit(':').next()?;
+                    (local_port == port && *f.get(3)? == LISTEN)
+                        .then(|| f.get(9).map(|s| s.to_string()))?
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// CPU time of process `pid` (or `self`), in seconds: the sum over its live threads of

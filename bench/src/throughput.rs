@@ -73,8 +73,8 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
         let (w, b) = s.take(key);
         Row::new(metric, unit, w, b, target)
     };
-    // Only when every repetition of both sides could read the broker's CPU time (one local
-    // node: a test's private node running alongside makes it ambiguous).
+    // Only when every repetition of both sides could read the broker's CPU time (it must run
+    // on this machine, visible to this user).
     let (broker_w, broker_b) = samples.take("broker_cpu");
     let reps = ctx.reps as usize;
     let broker_row = (broker_w.len() == reps && broker_b.len() == reps)
@@ -90,7 +90,7 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             format!("worker: prefetch {}, concurrency {} (Warren: `warren-worker --prefetch {} --concurrency {}`; baseline: `multiple` ack at least every {} completions and whenever idle)", t.prefetch, t.concurrency, t.prefetch, t.concurrency, t.ack_every),
             "drain: from the worker process reporting ready (/readyz) to its success counter (/metrics) reaching the task count; end-to-end: from the first publish to the last task finished, including starting the worker process".to_owned(),
             "startup: from spawning the worker process to /readyz answering 200 (Warren declares its topology and opens two connections)".to_owned(),
-            "CPU per task: CPU time (/proc/PID/task/*/schedstat) of the publishing process during the publish, and of the worker process and of the local broker (`beam.smp`, when there is one) during the drain, over the task count".to_owned(),
+            "CPU per task: CPU time (/proc/PID/task/*/schedstat) of the publishing process during the publish, and of the worker process and of the broker (the local process listening on the AMQP port, when it can be read) during the drain, over the task count".to_owned(),
         ],
         rows: [
             row(&mut samples, "publish", "publish", "tasks/s", Some(Target::RatioAtLeast(0.9))),
