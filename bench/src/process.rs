@@ -213,8 +213,10 @@ fn listening_inodes(port: u16) -> Vec<String> {
                     // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
                     let f: Vec<&str> = line.split_whitespace().collect();
                     let local_port = f.get(1)?.rsplit(':').next()?;
-                    (local_port == port && *f.get(3)? == LISTEN)
-                        .then(|| f.get(9).map(|s| s.to_string()))?
+                    if local_port != port || *f.get(3)? != LISTEN {
+                        return None;
+                    }
+                    Some(f.get(9)?.to_string())
                 })
                 .collect::<Vec<_>>()
         })

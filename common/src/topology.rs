@@ -155,15 +155,14 @@ impl Topology {
     /// takes a few round trips instead of a hundred.
     pub async fn declare_delays(conn: &Connection) -> Result<(), TopologyError> {
         let deliver = delay::delay_deliver_exchange();
-        let levels: Vec<u32> = (0..DELAY_LEVELS).collect();
-        let channels = try_join_all(levels.iter().map(|_| open(conn, &deliver))).await?;
+        let channels = try_join_all((0..DELAY_LEVELS).map(|_| open(conn, &deliver))).await?;
         declare_exchange(&channels[0], &deliver, ExchangeKind::Topic).await?;
-        try_join_all(levels.iter().zip(&channels).map(|(&level, channel)| {
+        try_join_all((0..DELAY_LEVELS).zip(&channels).map(|(level, channel)| {
             let name = delay::level_name(level);
             async move { declare_exchange(channel, &name, ExchangeKind::Topic).await }
         }))
         .await?;
-        try_join_all(levels.iter().zip(&channels).map(|(&level, channel)| {
+        try_join_all((0..DELAY_LEVELS).zip(&channels).map(|(level, channel)| {
             let below = match level {
                 0 => deliver.clone(),
                 _ => delay::level_name(level - 1),
