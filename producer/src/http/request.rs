@@ -268,14 +268,6 @@ pub(crate) fn valid_traceparent(value: &str) -> bool {
         && parent.bytes().any(|b| b != b'0')
 }
 
-/// Milliseconds since the epoch now (for tests of expiry times).
-#[cfg(test)]
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,7 +300,10 @@ mod tests {
         assert!(parse_rfc3339_ms("1970-01-01 00:00:01Z").is_err());
         assert!(parse_rfc3339_ms("tomorrow").is_err());
         assert!(parse_rfc3339_ms("+01:00").is_err());
-        assert!(parse_rfc3339_ms("2026-12-01T09:00:00Z").unwrap() > now_ms());
+        assert_eq!(
+            parse_rfc3339_ms("2026-12-01T09:00:00Z"),
+            Ok(1_796_115_600_000)
+        );
     }
 
     #[test]
