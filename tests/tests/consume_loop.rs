@@ -1,6 +1,8 @@
-//! The consume loop against the real broker: handlers registered with `spawn` run on tasks
-//! of their own (in parallel, failing like any other), and a slow task at the head of the
-//! prefetch window does not hold back the acks of the tasks finished behind it.
+//! The consume loop against the real broker: a handler fails alike whether it finishes on
+//! its first poll (run inline, with no future of its own) or after waiting, handlers
+//! registered with `spawn` run on tasks of their own (in parallel, failing like any other),
+//! and a slow task at the head of the prefetch window does not hold back the acks of the
+//! tasks finished behind it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -77,27 +79,66 @@ async fn spawned_handlers_run_in_parallel_and_inline_ones_share_their_loop() {
 }
 
 #[tokio::test]
+async fn an_inline_handler_fails_alike_whether_it_fails_at_once_or_after_waiting() {
+    // A handler that does not wait is run to its end as soon as it starts; one that waits is
+    // polled on by the consume loop. Both paths must fail, time out and succeed alike.
+    handlers_fail_alike("inlinefail", false).await;
+}
+
+#[tokio::test]
 async fn a_spawned_handler_that_panics_or_overruns_fails_like_an_inline_one() {
-    let queue = unique_queue("spawnfail");
-    let spawn = HandlerOptions {
-        spawn: true,
+    handlers_fail_alike("spawnfail", true).await;
+}
+
+async fn handlers_fail_alike(name: &str, spawn: bool) {
+    let queue = unique_queue(name);
+    let options = HandlerOptions {
+        spawn,
         timeout: Some(Duration::from_millis(300)),
         max_attempts: Some(1),
     };
+    let wait = || tokio::time::sleep(Duration::from_millis(20));
     let mut registry = Registry::new();
-    registry.register_raw("test.panics", spawn, |_: TaskContext, _: Payload| async {
-        if true {
-            panic!("boom in a spawned handler");
-        }
-        Ok::<_, TaskError>(())
-    });
-    registry.register_raw("test.hangs", spawn, |_: TaskContext, _: Payload| async {
-        tokio::time::sleep(Duration::from_secs(60)).await;
-        Ok::<_, TaskError>(())
-    });
+    registry
+        .register_raw("test.panics", options, |_: TaskContext, _: Payload| async {
+            if true {
+                panic!("boom at once");
+            }
+            Ok::<_, TaskError>(())
+        })
+        .register_raw("test.panics-later", options, move |_, _| async move {
+            wait().await;
+            if true {
+                panic!("boom after waiting");
+            }
+            Ok::<_, TaskError>(())
+        })
+        .register_raw("test.refuses", options, |_, _| async {
+            Err(TaskError::permanent("no, at once"))
+        })
+        .register_raw("test.refuses-later", options, move |_, _| async move {
+            wait().await;
+            Err(TaskError::permanent("no, after waiting"))
+        })
+        .register_raw("test.hangs", options, |_, _| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, TaskError>(())
+        })
+        .register_raw("test.succeeds-later", options, move |_, _| async move {
+            wait().await;
+            Ok::<_, TaskError>(())
+        });
     let worker = TestWorker::start(registry, test_config(&queue)).await;
     let publisher = publisher(&queue).await;
-    for task in ["test.panics", "test.hangs"] {
+    let tasks = [
+        "test.panics",
+        "test.panics-later",
+        "test.refuses",
+        "test.refuses-later",
+        "test.hangs",
+        "test.succeeds-later",
+    ];
+    for task in tasks {
         publisher
             .publish(task, &(), &TaskOptions::default())
             .await
@@ -105,8 +146,8 @@ async fn a_spawned_handler_that_panics_or_overruns_fails_like_an_inline_one() {
     }
     let conn = raw_connection().await;
     let dlq = warren_common::dead_letter_queue_name(&queue);
-    wait_until(Duration::from_secs(20), "two dead letters", || async {
-        ready_count(&conn, &dlq).await == 2
+    wait_until(Duration::from_secs(20), "five dead letters", || async {
+        ready_count(&conn, &dlq).await == 5
     })
     .await;
     let mut kinds: Vec<(String, String)> = take_all(&conn, &dlq)
@@ -118,16 +159,23 @@ async fn a_spawned_handler_that_panics_or_overruns_fails_like_an_inline_one() {
         })
         .collect();
     kinds.sort();
-    assert_eq!(
-        kinds,
-        [
-            ("test.hangs".to_owned(), "timeout".to_owned()),
-            ("test.panics".to_owned(), "panic".to_owned()),
-        ]
-    );
+    let expected = [
+        ("test.hangs", "timeout"),
+        ("test.panics", "panic"),
+        ("test.panics-later", "panic"),
+        ("test.refuses", "permanent"),
+        ("test.refuses-later", "permanent"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(task, kind)| (task.to_string(), kind.to_string()))
+        .collect();
+    assert_eq!(kinds, expected);
     let report = worker.stop().await;
-    assert_eq!(report.totals.dead_lettered, 2);
+    assert_eq!(report.totals.dead_lettered, 5);
+    assert_eq!(report.totals.succeeded, 1);
     assert_eq!(report.abandoned, 0);
+    assert_eq!(ready_count(&conn, &queue).await, 0);
     delete_queues(&conn, &queue).await;
 }
 

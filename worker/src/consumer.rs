@@ -5,11 +5,14 @@
 //! On stop the consumer is cancelled and every delivery not yet started goes back to the
 //! queue, while the running ones finish and are settled.
 
-use crate::acks::{Acks, Settle, QUIET};
-use crate::metrics::QueueMetrics;
-use crate::{execute, routing, Shared};
+use crate::acks::{Acks, Settle, LINGER, QUIET};
+use crate::execute::{self, Run};
+use crate::metrics::{QueueMetrics, TaskMetrics};
+use crate::{routing, Outcome, Shared};
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use governor::DefaultDirectRateLimiter as RateLimiter;
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -22,8 +25,8 @@ use tokio::sync::{oneshot, SemaphorePermit};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
-use warren_common::Envelope;
+use tracing::{Instrument, Span};
+use warren_common::{Envelope, EnvelopeError};
 use warren_producer::Publisher;
 
 /// How long a stopping consumer keeps returning deliveries the broker had already sent.
@@ -109,7 +112,7 @@ struct Owned {
 struct Lane<'a> {
     shared: &'a Shared,
     publisher: &'a Publisher,
-    queue: &'a str,
+    queue: &'a Arc<str>,
     metrics: &'a QueueMetrics,
     stop: &'a CancellationToken,
 }
@@ -144,16 +147,17 @@ impl Owned {
         let permits = &*self.shared.permits;
         // One `multiple` ack at least every tenth of the window while tasks keep finishing.
         let ack_every = u64::from(self.shared.config.prefetch / 10).max(1);
-        let mut acks = Acks::new(&channel);
+        let mut acks = Acks::new(&channel, ack_every);
         let mut ended = Some(ended);
         let mut phase = Phase::Taking;
         let mut waiting: VecDeque<Delivery> = VecDeque::new();
         let mut running = FuturesUnordered::new();
         let stopped = self.stop.cancelled();
         let quiet = tokio::time::sleep(Duration::ZERO);
+        let linger = tokio::time::sleep(Duration::ZERO);
         let returned = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(stopped, quiet, returned);
-        let mut quiet_armed = false;
+        tokio::pin!(stopped, quiet, linger, returned);
+        let (mut quiet_armed, mut linger_armed) = (false, false);
         loop {
             let taking = phase == Phase::Taking;
             let receiving = phase != Phase::Finishing;
@@ -179,10 +183,17 @@ impl Owned {
                     quiet_armed = false;
                     acks.flush(true);
                 }
+                _ = &mut linger, if linger_armed => {
+                    linger_armed = false;
+                    acks.flush(false);
+                }
                 permit = permits.acquire(), if taking && !waiting.is_empty() => {
                     let permit = permit.expect("the semaphore is never closed");
                     let delivery = waiting.pop_front().expect("checked non-empty");
-                    running.push(lane.process(delivery, permit));
+                    match lane.start(delivery, permit) {
+                        Step::Settled(settle) => acks.settle(settle),
+                        Step::Running(task) => running.push(task),
+                    }
                 }
                 next = consumer.next(), if receiving => match (phase, next) {
                     (Phase::Taking, Some(Ok(delivery))) => waiting.push_back(lane.taken(delivery)),
@@ -204,15 +215,12 @@ impl Owned {
                 _ = &mut returned, if phase == Phase::Returning => phase = Phase::Finishing,
                 else => break,
             }
-            // Take whatever else is ready without waiting, acking as the batch grows.
+            // Take whatever else is ready without waiting (acks go out as the batch grows).
             loop {
                 let mut progressed = false;
                 while let Some(Some(settle)) = running.next().now_or_never() {
                     acks.settle(settle);
                     progressed = true;
-                    if acks.ackable() >= ack_every {
-                        acks.flush(false);
-                    }
                 }
                 if phase == Phase::Taking {
                     while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
@@ -224,7 +232,10 @@ impl Owned {
                             break;
                         };
                         let delivery = waiting.pop_front().expect("checked non-empty");
-                        running.push(lane.process(delivery, permit));
+                        match lane.start(delivery, permit) {
+                            Step::Settled(settle) => acks.settle(settle),
+                            Step::Running(task) => running.push(task),
+                        }
                         progressed = true;
                     }
                 }
@@ -232,8 +243,12 @@ impl Owned {
                     break;
                 }
             }
-            // About to wait: settle what is done, and give a gap its deadline.
-            acks.flush(false);
+            // About to wait: what is done is acked within LINGER, with whatever else finishes
+            // meanwhile; a gap gets its deadline.
+            if acks.ackable() > 0 && !linger_armed {
+                linger_armed = true;
+                linger.as_mut().reset(Instant::now() + LINGER);
+            }
             if !acks.holding() {
                 quiet_armed = false;
             } else if !quiet_armed {
@@ -251,6 +266,15 @@ impl Owned {
     }
 }
 
+/// What starting a delivery came to.
+enum Step<'a> {
+    /// Settled without waiting (most short tasks).
+    Settled(Settle),
+    /// Still running (a handler waiting on something, a rate limit, a retry being
+    /// published): the consume loop polls it to its settlement.
+    Running(BoxFuture<'a, Settle>),
+}
+
 impl<'a> Lane<'a> {
     /// Counts a delivery taken from the consumer.
     fn taken(self, delivery: Delivery) -> Delivery {
@@ -266,97 +290,109 @@ impl<'a> Lane<'a> {
         acks.settle(Settle::Requeue(delivery.delivery_tag));
     }
 
-    /// Runs one delivery to its settlement.
-    async fn process(self, delivery: Delivery, permit: SemaphorePermit<'a>) -> Settle {
-        let _running = self.shared.tasks.token();
+    /// Starts one delivery, holding `permit`. A handler that finishes on its first poll is
+    /// settled right here: no future, allocation or wake-up of its own.
+    fn start(self, delivery: Delivery, permit: SemaphorePermit<'a>) -> Step<'a> {
         let envelope = Envelope::from_properties(&delivery.properties);
-        let (task, id, attempt) = match &envelope {
-            Ok(e) => (e.task.as_str(), e.id.as_str(), e.attempt),
-            Err(_) => (
-                "",
-                delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map_or("", |s| s.as_str()),
-                0,
-            ),
-        };
-        let span = tracing::info_span!(
-            "task",
-            task_id = id,
-            task,
-            attempt,
-            queue = self.queue,
-            trace_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
-        );
-        // The publisher's trace context: the task's span joins its trace.
-        let trace = envelope
-            .as_ref()
-            .ok()
-            .and_then(|e| e.traceparent.as_deref());
-        if let Some(parent) = trace.and_then(warren_common::TraceParent::parse) {
-            span.record("trace_id", parent.trace_id.as_str());
-            span.record("parent_span_id", parent.parent_id.as_str());
-        }
+        let span = task_span(self.queue, &delivery, &envelope);
+        let task = envelope.as_ref().map_or("", |e| e.task.as_str());
         let metrics = self.metrics.task(task);
-        async {
-            metrics.received.inc();
-            let Some(permit) = self.rate_limited(task, permit).await else {
-                // Stopped while waiting for its turn: it never started.
-                self.metrics.requeued.inc();
-                self.metrics.held.dec();
-                return Settle::Requeue(delivery.delivery_tag);
-            };
-            let in_progress = &self.metrics.in_progress;
-            in_progress.inc();
-            let outcome =
-                execute::execute(self.shared, self.queue, &delivery, &envelope, metrics).await;
-            in_progress.dec();
-            drop(permit);
-            let settle = match outcome {
-                crate::Outcome::Ack => Settle::Ack(delivery.delivery_tag),
-                // Rare, and a large future: kept out of this one, which every delivery moves.
-                _ => {
-                    let envelope = envelope.as_ref().ok();
-                    let route = routing::route(
-                        self.shared,
-                        self.publisher,
-                        self.queue,
-                        &delivery,
-                        envelope,
-                        &outcome,
-                    );
-                    Box::pin(route).await
-                }
-            };
+        metrics.received.inc();
+        match self.shared.rate_limits.get(task) {
+            Some(limiter) if limiter.check().is_err() => {
+                drop(permit);
+                let turn = async move {
+                    // Stopped while waiting for its turn: it never started.
+                    let Some(permit) = self.turn(limiter).await else {
+                        self.metrics.requeued.inc();
+                        self.metrics.held.dec();
+                        return Settle::Requeue(delivery.delivery_tag);
+                    };
+                    match self.run(delivery, envelope, permit, metrics, &Span::current()) {
+                        Step::Settled(settle) => settle,
+                        Step::Running(running) => running.await,
+                    }
+                };
+                Step::Running(turn.instrument(span).boxed())
+            }
+            _ => span.in_scope(|| self.run(delivery, envelope, permit, metrics, &span)),
+        }
+    }
+
+    /// Runs a delivery's handler (inside `span`) once it may.
+    fn run(
+        self,
+        delivery: Delivery,
+        envelope: Result<Envelope, EnvelopeError>,
+        permit: SemaphorePermit<'a>,
+        metrics: &'a TaskMetrics,
+        span: &Span,
+    ) -> Step<'a> {
+        let in_progress = &self.metrics.in_progress;
+        in_progress.inc();
+        match execute::run(self.shared, self.queue, &delivery, envelope, metrics) {
+            Run::Done(outcome) => {
+                in_progress.dec();
+                drop(permit);
+                self.settle(delivery, outcome, metrics, span)
+            }
+            Run::Waiting(started) => {
+                let running = self.shared.tasks.token();
+                let finish = async move {
+                    let outcome = started.finish(self.shared, metrics).await;
+                    in_progress.dec();
+                    drop(permit);
+                    drop(running);
+                    match self.settle(delivery, outcome, metrics, &Span::current()) {
+                        Step::Settled(settle) => settle,
+                        Step::Running(routing) => routing.await,
+                    }
+                };
+                Step::Running(finish.instrument(span.clone()).boxed())
+            }
+        }
+    }
+
+    /// Settles a delivery whose handler ran (or was refused): an ack at once, or a retry or
+    /// dead letter published first (rare).
+    fn settle(
+        self,
+        delivery: Delivery,
+        outcome: Outcome,
+        metrics: &'a TaskMetrics,
+        span: &Span,
+    ) -> Step<'a> {
+        if let Outcome::Ack = outcome {
+            metrics.succeeded.inc();
+            tracing::info!(outcome = "succeeded", "task finished");
+            self.metrics.held.dec();
+            return Step::Settled(Settle::Ack(delivery.delivery_tag));
+        }
+        let route = async move {
+            // The handler took the envelope's strings; read it again for the headers.
+            let envelope = Envelope::from_properties(&delivery.properties).ok();
+            let settle = routing::route(
+                self.shared,
+                self.publisher,
+                self.queue,
+                &delivery,
+                envelope.as_ref(),
+                &outcome,
+            )
+            .await;
             record(metrics, &outcome, settle);
             if let Settle::Requeue(_) = settle {
                 self.metrics.requeued.inc();
             }
             self.metrics.held.dec();
             settle
-        }
-        .instrument(span)
-        .await
+        };
+        Step::Running(route.instrument(span.clone()).boxed())
     }
 
-    /// Keeps `permit` if `task` has no rate limit or a token is free; otherwise gives the
-    /// permit back while waiting for a token, so other task types keep running, and takes
-    /// one again after. `None` if the worker stops meanwhile.
-    async fn rate_limited(
-        self,
-        task: &str,
-        permit: SemaphorePermit<'a>,
-    ) -> Option<SemaphorePermit<'a>> {
-        let Some(limiter) = self.shared.rate_limits.get(task) else {
-            return Some(permit);
-        };
-        if limiter.check().is_ok() {
-            return Some(permit);
-        }
-        drop(permit);
+    /// Waits for a rate-limited task's turn, giving its concurrency permit back meanwhile so
+    /// other task types keep running. `None` if the worker stops meanwhile.
+    async fn turn(self, limiter: &RateLimiter) -> Option<SemaphorePermit<'a>> {
         let turn = async {
             limiter.until_ready().await;
             self.shared.permits.acquire().await
@@ -369,8 +405,42 @@ impl<'a> Lane<'a> {
     }
 }
 
-fn record(metrics: &crate::metrics::TaskMetrics, outcome: &crate::Outcome, settle: Settle) {
-    use crate::Outcome;
+/// The span every log line of a task carries, joined to the publisher's trace.
+fn task_span(queue: &str, delivery: &Delivery, envelope: &Result<Envelope, EnvelopeError>) -> Span {
+    let (task, id, attempt) = match envelope {
+        Ok(e) => (e.task.as_str(), e.id.as_str(), e.attempt),
+        Err(_) => (
+            "",
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map_or("", |s| s.as_str()),
+            0,
+        ),
+    };
+    let span = tracing::info_span!(
+        "task",
+        task_id = id,
+        task,
+        attempt,
+        queue,
+        trace_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+    );
+    let trace = envelope
+        .as_ref()
+        .ok()
+        .and_then(|e| e.traceparent.as_deref());
+    if let Some(parent) = trace.and_then(warren_common::TraceParent::parse) {
+        span.record("trace_id", parent.trace_id.as_str());
+        span.record("parent_span_id", parent.parent_id.as_str());
+    }
+    span
+}
+
+/// Counts a routed task's fate.
+fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
     if let Settle::Requeue(_) = settle {
         tracing::info!(outcome = "requeued", "task returned to its queue");
         return;

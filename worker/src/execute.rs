@@ -4,34 +4,26 @@
 
 use crate::metrics::TaskMetrics;
 use crate::outcome::{Failure, Outcome, ReasonKind};
-use crate::registry::{Entry, TaskContext};
+use crate::registry::{Entry, HandlerResult, TaskContext};
 use crate::Shared;
+use futures::future::BoxFuture;
 use futures::FutureExt;
 use lapin::message::Delivery;
-use std::panic::AssertUnwindSafe;
-use std::time::{Duration, Instant};
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::time::error::Elapsed;
+use tokio::time::Instant;
 use warren_common::{headers, now_ms, Envelope, EnvelopeError};
-
-/// Decides and runs a delivery whose envelope was read (or not).
-pub(crate) async fn execute(
-    shared: &Shared,
-    queue: &str,
-    delivery: &Delivery,
-    envelope: &Result<Envelope, EnvelopeError>,
-    metrics: &TaskMetrics,
-) -> Outcome {
-    match admit(shared, delivery, envelope) {
-        Err(failure) => Outcome::DeadLetter(failure),
-        Ok((envelope, entry)) => run(shared, queue, delivery, envelope, entry, metrics).await,
-    }
-}
 
 /// The checks made before a handler runs; each failure is final.
 fn admit<'a>(
     shared: &'a Shared,
     delivery: &Delivery,
-    envelope: &'a Result<Envelope, EnvelopeError>,
-) -> Result<(&'a Envelope, &'a Entry), Failure> {
+    envelope: Result<Envelope, EnvelopeError>,
+) -> Result<(Envelope, &'a Entry), Failure> {
     let limit = shared.config.max_payload_bytes;
     if delivery.data.len() > limit {
         let reason = format!(
@@ -40,7 +32,7 @@ fn admit<'a>(
         );
         return Err(Failure::new(ReasonKind::TooLarge, reason));
     }
-    let envelope = envelope.as_ref().map_err(|e| match e {
+    let envelope = envelope.map_err(|e| match e {
         EnvelopeError::Codec(_) => Failure::new(ReasonKind::UnsupportedContentType, e),
         _ => Failure::new(ReasonKind::InvalidMessage, e),
     })?;
@@ -72,83 +64,166 @@ fn admit<'a>(
     Ok((envelope, entry))
 }
 
-async fn run(
+/// How far a delivery got when it was started.
+pub(crate) enum Run {
+    /// Decided without waiting: refused by a check, or a handler that finished on its
+    /// first poll (most short tasks), which then needs no future of its own.
+    Done(Outcome),
+    /// The handler is waiting on something: run it to its end with [`Started::finish`].
+    Waiting(Started),
+}
+
+/// Makes every check, starts the handler and polls it once. The envelope's strings move into
+/// the handler's [`TaskContext`].
+pub(crate) fn run(
     shared: &Shared,
-    queue: &str,
+    queue: &Arc<str>,
     delivery: &Delivery,
-    envelope: &Envelope,
-    entry: &Entry,
+    envelope: Result<Envelope, EnvelopeError>,
     metrics: &TaskMetrics,
-) -> Outcome {
-    let config = &shared.config;
-    let max_attempts = envelope
-        .max_attempts
-        .or(entry.options.max_attempts)
-        .unwrap_or(config.max_attempts);
-    let timeout = envelope
-        .timeout_ms
-        .map(Duration::from_millis)
-        .or(entry.options.timeout)
-        .unwrap_or(config.task_timeout)
-        // Strictly below the broker's consumer timeout, or the two race.
-        .min(
-            config
-                .consumer_timeout
-                .saturating_sub(Duration::from_secs(1)),
-        );
-    let ctx = TaskContext {
-        id: envelope.id.clone(),
-        task: envelope.task.clone(),
-        attempt: envelope.attempt,
-        max_attempts,
-        queue: queue.to_owned(),
-        schema_version: envelope.schema_version,
-        created_ms: envelope.created_ms,
-        redelivered: delivery.redelivered,
-        traceparent: envelope.traceparent.clone(),
+) -> Run {
+    let (envelope, entry) = match admit(shared, delivery, envelope) {
+        Ok(admitted) => admitted,
+        Err(failure) => return Run::Done(Outcome::DeadLetter(failure)),
     };
-    let future = match entry.start(ctx, envelope.codec, &delivery.data) {
-        Ok(future) => future,
-        Err(e) => return Outcome::DeadLetter(Failure::new(ReasonKind::Undecodable, e)),
+    let started = match Started::new(shared, queue, delivery, envelope, entry, metrics) {
+        Ok(started) => started,
+        Err(outcome) => return Run::Done(outcome),
     };
-    // Latency counts from when the task could first run: its creation, or the end of a
-    // broker-held delay or retry backoff.
-    if let Some(ready) = envelope.created_ms.max(envelope.not_before_ms) {
-        metrics
-            .latency
-            .observe(now_ms().saturating_sub(ready) as f64 / 1000.0);
+    match started.poll_once(shared, metrics) {
+        Ok(outcome) => Run::Done(outcome),
+        Err(started) => Run::Waiting(started),
     }
-    let started = Instant::now();
-    let handler = AssertUnwindSafe(future).catch_unwind();
-    let result = if entry.options.spawn {
-        let mut task = tokio::spawn(handler);
-        match tokio::time::timeout(timeout, &mut task).await {
-            Ok(joined) => Ok(joined.unwrap_or_else(|e| Err(Box::new(e.to_string())))),
-            Err(elapsed) => {
-                task.abort();
-                Err(elapsed)
-            }
+}
+
+/// A handler that has started.
+pub(crate) struct Started {
+    handler: BoxFuture<'static, HandlerResult>,
+    started: Instant,
+    timeout: Duration,
+    spawn: bool,
+    attempt: u32,
+    max_attempts: u32,
+}
+
+/// What a handler's run came to: its result, a panic, or the timeout.
+type Ended = Result<Result<HandlerResult, Box<dyn Any + Send>>, Elapsed>;
+
+impl Started {
+    fn new(
+        shared: &Shared,
+        queue: &Arc<str>,
+        delivery: &Delivery,
+        envelope: Envelope,
+        entry: &Entry,
+        metrics: &TaskMetrics,
+    ) -> Result<Self, Outcome> {
+        let config = &shared.config;
+        let max_attempts = envelope
+            .max_attempts
+            .or(entry.options.max_attempts)
+            .unwrap_or(config.max_attempts);
+        let timeout = envelope
+            .timeout_ms
+            .map(Duration::from_millis)
+            .or(entry.options.timeout)
+            .unwrap_or(config.task_timeout)
+            // Strictly below the broker's consumer timeout, or the two race.
+            .min(
+                config
+                    .consumer_timeout
+                    .saturating_sub(Duration::from_secs(1)),
+            );
+        // Latency counts from when the task could first run: its creation, or the end of a
+        // broker-held delay or retry backoff.
+        let ready = envelope.created_ms.max(envelope.not_before_ms);
+        let attempt = envelope.attempt;
+        let ctx = TaskContext {
+            id: envelope.id,
+            task: envelope.task,
+            attempt,
+            max_attempts,
+            queue: queue.clone(),
+            schema_version: envelope.schema_version,
+            created_ms: envelope.created_ms,
+            redelivered: delivery.redelivered,
+            traceparent: envelope.traceparent,
+        };
+        let handler = entry
+            .start(ctx, envelope.codec, &delivery.data)
+            .map_err(|e| Outcome::DeadLetter(Failure::new(ReasonKind::Undecodable, e)))?;
+        if let Some(ready) = ready {
+            metrics
+                .latency
+                .observe(now_ms().saturating_sub(ready) as f64 / 1000.0);
         }
-    } else {
-        tokio::time::timeout(timeout, handler).await
-    };
-    metrics.duration.observe(started.elapsed().as_secs_f64());
-    let failure = match result {
-        Ok(Ok(Ok(()))) => return Outcome::Ack,
-        Ok(Ok(Err(error))) => error.into_failure(),
-        Ok(Err(panic)) => Failure::new(ReasonKind::Panic, panic_message(panic.as_ref())),
-        Err(_) => Failure::new(
-            ReasonKind::Timeout,
-            format!(
-                "handler did not finish within {}",
-                humantime::format_duration(timeout)
+        Ok(Started {
+            handler,
+            started: Instant::now(),
+            timeout,
+            spawn: entry.options.spawn,
+            attempt,
+            max_attempts,
+        })
+    }
+
+    /// Polls a handler that runs inline once, with a waker that does nothing: a handler
+    /// still waiting is polled again (with its own waker) by whoever runs [`finish`](Self::finish).
+    fn poll_once(mut self, shared: &Shared, metrics: &TaskMetrics) -> Result<Outcome, Self> {
+        if self.spawn {
+            return Err(self);
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let polled = panic::catch_unwind(AssertUnwindSafe(|| self.handler.as_mut().poll(&mut cx)));
+        match polled {
+            Ok(Poll::Pending) => Err(self),
+            Ok(Poll::Ready(result)) => Ok(self.conclude(shared, metrics, Ok(Ok(result)))),
+            Err(panic) => Ok(self.conclude(shared, metrics, Ok(Err(panic)))),
+        }
+    }
+
+    /// Runs the handler to its end, within its timeout.
+    pub(crate) async fn finish(mut self, shared: &Shared, metrics: &TaskMetrics) -> Outcome {
+        let deadline = self.started + self.timeout;
+        let handler = std::mem::replace(&mut self.handler, Box::pin(std::future::pending()));
+        let handler = AssertUnwindSafe(handler).catch_unwind();
+        let ended = if self.spawn {
+            let mut task = tokio::spawn(handler);
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(joined) => Ok(joined.unwrap_or_else(|e| Err(Box::new(e.to_string())))),
+                Err(elapsed) => {
+                    task.abort();
+                    Err(elapsed)
+                }
+            }
+        } else {
+            tokio::time::timeout_at(deadline, handler).await
+        };
+        self.conclude(shared, metrics, ended)
+    }
+
+    fn conclude(self, shared: &Shared, metrics: &TaskMetrics, ended: Ended) -> Outcome {
+        metrics
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+        let failure = match ended {
+            Ok(Ok(Ok(()))) => return Outcome::Ack,
+            Ok(Ok(Err(error))) => error.into_failure(),
+            Ok(Err(panic)) => Failure::new(ReasonKind::Panic, panic_message(panic.as_ref())),
+            Err(_) => Failure::new(
+                ReasonKind::Timeout,
+                format!(
+                    "handler did not finish within {}",
+                    humantime::format_duration(self.timeout)
+                ),
             ),
-        ),
-    };
-    metrics.failed(failure.kind);
-    Outcome::after_failure(failure, envelope.attempt, max_attempts, |attempt| {
-        config.retry.delay_after(attempt)
-    })
+        };
+        metrics.failed(failure.kind);
+        let retry = &shared.config.retry;
+        Outcome::after_failure(failure, self.attempt, self.max_attempts, |attempt| {
+            retry.delay_after(attempt)
+        })
+    }
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

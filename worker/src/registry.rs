@@ -26,7 +26,7 @@ pub struct TaskContext {
     /// Attempts allowed in all.
     pub max_attempts: u32,
     /// The queue the task came from.
-    pub queue: String,
+    pub queue: Arc<str>,
     /// The payload's schema version.
     pub schema_version: u32,
     /// Creation time, milliseconds since the epoch: `x-warren-created-ms`, or the time in a
@@ -134,7 +134,7 @@ pub struct HandlerOptions {
     pub spawn: bool,
 }
 
-type HandlerResult = Result<(), TaskError>;
+pub(crate) type HandlerResult = Result<(), TaskError>;
 type ErasedHandler = dyn Fn(TaskContext, Codec, &[u8]) -> Result<BoxFuture<'static, HandlerResult>, CodecError>
     + Send
     + Sync;
