@@ -13,17 +13,18 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 use std::collections::BTreeSet;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// How long a delivery finished behind an unfinished one waits for the gap to close before
 /// it is acked on its own. A gap left by a fast task closes within microseconds, and one
 /// `multiple` ack then settles everything.
 pub(crate) const QUIET: Duration = Duration::from_millis(20);
 
-/// How long finished deliveries wait for company before their `multiple` ack is sent, when
-/// the consume loop runs out of work before a tenth of the window has finished. Every ack
-/// frame costs the broker a Raft command (measured: ~20 µs of its CPU on a quorum queue), so
-/// an ack per wake-up of the loop made the broker the bottleneck of a busy worker; waiting
-/// this long cuts the frames tenfold and delays no task (the window is ten times larger).
+/// The least time between two `multiple` acks sent because the consume loop ran out of work
+/// (a tenth of the window finished is acked at once). Every ack frame costs the broker a
+/// Raft command (measured: ~20 µs of its CPU on a quorum queue), and a busy loop runs out of
+/// work after almost every delivery: an ack each time made the broker the bottleneck. A
+/// quiet loop (one task now and then) still acks each task as it finishes.
 pub(crate) const LINGER: Duration = Duration::from_millis(1);
 
 /// How a delivery is settled.
@@ -155,6 +156,8 @@ pub(crate) struct Acks<'a> {
     ledger: AckLedger,
     /// Finished deliveries that are acked at once, with one frame.
     every: u64,
+    /// When the last `multiple` ack was sent.
+    last_sent: Option<Instant>,
     sending: FuturesUnordered<BoxFuture<'a, (AckAction, lapin::Result<()>)>>,
     /// Settlements that could not be sent (the channel died: those tasks will be redelivered).
     lost: u64,
@@ -167,6 +170,7 @@ impl<'a> Acks<'a> {
             channel,
             ledger: AckLedger::new(),
             every,
+            last_sent: None,
             sending: FuturesUnordered::new(),
             lost: 0,
         }
@@ -187,13 +191,26 @@ impl<'a> Acks<'a> {
     /// deliveries held back behind a gap.
     pub(crate) fn flush(&mut self, force: bool) {
         for action in self.ledger.flush(force) {
+            if let AckAction::AckUpTo(_) = action {
+                self.last_sent = Some(Instant::now());
+            }
             self.send(action);
         }
     }
 
-    /// Finished deliveries the next flush would settle with one frame.
-    pub(crate) fn ackable(&self) -> u64 {
-        self.ledger.ackable()
+    /// For a loop about to wait: sends the `multiple` ack now, unless one went out less than
+    /// [`LINGER`] ago; then returns when to send it (with whatever finishes meanwhile).
+    pub(crate) fn flush_or_defer(&mut self) -> Option<Instant> {
+        if self.ledger.ackable() == 0 {
+            return None;
+        }
+        match self.last_sent.map(|at| at + LINGER) {
+            Some(due) if due > Instant::now() => Some(due),
+            _ => {
+                self.flush(false);
+                None
+            }
+        }
     }
 
     /// Whether finished deliveries wait behind an unfinished one.

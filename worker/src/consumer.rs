@@ -5,7 +5,7 @@
 //! On stop the consumer is cancelled and every delivery not yet started goes back to the
 //! queue, while the running ones finish and are settled.
 
-use crate::acks::{Acks, Settle, LINGER, QUIET};
+use crate::acks::{Acks, Settle, QUIET};
 use crate::execute::{self, Run};
 use crate::metrics::{QueueMetrics, TaskMetrics};
 use crate::{routing, Outcome, Shared};
@@ -243,11 +243,13 @@ impl Owned {
                     break;
                 }
             }
-            // About to wait: what is done is acked within LINGER, with whatever else finishes
-            // meanwhile; a gap gets its deadline.
-            if acks.ackable() > 0 && !linger_armed {
-                linger_armed = true;
-                linger.as_mut().reset(Instant::now() + LINGER);
+            // About to wait: what is done is acked (at most one such ack per LINGER), and a
+            // gap gets its deadline.
+            if let Some(due) = acks.flush_or_defer() {
+                if !linger_armed {
+                    linger_armed = true;
+                    linger.as_mut().reset(due);
+                }
             }
             if !acks.holding() {
                 quiet_armed = false;
