@@ -277,6 +277,16 @@ enum Step<'a> {
     Running(BoxFuture<'a, Settle>),
 }
 
+impl Step<'_> {
+    /// The settlement, once there is one.
+    async fn settled(self) -> Settle {
+        match self {
+            Step::Settled(settle) => settle,
+            Step::Running(running) => running.await,
+        }
+    }
+}
+
 impl<'a> Lane<'a> {
     /// Counts a delivery taken from the consumer.
     fn taken(self, delivery: Delivery) -> Delivery {
@@ -310,10 +320,9 @@ impl<'a> Lane<'a> {
                         self.metrics.held.dec();
                         return Settle::Requeue(delivery.delivery_tag);
                     };
-                    match self.run(delivery, envelope, permit, metrics, &Span::current()) {
-                        Step::Settled(settle) => settle,
-                        Step::Running(running) => running.await,
-                    }
+                    self.run(delivery, envelope, permit, metrics, &Span::current())
+                        .settled()
+                        .await
                 };
                 Step::Running(turn.instrument(span).boxed())
             }
@@ -345,10 +354,9 @@ impl<'a> Lane<'a> {
                     in_progress.dec();
                     drop(permit);
                     drop(running);
-                    match self.settle(delivery, outcome, metrics, &Span::current()) {
-                        Step::Settled(settle) => settle,
-                        Step::Running(routing) => routing.await,
-                    }
+                    self.settle(delivery, outcome, metrics, &Span::current())
+                        .settled()
+                        .await
                 };
                 Step::Running(finish.instrument(span.clone()).boxed())
             }
@@ -365,10 +373,10 @@ impl<'a> Lane<'a> {
         span: &Span,
     ) -> Step<'a> {
         if let Outcome::Ack = outcome {
-            metrics.succeeded.inc();
-            tracing::info!(outcome = "succeeded", "task finished");
+            let settle = Settle::Ack(delivery.delivery_tag);
+            record(metrics, &outcome, settle);
             self.metrics.held.dec();
-            return Step::Settled(Settle::Ack(delivery.delivery_tag));
+            return Step::Settled(settle);
         }
         let route = async move {
             // The handler took the envelope's strings; read it again for the headers.
@@ -441,7 +449,7 @@ fn task_span(queue: &str, delivery: &Delivery, envelope: &Result<Envelope, Envel
     span
 }
 
-/// Counts a routed task's fate.
+/// Counts a task's fate.
 fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
     if let Settle::Requeue(_) = settle {
         tracing::info!(outcome = "requeued", "task returned to its queue");
