@@ -99,10 +99,16 @@ pub(crate) fn run(
 /// A handler that has started.
 pub(crate) struct Started {
     handler: BoxFuture<'static, HandlerResult>,
+    attempt: Attempt,
+}
+
+/// What concluding an attempt needs to know of it.
+#[derive(Clone, Copy)]
+struct Attempt {
     started: Instant,
     timeout: Duration,
     spawn: bool,
-    attempt: u32,
+    number: u32,
     max_attempts: u32,
 }
 
@@ -157,37 +163,38 @@ impl Started {
                 .latency
                 .observe(now_ms().saturating_sub(ready) as f64 / 1000.0);
         }
-        Ok(Started {
-            handler,
+        let attempt = Attempt {
             started: Instant::now(),
             timeout,
             spawn: entry.options.spawn,
-            attempt,
+            number: attempt,
             max_attempts,
-        })
+        };
+        Ok(Started { handler, attempt })
     }
 
     /// Polls a handler that runs inline once, with a waker that does nothing: a handler
     /// still waiting is polled again (with its own waker) by whoever runs [`finish`](Self::finish).
     fn poll_once(mut self, shared: &Shared, metrics: &TaskMetrics) -> Result<Outcome, Self> {
-        if self.spawn {
+        if self.attempt.spawn {
             return Err(self);
         }
         let mut cx = Context::from_waker(Waker::noop());
         let polled = panic::catch_unwind(AssertUnwindSafe(|| self.handler.as_mut().poll(&mut cx)));
-        match polled {
-            Ok(Poll::Pending) => Err(self),
-            Ok(Poll::Ready(result)) => Ok(self.conclude(shared, metrics, Ok(Ok(result)))),
-            Err(panic) => Ok(self.conclude(shared, metrics, Ok(Err(panic)))),
-        }
+        let ended = match polled {
+            Ok(Poll::Pending) => return Err(self),
+            Ok(Poll::Ready(result)) => Ok(Ok(result)),
+            Err(panic) => Ok(Err(panic)),
+        };
+        Ok(self.attempt.conclude(shared, metrics, ended))
     }
 
     /// Runs the handler to its end, within its timeout.
-    pub(crate) async fn finish(mut self, shared: &Shared, metrics: &TaskMetrics) -> Outcome {
-        let deadline = self.started + self.timeout;
-        let handler = std::mem::replace(&mut self.handler, Box::pin(std::future::pending()));
+    pub(crate) async fn finish(self, shared: &Shared, metrics: &TaskMetrics) -> Outcome {
+        let Started { handler, attempt } = self;
+        let deadline = attempt.started + attempt.timeout;
         let handler = AssertUnwindSafe(handler).catch_unwind();
-        let ended = if self.spawn {
+        let ended = if attempt.spawn {
             let mut task = tokio::spawn(handler);
             match tokio::time::timeout_at(deadline, &mut task).await {
                 Ok(joined) => Ok(joined.unwrap_or_else(|e| Err(Box::new(e.to_string())))),
@@ -199,9 +206,12 @@ impl Started {
         } else {
             tokio::time::timeout_at(deadline, handler).await
         };
-        self.conclude(shared, metrics, ended)
+        attempt.conclude(shared, metrics, ended)
     }
+}
 
+impl Attempt {
+    /// The outcome of the attempt, counted in the task's metrics.
     fn conclude(self, shared: &Shared, metrics: &TaskMetrics, ended: Ended) -> Outcome {
         metrics
             .duration
@@ -220,7 +230,7 @@ impl Started {
         };
         metrics.failed(failure.kind);
         let retry = &shared.config.retry;
-        Outcome::after_failure(failure, self.attempt, self.max_attempts, |attempt| {
+        Outcome::after_failure(failure, self.number, self.max_attempts, |attempt| {
             retry.delay_after(attempt)
         })
     }

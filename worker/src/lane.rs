@@ -1,0 +1,244 @@
+//! One delivery's way through a consume loop: counted when taken, started under a
+//! concurrency permit (and its task type's rate limit), run by [`execute`], and settled: an
+//! ack at once, or a retry or dead letter published first. A handler that finishes on its
+//! first poll is settled without a future of its own; one that waits becomes a future the
+//! consume loop polls.
+
+use crate::acks::{Acks, Settle};
+use crate::execute::{self, Run};
+use crate::metrics::{QueueMetrics, TaskMetrics};
+use crate::{routing, Outcome, Shared};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::FutureExt;
+use governor::DefaultDirectRateLimiter as RateLimiter;
+use lapin::message::Delivery;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::SemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
+use warren_common::{Envelope, EnvelopeError};
+use warren_producer::Publisher;
+
+/// What every delivery of one consume loop borrows.
+#[derive(Clone, Copy)]
+pub(crate) struct Lane<'a> {
+    pub(crate) shared: &'a Shared,
+    pub(crate) publisher: &'a Publisher,
+    pub(crate) queue: &'a Arc<str>,
+    pub(crate) metrics: &'a QueueMetrics,
+    pub(crate) stop: &'a CancellationToken,
+}
+
+/// What starting a delivery came to.
+enum Step<'a> {
+    /// Settled without waiting (most short tasks).
+    Settled(Settle),
+    /// Still running (a handler waiting on something, a rate limit, a retry being
+    /// published): the consume loop polls it to its settlement.
+    Running(BoxFuture<'a, Settle>),
+}
+
+impl Step<'_> {
+    /// The settlement, once there is one.
+    async fn settled(self) -> Settle {
+        match self {
+            Step::Settled(settle) => settle,
+            Step::Running(running) => running.await,
+        }
+    }
+}
+
+impl<'a> Lane<'a> {
+    /// Counts a delivery taken from the consumer.
+    pub(crate) fn taken(self, delivery: Delivery) -> Delivery {
+        self.metrics.held.inc();
+        self.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
+        delivery
+    }
+
+    /// Returns a delivery that was never started to its queue.
+    pub(crate) fn returned(self, acks: &mut Acks<'_>, delivery: &Delivery) {
+        self.metrics.requeued.inc();
+        self.metrics.held.dec();
+        acks.settle(Settle::Requeue(delivery.delivery_tag));
+    }
+
+    /// Starts one delivery, holding `permit`: settled at once if its handler did not wait,
+    /// else added to the loop's `running` futures.
+    pub(crate) fn begin(
+        self,
+        delivery: Delivery,
+        permit: SemaphorePermit<'a>,
+        acks: &mut Acks<'_>,
+        running: &mut FuturesUnordered<BoxFuture<'a, Settle>>,
+    ) {
+        match self.start(delivery, permit) {
+            Step::Settled(settle) => acks.settle(settle),
+            Step::Running(task) => running.push(task),
+        }
+    }
+
+    /// Starts one delivery, holding `permit`. A handler that finishes on its first poll is
+    /// settled right here: no future, allocation or wake-up of its own.
+    fn start(self, delivery: Delivery, permit: SemaphorePermit<'a>) -> Step<'a> {
+        let envelope = Envelope::from_properties(&delivery.properties);
+        let span = task_span(self.queue, &delivery, &envelope);
+        let task = envelope.as_ref().map_or("", |e| e.task.as_str());
+        let metrics = self.metrics.task(task);
+        metrics.received.inc();
+        match self.shared.rate_limits.get(task) {
+            Some(limiter) if limiter.check().is_err() => {
+                drop(permit);
+                let turn = async move {
+                    // Stopped while waiting for its turn: it never started.
+                    let Some(permit) = self.turn(limiter).await else {
+                        self.metrics.requeued.inc();
+                        self.metrics.held.dec();
+                        return Settle::Requeue(delivery.delivery_tag);
+                    };
+                    self.run(delivery, envelope, permit, metrics, &Span::current())
+                        .settled()
+                        .await
+                };
+                Step::Running(turn.instrument(span).boxed())
+            }
+            _ => span.in_scope(|| self.run(delivery, envelope, permit, metrics, &span)),
+        }
+    }
+
+    /// Runs a delivery's handler (inside `span`) once it may.
+    fn run(
+        self,
+        delivery: Delivery,
+        envelope: Result<Envelope, EnvelopeError>,
+        permit: SemaphorePermit<'a>,
+        metrics: &'a TaskMetrics,
+        span: &Span,
+    ) -> Step<'a> {
+        let in_progress = &self.metrics.in_progress;
+        in_progress.inc();
+        match execute::run(self.shared, self.queue, &delivery, envelope, metrics) {
+            Run::Done(outcome) => {
+                in_progress.dec();
+                drop(permit);
+                self.settle(delivery, outcome, metrics, span)
+            }
+            Run::Waiting(started) => {
+                let running = self.shared.tasks.token();
+                let finish = async move {
+                    let outcome = started.finish(self.shared, metrics).await;
+                    in_progress.dec();
+                    drop(permit);
+                    drop(running);
+                    self.settle(delivery, outcome, metrics, &Span::current())
+                        .settled()
+                        .await
+                };
+                Step::Running(finish.instrument(span.clone()).boxed())
+            }
+        }
+    }
+
+    /// Settles a delivery whose handler ran (or was refused): an ack at once, or a retry or
+    /// dead letter published first (rare).
+    fn settle(
+        self,
+        delivery: Delivery,
+        outcome: Outcome,
+        metrics: &'a TaskMetrics,
+        span: &Span,
+    ) -> Step<'a> {
+        if let Outcome::Ack = outcome {
+            let settle = Settle::Ack(delivery.delivery_tag);
+            record(metrics, &outcome, settle);
+            self.metrics.held.dec();
+            return Step::Settled(settle);
+        }
+        let route = async move {
+            // The handler took the envelope's strings; read it again for the headers.
+            let envelope = Envelope::from_properties(&delivery.properties).ok();
+            let settle = routing::route(
+                self.shared,
+                self.publisher,
+                self.queue,
+                &delivery,
+                envelope.as_ref(),
+                &outcome,
+            )
+            .await;
+            record(metrics, &outcome, settle);
+            if let Settle::Requeue(_) = settle {
+                self.metrics.requeued.inc();
+            }
+            self.metrics.held.dec();
+            settle
+        };
+        Step::Running(route.instrument(span.clone()).boxed())
+    }
+
+    /// Waits for a rate-limited task's turn, giving its concurrency permit back meanwhile so
+    /// other task types keep running. `None` if the worker stops meanwhile.
+    async fn turn(self, limiter: &RateLimiter) -> Option<SemaphorePermit<'a>> {
+        let turn = async {
+            limiter.until_ready().await;
+            self.shared.permits.acquire().await
+        };
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => None,
+            permit = turn => Some(permit.expect("the semaphore is never closed")),
+        }
+    }
+}
+
+/// The span every log line of a task carries, joined to the publisher's trace.
+fn task_span(queue: &str, delivery: &Delivery, envelope: &Result<Envelope, EnvelopeError>) -> Span {
+    let (task, id, attempt) = match envelope {
+        Ok(e) => (e.task.as_str(), e.id.as_str(), e.attempt),
+        Err(_) => (
+            "",
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map_or("", |s| s.as_str()),
+            0,
+        ),
+    };
+    let span = tracing::info_span!(
+        "task",
+        task_id = id,
+        task,
+        attempt,
+        queue,
+        trace_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+    );
+    let trace = envelope
+        .as_ref()
+        .ok()
+        .and_then(|e| e.traceparent.as_deref());
+    if let Some(parent) = trace.and_then(warren_common::TraceParent::parse) {
+        span.record("trace_id", parent.trace_id.as_str());
+        span.record("parent_span_id", parent.parent_id.as_str());
+    }
+    span
+}
+
+/// Counts a task's fate.
+fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
+    if let Settle::Requeue(_) = settle {
+        tracing::info!(outcome = "requeued", "task returned to its queue");
+        return;
+    }
+    match outcome {
+        Outcome::Ack => {
+            metrics.succeeded.inc();
+            tracing::info!(outcome = "succeeded", "task finished");
+        }
+        Outcome::Retry { .. } => metrics.retried.inc(),
+        Outcome::DeadLetter(failure) => metrics.dead_lettered(failure.kind),
+    }
+}
