@@ -104,12 +104,14 @@ impl Ctx {
         count: usize,
     ) -> anyhow::Result<Published> {
         let window = self.tuning.window;
+        let broker = self.broker.local_pid();
+        let broker_cpu = || broker.as_deref().and_then(|pid| cpu_seconds(pid).ok());
         match side {
             Side::Warren => {
                 let publisher = warren::publisher(&self.broker, queue).await?;
-                let (start, cpu) = (Instant::now(), cpu_seconds("self")?);
+                let (start, cpu, broker_at) = (Instant::now(), cpu_seconds("self")?, broker_cpu());
                 warren::publish_many(&publisher, task, payload, count, window).await?;
-                let published = Published::since(start, cpu)?;
+                let published = Published::since(start, cpu, broker_at.zip(broker_cpu()))?;
                 publisher.close().await;
                 Ok(published)
             }
@@ -117,11 +119,11 @@ impl Ctx {
                 let envelope = self.tuning.baseline_envelope;
                 let publisher = RawPublisher::connect(&self.broker, queue, envelope).await?;
                 let body = payload::json(payload);
-                let (start, cpu) = (Instant::now(), cpu_seconds("self")?);
+                let (start, cpu, broker_at) = (Instant::now(), cpu_seconds("self")?, broker_cpu());
                 publisher
                     .publish_many(queue, task, &body, count, window)
                     .await?;
-                let published = Published::since(start, cpu)?;
+                let published = Published::since(start, cpu, broker_at.zip(broker_cpu()))?;
                 publisher.close().await;
                 Ok(published)
             }
@@ -137,14 +139,22 @@ pub struct Published {
     pub took: Duration,
     /// CPU time the benchmark process used meanwhile (it does nothing else), seconds.
     pub cpu_seconds: f64,
+    /// CPU time the broker used meanwhile, seconds, when it can be read.
+    pub broker_cpu_seconds: Option<f64>,
 }
 
 impl Published {
-    fn since(start: Instant, cpu_at_start: f64) -> anyhow::Result<Published> {
+    /// `broker` is the broker's CPU time at the start and at the end, when it can be read.
+    fn since(
+        start: Instant,
+        cpu_at_start: f64,
+        broker: Option<(f64, f64)>,
+    ) -> anyhow::Result<Published> {
         Ok(Published {
             start,
             took: start.elapsed(),
             cpu_seconds: cpu_seconds("self")? - cpu_at_start,
+            broker_cpu_seconds: broker.map(|(start, end)| end - start),
         })
     }
 }

@@ -53,6 +53,10 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             if let Some(us) = broker_cpu {
                 samples.push("broker_cpu", side, us);
             }
+            let broker_pub_cpu = p.broker_cpu_seconds.map(|s| s * 1e6 / n);
+            if let Some(us) = broker_pub_cpu {
+                samples.push("broker_pub_cpu", side, us);
+            }
             samples.push("rss", side, d.rss_mib[0]);
             progress(
                 "W1",
@@ -60,11 +64,13 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
                 side,
                 &format!(
                     "publish {publish:.0}/s, drain {drain:.0}/s, end-to-end {end_to_end:.3} s, \
-                     startup {:.3} s, CPU/task publish {:.1} µs, worker {:.1} µs, broker {}",
+                     startup {:.3} s, CPU/task publish {:.1} µs (broker {}), worker {:.1} µs, \
+                     broker {}",
                     d.startup.as_secs_f64(),
                     p.cpu_seconds * 1e6 / n,
+                    micros(broker_pub_cpu),
                     d.cpu_seconds * 1e6 / n,
-                    broker_cpu.map_or("unknown".to_owned(), |us| format!("{us:.1} µs")),
+                    micros(broker_cpu),
                 ),
             );
         }
@@ -75,10 +81,13 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
     };
     // Only when every repetition of both sides could read the broker's CPU time (it must run
     // on this machine, visible to this user).
-    let (broker_w, broker_b) = samples.take("broker_cpu");
     let reps = ctx.reps as usize;
-    let broker_row = (broker_w.len() == reps && broker_b.len() == reps)
-        .then(|| Row::new("broker CPU per task, drain", "µs", broker_w, broker_b, None));
+    let mut broker_row = |key, metric| {
+        let (w, b) = samples.take(key);
+        (w.len() == reps && b.len() == reps).then(|| Row::new(metric, "µs", w, b, None))
+    };
+    let broker_pub_row = broker_row("broker_pub_cpu", "broker CPU per task, publish");
+    let broker_row = broker_row("broker_cpu", "broker CPU per task, drain");
     let t = &ctx.tuning;
     Ok(WorkloadReport {
         title: format!(
@@ -90,7 +99,7 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             format!("worker: prefetch {}, concurrency {} (Warren: `warren-worker --prefetch {} --concurrency {}`; baseline: `multiple` ack at least every {} completions and whenever idle)", t.prefetch, t.concurrency, t.prefetch, t.concurrency, t.ack_every),
             "drain: from the worker process reporting ready (/readyz) to its success counter (/metrics) reaching the task count; end-to-end: from the first publish to the last task finished, including starting the worker process".to_owned(),
             "startup: from spawning the worker process to /readyz answering 200 (Warren declares its topology and opens two connections)".to_owned(),
-            "CPU per task: CPU time (/proc/PID/task/*/schedstat) of the publishing process during the publish, and of the worker process and of the broker (the local process listening on the AMQP port, when it can be read) during the drain, over the task count".to_owned(),
+            "CPU per task: CPU time (/proc/PID/task/*/schedstat) of the publishing process and of the broker during the publish, and of the worker process and of the broker (the local process listening on the AMQP port, when it can be read) during the drain, over the task count".to_owned(),
         ],
         rows: [
             row(&mut samples, "publish", "publish", "tasks/s", Some(Target::RatioAtLeast(0.9))),
@@ -98,13 +107,19 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             row(&mut samples, "e2e", "end-to-end", "s", Some(Target::RatioAtMost(1.0 / 0.9))),
             row(&mut samples, "startup", "worker startup", "s", None),
             row(&mut samples, "pub_cpu", "publisher CPU per task", "µs", None),
-            row(&mut samples, "cpu", "worker CPU per task", "µs", None),
         ]
         .into_iter()
+        .chain(broker_pub_row)
+        .chain([row(&mut samples, "cpu", "worker CPU per task", "µs", None)])
         .chain(broker_row)
         .chain([row(&mut samples, "rss", "worker RSS after W1", "MiB", None)])
         .collect(),
     })
+}
+
+/// Microseconds, or "unknown".
+fn micros(us: Option<f64>) -> String {
+    us.map_or("unknown".to_owned(), |us| format!("{us:.1} µs"))
 }
 
 /// W4: W1's drain with 1, 2 and 4 worker processes.
