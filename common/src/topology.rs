@@ -5,7 +5,7 @@
 use crate::delay::{self, DELAY_LEVELS};
 use crate::envelope::{int_value, text_value};
 use crate::queue::{dead_letter_queue_name, QueueSpec};
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -170,9 +170,12 @@ impl Topology {
             declare_level(channel, level, below)
         }))
         .await?;
-        for channel in channels {
-            let _ = channel.close(200, "declared".into()).await;
-        }
+        join_all(
+            channels
+                .iter()
+                .map(|channel| channel.close(200, "declared".into())),
+        )
+        .await;
         Ok(())
     }
 

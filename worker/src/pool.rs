@@ -144,7 +144,8 @@ impl Worker {
         Ok(self.drain(ackers, connections, &shutdown.abort).await)
     }
 
-    /// Connects, declares the topology and opens the publisher. `None` when shutting down.
+    /// Connects, declares the topology and opens the publisher (its connection is opened
+    /// while the topology is declared). `None` when shutting down.
     async fn open_session(
         &self,
         stop: &CancellationToken,
@@ -156,14 +157,6 @@ impl Worker {
                 Ok(conn) => conn,
                 Err(ConnectError::Cancelled | ConnectError::NoUrl) => return Ok(None),
             };
-            match self.declare(&conn).await {
-                Ok(()) => {}
-                Err(e) if e.is_permanent() => return Err(e.into()),
-                Err(error) => {
-                    tracing::warn!(%error, "declaring the topology failed; reconnecting");
-                    continue;
-                }
-            }
             let publisher_config = PublisherConfig {
                 amqp: config.amqp.clone(),
                 exchange: config.exchange.clone(),
@@ -171,7 +164,22 @@ impl Worker {
                 connection_name: format!("{name} publish"),
                 ..PublisherConfig::default()
             };
-            match Publisher::connect(publisher_config, stop).await {
+            let (declared, publisher) = futures::future::join(
+                self.declare(&conn),
+                Publisher::connect(publisher_config, stop),
+            )
+            .await;
+            if let Err(error) = declared {
+                if let Ok(publisher) = &publisher {
+                    publisher.close().await;
+                }
+                if error.is_permanent() {
+                    return Err(error.into());
+                }
+                tracing::warn!(%error, "declaring the topology failed; reconnecting");
+                continue;
+            }
+            match publisher {
                 Ok(publisher) => return Ok(Some((conn, publisher))),
                 Err(PublishError::Connect(_)) => return Ok(None),
                 Err(error) => tracing::warn!(%error, "opening the publisher failed; reconnecting"),
