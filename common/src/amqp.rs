@@ -147,8 +147,8 @@ impl fmt::Debug for AmqpUrl {
 /// Broker connection flags shared by every Warren binary.
 ///
 /// Where the URLs come from, first match wins: `--amqp-url-file`, then `AMQP_URL_FILE`,
-/// then `--amqp-url`, then `AMQP_URL`, then [`DEFAULT_AMQP_URL`]. Call [`AmqpArgs::resolve`]
-/// once after parsing: it reads the files.
+/// then `--amqp-url`, then `AMQP_URL`, then the local broker (`DEFAULT_AMQP_URL`). Call
+/// [`AmqpArgs::resolve`] once after parsing: it reads the files.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AmqpArgs {
     /// Broker URL; repeat the flag or separate with commas to list the nodes of a cluster,

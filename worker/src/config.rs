@@ -79,8 +79,8 @@ pub struct WorkerArgs {
     /// Dead-letter retention of the queues, when they are declared.
     #[command(flatten)]
     pub retention: Retention,
-    /// Limit a task type's rate on this worker: TASK=RATE/UNIT[:BURST], e.g. demo.cpu=50/s
-    /// (burst defaults to RATE). Repeat for several task types.
+    /// Limit a task type's rate on this worker: TASK=RATE/UNIT or TASK=RATE/UNIT:BURST, e.g.
+    /// demo.cpu=50/s (burst defaults to RATE). Repeat for several task types.
     #[arg(long = "rate-limit", env = "WARREN_RATE_LIMITS", value_delimiter = ',')]
     pub rate_limits: Vec<RateLimit>,
     /// How often the broker's view of each queue is polled (ready messages and consumers,
