@@ -25,6 +25,8 @@ use warren_producer::Publisher;
 
 /// How long a stopping consumer keeps returning deliveries the broker had already sent.
 const RETURN_WINDOW: Duration = Duration::from_secs(5);
+/// How long a stopping consumer waits for the broker to confirm its cancel.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a consume loop stopped taking deliveries.
 pub(crate) enum ConsumerEnd {
@@ -150,9 +152,14 @@ impl Owned {
                 _ = &mut stopped, if taking => {
                     phase = Phase::Returning;
                     returned.as_mut().reset(Instant::now() + RETURN_WINDOW);
-                    let _ = channel
-                        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-                        .await;
+                    let cancel =
+                        channel.basic_cancel(consumer.tag(), BasicCancelOptions::default());
+                    if tokio::time::timeout(CANCEL_TIMEOUT, cancel).await.is_err() {
+                        // A wedged channel: its deliveries go back when the session's
+                        // connection is closed.
+                        tracing::warn!(queue = %self.queue, timeout = ?CANCEL_TIMEOUT,
+                            "the broker did not confirm the consumer's cancel; going on");
+                    }
                     for delivery in waiting.drain(..) {
                         lane.returned(&mut acks, &delivery);
                     }

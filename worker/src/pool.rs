@@ -7,7 +7,9 @@ use crate::metrics::{Totals, WorkerMetrics};
 use crate::registry::Registry;
 use crate::Shared;
 use futures::future::join_all;
+use futures::FutureExt;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,10 @@ pub struct DrainReport {
     /// Settlements that could not be sent (their tasks will be redelivered).
     pub acks_lost: u64,
 }
+
+/// How long closing a publisher or a connection may take before the worker goes on without
+/// (a wedged channel can hold a close up).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A pool of handlers consuming one or more queues.
 pub struct Worker {
@@ -115,7 +121,10 @@ impl Worker {
             drain.cancelled().await;
             health.set(Readiness::Draining);
         });
+        // Settling what runs: the last session's consume loops, and the sessions retired
+        // while the worker went on.
         let mut ackers = Vec::new();
+        let mut lost_earlier = 0;
         let mut connections = None;
         let mut first = true;
         while !shutdown.drain.is_cancelled() {
@@ -133,15 +142,27 @@ impl Worker {
             };
             self.health.set(Readiness::Ready);
             self.shared.metrics.connected.set(1);
-            ackers = self.run_session(&conn, &publisher, &shutdown.drain).await;
+            let session = self.run_session(&conn, &publisher, &shutdown.drain).await;
             self.shared.metrics.connected.set(0);
-            connections = Some((conn, publisher));
-            if !shutdown.drain.is_cancelled() {
-                tracing::warn!("lost the broker; reconnecting");
+            if shutdown.drain.is_cancelled() {
+                ackers.extend(session);
+                connections = Some((conn, publisher));
+                break;
             }
+            tracing::warn!("lost the broker; reconnecting");
+            ackers.retain_mut(|acker| match acker.now_or_never() {
+                Some(lost) => {
+                    lost_earlier += lost.unwrap_or(0);
+                    false
+                }
+                None => true,
+            });
+            let wait = self.shared.config.shutdown_timeout;
+            ackers.push(tokio::spawn(retire(session, conn, publisher, wait)));
         }
         self.health.set(Readiness::Draining);
-        Ok(self.drain(ackers, connections, &shutdown.abort).await)
+        let report = self.drain(ackers, lost_earlier, connections, &shutdown.abort);
+        Ok(report.await)
     }
 
     /// Connects, declares the topology and opens the publisher (its connection is opened
@@ -241,9 +262,11 @@ impl Worker {
             .collect()
     }
 
+    /// `lost_earlier`: settlements that retired sessions could not send.
     async fn drain(
         self,
         ackers: Vec<JoinHandle<u64>>,
+        lost_earlier: u64,
         connections: Option<(lapin::Connection, Publisher)>,
         abort: &CancellationToken,
     ) -> DrainReport {
@@ -251,7 +274,7 @@ impl Worker {
         shared.tasks.close();
         let running = shared.tasks.len();
         tracing::info!(running, timeout = ?shared.config.shutdown_timeout, "draining: waiting for running tasks");
-        let mut acks_lost = 0;
+        let mut acks_lost = lost_earlier;
         let wait = async {
             shared.tasks.wait().await;
             for acker in ackers {
@@ -264,8 +287,7 @@ impl Worker {
         }
         let abandoned = shared.tasks.len();
         if let Some((conn, publisher)) = connections {
-            publisher.close().await;
-            let _ = conn.close(200, "drained".into()).await;
+            close(conn, publisher, "drained").await;
         }
         let report = DrainReport {
             totals: shared.metrics.totals(),
@@ -286,4 +308,31 @@ impl Worker {
         );
         report
     }
+}
+
+/// Closes a session the worker left while going on (the broker was lost, or a consumer
+/// stalled): once its running tasks are settled (waiting at most `wait`), its publisher and
+/// connection are closed, so that the broker requeues whatever its channels still hold, even
+/// a wedged one. Returns how many settlements could not be sent.
+async fn retire(
+    ackers: Vec<JoinHandle<u64>>,
+    conn: lapin::Connection,
+    publisher: Publisher,
+    wait: Duration,
+) -> u64 {
+    let mut lost = 0;
+    let settle = async {
+        for acker in ackers {
+            lost += acker.await.unwrap_or(0);
+        }
+    };
+    let _ = tokio::time::timeout(wait, settle).await;
+    close(conn, publisher, "session ended").await;
+    lost
+}
+
+/// Closes a session's publisher and connection, each within [`CLOSE_TIMEOUT`].
+async fn close(conn: lapin::Connection, publisher: Publisher, reason: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, publisher.close()).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, reason.into())).await;
 }
