@@ -22,6 +22,16 @@ impl PrivateNode {
         PathBuf::from(BIN).join("rabbitmq-server").exists()
     }
 
+    /// Starts a node, or says why it cannot and returns `None` when RabbitMQ is not
+    /// installed here (the test then has nothing to run against).
+    pub fn start_or_skip(label: &str) -> Option<PrivateNode> {
+        if !Self::available() {
+            eprintln!("RabbitMQ is not installed here: cannot run a private node; skipping");
+            return None;
+        }
+        Some(Self::start(label))
+    }
+
     /// Starts a node on free ports and waits until it is up.
     pub fn start(label: &str) -> PrivateNode {
         let port = free_port();

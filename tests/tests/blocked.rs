@@ -10,11 +10,9 @@ use warren_tests::*;
 
 #[tokio::test]
 async fn a_blocked_broker_fails_publishes_after_the_timeout_and_readiness_says_blocked() {
-    if !PrivateNode::available() {
-        eprintln!("RabbitMQ is not installed here: cannot run a private node; skipping");
+    let Some(node) = PrivateNode::start_or_skip("blocked") else {
         return;
-    }
-    let node = PrivateNode::start("blocked");
+    };
     let queue = unique_queue("blocked");
     let config = PublisherConfig {
         amqp: AmqpArgs {
