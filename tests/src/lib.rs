@@ -2,8 +2,10 @@
 //! workers and the real binaries. Every test talks to the real broker at `AMQP_URL`.
 
 mod node;
+mod scrape;
 
 pub use node::PrivateNode;
+pub use scrape::{sample, samples};
 
 use anyhow::Context;
 use futures::StreamExt;

@@ -1,7 +1,6 @@
 //! What operators see: health and readiness, failover between broker URLs, and metrics that
 //! count exactly what happened (checked with promtool).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::process::Command;
 use warren_tests::*;
@@ -121,29 +120,6 @@ async fn worker_and_producer_fail_over_to_the_second_url() {
         "the dead node was tried and logged"
     );
     delete_queues(&raw_connection().await, &queue).await;
-}
-
-/// `name{labels} value` lines of an exposition, keyed by name and sorted labels.
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            Some((key.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn sample(all: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
-    all.iter()
-        .filter(|(k, _)| k.split('{').next() == Some(name))
-        .filter(|(k, _)| {
-            labels
-                .iter()
-                .all(|(l, v)| k.contains(&format!("{l}=\"{v}\"")))
-        })
-        .map(|(_, v)| v)
-        .sum()
 }
 
 #[tokio::test]

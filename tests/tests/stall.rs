@@ -28,14 +28,12 @@ const FREEZE_CONSUMERS: &str = "Self = self(), \
 const THAW: &str = "warren_freezer ! thaw, ok.";
 
 async fn stalls(worker: &WorkerProcess, queue: &str) -> f64 {
-    let Ok((_, body)) = http_get(&worker.admin, "/metrics").await else {
-        return 0.0;
-    };
-    let series = format!("warren_consumer_stalls_total{{queue=\"{queue}\"}}");
-    body.lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    let metrics = worker.scrape().await;
+    sample(
+        &metrics,
+        "warren_consumer_stalls_total",
+        &[("queue", queue)],
+    )
 }
 
 #[tokio::test]
