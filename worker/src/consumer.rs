@@ -5,9 +5,10 @@
 //! On stop the consumer is cancelled and every delivery not yet started goes back to the
 //! queue, while the running ones finish and are settled.
 
-use crate::acks::{Acks, QUIET};
+use crate::acks::{Acks, Settle, QUIET};
 use crate::lane::Lane;
 use crate::Shared;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -184,7 +185,9 @@ impl Owned {
                     lane.begin(delivery, permit, &mut acks, &mut running);
                 }
                 next = consumer.next(), if receiving => match (phase, next) {
-                    (Phase::Taking, Some(Ok(delivery))) => waiting.push_back(lane.taken(delivery)),
+                    (Phase::Taking, Some(Ok(delivery))) => {
+                        take(lane, delivery, &mut waiting, &mut acks, &mut running);
+                    }
                     (_, Some(Ok(delivery))) => lane.returned(&mut acks, &delivery),
                     (Phase::Taking, end) => {
                         let reason = match end {
@@ -212,7 +215,7 @@ impl Owned {
                 }
                 if phase == Phase::Taking {
                     while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
-                        waiting.push_back(lane.taken(delivery));
+                        take(lane, delivery, &mut waiting, &mut acks, &mut running);
                         progressed = true;
                     }
                     while !waiting.is_empty() {
@@ -250,5 +253,25 @@ impl Owned {
             .with_label_values(&[&*self.queue])
             .inc_by(lost);
         lost
+    }
+}
+
+/// Takes a delivery from the consumer: started at once if nothing waits before it and a
+/// concurrency permit is free, else queued in order.
+fn take<'a>(
+    lane: Lane<'a>,
+    delivery: Delivery,
+    waiting: &mut VecDeque<Delivery>,
+    acks: &mut Acks<'_>,
+    running: &mut FuturesUnordered<BoxFuture<'a, Settle>>,
+) {
+    lane.taken();
+    if !waiting.is_empty() {
+        waiting.push_back(delivery);
+        return;
+    }
+    match lane.shared.permits.try_acquire() {
+        Ok(permit) => lane.begin(delivery, permit, acks, running),
+        Err(_) => waiting.push_back(delivery),
     }
 }

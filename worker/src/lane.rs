@@ -5,7 +5,7 @@
 //! consume loop polls.
 
 use crate::acks::{Acks, Settle};
-use crate::execute::{self, Run};
+use crate::execute::{self, Run, Started};
 use crate::metrics::{QueueMetrics, TaskMetrics};
 use crate::{routing, Outcome, Shared};
 use futures::future::BoxFuture;
@@ -35,27 +35,38 @@ pub(crate) struct Lane<'a> {
 enum Step<'a> {
     /// Settled without waiting (most short tasks).
     Settled(Settle),
-    /// Still running (a handler waiting on something, a rate limit, a retry being
-    /// published): the consume loop polls it to its settlement.
-    Running(BoxFuture<'a, Settle>),
+    /// Waiting on something: the consume loop polls [`Lane::resume`] to its settlement.
+    Waiting(Wait<'a>),
 }
 
-impl Step<'_> {
-    /// The settlement, once there is one.
-    async fn settled(self) -> Settle {
-        match self {
-            Step::Settled(settle) => settle,
-            Step::Running(running) => running.await,
-        }
-    }
+/// What a delivery that did not settle at once is waiting for. The delivery itself is
+/// borrowed until then, and moved only into the future that waits (so the common path never
+/// copies it around).
+enum Wait<'a> {
+    /// Its task type's rate limit.
+    Turn {
+        limiter: &'a RateLimiter,
+        envelope: Result<Envelope, EnvelopeError>,
+        metrics: &'a TaskMetrics,
+    },
+    /// Its handler, which is waiting on something (or runs as a task of its own).
+    Handler {
+        started: Started,
+        permit: SemaphorePermit<'a>,
+        metrics: &'a TaskMetrics,
+    },
+    /// The publish of its retry or dead letter (rare).
+    Route {
+        outcome: Outcome,
+        metrics: &'a TaskMetrics,
+    },
 }
 
 impl<'a> Lane<'a> {
     /// Counts a delivery taken from the consumer.
-    pub(crate) fn taken(self, delivery: Delivery) -> Delivery {
+    pub(crate) fn taken(self) {
         self.metrics.held.inc();
         self.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
-        delivery
     }
 
     /// Returns a delivery that was never started to its queue.
@@ -65,8 +76,9 @@ impl<'a> Lane<'a> {
         acks.settle(Settle::Requeue(delivery.delivery_tag));
     }
 
-    /// Starts one delivery, holding `permit`: settled at once if its handler did not wait,
-    /// else added to the loop's `running` futures.
+    /// Starts one delivery, holding `permit`. A handler that finishes on its first poll is
+    /// settled right here: no future, allocation or wake-up of its own; else the delivery
+    /// moves into a future added to the loop's `running` ones.
     pub(crate) fn begin(
         self,
         delivery: Delivery,
@@ -74,108 +86,134 @@ impl<'a> Lane<'a> {
         acks: &mut Acks<'_>,
         running: &mut FuturesUnordered<BoxFuture<'a, Settle>>,
     ) {
-        match self.start(delivery, permit) {
+        let envelope = Envelope::from_properties(&delivery.properties);
+        let span = task_span(self.queue, &delivery, &envelope);
+        match span.in_scope(|| self.start(&delivery, envelope, permit)) {
             Step::Settled(settle) => acks.settle(settle),
-            Step::Running(task) => running.push(task),
+            Step::Waiting(wait) => {
+                running.push(self.resume(delivery, wait).instrument(span).boxed())
+            }
         }
     }
 
-    /// Starts one delivery, holding `permit`. A handler that finishes on its first poll is
-    /// settled right here: no future, allocation or wake-up of its own.
-    fn start(self, delivery: Delivery, permit: SemaphorePermit<'a>) -> Step<'a> {
-        let envelope = Envelope::from_properties(&delivery.properties);
-        let span = task_span(self.queue, &delivery, &envelope);
+    /// Starts one delivery, holding `permit`, unless its task type's rate limit says wait.
+    fn start(
+        self,
+        delivery: &Delivery,
+        envelope: Result<Envelope, EnvelopeError>,
+        permit: SemaphorePermit<'a>,
+    ) -> Step<'a> {
         let task = envelope.as_ref().map_or("", |e| e.task.as_str());
         let metrics = self.metrics.task(task);
         metrics.received.inc();
         match self.shared.rate_limits.get(task) {
             Some(limiter) if limiter.check().is_err() => {
                 drop(permit);
-                let turn = async move {
-                    // Stopped while waiting for its turn: it never started.
-                    let Some(permit) = self.turn(limiter).await else {
-                        self.metrics.requeued.inc();
-                        self.metrics.held.dec();
-                        return Settle::Requeue(delivery.delivery_tag);
-                    };
-                    self.run(delivery, envelope, permit, metrics, &Span::current())
-                        .settled()
-                        .await
-                };
-                Step::Running(turn.instrument(span).boxed())
+                Step::Waiting(Wait::Turn {
+                    limiter,
+                    envelope,
+                    metrics,
+                })
             }
-            _ => span.in_scope(|| self.run(delivery, envelope, permit, metrics, &span)),
+            _ => self.run(delivery, envelope, permit, metrics),
         }
     }
 
-    /// Runs a delivery's handler (inside `span`) once it may.
+    /// Runs a delivery's handler once it may.
     fn run(
         self,
-        delivery: Delivery,
+        delivery: &Delivery,
         envelope: Result<Envelope, EnvelopeError>,
         permit: SemaphorePermit<'a>,
         metrics: &'a TaskMetrics,
-        span: &Span,
     ) -> Step<'a> {
         let in_progress = &self.metrics.in_progress;
         in_progress.inc();
-        match execute::run(self.shared, self.queue, &delivery, envelope, metrics) {
+        match execute::run(self.shared, self.queue, delivery, envelope, metrics) {
             Run::Done(outcome) => {
                 in_progress.dec();
                 drop(permit);
-                self.settle(delivery, outcome, metrics, span)
+                self.settle(delivery, outcome, metrics)
             }
-            Run::Waiting(started) => {
-                let running = self.shared.tasks.token();
-                let finish = async move {
-                    let outcome = started.finish(self.shared, metrics).await;
-                    in_progress.dec();
-                    drop(permit);
-                    drop(running);
-                    self.settle(delivery, outcome, metrics, &Span::current())
-                        .settled()
-                        .await
-                };
-                Step::Running(finish.instrument(span.clone()).boxed())
-            }
+            Run::Waiting(started) => Step::Waiting(Wait::Handler {
+                started,
+                permit,
+                metrics,
+            }),
         }
     }
 
     /// Settles a delivery whose handler ran (or was refused): an ack at once, or a retry or
-    /// dead letter published first (rare).
-    fn settle(
-        self,
-        delivery: Delivery,
-        outcome: Outcome,
-        metrics: &'a TaskMetrics,
-        span: &Span,
-    ) -> Step<'a> {
+    /// dead letter to publish first (rare).
+    fn settle(self, delivery: &Delivery, outcome: Outcome, metrics: &'a TaskMetrics) -> Step<'a> {
         if let Outcome::Ack = outcome {
             let settle = Settle::Ack(delivery.delivery_tag);
             record(metrics, &outcome, settle);
             self.metrics.held.dec();
             return Step::Settled(settle);
         }
-        let route = async move {
-            // The handler took the envelope's strings; read it again for the headers.
-            let envelope = Envelope::from_properties(&delivery.properties).ok();
-            let settle = routing::route(
-                self.shared,
-                self.publisher,
-                self.queue,
-                &delivery,
-                envelope.as_ref(),
-                &outcome,
-            )
-            .await;
-            record(metrics, &outcome, settle);
-            if let Settle::Requeue(_) = settle {
-                self.metrics.requeued.inc();
+        Step::Waiting(Wait::Route { outcome, metrics })
+    }
+
+    /// Takes a delivery that had to wait through to its settlement.
+    async fn resume(self, delivery: Delivery, mut wait: Wait<'a>) -> Settle {
+        loop {
+            let step = match wait {
+                Wait::Turn {
+                    limiter,
+                    envelope,
+                    metrics,
+                } => {
+                    // Stopped while waiting for its turn: it never started.
+                    let Some(permit) = self.turn(limiter).await else {
+                        self.metrics.requeued.inc();
+                        self.metrics.held.dec();
+                        return Settle::Requeue(delivery.delivery_tag);
+                    };
+                    self.run(&delivery, envelope, permit, metrics)
+                }
+                Wait::Handler {
+                    started,
+                    permit,
+                    metrics,
+                } => {
+                    let running = self.shared.tasks.token();
+                    let outcome = started.finish(self.shared, metrics).await;
+                    self.metrics.in_progress.dec();
+                    drop(permit);
+                    drop(running);
+                    self.settle(&delivery, outcome, metrics)
+                }
+                Wait::Route { outcome, metrics } => {
+                    return self.route(&delivery, outcome, metrics).await;
+                }
+            };
+            match step {
+                Step::Settled(settle) => return settle,
+                Step::Waiting(next) => wait = next,
             }
-            self.metrics.held.dec();
-            settle
-        };
-        Step::Running(route.instrument(span.clone()).boxed())
+        }
+    }
+
+    /// Publishes a failed task's retry or dead letter, then settles it.
+    async fn route(self, delivery: &Delivery, outcome: Outcome, metrics: &TaskMetrics) -> Settle {
+        // The handler took the envelope's strings; read it again for the headers.
+        let envelope = Envelope::from_properties(&delivery.properties).ok();
+        let settle = routing::route(
+            self.shared,
+            self.publisher,
+            self.queue,
+            delivery,
+            envelope.as_ref(),
+            &outcome,
+        )
+        .await;
+        record(metrics, &outcome, settle);
+        if let Settle::Requeue(_) = settle {
+            self.metrics.requeued.inc();
+        }
+        self.metrics.held.dec();
+        settle
     }
 
     /// Waits for a rate-limited task's turn, giving its concurrency permit back meanwhile so
