@@ -34,6 +34,8 @@ pub struct Drain {
     pub rss_mib: Vec<f64>,
     /// CPU time the processes used during the drain (from the first ready), seconds.
     pub cpu_seconds: f64,
+    /// Of `cpu_seconds`, what the processes' lapin I/O threads used (`None`: no schedstat).
+    pub io_cpu_seconds: Option<f64>,
     /// CPU time the broker used during the drain, seconds (`None`: the broker is not a local
     /// process whose CPU time this user can read).
     pub broker_cpu_seconds: Option<f64>,
@@ -70,10 +72,12 @@ pub async fn drain(
     let (first_ready, _, _) = select_all(procs.iter().map(|p| p.wait_ready().boxed())).await;
     let first_ready = first_ready?;
     let cpu = || procs.iter().map(Proc::cpu_seconds).sum::<Result<f64, _>>();
+    let io_cpu = || procs.iter().map(Proc::io_cpu_seconds).sum::<Option<f64>>();
     let broker_cpu = || broker_pid.as_deref().and_then(|pid| cpu_seconds(pid).ok());
-    let (cpu_at_ready, broker_at_ready) = (cpu()?, broker_cpu());
+    let (cpu_at_ready, io_at_ready, broker_at_ready) = (cpu()?, io_cpu(), broker_cpu());
     let done_at = wait_finished(&procs, spec.tasks, first_ready).await?;
     let cpu_seconds = cpu()? - cpu_at_ready;
+    let io_cpu_seconds = io_cpu().zip(io_at_ready).map(|(end, start)| end - start);
     let broker_cpu_seconds = broker_cpu()
         .zip(broker_at_ready)
         .map(|(end, start)| end - start);
@@ -98,6 +102,7 @@ pub async fn drain(
         done_at,
         rss_mib,
         cpu_seconds,
+        io_cpu_seconds,
         broker_cpu_seconds,
     })
 }

@@ -119,6 +119,11 @@ impl Proc {
         cpu_seconds(&self.pid().to_string())
     }
 
+    /// CPU time of its lapin I/O threads, in seconds (see [`io_thread_seconds`]).
+    pub fn io_cpu_seconds(&self) -> Option<f64> {
+        io_thread_seconds(&self.pid().to_string())
+    }
+
     /// The last lines the process wrote to stderr.
     pub fn stderr_tail(&self) -> String {
         lines(&self.stderr)
@@ -244,12 +249,32 @@ pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / 100.0)
 }
 
+/// CPU time of the threads of process `pid` named [`IO_THREAD`], in seconds (`None` without
+/// schedstat): what lapin's I/O loops cost, apart from the code that handles the deliveries.
+pub fn io_thread_seconds(pid: &str) -> Option<f64> {
+    threads_ns(pid, |name| name == IO_THREAD).map(|ns| ns as f64 / 1e9)
+}
+
+/// The name lapin gives the thread that reads and writes a connection's socket.
+const IO_THREAD: &str = "lapin-io-loop";
+
 fn schedstat_ns(pid: &str) -> Option<u64> {
+    threads_ns(pid, |_| true)
+}
+
+/// Nanoseconds on CPU of the live threads of `pid` whose name passes `pick`.
+fn threads_ns(pid: &str, pick: impl Fn(&str) -> bool) -> Option<u64> {
     let mut total = 0;
     for thread in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let path = thread.ok()?.path().join("schedstat");
-        // A thread that just exited has no file any more: skip it.
-        if let Ok(text) = std::fs::read_to_string(path) {
+        let dir = thread.ok()?.path();
+        // A thread that just exited has no files any more: skip it.
+        let Ok(name) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if !pick(name.trim_end()) {
+            continue;
+        }
+        if let Ok(text) = std::fs::read_to_string(dir.join("schedstat")) {
             total += text.split_whitespace().next()?.parse::<u64>().ok()?;
         }
     }

@@ -49,6 +49,10 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             samples.push("startup", side, d.startup.as_secs_f64());
             samples.push("pub_cpu", side, p.cpu_seconds * 1e6 / n);
             samples.push("cpu", side, d.cpu_seconds * 1e6 / n);
+            if let Some(io) = d.io_cpu_seconds {
+                samples.push("io_cpu", side, io * 1e6 / n);
+                samples.push("loop_cpu", side, (d.cpu_seconds - io) * 1e6 / n);
+            }
             let broker_cpu = d.broker_cpu_seconds.map(|s| s * 1e6 / n);
             if let Some(us) = broker_cpu {
                 samples.push("broker_cpu", side, us);
@@ -79,15 +83,17 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
         let (w, b) = s.take(key);
         Row::new(metric, unit, w, b, target)
     };
-    // Only when every repetition of both sides could read the broker's CPU time (it must run
-    // on this machine, visible to this user).
+    // Only when every repetition of both sides could read the CPU time (the broker's: it must
+    // run on this machine, visible to this user; threads': schedstat).
     let reps = ctx.reps as usize;
-    let mut broker_row = |key, metric| {
+    let mut cpu_row = |key, metric| {
         let (w, b) = samples.take(key);
         (w.len() == reps && b.len() == reps).then(|| Row::new(metric, "µs", w, b, None))
     };
-    let broker_pub_row = broker_row("broker_pub_cpu", "broker CPU per task, publish");
-    let broker_row = broker_row("broker_cpu", "broker CPU per task, drain");
+    let broker_pub_row = cpu_row("broker_pub_cpu", "broker CPU per task, publish");
+    let broker_row = cpu_row("broker_cpu", "broker CPU per task, drain");
+    let io_row = cpu_row("io_cpu", "worker CPU per task: lapin's I/O thread");
+    let loop_row = cpu_row("loop_cpu", "worker CPU per task: every other thread");
     let t = &ctx.tuning;
     Ok(WorkloadReport {
         title: format!(
@@ -99,7 +105,7 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             format!("worker: prefetch {}, concurrency {} (Warren: `warren-worker --prefetch {} --concurrency {}`; baseline: `multiple` ack at least every {} completions and whenever idle)", t.prefetch, t.concurrency, t.prefetch, t.concurrency, t.ack_every),
             "drain: from the worker process reporting ready (/readyz) to its success counter (/metrics) reaching the task count; end-to-end: from the first publish to the last task finished, including starting the worker process".to_owned(),
             "startup: from spawning the worker process to /readyz answering 200 (Warren declares its topology and opens two connections)".to_owned(),
-            "CPU per task: CPU time (/proc/PID/task/*/schedstat) of the publishing process and of the broker during the publish, and of the worker process and of the broker (the local process listening on the AMQP port, when it can be read) during the drain, over the task count".to_owned(),
+            "CPU per task: CPU time (/proc/PID/task/*/schedstat) of the publishing process and of the broker during the publish, and of the worker process and of the broker (the local process listening on the AMQP port, when it can be read) during the drain, over the task count; the worker's is also split into its lapin I/O thread (`lapin-io-loop`: socket reads, frame parsing, writes) and every other thread (the consume loop and handlers, lapin's tasks, the runtime, the admin server)".to_owned(),
         ],
         rows: [
             row(&mut samples, "publish", "publish", "tasks/s", Some(Target::RatioAtLeast(0.9))),
@@ -111,6 +117,8 @@ pub async fn w1(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
         .into_iter()
         .chain(broker_pub_row)
         .chain([row(&mut samples, "cpu", "worker CPU per task", "µs", None)])
+        .chain(io_row)
+        .chain(loop_row)
         .chain(broker_row)
         .chain([row(&mut samples, "rss", "worker RSS after W1", "MiB", None)])
         .collect(),
