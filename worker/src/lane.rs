@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span};
 use warren_common::{Envelope, EnvelopeError};
 use warren_producer::Publisher;
@@ -53,6 +54,8 @@ enum Wait<'a> {
     Handler {
         started: Started,
         permit: SemaphorePermit<'a>,
+        /// Counts it among the running tasks a drain waits for.
+        running: TaskTrackerToken,
         metrics: &'a TaskMetrics,
     },
     /// The publish of its retry or dead letter (rare).
@@ -138,6 +141,7 @@ impl<'a> Lane<'a> {
             Run::Waiting(started) => Step::Waiting(Wait::Handler {
                 started,
                 permit,
+                running: self.shared.tasks.token(),
                 metrics,
             }),
         }
@@ -175,9 +179,9 @@ impl<'a> Lane<'a> {
                 Wait::Handler {
                     started,
                     permit,
+                    running,
                     metrics,
                 } => {
-                    let running = self.shared.tasks.token();
                     let outcome = started.finish(self.shared, metrics).await;
                     self.metrics.in_progress.dec();
                     drop(permit);
