@@ -5,8 +5,8 @@
 //!
 //! The counters are polled adaptively: every 50 ms while far from done, then every 1 ms as
 //! the estimated finish nears, so the end is seen within about a millisecond while the
-//! scrapes cost the workers little (a scrape of Warren's /metrics renders every series: a
-//! few hundred microseconds of the worker's CPU; a W1 drain sees 10-20 of them).
+//! scrapes cost the workers little (each asks for the one counter, `/metrics?name=`: Warren's
+//! whole page renders every series, a few hundred microseconds of the worker's CPU).
 
 use crate::broker::Broker;
 use crate::launch::{Launcher, Side, WorkerSettings};

@@ -1,7 +1,8 @@
-//! The admin HTTP server every Warren process runs: `/metrics` (Prometheus text format),
-//! `/healthz` (the process and its runtime answer) and `/readyz` (connected and working).
+//! The admin HTTP server every Warren process runs: `/metrics` (Prometheus text format;
+//! `?name=FAMILY`, repeatable, renders only those families), `/healthz` (the process and its
+//! runtime answer) and `/readyz` (connected and working).
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -126,10 +127,21 @@ pub fn admin_router(registry: Registry, health: Health) -> Router {
         .with_state(AdminState { registry, health })
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let mut body = Vec::with_capacity(16 * 1024);
+/// Every metric family, or with `?name=FAMILY` (repeatable) only those named: a script or
+/// probe that polls one counter often then costs the worker a few lines of rendering instead
+/// of every series of every task type (tens of kilobytes).
+async fn metrics(State(state): State<AdminState>, RawQuery(query): RawQuery) -> impl IntoResponse {
+    let mut families = state.registry.gather();
+    let names: Vec<String> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .filter(|(key, _)| key == "name")
+        .map(|(_, value)| value.into_owned())
+        .collect();
+    if !names.is_empty() {
+        families.retain(|family| names.iter().any(|name| name == family.name()));
+    }
+    let mut body = Vec::with_capacity(if names.is_empty() { 16 * 1024 } else { 512 });
     let encoder = TextEncoder::new();
-    match encoder.encode(&state.registry.gather(), &mut body) {
+    match encoder.encode(&families, &mut body) {
         Ok(()) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, encoder.format_type().to_owned())],

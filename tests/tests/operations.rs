@@ -1,6 +1,7 @@
 //! What operators see: health and readiness, failover between broker URLs, and metrics that
 //! count exactly what happened (checked with promtool).
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 use tokio::process::Command;
 use warren_tests::*;
@@ -231,6 +232,19 @@ async fn metrics_count_exactly_what_happened_and_promtool_accepts_them() {
     );
     assert_eq!(sample(&m, "warren_deliveries_held", &[q]), 0.0);
     assert_eq!(sample(&m, "warren_broker_connected", &[]), 1.0);
+
+    // `?name=` renders only the families named, with the same values.
+    let path = "/metrics?name=warren_tasks_succeeded_total&name=warren_broker_connected";
+    let only = samples(&http_get(&worker.admin, path).await.unwrap().1);
+    let families: BTreeSet<&str> = only
+        .keys()
+        .map(|series| series.split('{').next().unwrap_or(series))
+        .collect();
+    assert_eq!(
+        families,
+        BTreeSet::from(["warren_broker_connected", "warren_tasks_succeeded_total"])
+    );
+    assert_eq!(sample(&only, "warren_tasks_succeeded_total", &[]), 7.0);
 
     let text = http_get(&worker.admin, "/metrics").await.unwrap().1;
     match std::process::Command::new("promtool")

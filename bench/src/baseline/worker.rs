@@ -81,7 +81,8 @@ async fn serve_admin(state: Arc<State>) -> anyhow::Result<()> {
     crate::http::serve(listener, move |path: String| {
         let state = state.clone();
         async move {
-            match path.as_str() {
+            // The query (`?name=`) selects metrics; this page has only the one.
+            match path.split('?').next().unwrap_or_default() {
                 "/readyz" if state.ready.load(Ordering::Acquire) => (200, "ready\n".to_owned()),
                 "/readyz" => (503, "connecting\n".to_owned()),
                 "/metrics" => {
