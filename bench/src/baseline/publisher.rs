@@ -79,7 +79,7 @@ impl RawPublisher {
     }
 
     /// Closes the channel and the connection.
-    pub async fn close(self) {
+    pub async fn close(&self) {
         let _ = self.channel.close(200, "bye".into()).await;
         let _ = self.conn.close(200, "bye".into()).await;
     }
