@@ -370,3 +370,85 @@ async fn a_queue_declared_with_other_arguments_is_a_clear_error() {
     }
     delete_queues(&conn, &queue).await;
 }
+
+#[tokio::test]
+async fn tasks_go_straight_to_their_queue_unless_told_to_go_through_the_exchange() {
+    use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeleteOptions};
+    use warren_common::{QueueKind, QueueSpec};
+    use warren_producer::{Publisher, PublisherConfig};
+
+    let queue = unique_queue("route");
+    let tap = format!("{queue}.tap");
+    let conn = raw_connection().await;
+    let channel = conn.create_channel().await.unwrap();
+    let straight = publisher(&queue).await;
+    straight
+        .declare(&QueueSpec::new(&queue, QueueKind::Quorum))
+        .await
+        .unwrap();
+    // A queue of the user's own, bound to the task exchange with the work queue's key.
+    channel
+        .queue_declare(
+            tap.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            tap.as_str().into(),
+            "warren".into(),
+            queue.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    for n in 0..3 {
+        straight
+            .publish("test.order", &order(n), &TaskOptions::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(ready_count(&conn, &queue).await, 3);
+    assert_eq!(
+        ready_count(&conn, &tap).await,
+        0,
+        "the exchange was bypassed"
+    );
+    let first = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a task");
+    assert_eq!(first.delivery.exchange.as_str(), "", "the default exchange");
+    assert_eq!(first.delivery.routing_key.as_str(), queue);
+
+    let config = PublisherConfig {
+        amqp: amqp_args(),
+        default_queue: queue.clone(),
+        via_exchange: true,
+        ..PublisherConfig::default()
+    };
+    let through = Publisher::connect(config, &Default::default())
+        .await
+        .unwrap();
+    for n in 0..2 {
+        through
+            .publish("test.order", &order(n), &TaskOptions::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        ready_count(&conn, &queue).await,
+        4,
+        "2 + the 2 through the exchange"
+    );
+    assert_eq!(ready_count(&conn, &tap).await, 2, "the tap saw those two");
+    let _ = channel
+        .queue_delete(tap.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    delete_queues(&conn, &queue).await;
+}

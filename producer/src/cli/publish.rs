@@ -84,6 +84,7 @@ pub async fn run(
     let config = PublisherConfig {
         amqp: amqp.clone(),
         exchange: exchange.to_owned(),
+        via_exchange: false,
         default_queue: args.queue.clone(),
         confirm_timeout: args.confirm_timeout,
         connection_name: "warren-producer publish".to_owned(),

@@ -71,6 +71,7 @@ pub async fn run(
     let publisher = PublisherConfig {
         amqp: amqp.clone(),
         exchange: exchange.to_owned(),
+        via_exchange: false,
         default_queue: args.queue.clone(),
         confirm_timeout: args.confirm_timeout,
         connection_name: "warren-producer serve".to_owned(),
