@@ -406,12 +406,15 @@ async fn tasks_go_straight_to_their_queue_unless_told_to_go_through_the_exchange
         .await
         .unwrap();
 
-    for n in 0..3 {
-        straight
-            .publish("test.order", &order(n), &TaskOptions::default())
-            .await
-            .unwrap();
-    }
+    let publish = |publisher: Publisher, count: u64| async move {
+        for n in 0..count {
+            publisher
+                .publish("test.order", &order(n), &TaskOptions::default())
+                .await
+                .unwrap();
+        }
+    };
+    publish(straight, 3).await;
     assert_eq!(ready_count(&conn, &queue).await, 3);
     assert_eq!(
         ready_count(&conn, &tap).await,
@@ -435,12 +438,7 @@ async fn tasks_go_straight_to_their_queue_unless_told_to_go_through_the_exchange
     let through = Publisher::connect(config, &Default::default())
         .await
         .unwrap();
-    for n in 0..2 {
-        through
-            .publish("test.order", &order(n), &TaskOptions::default())
-            .await
-            .unwrap();
-    }
+    publish(through, 2).await;
     assert_eq!(
         ready_count(&conn, &queue).await,
         4,
