@@ -143,3 +143,62 @@ async fn bad_flags_name_the_flag() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--payload"));
 }
+
+#[tokio::test]
+async fn the_producer_publishes_through_the_exchange_only_when_asked() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::FieldTable;
+
+    let queue = unique_queue("via");
+    let tap = format!("{queue}.tap");
+    let conn = raw_connection().await;
+    let channel = conn.create_channel().await.unwrap();
+    let publish = |extra: &'static [&'static str]| {
+        let queue = queue.clone();
+        async move {
+            let output = Command::new(binary("warren-producer"))
+                .args(["publish", "--task", "demo.noop", "--queue", &queue])
+                .args(extra)
+                .env("AMQP_URL", amqp_url())
+                .output()
+                .await
+                .expect("warren-producer runs");
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    };
+    // The first publish declares the work queue; then a queue of the user's own is bound to
+    // the task exchange with the work queue's key.
+    publish(&[]).await;
+    channel
+        .queue_declare(
+            tap.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            tap.as_str().into(),
+            "warren".into(),
+            queue.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    publish(&[]).await;
+    assert_eq!(ready_count(&conn, &queue).await, 2);
+    assert_eq!(ready_count(&conn, &tap).await, 0, "straight to the queue");
+    publish(&["--via-exchange"]).await;
+    assert_eq!(ready_count(&conn, &queue).await, 3);
+    assert_eq!(ready_count(&conn, &tap).await, 1, "through the exchange");
+    let _ = channel
+        .queue_delete(tap.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    delete_queues(&conn, &queue).await;
+}

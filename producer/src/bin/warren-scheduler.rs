@@ -28,6 +28,10 @@ struct Args {
     /// Exchange tasks are published to.
     #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE)]
     exchange: String,
+    /// Publish tasks through --exchange instead of straight to their queue (the default
+    /// exchange): only then do queues you bound to the exchange yourself see them.
+    #[arg(long, env = "WARREN_VIA_EXCHANGE")]
+    via_exchange: bool,
     /// How long each publish waits for the broker's confirm.
     #[arg(long, env = "WARREN_CONFIRM_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     confirm_timeout: Duration,
@@ -108,6 +112,7 @@ fn configure(args: &Args) -> anyhow::Result<SchedulerConfig> {
     let mut config = SchedulerConfig::new(schedules);
     config.amqp = args.amqp.resolve()?;
     config.exchange.clone_from(&args.exchange);
+    config.via_exchange = args.via_exchange;
     config.lease_name.clone_from(&args.lease_name);
     config.lease_retry = args.lease_retry;
     config.confirm_timeout = args.confirm_timeout;

@@ -18,6 +18,10 @@ pub struct Cli {
     /// Exchange tasks are published to.
     #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE, global = true)]
     exchange: String,
+    /// Publish tasks through --exchange instead of straight to their queue (the default
+    /// exchange): only then do queues you bound to the exchange yourself see them.
+    #[arg(long, env = "WARREN_VIA_EXCHANGE", global = true)]
+    via_exchange: bool,
     /// Log output format.
     #[arg(
         long,
@@ -54,11 +58,15 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         }
     };
     match cli.command {
-        Command::Publish(args) => publish::run(args, &cli.amqp, &cli.exchange, &shutdown).await,
+        Command::Publish(args) => {
+            publish::run(args, &cli.amqp, &cli.exchange, cli.via_exchange, &shutdown).await
+        }
         Command::Stats(args) => stats::run(args, &cli.amqp, &shutdown).await,
         Command::DeadLetters(args) => {
             dead_letters::run(args, &cli.amqp, &cli.exchange, &shutdown).await
         }
-        Command::Serve(args) => serve::run(args, &cli.amqp, &cli.exchange, &shutdown).await,
+        Command::Serve(args) => {
+            serve::run(args, &cli.amqp, &cli.exchange, cli.via_exchange, &shutdown).await
+        }
     }
 }

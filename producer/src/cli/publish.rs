@@ -71,6 +71,7 @@ pub async fn run(
     args: PublishArgs,
     amqp: &AmqpArgs,
     exchange: &str,
+    via_exchange: bool,
     shutdown: &Shutdown,
 ) -> anyhow::Result<ExitCode> {
     let payload: serde_json::Value = serde_json::from_str(&args.payload)
@@ -84,7 +85,7 @@ pub async fn run(
     let config = PublisherConfig {
         amqp: amqp.clone(),
         exchange: exchange.to_owned(),
-        via_exchange: false,
+        via_exchange,
         default_queue: args.queue.clone(),
         confirm_timeout: args.confirm_timeout,
         connection_name: "warren-producer publish".to_owned(),

@@ -52,6 +52,7 @@ pub async fn run(
     args: ServeArgs,
     amqp: &AmqpArgs,
     exchange: &str,
+    via_exchange: bool,
     shutdown: &Shutdown,
 ) -> anyhow::Result<ExitCode> {
     let auth_token = match &args.auth_token_file {
@@ -71,7 +72,7 @@ pub async fn run(
     let publisher = PublisherConfig {
         amqp: amqp.clone(),
         exchange: exchange.to_owned(),
-        via_exchange: false,
+        via_exchange,
         default_queue: args.queue.clone(),
         confirm_timeout: args.confirm_timeout,
         connection_name: "warren-producer serve".to_owned(),

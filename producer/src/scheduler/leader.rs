@@ -50,6 +50,7 @@ pub(crate) async fn lead(
     let publisher_config = PublisherConfig {
         amqp: config.amqp.clone(),
         exchange: config.exchange.clone(),
+        via_exchange: config.via_exchange,
         confirm_timeout: config.confirm_timeout,
         connection_name: config.connection_name(),
         ..PublisherConfig::default()

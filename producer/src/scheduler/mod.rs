@@ -36,8 +36,11 @@ const MAX_LEASE_NAME: usize = 120;
 pub struct SchedulerConfig {
     /// Broker URLs, tried in turn.
     pub amqp: AmqpArgs,
-    /// The exchange tasks are published to.
+    /// The task exchange (see [`crate::PublisherConfig::exchange`]).
     pub exchange: String,
+    /// Publish through the task exchange rather than straight to the queue (see
+    /// [`crate::PublisherConfig::via_exchange`]).
+    pub via_exchange: bool,
     /// The schedules (every replica of a group must be given the same ones).
     pub schedules: Vec<Schedule>,
     /// The scheduler group: replicas with the same name share one lease and one state.
@@ -61,6 +64,7 @@ impl SchedulerConfig {
         SchedulerConfig {
             amqp: AmqpArgs::default(),
             exchange: warren_common::DEFAULT_EXCHANGE.to_owned(),
+            via_exchange: false,
             schedules,
             lease_name: DEFAULT_LEASE_NAME.to_owned(),
             lease_retry: DEFAULT_LEASE_RETRY,
