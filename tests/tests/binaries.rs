@@ -146,7 +146,9 @@ async fn bad_flags_name_the_flag() {
 
 #[tokio::test]
 async fn the_producer_publishes_through_the_exchange_only_when_asked() {
-    use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::options::{
+        BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
     use lapin::types::FieldTable;
 
     let queue = unique_queue("via");
@@ -194,8 +196,15 @@ async fn the_producer_publishes_through_the_exchange_only_when_asked() {
     publish(&[]).await;
     assert_eq!(ready_count(&conn, &queue).await, 2);
     assert_eq!(ready_count(&conn, &tap).await, 0, "straight to the queue");
+    let task = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a task");
+    assert_eq!(task.delivery.exchange.as_str(), "", "the default exchange");
+    assert_eq!(task.delivery.routing_key.as_str(), queue);
     publish(&["--via-exchange"]).await;
-    assert_eq!(ready_count(&conn, &queue).await, 3);
+    assert_eq!(ready_count(&conn, &queue).await, 2);
     assert_eq!(ready_count(&conn, &tap).await, 1, "through the exchange");
     let _ = channel
         .queue_delete(tap.as_str().into(), QueueDeleteOptions::default())
