@@ -31,7 +31,7 @@ pub struct WorkerArgs {
     /// `--queue-type classic` (quorum queues have no priorities).
     #[arg(long, env = "WARREN_MAX_PRIORITY", value_parser = clap::value_parser!(u8).range(1..=9))]
     pub max_priority: Option<u8>,
-    /// Exchange tasks are published to.
+    /// The task exchange the worker binds its queues to (producers may publish to it).
     #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE)]
     pub exchange: String,
     /// Handlers running at once (default: number of CPUs).

@@ -25,7 +25,7 @@ struct Args {
     /// How often a standby tries to take the lease (bounds the failover time).
     #[arg(long, env = "WARREN_LEASE_RETRY", default_value = "1s", value_parser = humantime::parse_duration)]
     lease_retry: Duration,
-    /// Exchange tasks are published to.
+    /// The task exchange: work queues are bound to it (tasks go through it with --via-exchange).
     #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE)]
     exchange: String,
     /// Publish tasks through --exchange instead of straight to their queue (the default

@@ -15,7 +15,7 @@ use warren_common::{AmqpArgs, LogFormat, Shutdown};
 pub struct Cli {
     #[command(flatten)]
     amqp: AmqpArgs,
-    /// Exchange tasks are published to.
+    /// The task exchange: work queues are bound to it (tasks go through it with --via-exchange).
     #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE, global = true)]
     exchange: String,
     /// Publish tasks through --exchange instead of straight to their queue (the default
