@@ -55,10 +55,9 @@ pub struct PublisherConfig {
     pub exchange: String,
     /// Publish tasks through [`exchange`](Self::exchange) rather than straight to their queue
     /// through the default exchange. Off by default: both reach the same queue, and the
-    /// default exchange costs the broker less per task (~15% less CPU per publish, and
-    /// ~60 µs less latency, on RabbitMQ 3.10: docs/performance.md, finding 18). Turn it on
-    /// if you bind queues of your own to the task exchange (say, to copy tasks somewhere):
-    /// only publishes through it reach those.
+    /// default exchange costs the broker ~15% less CPU per publish (RabbitMQ 3.10,
+    /// docs/performance.md finding 18). Turn it on for queues you bind to the task exchange
+    /// yourself: only publishes through it reach those.
     pub via_exchange: bool,
     /// The queue used when a task names none.
     pub default_queue: String,
