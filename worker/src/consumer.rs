@@ -24,6 +24,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use warren_producer::Publisher;
 
+/// The consumer tag of every consume loop. The broker puts it in every delivery it sends and
+/// spends CPU on it per delivery in proportion to its length: a tag of `<hostname>-<pid>/<queue>`
+/// (38 bytes in the benchmark, more under Kubernetes' pod names) cost it ~0.4 µs per task more
+/// than this one, ~6% of its work on a no-op task (docs/performance.md, finding 19). Each
+/// consumer has a channel of its own, so the tag need not be unique; the worker's identity
+/// is on its connection (`warren-worker <worker id>`).
+pub(crate) const CONSUMER_TAG: &str = "warren";
+
 /// How long a stopping consumer keeps returning deliveries the broker had already sent.
 const RETURN_WINDOW: Duration = Duration::from_secs(5);
 /// How long a stopping consumer waits for the broker to confirm its cancel.
@@ -84,11 +92,10 @@ async fn subscribe(
     channel
         .basic_qos(shared.config.prefetch, BasicQosOptions { global: false })
         .await?;
-    let tag = format!("{}/{queue}", shared.config.worker_id);
     let consumer = channel
         .basic_consume(
             queue.into(),
-            tag.into(),
+            CONSUMER_TAG.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

@@ -23,6 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+/// The consumer tag: the very bytes `warren-worker` uses. The broker spends CPU on the tag in
+/// every delivery in proportion to its length (docs/performance.md, finding 19), so both
+/// sides carry the same one.
+const CONSUMER_TAG: &str = "warren";
+
 /// The counter the benchmark polls on `/metrics`.
 pub const SUCCEEDED_METRIC: &str = "bench_baseline_tasks_succeeded_total";
 
@@ -49,7 +54,7 @@ pub async fn run_worker(args: WorkerRoleArgs) -> anyhow::Result<()> {
     let consumer = channel
         .basic_consume(
             args.queue.as_str().into(),
-            "warren-bench-baseline".into(),
+            CONSUMER_TAG.into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
