@@ -47,7 +47,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "all")]
     pub workload: WorkloadChoice,
     /// Repetitions of each measurement; the table shows their median, min and max.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 9, value_parser = clap::value_parser!(u32).range(1..))]
     pub reps: u32,
     /// Broker URL.
     #[arg(long, env = "AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
