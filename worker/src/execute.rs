@@ -36,10 +36,11 @@ fn admit<'a>(
         EnvelopeError::Codec(_) => Failure::new(ReasonKind::UnsupportedContentType, e),
         _ => Failure::new(ReasonKind::InvalidMessage, e),
     })?;
-    let empty = Default::default();
-    let table = delivery.properties.headers().as_ref().unwrap_or(&empty);
-    let redeliveries = warren_common::header_u64(table, headers::X_DELIVERY_COUNT)
-        .ok()
+    let redeliveries = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|table| warren_common::header_u64(table, headers::X_DELIVERY_COUNT).ok())
         .flatten();
     if let Some(count) = redeliveries.filter(|&c| c > shared.config.crash_budget) {
         let reason = format!(
