@@ -123,6 +123,24 @@ fn build_worker() -> anyhow::Result<PathBuf> {
         .package("warren-worker")
         .bin("warren-worker")
         .manifest_path(manifest);
+    // `cargo run` gives this process the package's own variables; a build script that
+    // watches one (ring's watches `CARGO_MANIFEST_DIR`) would see it change and rebuild
+    // half the dependency tree on every run (~1.5 minutes) if the nested build inherited them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let set_by_cargo_run = name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            );
+        if set_by_cargo_run {
+            build = build.env_remove(&*name);
+        }
+    }
     if !cfg!(debug_assertions) {
         build = build.release();
     }

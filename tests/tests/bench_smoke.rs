@@ -7,12 +7,25 @@ use warren_common::{Topology, TopologyError};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_smoke_run_covers_every_workload_and_cleans_up() {
-    let bench = escargot::CargoBuild::new()
+    let mut build = escargot::CargoBuild::new()
         .package("warren-bench")
         .bin("warren-bench")
-        .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
-        .run()
-        .expect("warren-bench builds");
+        .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"));
+    // The test harness gives this process the test package's own variables; a build script
+    // that watches one (ring's watches `CARGO_MANIFEST_DIR`) would rebuild half the
+    // dependency tree if the nested build inherited them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || matches!(
+                &*name,
+                "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_CRATE_NAME"
+            )
+        {
+            build = build.env_remove(&*name);
+        }
+    }
+    let bench = build.run().expect("warren-bench builds");
     let json = std::env::temp_dir().join(format!(
         "warren-bench-smoke-{}.json",
         uuid::Uuid::new_v4().simple()
