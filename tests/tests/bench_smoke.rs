@@ -19,7 +19,11 @@ async fn the_smoke_run_covers_every_workload_and_cleans_up() {
         if name.starts_with("CARGO_PKG_")
             || matches!(
                 &*name,
-                "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_CRATE_NAME"
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
             )
         {
             build = build.env_remove(&*name);
