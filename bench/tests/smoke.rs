@@ -7,35 +7,11 @@ use warren_common::{Topology, TopologyError};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_smoke_run_covers_every_workload_and_cleans_up() {
-    let mut build = escargot::CargoBuild::new()
-        .package("warren-bench")
-        .bin("warren-bench")
-        .manifest_path(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"));
-    // The test harness gives this process the test package's own variables; a build script
-    // that watches one (ring's watches `CARGO_MANIFEST_DIR`) would rebuild half the
-    // dependency tree if the nested build inherited them.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || matches!(
-                &*name,
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_PRIMARY_PACKAGE"
-            )
-        {
-            build = build.env_remove(&*name);
-        }
-    }
-    let bench = build.run().expect("warren-bench builds");
     let json = std::env::temp_dir().join(format!(
         "warren-bench-smoke-{}.json",
         uuid::Uuid::new_v4().simple()
     ));
-    let output = bench
-        .command()
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_warren-bench"))
         .args(["--smoke", "--json"])
         .arg(&json)
         .args(["--amqp-url", &warren_tests::amqp_url()])
