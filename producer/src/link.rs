@@ -3,22 +3,44 @@
 //!
 //! Losing the link fails the publishes whose confirms were outstanding (their callers get an
 //! error, never silence); the next publish reconnects, waiting at most the confirm timeout.
+//!
+//! A run of refusals (nacks) gets a fresh channel on the same connection, at most once per
+//! [`Pacer`] pause: on RabbitMQ 3.10 a channel opened while a quorum queue had no leader
+//! (a node died, ~3 s to elect a new one) has every publish to that queue refused for as
+//! long as the old node stays down, while channels opened after the election are fine. The
+//! old channel is closed once its outstanding confirms have settled.
 
 use crate::metrics::ProducerMetrics;
 use futures::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, Event};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
-use warren_common::{connect, AmqpUrl, ConnectError, Health, Readiness};
+use warren_common::{connect, AmqpUrl, ConnectError, Health, Pacer, Readiness};
+
+/// How long a replaced channel's outstanding confirms may take to settle before it is closed.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A live connection and its publishing channel.
 pub(crate) struct Link {
-    pub(crate) conn: Connection,
+    pub(crate) conn: Arc<Connection>,
     pub(crate) channel: Channel,
+    /// Grows with every new link (a new connection or a fresh channel).
     pub(crate) generation: u64,
+    /// The generation of the link that opened the connection.
+    connection: u64,
+}
+
+/// Refusals in a row after which the next publish gets a fresh channel.
+const REFUSALS_BEFORE_FRESH_CHANNEL: u32 = 3;
+
+/// Refusals in a row, and when a fresh channel may be opened next.
+struct Refusals {
+    count: AtomicU32,
+    pacer: std::sync::Mutex<(Pacer, Instant)>,
 }
 
 /// Owns the current [`Link`] and replaces it when it breaks.
@@ -31,6 +53,7 @@ pub(crate) struct Linker {
     /// Woken when the connection is lost, so the link is rebuilt without waiting for a publish.
     lost: Arc<tokio::sync::Notify>,
     reconnecting: Mutex<u64>,
+    refusals: Refusals,
     blocked: watch::Sender<bool>,
     pub(crate) health: Health,
     pub(crate) metrics: Option<ProducerMetrics>,
@@ -67,6 +90,10 @@ impl Linker {
             current: Arc::new(RwLock::new(None)),
             lost: Arc::new(tokio::sync::Notify::new()),
             reconnecting: Mutex::new(0),
+            refusals: Refusals {
+                count: AtomicU32::new(0),
+                pacer: std::sync::Mutex::new((Pacer::new(), Instant::now())),
+            },
             blocked: watch::channel(false).0,
             health: Health::new(),
             metrics,
@@ -85,9 +112,10 @@ impl Linker {
         let channel = open_confirm_channel(&conn).await?;
         linker.watch_events(&conn, 1);
         let link = Arc::new(Link {
-            conn,
+            conn: Arc::new(conn),
             channel,
             generation: 1,
+            connection: 1,
         });
         *linker.current.write().unwrap_or_else(|e| e.into_inner()) = Some(link);
         linker.health.set(Readiness::Ready);
@@ -151,9 +179,10 @@ impl Linker {
         }
         self.watch_events(&conn, *generation);
         let link = Arc::new(Link {
-            conn,
+            conn: Arc::new(conn),
             channel,
             generation: *generation,
+            connection: *generation,
         });
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(link.clone());
         self.blocked.send_replace(false);
@@ -202,7 +231,7 @@ impl Linker {
                         tracing::warn!(connection = %name, %error, "publishing connection lost");
                         blocked.send_replace(false);
                         let mut guard = current.write().unwrap_or_else(|e| e.into_inner());
-                        if guard.as_ref().is_some_and(|l| l.generation == generation) {
+                        if guard.as_ref().is_some_and(|l| l.connection == generation) {
                             *guard = None;
                             health.set(Readiness::Reconnecting);
                             if let Some(m) = &metrics {
@@ -243,6 +272,71 @@ impl Linker {
                     }
                 }
             }
+        });
+    }
+
+    /// Notes a confirmed publish: the run of refusals, if any, is over.
+    pub(crate) fn accepted(&self) {
+        if self.refusals.count.load(Ordering::Relaxed) != 0 {
+            self.refusals.count.store(0, Ordering::Relaxed);
+            let mut pacer = self
+                .refusals
+                .pacer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            pacer.0.reset();
+        }
+    }
+
+    /// Notes a refused publish on `link`; after a run of them, replaces its channel with a
+    /// fresh one on the same connection (at most once per pause of the pacer, so a queue
+    /// that keeps refusing, e.g. one at its length limit, costs a channel now and then).
+    pub(crate) async fn refused(&self, link: &Arc<Link>) {
+        let count = self.refusals.count.fetch_add(1, Ordering::Relaxed) + 1;
+        if count < REFUSALS_BEFORE_FRESH_CHANNEL || self.pinned {
+            return;
+        }
+        {
+            let mut pacer = self
+                .refusals
+                .pacer
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if Instant::now() < pacer.1 {
+                return;
+            }
+            let pause = pacer.0.next_delay();
+            pacer.1 = Instant::now() + pause;
+        }
+        let mut generation = self.reconnecting.lock().await;
+        if self
+            .live()
+            .is_none_or(|current| current.generation != link.generation)
+        {
+            return;
+        }
+        let channel = match open_confirm_channel(&link.conn).await {
+            Ok(channel) => channel,
+            Err(error) => {
+                tracing::warn!(connection = %self.name, %error, "could not open a fresh publishing channel");
+                return;
+            }
+        };
+        *generation += 1;
+        let fresh = Arc::new(Link {
+            conn: link.conn.clone(),
+            channel,
+            generation: *generation,
+            connection: link.connection,
+        });
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh);
+        self.refusals.count.store(0, Ordering::Relaxed);
+        tracing::warn!(connection = %self.name, refused = count,
+            "the broker refused publishes in a row; publishing on a fresh channel");
+        let old = link.channel.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(SETTLE_TIMEOUT, old.wait_for_confirms()).await;
+            let _ = old.close(200, "replaced".into()).await;
         });
     }
 

@@ -363,6 +363,11 @@ impl Publisher {
                 .confirm_latency
                 .observe(started.elapsed().as_secs_f64());
         }
+        if confirmation.is_nack() {
+            self.inner.link.refused(&link).await;
+        } else {
+            self.inner.link.accepted();
+        }
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(returned)) => Err(PublishError::Unroutable {
