@@ -10,7 +10,7 @@ use axum::Router;
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +28,11 @@ pub enum Readiness {
     Blocked = 3,
     /// Shutting down.
     Draining = 4,
+    /// Working, but some of what it serves cannot be used now (e.g. one queue's node is
+    /// down): answered with 200, and the detail names what is missing.
+    Degraded = 5,
+    /// Connected, but nothing it serves can be used now: answered with 503 and the detail.
+    Unavailable = 6,
 }
 
 impl Readiness {
@@ -37,6 +42,8 @@ impl Readiness {
             2 => Readiness::Reconnecting,
             3 => Readiness::Blocked,
             4 => Readiness::Draining,
+            5 => Readiness::Degraded,
+            6 => Readiness::Unavailable,
             _ => Readiness::Connecting,
         }
     }
@@ -49,13 +56,27 @@ impl Readiness {
             Readiness::Reconnecting => "reconnecting",
             Readiness::Blocked => "blocked",
             Readiness::Draining => "draining",
+            Readiness::Degraded => "degraded",
+            Readiness::Unavailable => "unavailable",
         }
+    }
+
+    /// Whether `/readyz` answers 200.
+    pub fn is_serving(self) -> bool {
+        matches!(self, Readiness::Ready | Readiness::Degraded)
     }
 }
 
-/// The process's readiness, shared between its work and its admin server.
+/// The process's readiness, shared between its work and its admin server, with an optional
+/// detail saying why it is not plainly ready.
 #[derive(Clone, Debug, Default)]
-pub struct Health(Arc<AtomicU8>);
+pub struct Health(Arc<HealthState>);
+
+#[derive(Debug, Default)]
+struct HealthState {
+    state: AtomicU8,
+    detail: Mutex<Option<String>>,
+}
 
 impl Health {
     /// A process still connecting.
@@ -67,6 +88,7 @@ impl Health {
     pub fn set(&self, state: Readiness) {
         let _ = self
             .0
+            .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |current| {
                 (current != Readiness::Draining as u8).then_some(state as u8)
             });
@@ -74,7 +96,22 @@ impl Health {
 
     /// The current state.
     pub fn get(&self) -> Readiness {
-        Readiness::from_u8(self.0.load(Ordering::Acquire))
+        Readiness::from_u8(self.0.state.load(Ordering::Acquire))
+    }
+
+    /// Sets the state and what `/readyz` says about it (`None`: nothing more than the state).
+    pub fn set_with(&self, state: Readiness, detail: Option<String>) {
+        *self.0.detail.lock().unwrap_or_else(|e| e.into_inner()) = detail;
+        self.set(state);
+    }
+
+    /// What `/readyz` says after the state, if anything.
+    pub fn detail(&self) -> Option<String> {
+        self.0
+            .detail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -162,12 +199,17 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, String) {
     let readiness = state.health.get();
-    let code = if readiness == Readiness::Ready {
+    let code = if readiness.is_serving() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, format!("{}\n", readiness.as_str()))
+    match state.health.detail() {
+        Some(detail) if readiness != Readiness::Draining => {
+            (code, format!("{}: {detail}\n", readiness.as_str()))
+        }
+        _ => (code, format!("{}\n", readiness.as_str())),
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use crate::AmqpUrl;
 use backoff::backoff::Backoff;
-use backoff::ExponentialBackoffBuilder;
+use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -31,11 +31,7 @@ pub async fn connect(
     if urls.is_empty() {
         return Err(ConnectError::NoUrl);
     }
-    let mut backoff = ExponentialBackoffBuilder::new()
-        .with_initial_interval(Duration::from_millis(200))
-        .with_max_interval(Duration::from_secs(10))
-        .with_max_elapsed_time(None)
-        .build();
+    let mut pacer = Pacer::new();
     let mut attempt: u64 = 0;
     loop {
         for url in urls {
@@ -55,11 +51,54 @@ pub async fn connect(
                 }
             }
         }
-        let delay = backoff.next_backoff().unwrap_or(Duration::from_secs(10));
+        let delay = pacer.next_delay();
         tracing::info!(retry_in = ?delay, "retrying broker connection");
         tokio::select! {
             _ = cancel.cancelled() => return Err(ConnectError::Cancelled),
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// The pauses between attempts at something the broker cannot serve now (a node that is
+/// down, a queue without a leader): 200 ms doubling to at most 10 s, with jitter, never
+/// giving up. One per thing retried, so each backs off on its own.
+pub struct Pacer(ExponentialBackoff);
+
+impl Default for Pacer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pacer {
+    /// A pacer at its shortest pause.
+    pub fn new() -> Self {
+        Pacer(
+            ExponentialBackoffBuilder::new()
+                .with_initial_interval(Duration::from_millis(200))
+                .with_max_interval(Duration::from_secs(10))
+                .with_max_elapsed_time(None)
+                .build(),
+        )
+    }
+
+    /// The next pause (growing with each call until [`reset`](Self::reset)).
+    pub fn next_delay(&mut self) -> Duration {
+        self.0.next_backoff().unwrap_or(Duration::from_secs(10))
+    }
+
+    /// Back to the shortest pause, after a success.
+    pub fn reset(&mut self) {
+        self.0.reset();
+    }
+
+    /// Sleeps the next pause; false if `cancel` fired first.
+    pub async fn pause(&mut self, cancel: &CancellationToken) -> bool {
+        let delay = self.next_delay();
+        tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
         }
     }
 }

@@ -27,10 +27,20 @@ pub fn delay_deliver_exchange() -> String {
     format!("{PREFIX}.deliver")
 }
 
-/// The exchange and queue name of level `k`.
+/// The exchange name of level `k` (and the name of its classic queue in versions before
+/// the cascade moved to quorum queues).
 pub fn level_name(level: u32) -> String {
     format!("{PREFIX}.{level:02}")
 }
+
+/// The quorum queue of level `k`, bound to the level's exchange.
+pub fn level_queue_name(level: u32) -> String {
+    format!("{PREFIX}.{level:02}.quorum")
+}
+
+/// The alternate exchange of the deliver exchange, and the queue it fills: tasks delayed for
+/// a queue that does not exist (any more) end there.
+pub const UNROUTABLE: &str = "warren.delay.unroutable";
 
 /// Longest delay the cascade can hold.
 pub fn max_delay() -> Duration {

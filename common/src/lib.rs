@@ -7,10 +7,12 @@
 
 mod admin;
 mod amqp;
+mod cascade;
 mod codec;
 mod connect;
 pub mod delay;
 mod envelope;
+pub mod fault;
 pub mod headers;
 mod queue;
 mod republish;
@@ -21,8 +23,9 @@ mod trace;
 
 pub use admin::{admin_router, serve_admin, AdminError, Health, Readiness};
 pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
+pub use cascade::{sweep_legacy, LegacySweep};
 pub use codec::{Codec, CodecError};
-pub use connect::{connect, ConnectError};
+pub use connect::{connect, ConnectError, Pacer};
 pub use envelope::{
     header_string, header_u64, id_time_ms, int_value, now_ms, text_value, Envelope, EnvelopeError,
     TaskId, DEFAULT_SCHEMA_VERSION,

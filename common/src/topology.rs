@@ -2,13 +2,10 @@
 //! the dead-letter queue beside it. Workers and producers declare through this one module, so
 //! they can never disagree about a queue's arguments.
 
-use crate::delay::{self, DELAY_LEVELS};
-use crate::envelope::{int_value, text_value};
+use crate::delay;
+use crate::fault::{classify, reply_text, Fault, Operation};
 use crate::queue::{dead_letter_queue_name, QueueSpec};
-use futures::future::{join_all, try_join_all};
-use lapin::options::{
-    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
@@ -44,6 +41,23 @@ pub enum TopologyError {
     /// The queue does not exist (from a passive declare).
     #[error("queue `{0}` does not exist")]
     NotFound(String),
+    /// The broker cannot serve the queue now (its home node is down, it has no leader):
+    /// an outage, retried with backoff.
+    #[error("queue `{queue}` is unavailable: {detail}")]
+    Unavailable {
+        /// The queue (or exchange) declared.
+        queue: String,
+        /// The broker's message.
+        detail: String,
+    },
+    /// The broker's user may not declare or use the queue.
+    #[error("not allowed to use `{queue}`: {detail}")]
+    Forbidden {
+        /// The queue (or exchange) declared.
+        queue: String,
+        /// The broker's message.
+        detail: String,
+    },
     /// The queue name or settings cannot be used.
     #[error("invalid queue `{queue}`: {problem}")]
     Invalid {
@@ -65,17 +79,32 @@ pub enum TopologyError {
 impl TopologyError {
     /// True when retrying cannot help (a configuration problem, not a broker outage).
     pub fn is_permanent(&self) -> bool {
-        !matches!(self, TopologyError::Broker { .. })
+        !matches!(
+            self,
+            TopologyError::Broker { .. } | TopologyError::Unavailable { .. }
+        )
     }
 
-    fn from_lapin(queue: &str, source: lapin::Error) -> Self {
+    /// The queue or exchange the error is about.
+    pub fn queue(&self) -> &str {
+        match self {
+            TopologyError::NotFound(queue)
+            | TopologyError::Mismatch { queue, .. }
+            | TopologyError::Unavailable { queue, .. }
+            | TopologyError::Forbidden { queue, .. }
+            | TopologyError::Invalid { queue, .. }
+            | TopologyError::Broker { queue, .. } => queue,
+        }
+    }
+
+    /// Classifies `source`, which `operation` on `queue` got (see [`crate::fault`]).
+    pub(crate) fn from_lapin(queue: &str, source: lapin::Error, operation: Operation) -> Self {
         let queue = queue.to_owned();
-        let lapin::ErrorKind::ProtocolError(amqp) = source.kind() else {
+        let Some(detail) = reply_text(&source).map(str::to_owned) else {
             return TopologyError::Broker { queue, source };
         };
-        let detail = amqp.get_message().as_str().to_owned();
-        match amqp.get_id() {
-            406 => {
+        match classify(&source, operation) {
+            Fault::Mismatch => {
                 let setting = inequivalent_setting(&detail)
                     .unwrap_or("arguments")
                     .to_owned();
@@ -85,8 +114,9 @@ impl TopologyError {
                     detail,
                 }
             }
-            404 => TopologyError::NotFound(queue),
-            _ => TopologyError::Broker { queue, source },
+            Fault::Missing => TopologyError::NotFound(queue),
+            Fault::Forbidden => TopologyError::Forbidden { queue, detail },
+            Fault::Unavailable => TopologyError::Unavailable { queue, detail },
         }
     }
 }
@@ -128,7 +158,7 @@ impl Topology {
         let channel = open(conn, &spec.name).await?;
         declare_exchange(&channel, &self.exchange, ExchangeKind::Direct).await?;
         let deliver = delay::delay_deliver_exchange();
-        declare_exchange(&channel, &deliver, ExchangeKind::Topic).await?;
+        crate::cascade::declare_deliver(conn, &channel).await?;
         // The work queue first, so a mismatch names the queue the user configured.
         declare_queue(&channel, &spec.name, spec.work_arguments()).await?;
         let dlq = dead_letter_queue_name(&spec.name);
@@ -145,38 +175,11 @@ impl Topology {
         Ok(())
     }
 
-    /// Declares the fixed delay cascade (see the `delay` module): one exchange and one queue
-    /// per level. Idempotent; every process that publishes retries or delayed tasks calls it
-    /// once at start-up.
-    ///
-    /// That is over a hundred declarations, each a round trip, so the levels are declared
-    /// side by side, each on a channel of its own: first every exchange (a level's queue is
-    /// bound into the exchange below it), then each level's queue and bindings. A start-up
-    /// takes a few round trips instead of a hundred.
+    /// Declares the fixed delay cascade (see [`crate::delay`] and `cascade.rs`): one
+    /// exchange and one quorum queue per level. Idempotent; every process that publishes
+    /// retries or delayed tasks calls it once per connection.
     pub async fn declare_delays(conn: &Connection) -> Result<(), TopologyError> {
-        let deliver = delay::delay_deliver_exchange();
-        let channels = try_join_all((0..DELAY_LEVELS).map(|_| open(conn, &deliver))).await?;
-        declare_exchange(&channels[0], &deliver, ExchangeKind::Topic).await?;
-        try_join_all((0..DELAY_LEVELS).zip(&channels).map(|(level, channel)| {
-            let name = delay::level_name(level);
-            async move { declare_exchange(channel, &name, ExchangeKind::Topic).await }
-        }))
-        .await?;
-        try_join_all((0..DELAY_LEVELS).zip(&channels).map(|(level, channel)| {
-            let below = match level {
-                0 => deliver.clone(),
-                _ => delay::level_name(level - 1),
-            };
-            declare_level(channel, level, below)
-        }))
-        .await?;
-        join_all(
-            channels
-                .iter()
-                .map(|channel| channel.close(200, "declared".into())),
-        )
-        .await;
-        Ok(())
+        crate::cascade::declare(conn).await
     }
 
     /// Reads a queue's ready count and consumer count with a passive declare.
@@ -184,7 +187,13 @@ impl Topology {
         let channel = conn
             .create_channel()
             .await
-            .map_err(|e| TopologyError::from_lapin(queue, e))?;
+            .map_err(|e| TopologyError::from_lapin(queue, e, Operation::Inspect))?;
+        Self::inspect_on(&channel, queue).await
+    }
+
+    /// [`inspect`](Self::inspect) on a given channel, which it closes (the broker closes it
+    /// on an error).
+    pub async fn inspect_on(channel: &Channel, queue: &str) -> Result<QueueState, TopologyError> {
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
@@ -192,7 +201,7 @@ impl Topology {
         let state = channel
             .queue_declare(queue.into(), passive, FieldTable::default())
             .await
-            .map_err(|e| TopologyError::from_lapin(queue, e))?;
+            .map_err(|e| TopologyError::from_lapin(queue, e, Operation::Inspect))?;
         let _ = channel.close(200, "inspected".into()).await;
         Ok(QueueState {
             ready: state.message_count(),
@@ -201,39 +210,13 @@ impl Topology {
     }
 }
 
-/// A delay level's queue (holding messages for the level's time, then dead-lettering them to
-/// the exchange `below`), its binding, and its exchange's binding into `below`. The
-/// exchanges exist already.
-async fn declare_level(channel: &Channel, level: u32, below: String) -> Result<(), TopologyError> {
-    let name = delay::level_name(level);
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text_value("classic"));
-    args.insert(
-        "x-message-ttl".into(),
-        int_value(delay::level_ttl_ms(level)),
-    );
-    args.insert("x-dead-letter-exchange".into(), text_value(&below));
-    declare_queue(channel, &name, args).await?;
-    bind_queue(channel, &name, &name, &delay::level_pattern(level, '1')).await?;
-    channel
-        .exchange_bind(
-            below.as_str().into(),
-            name.as_str().into(),
-            delay::level_pattern(level, '0').into(),
-            ExchangeBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| TopologyError::from_lapin(&name, e))
-}
-
-async fn open(conn: &Connection, what: &str) -> Result<Channel, TopologyError> {
+pub(crate) async fn open(conn: &Connection, what: &str) -> Result<Channel, TopologyError> {
     conn.create_channel()
         .await
-        .map_err(|e| TopologyError::from_lapin(what, e))
+        .map_err(|e| TopologyError::from_lapin(what, e, Operation::Use))
 }
 
-async fn declare_exchange(
+pub(crate) async fn declare_exchange(
     channel: &Channel,
     name: &str,
     kind: ExchangeKind,
@@ -250,10 +233,10 @@ async fn declare_exchange(
             FieldTable::default(),
         )
         .await
-        .map_err(|e| TopologyError::from_lapin(name, e))
+        .map_err(|e| TopologyError::from_lapin(name, e, Operation::Use))
 }
 
-async fn declare_queue(
+pub(crate) async fn declare_queue(
     channel: &Channel,
     name: &str,
     args: FieldTable,
@@ -266,10 +249,10 @@ async fn declare_queue(
         .queue_declare(name.into(), durable, args)
         .await
         .map(|_| ())
-        .map_err(|e| TopologyError::from_lapin(name, e))
+        .map_err(|e| TopologyError::from_lapin(name, e, Operation::Use))
 }
 
-async fn bind_queue(
+pub(crate) async fn bind_queue(
     channel: &Channel,
     queue: &str,
     exchange: &str,
@@ -284,7 +267,7 @@ async fn bind_queue(
             FieldTable::default(),
         )
         .await
-        .map_err(|e| TopologyError::from_lapin(queue, e))
+        .map_err(|e| TopologyError::from_lapin(queue, e, Operation::Use))
 }
 
 #[cfg(test)]

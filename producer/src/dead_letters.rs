@@ -25,10 +25,8 @@ use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use pass::Pass;
 use std::time::Duration;
+use warren_common::fault::{classify, Fault, Operation};
 use warren_common::{dead_letter_queue_name, now_ms, Retention};
-
-/// Reply code of a passive declare of a queue that does not exist.
-const NOT_FOUND: u16 = 404;
 
 /// A dead-letter operation that could not be completed.
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +111,10 @@ pub struct Listing {
     pub total: usize,
 }
 
+/// Whether a passive declare's error says the queue does not exist (rather than that its node
+/// is down).
 fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == NOT_FOUND)
+    classify(error, Operation::Inspect) == Fault::Missing
 }
 
 /// The dead-letter queue of one work queue, and the operations on it.

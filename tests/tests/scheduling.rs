@@ -90,7 +90,7 @@ async fn a_two_hour_delay_sits_in_the_broker_with_no_delivery_held() {
     let worker = TestWorker::start(marking(&starts), test_config(&queue)).await;
     let conn = raw_connection().await;
     // 7200 s = 4096 + 2048 + 1024 + 32: the first hop is level 12 (4096 s).
-    let level = delay::level_name(12);
+    let level = delay::level_queue_name(12);
     Topology::declare_delays(&conn).await.unwrap();
     let before = ready_count(&conn, &level).await;
     publisher(&queue)

@@ -1,6 +1,6 @@
 //! The stall watchdog: a consumer that silently stops receiving while its queue has ready
 //! tasks (here its channel is frozen on the broker) is noticed by the worker's monitor,
-//! counted, and re-subscribed on a new connection without waiting for the wedged channel,
+//! counted, and re-subscribed on a new channel without waiting for the wedged one,
 //! and every task still runs. Runs against a private RabbitMQ node, so the only channels
 //! frozen are the worker's.
 
@@ -89,7 +89,7 @@ async fn a_consumer_frozen_on_the_broker_is_resubscribed_and_every_task_runs() {
         lines.contains("consumer stalled"),
         "the worker logged the stall"
     );
-    // The worker does not wait for the wedged channel: its cancel times out, a new session
+    // The worker does not wait for the wedged channel: its cancel times out, a new channel
     // takes the 16 ready tasks, and the old connection is closed (the broker finishes
     // closing it once the channel can act again).
     let finished = |worker: &WorkerProcess| -> usize {

@@ -160,8 +160,9 @@ pub(crate) struct Acks<'a> {
     every: u64,
     /// When the last `multiple` ack was sent.
     last_sent: Option<Instant>,
-    sending: FuturesUnordered<BoxFuture<'a, (AckAction, lapin::Result<()>)>>,
-    /// Settlements that could not be sent (the channel died: those tasks will be redelivered).
+    sending: FuturesUnordered<BoxFuture<'a, (AckAction, u64, lapin::Result<()>)>>,
+    /// Deliveries whose settlement could not be sent (the channel died: those tasks will be
+    /// redelivered). A failed `multiple` ack counts every delivery it covered.
     lost: u64,
 }
 
@@ -192,11 +193,16 @@ impl<'a> Acks<'a> {
     /// Sends the `multiple` ack for the contiguous prefix; with `force`, also acks the
     /// deliveries held back behind a gap.
     pub(crate) fn flush(&mut self, force: bool) {
+        let covered = self.ledger.ackable();
         for action in self.ledger.flush(force) {
-            if let AckAction::AckUpTo(_) = action {
-                self.last_sent = Some(Instant::now());
-            }
-            self.send(action);
+            let deliveries = match action {
+                AckAction::AckUpTo(_) => {
+                    self.last_sent = Some(Instant::now());
+                    covered
+                }
+                AckAction::AckOne(_) | AckAction::Requeue(_) => 1,
+            };
+            self.send_covering(action, deliveries);
         }
     }
 
@@ -221,16 +227,21 @@ impl<'a> Acks<'a> {
     }
 
     /// Flushes everything, waits until every frame is written (or has failed), and returns
-    /// how many settlements could not be sent.
+    /// how many deliveries' settlements could not be sent.
     pub(crate) async fn finish(mut self) -> u64 {
         self.flush(true);
-        while let Some((action, result)) = self.sending.next().await {
-            self.count(action, result);
+        while let Some((action, deliveries, result)) = self.sending.next().await {
+            self.count(action, deliveries, result);
         }
         self.lost
     }
 
     fn send(&mut self, action: AckAction) {
+        self.send_covering(action, 1);
+    }
+
+    /// Sends `action`, which settles `deliveries` deliveries.
+    fn send_covering(&mut self, action: AckAction, deliveries: u64) {
         let channel = self.channel;
         let frame = async move {
             let result = match action {
@@ -248,20 +259,20 @@ impl<'a> Acks<'a> {
                     channel.basic_nack(tag, options).await
                 }
             };
-            (action, result)
+            (action, deliveries, result)
         };
         self.sending.push(frame.boxed());
         // The first poll queues the frame (in the order the ledger produced them); it also
         // reaps the frames already written.
-        while let Some(Some((action, result))) = self.sending.next().now_or_never() {
-            self.count(action, result);
+        while let Some(Some((action, deliveries, result))) = self.sending.next().now_or_never() {
+            self.count(action, deliveries, result);
         }
     }
 
-    fn count(&mut self, action: AckAction, result: lapin::Result<()>) {
+    fn count(&mut self, action: AckAction, deliveries: u64, result: lapin::Result<()>) {
         if let Err(error) = result {
-            self.lost += 1;
-            tracing::warn!(?action, %error, "could not settle a delivery; the broker will redeliver it");
+            self.lost += deliveries;
+            tracing::warn!(?action, deliveries, %error, "could not settle deliveries; the broker will redeliver them");
         }
     }
 }

@@ -43,14 +43,22 @@ pub(crate) enum ConsumerEnd {
     /// sent, once every running task has finished and been settled.
     Stopped(JoinHandle<u64>),
     /// The channel, the connection or the subscription was lost. Running tasks still finish
-    /// (their acks fail: the broker redelivers them).
-    Lost(String),
+    /// (their acks fail: the broker redelivers them); the handle, when the loop had started,
+    /// resolves to how many deliveries' settlements could not be sent.
+    Lost {
+        /// Why.
+        reason: String,
+        /// The consume loop, still finishing what runs.
+        acker: Option<JoinHandle<u64>>,
+    },
 }
 
 /// What a consumer needs from its session.
 pub(crate) struct SessionLink<'a> {
     pub(crate) conn: &'a Connection,
     pub(crate) publisher: &'a Publisher,
+    /// Told once the queue is consumed.
+    pub(crate) states: &'a crate::subscription::QueueStates,
     /// Fired to end the session (drain, or another consumer of the session was lost).
     pub(crate) stop: &'a CancellationToken,
 }
@@ -64,10 +72,14 @@ pub(crate) async fn consume(
     let (consumer, channel) = match subscribe(&shared, link.conn, &queue).await {
         Ok(pair) => pair,
         Err(error) => {
-            return ConsumerEnd::Lost(format!("subscribing to `{queue}` failed: {error}"))
+            return ConsumerEnd::Lost {
+                reason: format!("subscribing to `{queue}` failed: {error}"),
+                acker: None,
+            }
         }
     };
     tracing::info!(queue = %queue, prefetch = shared.config.prefetch, "consuming");
+    link.states.consuming(&queue);
     let (ended, end) = oneshot::channel();
     let lane = Owned {
         shared,
@@ -78,8 +90,14 @@ pub(crate) async fn consume(
     let running = tokio::spawn(lane.run(channel, consumer, ended));
     match end.await {
         Ok(None) => ConsumerEnd::Stopped(running),
-        Ok(Some(reason)) => ConsumerEnd::Lost(reason),
-        Err(_) => ConsumerEnd::Lost(format!("the consume loop of `{queue}` ended unexpectedly")),
+        Ok(Some(reason)) => ConsumerEnd::Lost {
+            reason,
+            acker: Some(running),
+        },
+        Err(_) => ConsumerEnd::Lost {
+            reason: format!("the consume loop of `{queue}` ended unexpectedly"),
+            acker: Some(running),
+        },
     }
 }
 
@@ -259,6 +277,12 @@ impl Owned {
             .acks_lost
             .with_label_values(&[&*self.queue])
             .inc_by(lost);
+        // What the channel still holds (a delivery the broker sent after the return window)
+        // goes back to the queue; a wedged channel is left to the connection's close.
+        if channel.status().connected() {
+            let close = channel.close(200, "consumer done".into());
+            let _ = tokio::time::timeout(CANCEL_TIMEOUT, close).await;
+        }
         lost
     }
 }

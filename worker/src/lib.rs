@@ -17,6 +17,7 @@ mod rate_limit;
 mod registry;
 mod retry;
 mod routing;
+mod subscription;
 
 pub use config::{ConfigError, WorkerArgs, WorkerConfig};
 pub use metrics::{Totals, WorkerMetrics, UNKNOWN_TASK_LABEL};

@@ -1,8 +1,9 @@
 //! The session monitor: polls the broker's view of each consumed queue (ready messages and
 //! consumers, by passive declare) for the autoscaling gauges, and watches for silent stalls:
 //! a consumer with free prefetch that receives nothing while its queue has ready messages
-//! is re-subscribed (the whole session is rebuilt) and the stall is logged and counted.
+//! is re-subscribed (that queue alone) and the stall is logged and counted.
 
+use crate::subscription::QueueStates;
 use crate::Shared;
 use lapin::Connection;
 use std::collections::HashMap;
@@ -18,10 +19,18 @@ const STALL_POLLS: u32 = 2;
 struct Seen {
     deliveries: u64,
     silent_polls: u32,
+    /// Set while a re-subscription asked for has not happened: the subscription count it
+    /// waits to grow past.
+    resubscribing: Option<u64>,
 }
 
-/// Runs until `stop` fires; fires `stop` itself when it detects a stall.
-pub(crate) async fn monitor(shared: &Shared, conn: &Connection, stop: &CancellationToken) {
+/// Runs until `stop` fires; has a stalled queue re-subscribed.
+pub(crate) async fn monitor(
+    shared: &Shared,
+    conn: &Connection,
+    states: &QueueStates,
+    stop: &CancellationToken,
+) {
     let interval = shared.config.poll_interval;
     let mut seen: HashMap<&str, Seen> = HashMap::new();
     loop {
@@ -50,6 +59,16 @@ pub(crate) async fn monitor(shared: &Shared, conn: &Connection, stop: &Cancellat
             let metrics = &shared.queue_metrics[queue.as_str()];
             let deliveries = metrics.deliveries.load(Ordering::Relaxed);
             let entry = seen.entry(queue.as_str()).or_default();
+            let subscribed = states.subscriptions(queue);
+            if entry
+                .resubscribing
+                .is_some_and(|asked_at| subscribed <= asked_at)
+            {
+                // The stalled consumer is still being cancelled: nothing to judge yet.
+                entry.deliveries = deliveries;
+                continue;
+            }
+            entry.resubscribing = None;
             let has_room = metrics.held.get() < i64::from(shared.config.prefetch);
             let silent = deliveries == entry.deliveries && state.ready > 0 && has_room;
             entry.deliveries = deliveries;
@@ -61,8 +80,9 @@ pub(crate) async fn monitor(shared: &Shared, conn: &Connection, stop: &Cancellat
                     "consumer stalled: nothing received while messages are ready; re-subscribing"
                 );
                 shared.metrics.stalls.with_label_values(&[queue]).inc();
-                stop.cancel();
-                return;
+                entry.silent_polls = 0;
+                entry.resubscribing = Some(subscribed);
+                states.resubscribe(queue);
             }
         }
     }

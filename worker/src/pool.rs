@@ -2,9 +2,9 @@
 //! that are rebuilt whenever the broker is lost, and the graceful drain at the end.
 
 use crate::config::{ConfigError, WorkerConfig};
-use crate::consumer::{consume, ConsumerEnd, SessionLink};
 use crate::metrics::{Totals, WorkerMetrics};
 use crate::registry::Registry;
+use crate::subscription::{subscribe, Ended, QueueStates};
 use crate::Shared;
 use futures::future::join_all;
 use futures::FutureExt;
@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use warren_common::{
-    connect, ConnectError, Health, QueueSpec, Readiness, Shutdown, Topology, TopologyError,
+    connect, ConnectError, Health, Pacer, Readiness, Shutdown, Topology, TopologyError,
 };
 use warren_producer::{PublishError, Publisher, PublisherConfig};
 
@@ -127,26 +127,30 @@ impl Worker {
         let mut lost_earlier = 0;
         let mut connections = None;
         let mut first = true;
+        let mut fatal = None;
         while !shutdown.drain.is_cancelled() {
-            self.health.set(if first {
-                Readiness::Connecting
-            } else {
-                Readiness::Reconnecting
-            });
+            self.health.set_with(
+                if first {
+                    Readiness::Connecting
+                } else {
+                    Readiness::Reconnecting
+                },
+                None,
+            );
             if !first {
                 self.shared.metrics.reconnects.inc();
             }
             first = false;
-            let Some((conn, publisher)) = self.open_session(&shutdown.drain).await? else {
+            let Some((conn, publisher)) = self.open_session(&shutdown.drain).await else {
                 break;
             };
-            self.health.set(Readiness::Ready);
             self.shared.metrics.connected.set(1);
             let session = self.run_session(&conn, &publisher, &shutdown.drain).await;
             self.shared.metrics.connected.set(0);
-            if shutdown.drain.is_cancelled() {
-                ackers.extend(session);
+            if shutdown.drain.is_cancelled() || session.fatal.is_some() {
+                ackers.extend(session.ackers);
                 connections = Some((conn, publisher));
+                fatal = session.fatal;
                 break;
             }
             tracing::warn!("lost the broker; reconnecting");
@@ -158,26 +162,27 @@ impl Worker {
                 None => true,
             });
             let wait = self.shared.config.shutdown_timeout;
-            ackers.push(tokio::spawn(retire(session, conn, publisher, wait)));
+            ackers.push(tokio::spawn(retire(session.ackers, conn, publisher, wait)));
         }
         self.health.set(Readiness::Draining);
-        let report = self.drain(ackers, lost_earlier, connections, &shutdown.abort);
-        Ok(report.await)
+        let report = self
+            .drain(ackers, lost_earlier, connections, &shutdown.abort)
+            .await;
+        match fatal {
+            Some(error) => Err(error.into()),
+            None => Ok(report),
+        }
     }
 
-    /// Connects, declares the topology and opens the publisher (its connection is opened
-    /// while the topology is declared). `None` when shutting down.
+    /// Connects and opens the publisher. `None` when shutting down. Declaring is left to
+    /// each queue's subscription, so that one queue the broker cannot serve stops no other.
     async fn open_session(
         &self,
         stop: &CancellationToken,
-    ) -> Result<Option<(lapin::Connection, Publisher)>, WorkerError> {
+    ) -> Option<(lapin::Connection, Publisher)> {
         let config = &self.shared.config;
+        let name = format!("warren-worker {}", config.worker_id);
         loop {
-            let name = format!("warren-worker {}", config.worker_id);
-            let conn = match connect(&config.amqp.urls, &name, stop).await {
-                Ok(conn) => conn,
-                Err(ConnectError::Cancelled | ConnectError::NoUrl) => return Ok(None),
-            };
             let publisher_config = PublisherConfig {
                 amqp: config.amqp.clone(),
                 exchange: config.exchange.clone(),
@@ -185,81 +190,86 @@ impl Worker {
                 connection_name: format!("{name} publish"),
                 ..PublisherConfig::default()
             };
-            let (declared, publisher) = futures::future::join(
-                self.declare(&conn),
+            let (conn, publisher) = futures::future::join(
+                connect(&config.amqp.urls, &name, stop),
                 Publisher::connect(publisher_config, stop),
             )
             .await;
-            if let Err(error) = declared {
-                if let Ok(publisher) = &publisher {
-                    publisher.close().await;
+            match (conn, publisher) {
+                (Ok(conn), Ok(publisher)) => return Some((conn, publisher)),
+                (Err(ConnectError::Cancelled | ConnectError::NoUrl), _)
+                | (_, Err(PublishError::Connect(_))) => return None,
+                (conn, publisher) => {
+                    if let Err(error) = &publisher {
+                        tracing::warn!(%error, "opening the publisher failed; reconnecting");
+                    }
+                    if let Ok(conn) = conn {
+                        let _ = conn.close(200, "retrying".into()).await;
+                    }
                 }
-                if error.is_permanent() {
-                    return Err(error.into());
-                }
-                tracing::warn!(%error, "declaring the topology failed; reconnecting");
-                continue;
-            }
-            match publisher {
-                Ok(publisher) => return Ok(Some((conn, publisher))),
-                Err(PublishError::Connect(_)) => return Ok(None),
-                Err(error) => tracing::warn!(%error, "opening the publisher failed; reconnecting"),
             }
         }
     }
 
-    async fn declare(&self, conn: &lapin::Connection) -> Result<(), TopologyError> {
-        let config = &self.shared.config;
-        for queue in &config.queues {
-            let spec = QueueSpec::new(queue.clone(), config.queue_type)
-                .with_max_priority(config.max_priority)
-                .with_retention(config.retention);
-            self.shared.topology.declare(conn, &spec).await?;
-        }
-        Topology::declare_delays(conn).await
-    }
-
-    /// Consumes every queue until the drain or until one consumer is lost (then all stop, so
-    /// the session is rebuilt whole). Returns the ackers still settling running tasks.
+    /// Declares and consumes every queue, each on its own (see [`crate::subscription`]), and
+    /// the delay cascade, until the drain, the loss of the connection, or a declaration
+    /// only a person can fix. Returns the ackers still settling running tasks.
     async fn run_session(
         &self,
         conn: &lapin::Connection,
         publisher: &Publisher,
         drain: &CancellationToken,
-    ) -> Vec<JoinHandle<u64>> {
+    ) -> Ended {
         let stop = drain.child_token();
-        let consumers = self.shared.config.queues.iter().map(|queue| {
-            let link = SessionLink {
-                conn,
-                publisher,
-                stop: &stop,
-            };
-            let shared = self.shared.clone();
-            let queue: Arc<str> = queue.as_str().into();
-            let stop = stop.clone();
+        let states = QueueStates::new(&self.shared.config.queues, self.health.clone());
+        // Retries go through the cascade: try it once before any task can fail.
+        let cascade = match declare_cascade(conn, &states, &stop, true).await {
+            Some(error) if error.is_permanent() => {
+                return Ended {
+                    ackers: Vec::new(),
+                    fatal: Some(error),
+                }
+            }
+            Some(_) => Some(declare_cascade(conn, &states, &stop, false)),
+            None => None,
+        };
+        let subscriptions = self.shared.config.queues.iter().map(|queue| {
+            let (shared, states, stop) = (self.shared.clone(), &states, &stop);
             async move {
-                let end = consume(shared, link, queue.clone()).await;
-                if let ConsumerEnd::Lost(reason) = &end {
-                    tracing::warn!(queue = %queue, %reason, "consumer lost");
+                let ended =
+                    subscribe(shared, conn, publisher, states, queue.as_str().into(), stop).await;
+                if ended.fatal.is_some() {
                     stop.cancel();
                 }
-                end
+                ended
             }
         });
-        let watch = async {
-            crate::monitor::monitor(&self.shared, conn, &stop).await;
-            std::future::pending::<()>().await
+        let background = async {
+            let cascade = async {
+                match cascade {
+                    Some(retrying) => retrying.await.filter(TopologyError::is_permanent),
+                    None => None,
+                }
+            };
+            let monitor = crate::monitor::monitor(&self.shared, conn, &states, &stop);
+            let lost = async {
+                connection_lost(conn, &stop).await;
+                stop.cancel();
+            };
+            let (fatal, (), ()) = futures::future::join3(cascade, monitor, lost).await;
+            fatal
         };
-        let ends = tokio::select! {
-            ends = join_all(consumers) => ends,
-            _ = watch => unreachable!("the monitor future never completes"),
+        let (ends, cascade_fatal) =
+            futures::future::join(join_all(subscriptions), background).await;
+        let mut session = Ended {
+            ackers: Vec::new(),
+            fatal: cascade_fatal,
         };
-        ends.into_iter()
-            .filter_map(|end| match end {
-                ConsumerEnd::Stopped(acker) => Some(acker),
-                ConsumerEnd::Lost(_) => None,
-            })
-            .collect()
+        for end in ends {
+            session.ackers.extend(end.ackers);
+            session.fatal = session.fatal.or(end.fatal);
+        }
+        session
     }
 
     /// `lost_earlier`: settlements that retired sessions could not send.
@@ -307,6 +317,54 @@ impl Worker {
             "drained"
         );
         report
+    }
+}
+
+/// Declares the delay cascade (retries and delayed tasks go through it). With `once`, tries
+/// once and returns the error; else retries with backoff while the broker cannot serve it,
+/// until `stop` fires, and returns only a declaration only a person can fix.
+async fn declare_cascade(
+    conn: &lapin::Connection,
+    states: &QueueStates,
+    stop: &CancellationToken,
+    once: bool,
+) -> Option<TopologyError> {
+    let mut pacer = Pacer::new();
+    loop {
+        match Topology::declare_delays(conn).await {
+            Ok(()) => {
+                states.cascade_declared();
+                return None;
+            }
+            Err(error) if error.is_permanent() => {
+                stop.cancel();
+                return Some(error);
+            }
+            Err(error) => {
+                if !conn.status().connected() {
+                    return None;
+                }
+                tracing::warn!(%error, "cannot declare the delay cascade; retrying");
+                states.cascade_unavailable(error.to_string());
+                if once {
+                    return Some(error);
+                }
+                if !pacer.pause(stop).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once `conn` is no longer connected, or `stop` fired.
+async fn connection_lost(conn: &lapin::Connection, stop: &CancellationToken) {
+    const POLL: Duration = Duration::from_millis(100);
+    while conn.status().connected() {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(POLL) => {}
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use warren_common::fault::{classify, Fault, Operation};
 use warren_common::{Health, QueueSpec, Readiness};
 
 /// How often the server's readiness is brought in line with the publisher's.
@@ -138,7 +139,10 @@ impl Broker {
                 "the broker is blocking publishers (memory or disk alarm)",
             )),
             Readiness::Draining => Err(ApiError::unavailable("shutting down")),
-            Readiness::Connecting | Readiness::Reconnecting => Err(ApiError::unavailable(
+            Readiness::Connecting
+            | Readiness::Reconnecting
+            | Readiness::Degraded
+            | Readiness::Unavailable => Err(ApiError::unavailable(
                 "lost the broker connection; reconnecting",
             )),
         }
@@ -169,8 +173,8 @@ impl Broker {
                 lock(&self.inner.known_queues).insert(queue.to_owned());
                 Ok(true)
             }
-            // The broker closed the channel with 404 NOT_FOUND.
-            Err(e) if is_not_found(&e) => Ok(false),
+            // A 404 that is not a node being down: no such queue.
+            Err(e) if classify(&e, Operation::Inspect) == Fault::Missing => Ok(false),
             Err(source) => Err(PublishError::Connection {
                 id: String::new(),
                 source,
@@ -236,10 +240,6 @@ async fn reconnect(publisher: &Publisher, spec: &QueueSpec) {
         tokio::time::sleep(RETRY_PAUSE).await;
     }
     tracing::info!(queue = %spec.name, "reconnected; accepting tasks");
-}
-
-fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
 }
 
 /// Locks a mutex whose data stays valid even if a holder panicked.

@@ -10,6 +10,7 @@ use crate::{PublishError, Publisher, PublisherConfig, TaskOptions};
 use lapin::{Connection, ConnectionStatus};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use warren_common::fault::{classify, Operation};
 use warren_common::{now_ms, Codec, QueueSpec};
 
 /// How a term as leader ended.
@@ -110,7 +111,7 @@ async fn prepare(
         };
         let recorded = match read.await {
             Ok(recorded) => recorded,
-            Err(error) if lease::protocol_code(&error) == Some(406) => {
+            Err(error) if classify(&error, Operation::Use).is_permanent() => {
                 return Err(SchedulerError::State {
                     queue,
                     source: error,

@@ -13,6 +13,7 @@ use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionStatus};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use warren_common::fault::{classify, Operation};
 use warren_common::text_value;
 
 /// How often a lost connection is checked for while leading.
@@ -59,6 +60,7 @@ pub(crate) async fn acquire(
             Ok(()) => return Acquired::Held,
             Err(error) if !conn.status().connected() => return Acquired::Lost(Some(error)),
             Err(error) => match protocol_code(&error) {
+                // RESOURCE_LOCKED: another connection holds the lease.
                 Some(405) => {
                     if !*standing_by {
                         tracing::info!(
@@ -68,7 +70,9 @@ pub(crate) async fn acquire(
                         *standing_by = true;
                     }
                 }
-                Some(403 | 406) => return Acquired::Refused(error),
+                _ if classify(&error, Operation::Use).is_permanent() => {
+                    return Acquired::Refused(error)
+                }
                 _ => tracing::warn!(lease = queue, %error, "could not try the lease; retrying"),
             },
         }
