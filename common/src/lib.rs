@@ -22,7 +22,7 @@ mod trace;
 pub use admin::{admin_router, serve_admin, AdminError, Health, Readiness};
 pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
 pub use codec::{Codec, CodecError};
-pub use connect::{connect, ConnectError};
+pub use connect::{connect, give_up_after, ConnectError, Unreachable};
 pub use envelope::{
     header_string, header_u64, id_time_ms, int_value, now_ms, text_value, Envelope, EnvelopeError,
     TaskId, DEFAULT_SCHEMA_VERSION,
