@@ -30,6 +30,6 @@ pub use envelope::{
 pub use queue::{dead_letter_queue_name, QueueKind, QueueSpec, Retention};
 pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};
-pub use telemetry::{init_tracing, LogFormat};
+pub use telemetry::{init_command_tracing, init_tracing, LogFormat};
 pub use topology::{QueueState, Topology, TopologyError, DEFAULT_EXCHANGE};
 pub use trace::TraceParent;

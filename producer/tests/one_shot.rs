@@ -1,10 +1,16 @@
 //! The one-shot commands (`publish`, `stats`, `dead-letters`) of the real `warren-producer`
-//! binary, run as an operator runs them: they give up on a broker they cannot reach.
+//! binary, run as an operator runs them: they give up on a broker they cannot reach, and their
+//! output for an expected answer such as a missing queue holds no lapin error line.
 
 use std::net::TcpListener;
 use std::process::Output;
 use std::time::{Duration, Instant};
 use tokio::process::Command;
+
+/// The shared broker of the test machines (or `AMQP_URL`).
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
 
 /// The binary cargo built for this test, with the defaults a user has: no `RUST_LOG`, no
 /// connect timeout or queue from the environment.
@@ -104,4 +110,51 @@ async fn one_shot_commands_give_up_on_an_unreachable_broker_with_exit_69() {
         );
         assert_eq!(lapin_or_error_lines(&text), Vec::<&str>::new(), "{name}");
     }
+}
+
+#[tokio::test]
+async fn a_missing_queue_is_a_clear_message_without_lapin_errors() {
+    let queue = format!("test.missing.{}", uuid::Uuid::new_v4().simple());
+    let url = amqp_url();
+    let limit = Duration::from_secs(60);
+    let stats = producer(&["stats", "--queue", &queue], &url);
+    let list = producer(&["dead-letters", "list", "--queue", &queue], &url);
+    let ((stats, _), (list, _)) = tokio::join!(run(stats, limit), run(list, limit));
+
+    let text = all_of(&stats);
+    assert_eq!(stats.status.code(), Some(1), "{text}");
+    assert!(
+        stderr_of(&stats).contains(&format!(
+            "error: reading the work queue: queue `{queue}` does not exist"
+        )),
+        "{text}"
+    );
+    assert_eq!(lapin_or_error_lines(&text), Vec::<&str>::new());
+
+    let text = all_of(&list);
+    assert_eq!(list.status.code(), Some(1), "{text}");
+    assert!(
+        stderr_of(&list).contains(&format!("error: no dead-letter queue for `{queue}`")),
+        "{text}"
+    );
+    assert_eq!(lapin_or_error_lines(&text), Vec::<&str>::new());
+}
+
+/// lapin's lines come back when a user asks for them, so the test above would see them if the
+/// command did not leave them out.
+#[tokio::test]
+async fn lapin_lines_show_when_rust_log_asks_for_them() {
+    let queue = format!("test.missing.{}", uuid::Uuid::new_v4().simple());
+    let mut stats = producer(&["stats", "--queue", &queue], &amqp_url());
+    stats.env("RUST_LOG", "info");
+    let (output, _) = run(stats, Duration::from_secs(60)).await;
+    let text = all_of(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let lapin = lapin_or_error_lines(&text);
+    assert!(
+        lapin
+            .iter()
+            .any(|l| l.contains("ERROR") && l.contains("lapin") && l.contains(&queue)),
+        "{text}"
+    );
 }
