@@ -1,10 +1,13 @@
 //! Connecting to the broker: several cluster nodes tried in turn, and retries with
-//! exponential backoff that never give up until the process is told to stop.
+//! exponential backoff that never give up until the process is told to stop. One-shot
+//! commands bound that with [`give_up_after`].
 
 use crate::AmqpUrl;
 use backoff::backoff::Backoff;
 use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
 use lapin::{Connection, ConnectionProperties};
+use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -17,6 +20,59 @@ pub enum ConnectError {
     /// No URL was given.
     #[error("no AMQP URL given")]
     NoUrl,
+}
+
+/// No broker accepted a connection within a one-shot command's connect timeout.
+///
+/// Its message names every URL tried (password masked) and for how long; the error of each
+/// attempt was logged as a warning when it happened.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "could not connect to the broker within {}: tried {} (each attempt's error is logged above)",
+    humantime::format_duration(*.waited),
+    UrlList(.urls)
+)]
+pub struct Unreachable {
+    /// The URLs that were tried in turn.
+    pub urls: Vec<AmqpUrl>,
+    /// How long they were tried.
+    pub waited: Duration,
+}
+
+/// URLs separated by commas, each with its password masked.
+struct UrlList<'a>(&'a [AmqpUrl]);
+
+impl fmt::Display for UrlList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, url) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{url}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Gives `connecting` (a future that connects to `urls` and retries until it succeeds, such as
+/// [`connect`]) at most `timeout`, then drops it and returns [`Unreachable`]. For commands that
+/// should fail rather than wait for a broker that is not there; long-running processes call
+/// [`connect`] alone and keep retrying.
+///
+/// Within the time, every URL is tried in turn with backoff, as [`connect`] does; an attempt
+/// at a host that never answers can take the rest of the time unless the URL sets
+/// `connection_timeout` (milliseconds).
+pub async fn give_up_after<F: Future>(
+    timeout: Duration,
+    urls: &[AmqpUrl],
+    connecting: F,
+) -> Result<F::Output, Unreachable> {
+    tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| Unreachable {
+            urls: urls.to_vec(),
+            waited: timeout,
+        })
 }
 
 /// Connects to the first node that answers, trying each URL in turn and backing off
@@ -100,5 +156,29 @@ impl Pacer {
             _ = cancel.cancelled() => false,
             _ = tokio::time::sleep(delay) => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn giving_up_names_every_url_masked_and_the_time() {
+        let urls: Vec<AmqpUrl> = ["amqp://u:s3cret@a:5672/%2f", "amqps://b/%2f"]
+            .iter()
+            .map(|u| u.parse().unwrap())
+            .collect();
+        let never = std::future::pending::<()>();
+        let error = give_up_after(Duration::from_millis(20), &urls, never)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "could not connect to the broker within 20ms: tried amqp://u:***@a:5672/%2f, \
+             amqps://b/%2f (each attempt's error is logged above)"
+        );
+        let done = give_up_after(Duration::from_secs(5), &urls, async { 7 }).await;
+        assert_eq!(done.unwrap(), 7);
     }
 }

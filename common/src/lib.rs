@@ -25,7 +25,7 @@ pub use admin::{admin_router, serve_admin, AdminError, Health, Readiness};
 pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
 pub use cascade::{sweep_legacy, LegacySweep};
 pub use codec::{Codec, CodecError};
-pub use connect::{connect, ConnectError, Pacer};
+pub use connect::{connect, give_up_after, ConnectError, Pacer, Unreachable};
 pub use envelope::{
     header_string, header_u64, id_time_ms, int_value, now_ms, text_value, Envelope, EnvelopeError,
     TaskId, DEFAULT_SCHEMA_VERSION,
@@ -33,6 +33,6 @@ pub use envelope::{
 pub use queue::{dead_letter_queue_name, QueueKind, QueueSpec, Retention};
 pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};
-pub use telemetry::{init_tracing, LogFormat};
+pub use telemetry::{init_command_tracing, init_tracing, LogFormat};
 pub use topology::{QueueState, Topology, TopologyError, DEFAULT_EXCHANGE};
 pub use trace::TraceParent;

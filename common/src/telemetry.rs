@@ -13,10 +13,27 @@ pub enum LogFormat {
     Json,
 }
 
+/// The filter of [`init_command_tracing`] when `RUST_LOG` is unset: Warren's own lines, not
+/// lapin's.
+const COMMAND_FILTER: &str = "info,lapin=off";
+
 /// Installs the global tracing subscriber writing to stderr. The filter comes from
 /// `RUST_LOG` (default `info`). Calling it twice is harmless (the second call does nothing).
 pub fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    install(format, "info");
+}
+
+/// Like [`init_tracing`], for one-shot commands: unless `RUST_LOG` is set, lapin's own lines
+/// are left out. lapin logs every channel the broker closes at `ERROR` (a passive declare of
+/// a missing queue, say), which in a command's output reads like a failure of its own, while
+/// the command's message already says what happened.
+pub fn init_command_tracing(format: LogFormat) {
+    install(format, COMMAND_FILTER);
+}
+
+fn install(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Colours only for a person at a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

@@ -32,6 +32,8 @@ pub struct DeadLettersArgs {
         global = true
     )]
     dead_letter_max_age: Duration,
+    #[command(flatten)]
+    pub(super) connect: super::ConnectTimeout,
     #[command(subcommand)]
     command: DeadLettersCommand,
 }
@@ -140,7 +142,8 @@ pub async fn run(
         connection_name: "warren-producer dead-letters".to_owned(),
         ..PublisherConfig::default()
     };
-    let publisher = Publisher::connect(config, &shutdown.drain).await?;
+    let connecting = Publisher::connect(config, &shutdown.drain);
+    let publisher = args.connect.bound(&amqp.urls, connecting).await??;
     let opened = DeadLetterQueue::open(&publisher, queue, exchange).await;
     let result = match opened.map(|dlq| dlq.with_max_age(args.dead_letter_max_age)) {
         Ok(dlq) => match args.command {

@@ -65,6 +65,8 @@ pub struct PublishArgs {
     /// How long to wait for each confirm.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     confirm_timeout: Duration,
+    #[command(flatten)]
+    pub(super) connect: super::ConnectTimeout,
 }
 
 pub async fn run(
@@ -91,7 +93,8 @@ pub async fn run(
         connection_name: "warren-producer publish".to_owned(),
         metrics: None,
     };
-    let publisher = Publisher::connect(config, &shutdown.drain).await?;
+    let connecting = Publisher::connect(config, &shutdown.drain);
+    let publisher = args.connect.bound(&amqp.urls, connecting).await??;
     publisher
         .declare(
             &QueueSpec::new(&args.queue, args.queue_type)

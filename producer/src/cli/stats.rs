@@ -13,6 +13,8 @@ pub struct StatsArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    pub(super) connect: super::ConnectTimeout,
 }
 
 pub async fn run(
@@ -20,7 +22,8 @@ pub async fn run(
     amqp: &AmqpArgs,
     shutdown: &Shutdown,
 ) -> anyhow::Result<ExitCode> {
-    let conn = connect(&amqp.urls, "warren-producer stats", &shutdown.drain).await?;
+    let connecting = connect(&amqp.urls, "warren-producer stats", &shutdown.drain);
+    let conn = args.connect.bound(&amqp.urls, connecting).await??;
     let work = Topology::inspect(&conn, &args.queue)
         .await
         .context("reading the work queue")?;
