@@ -216,6 +216,39 @@ impl Envelope {
     }
 }
 
+/// What a message says about itself even when it is not a valid task: each of `message_id`,
+/// `type` and `x-warren-attempt` that it carried in a readable form. The logs of its dead
+/// letter show these; they are the publisher's strings, not known task names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claimed<'a> {
+    /// `message_id`, if present and not empty.
+    pub id: Option<&'a str>,
+    /// `type`, if present and not empty.
+    pub task: Option<&'a str>,
+    /// The attempt number as [`Envelope::attempt`] reads it (1 when the header is absent);
+    /// `None` when the header itself is invalid.
+    pub attempt: Option<u32>,
+}
+
+impl<'a> Claimed<'a> {
+    /// Reads what it can of a received message's properties, never failing.
+    pub fn from_properties(props: &'a BasicProperties) -> Self {
+        let text = |value: &'a Option<ShortString>| {
+            value.as_ref().map(|s| s.as_str()).filter(|s| !s.is_empty())
+        };
+        let table = props.headers().as_ref().map(FieldTable::inner);
+        let attempt = match table.and_then(|t| t.get(headers::ATTEMPT)) {
+            Some(value) => int_header(headers::ATTEMPT, value).ok().map(attempt_number),
+            None => Some(1),
+        };
+        Claimed {
+            id: text(props.message_id()),
+            task: text(props.kind()),
+            attempt,
+        }
+    }
+}
+
 /// The creation time a task id carries: the Unix milliseconds of a UUIDv7 (RFC 9562), the
 /// default of `x-warren-created-ms`. `None` for any other id.
 pub fn id_time_ms(id: &str) -> Option<u64> {
@@ -276,6 +309,45 @@ mod tests {
         let props = env.to_properties();
         assert_eq!(props.delivery_mode(), &Some(2));
         assert_eq!(Envelope::from_properties(&props).unwrap(), env);
+    }
+
+    #[test]
+    fn an_invalid_message_still_shows_what_it_carried() {
+        let mut table = FieldTable::default();
+        table.insert(headers::ATTEMPT.into(), text_value("4"));
+        table.insert(headers::MAX_ATTEMPTS.into(), text_value("+3"));
+        let props = BasicProperties::default()
+            .with_type("demo.echo".into())
+            .with_message_id("bad-1".into())
+            .with_headers(table.clone());
+        let err = Envelope::from_properties(&props).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "header `x-warren-max-attempts` is invalid: \"+3\" is not a decimal integer"
+        );
+        let claimed = Claimed::from_properties(&props);
+        assert_eq!(
+            claimed,
+            Claimed {
+                id: Some("bad-1"),
+                task: Some("demo.echo"),
+                attempt: Some(4)
+            }
+        );
+        // The attempt header itself invalid: no attempt; absent: the default, 1.
+        table.insert(headers::ATTEMPT.into(), text_value("-2"));
+        let props = props.with_headers(table).with_message_id("".into());
+        let claimed = Claimed::from_properties(&props);
+        assert_eq!((claimed.id, claimed.attempt), (None, None));
+        let bare = BasicProperties::default();
+        assert_eq!(
+            Claimed::from_properties(&bare),
+            Claimed {
+                id: None,
+                task: None,
+                attempt: Some(1)
+            }
+        );
     }
 
     #[test]

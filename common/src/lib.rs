@@ -24,7 +24,9 @@ pub use admin::{admin_router, serve_admin, AdminError, Health, Readiness};
 pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
 pub use codec::{Codec, CodecError};
 pub use connect::{connect, ConnectError};
-pub use envelope::{id_time_ms, now_ms, Envelope, EnvelopeError, TaskId, DEFAULT_SCHEMA_VERSION};
+pub use envelope::{
+    id_time_ms, now_ms, Claimed, Envelope, EnvelopeError, TaskId, DEFAULT_SCHEMA_VERSION,
+};
 pub use header_value::{header_string, header_u64, int_value, text_value};
 pub use queue::{dead_letter_queue_name, QueueKind, QueueSpec, Retention};
 pub use republish::{headers_without, republished, BROKER_HEADERS};
