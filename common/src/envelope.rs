@@ -1,8 +1,11 @@
 //! The task envelope: a task's identity and metadata, and how it maps to AMQP properties and
 //! headers. The body of the message is the encoded payload and is not part of the envelope.
 
+use crate::header_value::{int_header, string_value};
+// Queue and topology arguments are encoded the same way; they import these from here.
+pub(crate) use crate::header_value::{int_value, text_value};
 use crate::{headers, Codec, CodecError};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::BasicProperties;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -187,8 +190,7 @@ impl Envelope {
             let e = &mut envelope;
             match name.as_str() {
                 headers::ATTEMPT => {
-                    let attempt = int_header(headers::ATTEMPT, value)?;
-                    e.attempt = saturate(attempt.unwrap_or(1).max(1));
+                    e.attempt = attempt_number(int_header(headers::ATTEMPT, value)?)
                 }
                 headers::SCHEMA_VERSION => {
                     let schema = int_header(headers::SCHEMA_VERSION, value)?;
@@ -214,6 +216,39 @@ impl Envelope {
     }
 }
 
+/// What a message says about itself even when it is not a valid task: each of `message_id`,
+/// `type` and `x-warren-attempt` that it carried in a readable form. The logs of its dead
+/// letter show these; they are the publisher's strings, not known task names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claimed<'a> {
+    /// `message_id`, if present and not empty.
+    pub id: Option<&'a str>,
+    /// `type`, if present and not empty.
+    pub task: Option<&'a str>,
+    /// The attempt number as [`Envelope::attempt`] reads it (1 when the header is absent);
+    /// `None` when the header itself is invalid.
+    pub attempt: Option<u32>,
+}
+
+impl<'a> Claimed<'a> {
+    /// Reads what it can of a received message's properties, never failing.
+    pub fn from_properties(props: &'a BasicProperties) -> Self {
+        let text = |value: &'a Option<ShortString>| {
+            value.as_ref().map(|s| s.as_str()).filter(|s| !s.is_empty())
+        };
+        let table = props.headers().as_ref().map(FieldTable::inner);
+        let attempt = match table.and_then(|t| t.get(headers::ATTEMPT)) {
+            Some(value) => int_header(headers::ATTEMPT, value).ok().map(attempt_number),
+            None => Some(1),
+        };
+        Claimed {
+            id: text(props.message_id()),
+            task: text(props.kind()),
+            attempt,
+        }
+    }
+}
+
 /// The creation time a task id carries: the Unix milliseconds of a UUIDv7 (RFC 9562), the
 /// default of `x-warren-created-ms`. `None` for any other id.
 pub fn id_time_ms(id: &str) -> Option<u64> {
@@ -230,6 +265,11 @@ fn v7_ms(id: &uuid::Uuid) -> Option<u64> {
     }
     let (secs, nanos) = id.get_timestamp()?.to_unix();
     Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
+
+/// The attempt number an `x-warren-attempt` value means: 1 when absent, and 0 read as 1.
+fn attempt_number(header: Option<u64>) -> u32 {
+    saturate(header.unwrap_or(1).max(1))
 }
 
 fn saturate(v: u64) -> u32 {
@@ -253,66 +293,10 @@ fn non_empty(value: &Option<ShortString>, name: &'static str) -> Result<String, 
     }
 }
 
-/// An integer header value. Always a signed 64-bit integer: the broker and every client
-/// library read it, and lapin would turn a plain `u64` into a timestamp.
-pub fn int_value(value: u64) -> AMQPValue {
-    AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX))
-}
-
-/// A string header value. Always a long string: RabbitMQ refuses short strings in tables.
-pub fn text_value(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
-}
-
-/// Reads an unsigned integer header written in any integer width (clients such as pika
-/// choose the width by the value), or as a decimal string.
-pub fn header_u64(table: &FieldTable, name: &'static str) -> Result<Option<u64>, EnvelopeError> {
-    match table.inner().get(name) {
-        Some(value) => int_header(name, value),
-        None => Ok(None),
-    }
-}
-
-/// The value of integer header `name`, as [`header_u64`] reads it.
-fn int_header(name: &'static str, value: &AMQPValue) -> Result<Option<u64>, EnvelopeError> {
-    let invalid = |problem: String| EnvelopeError::InvalidHeader { name, problem };
-    let signed: i128 = match value {
-        AMQPValue::ShortShortInt(v) => (*v).into(),
-        AMQPValue::ShortShortUInt(v) => (*v).into(),
-        AMQPValue::ShortInt(v) => (*v).into(),
-        AMQPValue::ShortUInt(v) => (*v).into(),
-        AMQPValue::LongInt(v) => (*v).into(),
-        AMQPValue::LongUInt(v) => (*v).into(),
-        AMQPValue::LongLongInt(v) => (*v).into(),
-        AMQPValue::Timestamp(v) => (*v).into(),
-        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
-            .ok()
-            .and_then(|s| s.trim().parse::<i128>().ok())
-            .ok_or_else(|| invalid(format!("{s:?} is not an integer")))?,
-        AMQPValue::Void => return Ok(None),
-        other => return Err(invalid(format!("expected an integer, found {other:?}"))),
-    };
-    u64::try_from(signed)
-        .map(Some)
-        .map_err(|_| invalid(format!("{signed} is negative")))
-}
-
-/// Reads a string header (long or short string), if present.
-pub fn header_string(table: &FieldTable, name: &str) -> Option<String> {
-    string_value(table.inner().get(name)?)
-}
-
-fn string_value(value: &AMQPValue) -> Option<String> {
-    match value {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::header_u64;
 
     #[test]
     fn properties_round_trip() {
@@ -328,26 +312,42 @@ mod tests {
     }
 
     #[test]
-    fn integer_headers_are_read_in_any_width() {
+    fn an_invalid_message_still_shows_what_it_carried() {
         let mut table = FieldTable::default();
-        for (value, expected) in [
-            (AMQPValue::ShortShortUInt(2), 2),
-            (AMQPValue::ShortInt(300), 300),
-            (AMQPValue::LongInt(70_000), 70_000),
-            (AMQPValue::LongUInt(4_000_000_000), 4_000_000_000),
-            (AMQPValue::LongLongInt(1_700_000_000_000), 1_700_000_000_000),
-            (AMQPValue::LongString("12".into()), 12),
-        ] {
-            table.insert(headers::ATTEMPT.into(), value);
-            assert_eq!(
-                header_u64(&table, headers::ATTEMPT).unwrap(),
-                Some(expected)
-            );
-        }
-        table.insert(headers::ATTEMPT.into(), AMQPValue::LongInt(-1));
-        assert!(header_u64(&table, headers::ATTEMPT).is_err());
-        table.insert(headers::ATTEMPT.into(), AMQPValue::Boolean(true));
-        assert!(header_u64(&table, headers::ATTEMPT).is_err());
+        table.insert(headers::ATTEMPT.into(), text_value("4"));
+        table.insert(headers::MAX_ATTEMPTS.into(), text_value("+3"));
+        let props = BasicProperties::default()
+            .with_type("demo.echo".into())
+            .with_message_id("bad-1".into())
+            .with_headers(table.clone());
+        let err = Envelope::from_properties(&props).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "header `x-warren-max-attempts` is invalid: \"+3\" is not a decimal integer"
+        );
+        let claimed = Claimed::from_properties(&props);
+        assert_eq!(
+            claimed,
+            Claimed {
+                id: Some("bad-1"),
+                task: Some("demo.echo"),
+                attempt: Some(4)
+            }
+        );
+        // The attempt header itself invalid: no attempt; absent: the default, 1.
+        table.insert(headers::ATTEMPT.into(), text_value("-2"));
+        let props = props.with_headers(table).with_message_id("".into());
+        let claimed = Claimed::from_properties(&props);
+        assert_eq!((claimed.id, claimed.attempt), (None, None));
+        let bare = BasicProperties::default();
+        assert_eq!(
+            Claimed::from_properties(&bare),
+            Claimed {
+                id: None,
+                task: None,
+                attempt: Some(1)
+            }
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod connect;
 pub mod delay;
 mod envelope;
 pub mod fault;
+mod header_value;
 pub mod headers;
 mod queue;
 mod republish;
@@ -27,9 +28,9 @@ pub use cascade::{sweep_legacy, LegacySweep};
 pub use codec::{Codec, CodecError};
 pub use connect::{connect, give_up_after, ConnectError, Pacer, Unreachable};
 pub use envelope::{
-    header_string, header_u64, id_time_ms, int_value, now_ms, text_value, Envelope, EnvelopeError,
-    TaskId, DEFAULT_SCHEMA_VERSION,
+    id_time_ms, now_ms, Claimed, Envelope, EnvelopeError, TaskId, DEFAULT_SCHEMA_VERSION,
 };
+pub use header_value::{header_string, header_u64, int_value, text_value};
 pub use queue::{dead_letter_queue_name, QueueKind, QueueSpec, Retention};
 pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};

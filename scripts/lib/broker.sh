@@ -5,7 +5,7 @@
 #   ensure_cargo     # cargo on PATH, or a clear message naming rustup
 #   ensure_broker    # an AMQP broker reachable at $AMQP_URL (exported)
 #   ensure_promtool  # best effort: promtool for the metrics tests
-#   ensure_deploy_validators  # best effort: docker-compose and promtool for tests/tests/deploy.rs
+#   ensure_deploy_validators  # best effort: docker-compose, promtool and prometheus for the deployment tests
 #
 # Every step taken is printed on stderr with a `==>` prefix. URLs are always
 # printed through mask_url, so the AMQP password never reaches the terminal
@@ -322,24 +322,26 @@ ensure_promtool() {
 
 # ensure_deploy_validators: best effort; the offline validators of the
 # deployment files: Debian's docker-compose (v1, `docker-compose config` needs
-# no engine) and promtool (Debian's prometheus package), installed with apt-get
-# when we are root on Debian. Never fails. (The Kubernetes validators are
+# no engine) and promtool and the prometheus server (Debian's prometheus
+# package; tests/tests/prometheus_server.rs runs the server), installed with
+# apt-get when we are root on Debian. Never fails: a test whose tool is missing
+# skips, or fails under CI (tests/src/skip.rs). (The Kubernetes validators are
 # installed by the tests themselves, into a virtualenv under target/.)
 ensure_deploy_validators() {
 	local missing=()
 	command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
-	command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+	{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
 	if ((${#missing[@]} == 0)); then
-		say "deployment validators: $(command -v docker-compose), $(command -v promtool)"
+		say "deployment validators: $(command -v docker-compose), $(command -v promtool), $(command -v prometheus)"
 		return 0
 	fi
 	if _warren_can_apt; then
 		say "installing the deployment validators: ${missing[*]}"
 		_warren_apt_get --no-install-recommends "${missing[@]}" ||
-			warn "could not install ${missing[*]}; the deployment tests that need them will skip"
+			warn "could not install ${missing[*]}; the deployment tests that need them will skip (fail under CI)"
 		return 0
 	fi
-	warn "missing ${missing[*]} (Debian packages); the deployment tests that need them will skip"
+	warn "missing ${missing[*]} (Debian packages); the deployment tests that need them will skip (fail under CI)"
 	return 0
 }
 

@@ -3,9 +3,11 @@
 
 mod node;
 mod scrape;
+mod skip;
 
 pub use node::PrivateNode;
 pub use scrape::{sample, samples};
+pub use skip::{skip_or_fail, strict, STRICT_VAR};
 
 use anyhow::Context;
 use futures::StreamExt;

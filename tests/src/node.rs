@@ -26,7 +26,7 @@ impl PrivateNode {
     /// installed here (the test then has nothing to run against).
     pub fn start_or_skip(label: &str) -> Option<PrivateNode> {
         if !Self::available() {
-            eprintln!("RabbitMQ is not installed here: cannot run a private node; skipping");
+            crate::skip_or_fail(label, "RabbitMQ is not installed here: no private node");
             return None;
         }
         Some(Self::start(label))

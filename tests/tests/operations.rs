@@ -254,8 +254,9 @@ async fn metrics_count_exactly_what_happened_and_promtool_accepts_them() {
         .stderr(std::process::Stdio::piped())
         .spawn()
     {
-        Err(_) => eprintln!(
-            "promtool is not installed (./scripts/test installs it): exposition not linted"
+        Err(_) => skip_or_fail(
+            "the metrics exposition with promtool",
+            "promtool is not installed (./scripts/test installs it)",
         ),
         Ok(mut child) => {
             use std::io::Write;

@@ -217,7 +217,10 @@ async fn try_connect(args: AmqpArgs) -> Result<(), String> {
 #[tokio::test]
 async fn tasks_run_over_tls_and_an_unknown_ca_is_refused() {
     if !Path::new(RABBITMQ_BIN).join("rabbitmq-server").exists() {
-        eprintln!("skipped: RabbitMQ is not installed under {RABBITMQ_BIN}");
+        skip_or_fail(
+            "TLS",
+            &format!("RabbitMQ is not installed under {RABBITMQ_BIN}"),
+        );
         return;
     }
     let dir = TempDir::new("warren-tls");

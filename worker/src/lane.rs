@@ -19,7 +19,7 @@ use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span};
-use warren_common::{Envelope, EnvelopeError};
+use warren_common::{Claimed, Envelope, EnvelopeError};
 use warren_producer::Publisher;
 
 /// What every delivery of one consume loop borrows.
@@ -107,7 +107,14 @@ impl<'a> Lane<'a> {
         permit: SemaphorePermit<'a>,
     ) -> Step<'a> {
         let task = envelope.as_ref().map_or("", |e| e.task.as_str());
-        let metrics = self.metrics.task(task);
+        // An invalid message is counted under the task it names when this worker registers
+        // that name (else `<unknown>`), so its dead letter shows where it belongs.
+        let claimed = envelope
+            .is_err()
+            .then(|| Claimed::from_properties(&delivery.properties));
+        let metrics = self
+            .metrics
+            .task(claimed.and_then(|c| c.task).unwrap_or(task));
         metrics.received.inc();
         match self.shared.rate_limits.get(task) {
             Some(limiter) if limiter.check().is_err() => {
@@ -238,16 +245,15 @@ impl<'a> Lane<'a> {
 /// The span every log line of a task carries, joined to the publisher's trace.
 fn task_span(queue: &str, delivery: &Delivery, envelope: &Result<Envelope, EnvelopeError>) -> Span {
     let (task, id, attempt) = match envelope {
-        Ok(e) => (e.task.as_str(), e.id.as_str(), e.attempt),
-        Err(_) => (
-            "",
-            delivery
-                .properties
-                .message_id()
-                .as_ref()
-                .map_or("", |s| s.as_str()),
-            0,
-        ),
+        Ok(e) => (e.task.as_str(), e.id.as_str(), Some(e.attempt)),
+        // Not a valid task: log what it carried all the same. The strings are the publisher's
+        // (AMQP bounds them at 255 bytes; the log formatters escape them); an attempt header
+        // that is itself invalid is left out.
+        Err(_) => {
+            let claimed = Claimed::from_properties(&delivery.properties);
+            let (task, id) = (claimed.task.unwrap_or(""), claimed.id.unwrap_or(""));
+            (task, id, claimed.attempt)
+        }
     };
     let span = tracing::info_span!(
         "task",
