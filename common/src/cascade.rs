@@ -15,9 +15,11 @@
 //! Warren still running declared and bound again.
 //!
 //! With at-least-once dead-lettering, a message whose queue no longer exists is not dropped:
-//! it would stay in its level queue, retried forever and invisible. The deliver exchange
-//! therefore has an alternate exchange leading to the queue `warren.delay.unroutable`, where
-//! such tasks are kept and counted.
+//! it would stay in its level queue, retried forever and invisible, and hold back the level.
+//! The deliver exchange therefore has an alternate exchange leading to the queue
+//! `warren.delay.unroutable`, where such tasks are kept and counted. A deliver exchange an
+//! earlier version created has none and cannot get one by declaration: on such a broker the
+//! levels dead-letter at-most-once (see `declare_level`).
 
 use crate::delay::{self, DELAY_LEVELS};
 use crate::header_value::{int_value, text_value};
@@ -40,7 +42,7 @@ pub(crate) async fn declare(conn: &Connection) -> Result<(), TopologyError> {
     let deliver = delay::delay_deliver_exchange();
     let channels = try_join_all((0..DELAY_LEVELS).map(|_| open(conn, &deliver))).await?;
     declare_unroutable(&channels[0]).await?;
-    declare_deliver(conn, &channels[1]).await?;
+    let guarded = declare_deliver(conn, &channels[1]).await?;
     try_join_all((0..DELAY_LEVELS).zip(&channels).map(|(level, channel)| {
         let name = delay::level_name(level);
         async move { declare_exchange(channel, &name, ExchangeKind::Topic).await }
@@ -51,7 +53,7 @@ pub(crate) async fn declare(conn: &Connection) -> Result<(), TopologyError> {
             0 => deliver.clone(),
             _ => delay::level_name(level - 1),
         };
-        declare_level(channel, level, below)
+        declare_level(channel, level, below, guarded)
     }))
     .await?;
     join_all(
@@ -63,13 +65,13 @@ pub(crate) async fn declare(conn: &Connection) -> Result<(), TopologyError> {
     Ok(())
 }
 
-/// The deliver exchange, with its alternate exchange when Warren creates it. One that an
-/// earlier version created has none, and an exchange's arguments cannot change: such a broker
-/// needs the policy `docs/operations.md` gives, which this logs once per declaration.
+/// The deliver exchange, with its alternate exchange when Warren creates it; true if it has
+/// one. One that an earlier version created has none, and an exchange's arguments cannot
+/// change: such a broker keeps at-most-once levels (see `declare_level`), which this logs.
 pub(crate) async fn declare_deliver(
     conn: &Connection,
     channel: &Channel,
-) -> Result<(), TopologyError> {
+) -> Result<bool, TopologyError> {
     let deliver = delay::delay_deliver_exchange();
     let mut args = FieldTable::default();
     args.insert("alternate-exchange".into(), text_value(delay::UNROUTABLE));
@@ -85,17 +87,18 @@ pub(crate) async fn declare_deliver(
     match declared {
         Ok(()) => {
             let _ = probe.close(200, "declared".into()).await;
-            Ok(())
+            Ok(true)
         }
         Err(error) if classify(&error, Operation::Use) == Fault::Mismatch => {
             tracing::info!(
                 exchange = %deliver,
                 "the deliver exchange was declared by an earlier Warren without an alternate \
-                 exchange: unless a policy sets one, a task delayed for a queue that no longer \
-                 exists stays in the delay cascade (docs/operations.md, `Running on a RabbitMQ \
-                 cluster`, gives the policy)"
+                 exchange: the delay levels dead-letter at-most-once, and a task delayed for a \
+                 queue that no longer exists is dropped (docs/operations.md, `Running on a \
+                 RabbitMQ cluster`)"
             );
-            declare_exchange(channel, &deliver, ExchangeKind::Topic).await
+            declare_exchange(channel, &deliver, ExchangeKind::Topic).await?;
+            Ok(false)
         }
         Err(error) => Err(TopologyError::from_lapin(&deliver, error, Operation::Use)),
     }
@@ -114,7 +117,19 @@ async fn declare_unroutable(channel: &Channel) -> Result<(), TopologyError> {
 /// A delay level's quorum queue (holding messages for the level's time, then dead-lettering
 /// them to the exchange `below`), its binding, and its exchange's binding into `below`. The
 /// exchanges exist already. Also unbinds the level's classic queue of earlier versions.
-async fn declare_level(channel: &Channel, level: u32, below: String) -> Result<(), TopologyError> {
+///
+/// Dead-lettering is at-least-once only when the deliver exchange has its alternate exchange
+/// (`guarded`): at-least-once keeps a message that routes nowhere in its level and retries it,
+/// and RabbitMQ 3.10 then holds back the level's later messages behind it (seen: a level
+/// with 1,170 such messages checked out delivered nothing more). Without the alternate
+/// exchange the levels stay at-most-once, as the classic ones were: such a task is dropped.
+/// Every process decides alike, from the same exchange, so the arguments never disagree.
+async fn declare_level(
+    channel: &Channel,
+    level: u32,
+    below: String,
+    guarded: bool,
+) -> Result<(), TopologyError> {
     let exchange = delay::level_name(level);
     let queue = delay::level_queue_name(level);
     let mut args = FieldTable::default();
@@ -124,8 +139,10 @@ async fn declare_level(channel: &Channel, level: u32, below: String) -> Result<(
         int_value(delay::level_ttl_ms(level)),
     );
     args.insert("x-dead-letter-exchange".into(), text_value(&below));
-    args.insert("x-dead-letter-strategy".into(), text_value("at-least-once"));
-    args.insert("x-overflow".into(), text_value("reject-publish"));
+    if guarded {
+        args.insert("x-dead-letter-strategy".into(), text_value("at-least-once"));
+        args.insert("x-overflow".into(), text_value("reject-publish"));
+    }
     declare_queue(channel, &queue, args).await?;
     let pattern = delay::level_pattern(level, '1');
     bind_queue(channel, &queue, &exchange, &pattern).await?;

@@ -5,7 +5,7 @@ mod node;
 mod scrape;
 mod skip;
 
-pub use node::PrivateNode;
+pub use node::{PrivateCluster, PrivateNode};
 pub use scrape::{sample, samples};
 pub use skip::{skip_or_fail, strict, STRICT_VAR};
 

@@ -9,7 +9,8 @@ const BIN: &str = "/usr/lib/rabbitmq/bin";
 
 /// A RabbitMQ node of this test's own. Stopped (and its data removed) when dropped.
 pub struct PrivateNode {
-    name: String,
+    /// The Erlang node name (`warren-LABEL-SUFFIX@localhost`).
+    pub name: String,
     dir: PathBuf,
     /// AMQP port.
     pub port: u16,
@@ -120,6 +121,67 @@ impl PrivateNode {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+/// Private nodes clustered together (RabbitMQ's `join_cluster`), for tests that kill one.
+pub struct PrivateCluster {
+    /// The nodes; the first is the one the others joined.
+    pub nodes: Vec<PrivateNode>,
+}
+
+impl PrivateCluster {
+    /// Starts `size` nodes side by side and clusters them, or says why it cannot.
+    pub fn start_or_skip(label: &str, size: usize) -> Option<PrivateCluster> {
+        if !PrivateNode::available() {
+            crate::skip_or_fail(label, "RabbitMQ is not installed here: no private cluster");
+            return None;
+        }
+        let nodes: Vec<PrivateNode> = std::thread::scope(|scope| {
+            let starting: Vec<_> = (0..size)
+                .map(|i| scope.spawn(move || PrivateNode::start(&format!("{label}{i}"))))
+                .collect();
+            starting
+                .into_iter()
+                .map(|node| node.join().expect("a node starts"))
+                .collect()
+        });
+        for node in &nodes[1..] {
+            assert!(node.ctl(&["stop_app"]), "stopping {}", node.name);
+            assert!(
+                node.ctl(&["join_cluster", &nodes[0].name]),
+                "{} joins {}",
+                node.name,
+                nodes[0].name
+            );
+            assert!(node.ctl(&["start_app"]), "starting {}", node.name);
+        }
+        Some(PrivateCluster { nodes })
+    }
+
+    /// Every node's AMQP URL, comma-separated, as `AMQP_URL` takes them.
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(PrivateNode::url).collect();
+        urls.join(",")
+    }
+
+    /// Index of the node holding `queue`: a quorum queue's leader, a classic queue's home.
+    /// Asked of `via` (a node that is up).
+    pub fn node_of(&self, queue: &str, via: usize) -> Option<usize> {
+        let output = self.nodes[via]
+            .command("rabbitmqctl")
+            .args(["-n", &self.nodes[via].name])
+            .args(["list_queues", "-q", "--no-table-headers", "name", "leader", "pid"])
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        let line = text
+            .lines()
+            .find(|line| line.split('\t').next() == Some(queue))?;
+        self.nodes
+            .iter()
+            .position(|node| line.contains(node.name.as_str()))
     }
 }
 
