@@ -11,6 +11,8 @@ mod lifecycle;
 mod openapi;
 #[path = "http_ingest/slow_clients.rs"]
 mod slow_clients;
+#[path = "http_ingest/strictness.rs"]
+mod strictness;
 #[path = "http_ingest/support.rs"]
 mod support;
 

@@ -12,9 +12,11 @@ mod broker;
 mod conn;
 mod error;
 mod handlers;
+mod json;
 mod metrics;
 mod request;
 mod server;
+mod time;
 
 pub use auth::BearerToken;
 pub use server::{
@@ -170,5 +172,6 @@ fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpM
         .with_state(state);
     v1.merge(admin_router(config.registry.clone(), health))
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(from_fn_with_state(metrics, metrics::record))
 }
