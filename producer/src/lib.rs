@@ -16,7 +16,9 @@ pub use dead_letters::{
 };
 pub use error::PublishError;
 pub use http::{
-    serve_ingest, BearerToken, IngestConfig, IngestError, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
+    serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError,
+    DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
 };
 pub use metrics::ProducerMetrics;
 pub use publisher::{Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT};

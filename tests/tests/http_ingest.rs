@@ -1,12 +1,18 @@
 //! The HTTP ingest (`warren-producer serve`) against the real broker: posted tasks run on a
 //! worker with the ids the server answered, invalid or unauthorised requests publish
 //! nothing, an unreachable broker is a 503 and never a 202, the server drains on shutdown,
-//! and every answer matches `docs/openapi.yaml`.
+//! slow and idle clients are cut off, and every answer matches `docs/openapi.yaml`.
 
+#[path = "http_ingest/conformance.rs"]
+mod conformance;
 #[path = "http_ingest/lifecycle.rs"]
 mod lifecycle;
 #[path = "http_ingest/openapi.rs"]
 mod openapi;
+#[path = "http_ingest/slow_clients.rs"]
+mod slow_clients;
+#[path = "http_ingest/strictness.rs"]
+mod strictness;
 #[path = "http_ingest/support.rs"]
 mod support;
 
@@ -367,69 +373,4 @@ async fn unknown_queues_are_422_and_a_partial_batch_names_what_was_queued() {
 fn index_list(items: &Value) -> Vec<u64> {
     let items = items.as_array().expect("an array");
     items.iter().map(|i| i["index"].as_u64().unwrap()).collect()
-}
-
-#[tokio::test]
-async fn every_documented_answer_is_produced_as_documented() {
-    let spec = Arc::new(Spec::load());
-    let queue = unique_queue("http.spec");
-    let mut settings = Settings::new(&queue);
-    settings.token = Some("spec-token");
-    settings.max_body_bytes = 2048;
-    let live = Server::start(settings).await;
-    let client = live.client(spec.clone());
-    client.wait_ready().await;
-    let mut down_settings = Settings::new("test.http.spec.down");
-    down_settings.amqp_url = Some(UNREACHABLE.to_owned());
-    let down = Server::start(down_settings).await;
-    let down_client = down.client(spec.clone());
-    let missing = unique_queue("http.nowhere");
-    let big = json!({"task": "t", "payload": "x".repeat(4000)}).to_string();
-
-    for (path, task, missing_task) in [
-        (
-            "/v1/tasks",
-            json!({"task": "t"}),
-            json!({"task": "t", "queue": missing}),
-        ),
-        (
-            "/v1/tasks:batch",
-            json!({"tasks": [{"task": "t"}]}),
-            json!({"tasks": [{"task": "t", "queue": missing}]}),
-        ),
-    ] {
-        assert_eq!(client.post_json(path, &task).await.status, 202);
-        assert_eq!(client.post_raw(path, JSON, "{".into()).await.status, 400);
-        assert_eq!(
-            client.without_token().post_json(path, &task).await.status,
-            401
-        );
-        assert_eq!(client.post_raw(path, JSON, big.clone()).await.status, 413);
-        assert_eq!(
-            client
-                .post_raw(path, "text/plain", "{}".into())
-                .await
-                .status,
-            415
-        );
-        assert_eq!(client.post_json(path, &missing_task).await.status, 422);
-        assert_eq!(down_client.post_json(path, &task).await.status, 503);
-    }
-    assert_eq!(client.get("/healthz").await.status, 200);
-    assert_eq!(client.get("/readyz").await.status, 200);
-    assert_eq!(client.get("/metrics").await.status, 200);
-    assert_eq!(down_client.get("/readyz").await.status, 503);
-
-    let missed: Vec<_> = spec
-        .documented()
-        .difference(&spec.seen())
-        .cloned()
-        .collect();
-    assert!(
-        missed.is_empty(),
-        "documented but never produced: {missed:?}"
-    );
-    live.stop().await.expect("stops");
-    down.stop().await.expect("stops");
-    delete_queues(&raw_connection().await, &queue).await;
 }

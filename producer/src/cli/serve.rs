@@ -1,7 +1,7 @@
 //! `warren-producer serve`: the HTTP ingest (see `crate::serve_ingest` and
 //! `docs/openapi.yaml`), on one listener with `/metrics`, `/healthz` and `/readyz`.
 
-use crate::{serve_ingest, BearerToken, IngestConfig, PublisherConfig};
+use crate::{serve_ingest, BearerToken, ConnectionLimits, IngestConfig, PublisherConfig};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +45,23 @@ pub struct ServeArgs {
     #[arg(long, env = "WARREN_MAX_BATCH", default_value_t = crate::DEFAULT_MAX_BATCH,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_batch: usize,
+    /// Time a client has to send a request's head, from connecting (or from the first byte of
+    /// its next request); slower connections are closed.
+    #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT",
+          default_value_t = crate::DEFAULT_HEADER_READ_TIMEOUT.into())]
+    header_read_timeout: humantime::Duration,
+    /// Time a client has to send a whole /v1 request body once its head arrived; a slower
+    /// body is answered 408 and the connection closed.
+    #[arg(long, env = "WARREN_BODY_READ_TIMEOUT",
+          default_value_t = crate::DEFAULT_BODY_READ_TIMEOUT.into())]
+    body_read_timeout: humantime::Duration,
+    /// Time a keep-alive connection may wait for its next request before it is closed.
+    #[arg(long, env = "WARREN_IDLE_TIMEOUT", default_value_t = crate::DEFAULT_IDLE_TIMEOUT.into())]
+    idle_timeout: humantime::Duration,
+    /// Most connections served at once; further ones wait to be accepted until one closes.
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = crate::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
 }
 
 /// Serves until the first shutdown signal, then drains.
@@ -85,6 +102,12 @@ pub async fn run(
         auth_token,
         max_body_bytes: args.max_body_bytes,
         max_batch: args.max_batch,
+        connections: ConnectionLimits {
+            header_read_timeout: args.header_read_timeout.into(),
+            body_read_timeout: args.body_read_timeout.into(),
+            idle_timeout: args.idle_timeout.into(),
+            max_connections: args.max_connections,
+        },
         ..IngestConfig::new(publisher)
     };
     serve_ingest(listener, config, shutdown.drain.clone()).await?;

@@ -1,17 +1,14 @@
 //! Error answers of the ingest: every failure is a JSON body `{"error", "field", ...}` with a
-//! status that says what the client can do (fix the request, authenticate, retry later), and
-//! the JSON extractor that turns axum's rejections (malformed JSON, a body over the limit, a
-//! wrong content type) into that shape.
+//! status that says what the client can do (fix the request, authenticate, retry later),
+//! including the ones the framework makes (405).
 
 use crate::PublishError;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::Value;
 
 /// Seconds a client should wait before retrying after a 503.
 pub(crate) const RETRY_AFTER_SECS: u64 = 5;
@@ -136,81 +133,35 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body deserialized into `T`, with every failure answered as an [`ApiError`] that
-/// names the field at fault.
-pub(crate) struct JsonBody<T>(pub(crate) T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let Json(value) = Json::<Value>::from_request(req, state)
-            .await
-            .map_err(rejection)?;
-        serde_path_to_error::deserialize(value)
-            .map(JsonBody)
-            .map_err(|e| {
-                let inner = e.inner().to_string();
-                let field = field_of(&e.path().to_string(), &inner);
-                let message = match field.as_str() {
-                    "" => format!("the request body does not match the schema: {inner}"),
-                    field => format!("{field}: {inner}"),
-                };
-                FieldError::new(field, message).into()
-            })
+/// Middleware: an error answer the framework made without a body (a 405 for a method a path
+/// does not take, say) gets the documented JSON error body; its headers (`Allow`) are kept.
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
     }
-}
-
-fn rejection(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status();
-    let message = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "the request body is larger than the limit".to_owned(),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            "the request body must be JSON with `Content-Type: application/json`".to_owned()
-        }
-        _ => rejection.body_text(),
+    let (parts, _) = response.into_parts();
+    let message = match parts
+        .headers
+        .get(header::ALLOW)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(allow) => format!("{method} is not allowed on {path}; allowed: {allow}"),
+        None => status
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_owned(),
     };
-    ApiError::new(status, message)
-}
-
-/// The field a deserialization error is about: its path, or for an error on an object
-/// itself (a missing field) the field named in serde's message appended to it.
-fn field_of(path: &str, message: &str) -> String {
-    let named = ["missing field `", "unknown field `"]
-        .into_iter()
-        .find_map(|lead| message.strip_prefix(lead))
-        .and_then(|rest| rest.split('`').next());
-    match (path, named) {
-        (".", Some(name)) => name.to_owned(),
-        (".", None) => String::new(),
-        // An unknown field's path already ends with it.
-        (path, Some(name)) if path != name && !path.ends_with(&format!(".{name}")) => {
-            format!("{path}.{name}")
+    let mut answer = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name, value.clone());
         }
-        (path, _) => path.to_owned(),
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fields_are_named_from_serde_errors() {
-        assert_eq!(field_of("priority", "invalid type"), "priority");
-        assert_eq!(field_of(".", "missing field `tasks`"), "tasks");
-        assert_eq!(
-            field_of("dealy", "unknown field `dealy`, expected"),
-            "dealy"
-        );
-        assert_eq!(
-            field_of("tasks[2].x", "unknown field `x`, expected ..."),
-            "tasks[2].x"
-        );
-        assert_eq!(
-            field_of("tasks[2]", "missing field `task`"),
-            "tasks[2].task"
-        );
-        assert_eq!(field_of("tasks[2].delay", "bad"), "tasks[2].delay");
-    }
+    answer
 }

@@ -4,7 +4,8 @@
 //! body lists, by index and id, which tasks were confirmed and which were not.
 
 use super::broker::Broker;
-use super::error::{publish_failure, ApiError, FieldError, JsonBody, RETRY_AFTER_SECS};
+use super::error::{publish_failure, ApiError, FieldError, RETRY_AFTER_SECS};
+use super::json::JsonBody;
 use super::request::{BatchRequest, TaskRequest, ValidTask};
 use crate::{PublishError, Publisher};
 use axum::extract::State;

@@ -7,13 +7,22 @@
 //! documented in `docs/openapi.yaml`.
 
 mod auth;
+mod body;
 mod broker;
+mod conn;
 mod error;
 mod handlers;
+mod json;
 mod metrics;
 mod request;
+mod server;
+mod time;
 
 pub use auth::BearerToken;
+pub use server::{
+    ConnectionLimits, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+};
 
 use crate::{PublishError, PublisherConfig};
 use axum::extract::DefaultBodyLimit;
@@ -51,13 +60,15 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Most tasks in one batch.
     pub max_batch: usize,
+    /// Timeouts of slow or idle clients and the most connections served at once.
+    pub connections: ConnectionLimits,
     /// Registry for the producer's and the server's metrics, served on `/metrics`.
     pub registry: prometheus::Registry,
 }
 
 impl IngestConfig {
     /// Defaults around a publisher configuration: quorum queue, no token, 1 MiB bodies,
-    /// batches of up to 1000 tasks, a fresh registry.
+    /// batches of up to 1000 tasks, the default [`ConnectionLimits`], a fresh registry.
     pub fn new(publisher: PublisherConfig) -> Self {
         IngestConfig {
             publisher,
@@ -67,6 +78,7 @@ impl IngestConfig {
             auth_token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
+            connections: ConnectionLimits::default(),
             registry: prometheus::Registry::new(),
         }
     }
@@ -82,9 +94,6 @@ pub enum IngestError {
     /// The metrics could not be registered (the registry already holds them).
     #[error("cannot register the HTTP metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    /// The server failed while accepting connections.
-    #[error("the HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 /// Serves the ingest on `listener` until `stop` fires, then stops accepting connections,
@@ -123,19 +132,19 @@ pub async fn serve_ingest(
             "HTTP ingest listening"
         );
     }
-    let draining = async move {
+    let drain = CancellationToken::new();
+    let draining = drain.clone();
+    tokio::spawn(async move {
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = failed.cancelled() => {}
         }
         health.set(Readiness::Draining);
         tracing::info!("HTTP ingest draining: no new connections, finishing requests in flight");
-    };
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(draining)
-        .await;
+        draining.cancel();
+    });
+    server::serve(listener, app, config.connections, drain).await;
     broker.close().await;
-    served.map_err(IngestError::Serve)?;
     match broker.take_fatal() {
         Some(error) => Err(IngestError::DefaultQueue(error)),
         None => {
@@ -146,10 +155,16 @@ pub async fn serve_ingest(
 }
 
 fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpMetrics) -> Router {
+    let body_limits = body::BodyLimits {
+        max_bytes: config.max_body_bytes,
+        read_timeout: config.connections.body_read_timeout,
+    };
     let v1 = Router::new()
         .route("/v1/tasks", post(handlers::publish_one))
         .route("/v1/tasks:batch", post(handlers::publish_batch))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .route_layer(from_fn_with_state(body_limits, body::read_within_limits))
+        // Added last, so it runs first: nothing of an unauthorised body is read.
         .route_layer(from_fn_with_state(
             config.auth_token.clone(),
             auth::require_token,
@@ -157,5 +172,6 @@ fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpM
         .with_state(state);
     v1.merge(admin_router(config.registry.clone(), health))
         .fallback(handlers::not_found)
+        .layer(axum::middleware::from_fn(error::json_errors))
         .layer(from_fn_with_state(metrics, metrics::record))
 }

@@ -3,12 +3,11 @@
 //! the broker. The schema is documented in `docs/openapi.yaml`.
 
 use super::error::FieldError;
+use super::time::{parse_rfc3339_ms, Seconds};
 use crate::TaskOptions;
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
-use std::fmt;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 use warren_common::{delay, Codec};
 
 /// Longest task name or id: AMQP short strings hold 255 bytes.
@@ -72,6 +71,14 @@ impl TaskRequest {
             .task
             .ok_or_else(|| err("task", "task is required".into()))?;
         check_short(&task, "task").map_err(|m| err("task", m))?;
+        if task.chars().any(char::is_control) {
+            // The name selects a handler: one with a control character is a client's bug,
+            // better answered now than dead-lettered as an unknown task later.
+            return Err(err(
+                "task",
+                "task must not contain control characters".into(),
+            ));
+        }
         if let Some(id) = &self.id {
             check_short(id, "id").map_err(|m| err("id", m))?;
         }
@@ -83,14 +90,18 @@ impl TaskRequest {
                 "max_attempts must be at least 1".into(),
             ));
         }
-        if let Some(Seconds(delay)) = self.delay {
-            if delay > delay::max_delay() {
-                let max = delay::max_delay().as_secs();
-                return Err(err("delay", format!("delay must be at most {max} seconds")));
-            }
+        let max = delay::max_delay();
+        if self.delay.is_some_and(|Seconds(d)| d > max) {
+            let message = format!("delay must be at most {} seconds", max.as_secs());
+            return Err(err("delay", message));
         }
-        if self.timeout.is_some_and(|Seconds(t)| t.is_zero()) {
+        let timeout = self.timeout.map(|Seconds(t)| t);
+        if timeout.is_some_and(|t| t.is_zero()) {
             return Err(err("timeout", "timeout must be more than 0 seconds".into()));
+        }
+        if timeout.is_some_and(|t| t > max) {
+            let message = format!("timeout must be at most {} seconds", max.as_secs());
+            return Err(err("timeout", message));
         }
         let expires_at_ms = match &self.expires_at {
             Some(text) => Some(parse_rfc3339_ms(text).map_err(|m| err("expires_at", m))?),
@@ -116,7 +127,7 @@ impl TaskRequest {
             id: Some(self.id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string())),
             codec: Some(Codec::Json),
             max_attempts: self.max_attempts,
-            timeout: self.timeout.map(|Seconds(t)| t),
+            timeout: timeout.map(whole_millis),
             expires_at_ms,
             traceparent,
             delay: self.delay.map(|Seconds(d)| d).filter(|d| !d.is_zero()),
@@ -130,6 +141,11 @@ impl TaskRequest {
             options,
         })
     }
+}
+
+/// The wire carries a timeout in milliseconds: round up, so that a positive timeout stays one.
+fn whole_millis(timeout: Duration) -> Duration {
+    Duration::from_millis(timeout.as_nanos().div_ceil(1_000_000) as u64)
 }
 
 fn check_short(value: &str, name: &str) -> Result<(), String> {
@@ -158,88 +174,6 @@ fn check_queue(queue: &str) -> Result<(), String> {
         return Ok(());
     };
     Err(problem.to_owned())
-}
-
-/// A duration given either as a number of seconds (`30`, `0.5`) or as a string with units
-/// (`"30s"`, `"1h 30m"`, `"250ms"`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Seconds(pub(crate) Duration);
-
-impl<'de> Deserialize<'de> for Seconds {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(SecondsVisitor)
-    }
-}
-
-struct SecondsVisitor;
-
-impl Visitor<'_> for SecondsVisitor {
-    type Value = Seconds;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a number of seconds or a duration such as \"30s\" or \"1h 30m\"")
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
-        Ok(Seconds(Duration::from_secs(v)))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
-        u64::try_from(v)
-            .map(|v| Seconds(Duration::from_secs(v)))
-            .map_err(|_| E::custom("a duration must not be negative"))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
-        Duration::try_from_secs_f64(v)
-            .map(Seconds)
-            .map_err(|_| E::custom("a duration must be a non-negative, finite number of seconds"))
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Seconds, E> {
-        humantime::parse_duration(v.trim())
-            .map(Seconds)
-            .map_err(|e| E::custom(format!("`{v}` is not a duration such as \"30s\": {e}")))
-    }
-}
-
-/// Parses an RFC 3339 timestamp with a zone (`Z` or `±HH:MM`) into milliseconds since the
-/// epoch. A timestamp without a zone is refused: it would mean a different instant on the
-/// client and the server.
-pub(crate) fn parse_rfc3339_ms(text: &str) -> Result<u64, String> {
-    let bad = || {
-        format!(
-            "expires_at `{text}` is not an RFC 3339 time with a zone, e.g. 2026-12-01T09:00:00Z"
-        )
-    };
-    let text = text.trim();
-    let (local, offset_secs) = if let Some(local) = text.strip_suffix(['Z', 'z']) {
-        (local, 0i64)
-    } else {
-        let split = text.len().checked_sub(6).ok_or_else(bad)?;
-        let (local, zone) = text.split_at_checked(split).ok_or_else(bad)?;
-        let sign = match zone.as_bytes()[0] {
-            b'+' => 1,
-            b'-' => -1,
-            _ => return Err(bad()),
-        };
-        let (hours, minutes) = zone[1..].split_once(':').ok_or_else(bad)?;
-        let hours: i64 = hours.parse().map_err(|_| bad())?;
-        let minutes: i64 = minutes.parse().map_err(|_| bad())?;
-        if hours > 23 || minutes > 59 {
-            return Err(bad());
-        }
-        (local, sign * (hours * 3600 + minutes * 60))
-    };
-    if !local.contains(['T', 't']) {
-        return Err(bad());
-    }
-    let utc = humantime::parse_rfc3339_weak(local).map_err(|_| bad())?;
-    let millis = utc
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| bad())?
-        .as_millis() as i64;
-    u64::try_from(millis - offset_secs * 1000).map_err(|_| bad())
 }
 
 /// Whether `value` is a W3C trace-context `traceparent` (version 00, or a later version's
@@ -278,35 +212,6 @@ mod tests {
     }
 
     #[test]
-    fn durations_are_seconds_or_strings() {
-        let s = |json: &str| serde_json::from_str::<Seconds>(json).map(|s| s.0);
-        assert_eq!(s("30").unwrap(), Duration::from_secs(30));
-        assert_eq!(s("0.5").unwrap(), Duration::from_millis(500));
-        assert_eq!(s("\"1m 30s\"").unwrap(), Duration::from_secs(90));
-        assert!(s("-1").is_err());
-        assert!(s("\"30\"").is_err());
-        assert!(s("true").is_err());
-    }
-
-    #[test]
-    fn rfc3339_times_need_a_zone() {
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01Z"), Ok(1000));
-        assert_eq!(parse_rfc3339_ms("1970-01-01T01:00:01+01:00"), Ok(1000));
-        assert_eq!(
-            parse_rfc3339_ms("1970-01-01T00:00:01.250-00:30"),
-            Ok(1_801_250)
-        );
-        assert!(parse_rfc3339_ms("1970-01-01T00:00:01").is_err());
-        assert!(parse_rfc3339_ms("1970-01-01 00:00:01Z").is_err());
-        assert!(parse_rfc3339_ms("tomorrow").is_err());
-        assert!(parse_rfc3339_ms("+01:00").is_err());
-        assert_eq!(
-            parse_rfc3339_ms("2026-12-01T09:00:00Z"),
-            Ok(1_796_115_600_000)
-        );
-    }
-
-    #[test]
     fn traceparents_follow_the_w3c_format() {
         let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert!(valid_traceparent(good));
@@ -337,6 +242,11 @@ mod tests {
             "task"
         );
         assert_eq!(field(r#"{"task": "t", "id": ""}"#), "id");
+        assert_eq!(field(r#"{"task": "a\u0000b"}"#), "task");
+        assert_eq!(
+            field(r#"{"task": "t", "timeout": "300000000s"}"#),
+            "timeout"
+        );
         assert_eq!(field(r#"{"task": "t", "queue": "amq.x"}"#), "queue");
         assert_eq!(field(r#"{"task": "t", "queue": "a.#"}"#), "queue");
         assert_eq!(field(r#"{"task": "t", "priority": 10}"#), "priority");
@@ -363,6 +273,9 @@ mod tests {
         assert_eq!(task.payload, serde_json::json!({"ms": 5}));
         assert_eq!(task.options.delay, Some(Duration::from_secs(2)));
         assert_eq!(task.options.timeout, Some(Duration::from_millis(1500)));
+        let tiny: TaskRequest = serde_json::from_str(r#"{"task": "t", "timeout": 1e-9}"#).unwrap();
+        let tiny = tiny.validate("", "jobs", None).unwrap();
+        assert_eq!(tiny.options.timeout, Some(Duration::from_millis(1)));
         assert_eq!(task.options.priority, Some(3));
         assert_eq!(task.options.max_attempts, Some(2));
         assert_eq!(task.options.expires_at_ms, Some(4_102_444_800_000));

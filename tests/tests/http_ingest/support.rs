@@ -13,7 +13,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use warren_common::Shutdown;
-use warren_producer::{serve_ingest, BearerToken, IngestConfig, IngestError, PublisherConfig};
+use warren_producer::{
+    serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError, PublisherConfig,
+};
 use warren_tests::{amqp_args, amqp_url, binary, wait_until};
 
 /// The JSON content type.
@@ -28,6 +30,7 @@ pub struct Settings {
     pub amqp_url: Option<String>,
     pub token: Option<&'static str>,
     pub max_body_bytes: usize,
+    pub connections: ConnectionLimits,
 }
 
 impl Settings {
@@ -38,6 +41,7 @@ impl Settings {
             amqp_url: None,
             token: None,
             max_body_bytes: warren_producer::DEFAULT_MAX_BODY_BYTES,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -69,6 +73,7 @@ impl Server {
         let config = IngestConfig {
             auth_token: settings.token.and_then(BearerToken::new),
             max_body_bytes: settings.max_body_bytes,
+            connections: settings.connections,
             ..IngestConfig::new(publisher)
         };
         let shutdown = Shutdown::new();
