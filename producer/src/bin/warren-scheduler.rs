@@ -19,7 +19,7 @@ struct Args {
     #[arg(long, env = "WARREN_SCHEDULE", value_name = "FILE")]
     schedule: PathBuf,
     /// The scheduler group: replicas with the same name share one lease (`NAME.lease`) and
-    /// one record of the last ticks (`NAME.state.<schedule>`).
+    /// one record of the last ticks (`NAME.tick.<schedule>`).
     #[arg(long, env = "WARREN_LEASE_NAME", value_name = "NAME", default_value = scheduler::DEFAULT_LEASE_NAME)]
     lease_name: String,
     /// How often a standby tries to take the lease (bounds the failover time).

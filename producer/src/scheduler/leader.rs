@@ -10,7 +10,6 @@ use crate::{PublishError, Publisher, PublisherConfig, TaskOptions};
 use lapin::{Connection, ConnectionStatus};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use warren_common::fault::{classify, Operation};
 use warren_common::{now_ms, Codec, QueueSpec};
 
 /// How a term as leader ended.
@@ -77,7 +76,7 @@ pub(crate) async fn lead(
 }
 
 /// Declares the work queues and the state queues and reads where each schedule stands.
-/// `None` when the connection was lost meanwhile.
+/// `None` when the connection was lost or the state cannot be read now.
 async fn prepare(
     publisher: &Publisher,
     config: &SchedulerConfig,
@@ -99,32 +98,22 @@ async fn prepare(
             }
         }
     }
-    let Ok(channel) = publisher.create_channel().await else {
-        return Ok(None);
-    };
     let mut cursors = Vec::with_capacity(config.schedules.len());
     for schedule in &config.schedules {
-        let queue = state::queue_name(&config.lease_name, &schedule.name);
-        let read = async {
-            state::declare(&channel, &queue).await?;
-            state::read(&channel, &queue).await
-        };
-        let recorded = match read.await {
+        let recorded = match state::load(publisher, &config.lease_name, &schedule.name).await {
             Ok(recorded) => recorded,
-            Err(error) if classify(&error, Operation::Use).is_permanent() => {
-                return Err(SchedulerError::State {
-                    queue,
-                    source: error,
-                });
+            Err(state::LoadError::Refused { queue, source }) => {
+                return Err(SchedulerError::State { queue, source });
             }
-            Err(error) => {
-                tracing::warn!(%error, "lost the lease connection while reading the state");
+            Err(state::LoadError::Unavailable { queue, reason }) => {
+                // Starting from now could skip ticks for good: step down (which releases the
+                // lease) and let the next term read the state again.
+                tracing::warn!(schedule = %schedule.name, queue, reason, "the schedule's state cannot be read now; stepping down to try again");
                 return Ok(None);
             }
         };
         cursors.push(resume(schedule, recorded, now_ms(), metrics));
     }
-    let _ = channel.close(200, "state read".into()).await;
     Ok(Some(cursors))
 }
 

@@ -5,6 +5,7 @@
 //! new leader resumes where the last one stopped and applies the schedule's missed-tick
 //! policy to the gap. `docs/scheduling.md` describes the whole mechanism and its guarantees.
 
+mod classic_state;
 mod leader;
 mod lease;
 mod metrics;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use warren_common::{connect, AmqpArgs, ConnectError, Health, Readiness, Shutdown};
 
 /// Name of the scheduler group unless configured otherwise: the lease queue is
-/// `warren.scheduler.lease`, the state queues `warren.scheduler.state.<schedule>`.
+/// `warren.scheduler.lease`, the state queues `warren.scheduler.tick.<schedule>`.
 pub const DEFAULT_LEASE_NAME: &str = "warren.scheduler";
 
 /// How often a standby tries to take the lease unless configured otherwise.
@@ -121,7 +122,8 @@ pub enum SchedulerError {
         /// The broker's error.
         source: lapin::Error,
     },
-    /// A state queue exists with other settings.
+    /// The broker refuses a state queue: one of that name exists with other settings, or the
+    /// user may not use it.
     #[error(
         "the state queue `{queue}` cannot be used (delete it to reset the schedule): {source}"
     )]
