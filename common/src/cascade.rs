@@ -11,8 +11,9 @@
 //! `warren.delay.NN` where the quorum one is now bound. Declaring the cascade unbinds those
 //! (a task would otherwise be delivered twice: once through each queue); what they hold
 //! drains down into the new levels on its own, since their dead-letter exchange is the level
-//! below. [`sweep_legacy`] deletes them once empty, and unbinds again any that an older
-//! Warren still running declared and bound again.
+//! below. Every declaration unbinds them again, so one that an older Warren still running
+//! bound again is unbound at the next start of a newer process; deleting them once empty is
+//! left to the operator (docs/operations.md).
 //!
 //! With at-least-once dead-lettering, a message whose queue no longer exists is not dropped:
 //! it would stay in its level queue, retried forever and invisible, and hold back the level.
@@ -22,11 +23,11 @@
 //! levels dead-letter at-most-once (see `declare_level`).
 
 use crate::delay::{self, DELAY_LEVELS};
-use crate::header_value::{int_value, text_value};
 use crate::fault::{classify, Fault, Operation};
+use crate::header_value::{int_value, text_value};
 use crate::topology::{bind_queue, declare_exchange, declare_queue, open, TopologyError};
 use futures::future::{join_all, try_join_all};
-use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueDeleteOptions};
+use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
 
@@ -172,59 +173,4 @@ async fn unbind_legacy(channel: &Channel, level: u32) -> Result<(), TopologyErro
         )
         .await
         .map_err(|e| TopologyError::from_lapin(&name, e, Operation::Use))
-}
-
-/// What [`sweep_legacy`] found.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LegacySweep {
-    /// Classic level queues of earlier versions still there (unbound again).
-    pub remaining: u32,
-    /// Messages they still hold (draining into the quorum levels).
-    pub holding: u64,
-    /// Queues deleted by this sweep because they were empty.
-    pub deleted: u32,
-}
-
-/// Unbinds again every classic level queue of earlier versions that exists, and deletes those
-/// that are empty. Meant for a connection of its own, run now and then: looking for a queue
-/// that does not exist closes a channel, and lapin never reuses the id of a channel the
-/// broker closed. A level whose queue cannot be reached (its node is down) is skipped.
-pub async fn sweep_legacy(conn: &Connection) -> Result<LegacySweep, TopologyError> {
-    let mut sweep = LegacySweep::default();
-    for level in 0..DELAY_LEVELS {
-        let name = delay::level_name(level);
-        let channel = open(conn, &name).await?;
-        let found = match crate::Topology::inspect_on(&channel, &name).await {
-            Ok(found) => found,
-            Err(TopologyError::NotFound(_)) => continue,
-            Err(error) if error.is_permanent() => return Err(error),
-            Err(error) => {
-                tracing::debug!(%error, "cannot look at a legacy delay level now");
-                continue;
-            }
-        };
-        let channel = open(conn, &name).await?;
-        unbind_legacy(&channel, level).await?;
-        if found.ready == 0 && found.consumers == 0 {
-            let options = QueueDeleteOptions {
-                if_empty: true,
-                ..Default::default()
-            };
-            // A message that arrived since is kept: the delete is refused and the queue stays.
-            if channel
-                .queue_delete(name.as_str().into(), options)
-                .await
-                .is_ok()
-            {
-                sweep.deleted += 1;
-                let _ = channel.close(200, "swept".into()).await;
-                continue;
-            }
-        } else {
-            let _ = channel.close(200, "swept".into()).await;
-        }
-        sweep.remaining += 1;
-        sweep.holding += u64::from(found.ready);
-    }
-    Ok(sweep)
 }

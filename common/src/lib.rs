@@ -24,7 +24,6 @@ mod trace;
 
 pub use admin::{admin_router, serve_admin, AdminError, Health, Readiness};
 pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
-pub use cascade::{sweep_legacy, LegacySweep};
 pub use codec::{Codec, CodecError};
 pub use connect::{connect, give_up_after, ConnectError, Pacer, Unreachable};
 pub use envelope::{

@@ -171,7 +171,14 @@ impl PrivateCluster {
         let output = self.nodes[via]
             .command("rabbitmqctl")
             .args(["-n", &self.nodes[via].name])
-            .args(["list_queues", "-q", "--no-table-headers", "name", "leader", "pid"])
+            .args([
+                "list_queues",
+                "-q",
+                "--no-table-headers",
+                "name",
+                "leader",
+                "pid",
+            ])
             .stdout(std::process::Stdio::piped())
             .output()
             .ok()?;

@@ -147,7 +147,11 @@ async fn assert_every_task_ran(workers: &[&WorkerProcess], confirmed: &[String])
 
 fn assert_running(worker: &mut WorkerProcess) {
     assert!(
-        worker.child.try_wait().expect("the child is there").is_none(),
+        worker
+            .child
+            .try_wait()
+            .expect("the child is there")
+            .is_none(),
         "the worker exited:\n{}",
         worker.lines.lock().unwrap().join("\n")
     );
@@ -214,7 +218,10 @@ async fn killing_the_node_of_the_first_declarations_degrades_only_what_lived_the
     // The worker of the classic queues goes on with the one that is left, and says so.
     let (status, body) = http_get(&classic.admin, "/readyz").await.unwrap();
     assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("degraded") && body.contains(&lost), "{body}");
+    assert!(
+        body.starts_with("degraded") && body.contains(&lost),
+        "{body}"
+    );
     let options = TaskOptions {
         queue: Some(kept.clone()),
         ..TaskOptions::default()
@@ -237,10 +244,14 @@ async fn killing_the_node_of_the_first_declarations_degrades_only_what_lived_the
 
     // Back, the node's classic queue is consumed again, with what it held.
     cluster.nodes[0].boot();
-    wait_until(Duration::from_secs(60), "the classic worker ready", || async {
-        let body = http_get(&classic.admin, "/readyz").await.ok().map(|r| r.1);
-        body.as_deref() == Some("ready\n")
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the classic worker ready",
+        || async {
+            let body = http_get(&classic.admin, "/readyz").await.ok().map(|r| r.1);
+            body.as_deref() == Some("ready\n")
+        },
+    )
     .await;
     assert_every_task_ran(&[&classic], &before_kill).await;
     assert_running(&mut classic);
