@@ -20,8 +20,8 @@
 //! such tasks are kept and counted.
 
 use crate::delay::{self, DELAY_LEVELS};
-use crate::header_value::{int_value, text_value};
 use crate::fault::{classify, Fault, Operation};
+use crate::header_value::{int_value, text_value};
 use crate::topology::{bind_queue, declare_exchange, declare_queue, open, TopologyError};
 use futures::future::{join_all, try_join_all};
 use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions, QueueDeleteOptions};
