@@ -50,7 +50,8 @@ pub struct Cli {
 enum Command {
     /// Publish one task (printing its id) or many (with --count).
     Publish(publish::PublishArgs),
-    /// Show a queue's ready messages, consumers and dead letters.
+    /// Show a queue's ready messages, consumers and dead letters, and the delayed tasks whose
+    /// queue is gone (in `warren.delay.unroutable`).
     Stats(stats::StatsArgs),
     /// List, replay and purge a queue's dead letters.
     DeadLetters(dead_letters::DeadLettersArgs),
