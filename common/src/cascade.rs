@@ -91,13 +91,17 @@ pub(crate) async fn declare_deliver(
             Ok(true)
         }
         Err(error) if classify(&error, Operation::Use) == Fault::Mismatch => {
-            tracing::info!(
-                exchange = %deliver,
-                "the deliver exchange was declared by an earlier Warren without an alternate \
-                 exchange: the delay levels dead-letter at-most-once, and a task delayed for a \
-                 queue that no longer exists is dropped (docs/operations.md, `Running on a \
-                 RabbitMQ cluster`)"
-            );
+            // Once per process: every declaration of the cascade and of a queue comes here.
+            static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::info!(
+                    exchange = %deliver,
+                    "the deliver exchange was declared by an earlier Warren without an alternate \
+                     exchange: the delay levels dead-letter at-most-once, and a task delayed for a \
+                     queue that no longer exists is dropped (docs/operations.md, `Running on a \
+                     RabbitMQ cluster`)"
+                );
+            }
             declare_exchange(channel, &deliver, ExchangeKind::Topic).await?;
             Ok(false)
         }

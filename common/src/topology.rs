@@ -85,6 +85,21 @@ impl TopologyError {
         )
     }
 
+    /// What went wrong, without the queue's name: the broker's words for an outage.
+    pub fn reason(&self) -> String {
+        match self {
+            TopologyError::Unavailable { detail, .. } => detail.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether the connection has no channel left to open (lapin never reuses the id of a
+    /// channel the broker closed): only a new connection helps.
+    pub fn is_channels_exhausted(&self) -> bool {
+        matches!(self, TopologyError::Broker { source, .. }
+            if matches!(source.kind(), lapin::ErrorKind::ChannelsLimitReached))
+    }
+
     /// The queue or exchange the error is about.
     pub fn queue(&self) -> &str {
         match self {

@@ -31,7 +31,7 @@ pub(crate) struct Link {
     /// Grows with every new link (a new connection or a fresh channel).
     pub(crate) generation: u64,
     /// The generation of the link that opened the connection.
-    connection: u64,
+    pub(crate) connection: u64,
 }
 
 /// Refusals in a row after which the next publish gets a fresh channel.
@@ -293,7 +293,7 @@ impl Linker {
     /// that keeps refusing, e.g. one at its length limit, costs a channel now and then).
     pub(crate) async fn refused(&self, link: &Arc<Link>) {
         let count = self.refusals.count.fetch_add(1, Ordering::Relaxed) + 1;
-        if count < REFUSALS_BEFORE_FRESH_CHANNEL || self.pinned {
+        if count < REFUSALS_BEFORE_FRESH_CHANNEL {
             return;
         }
         {

@@ -386,13 +386,13 @@ impl Publisher {
     async fn ensure_delays(&self, id: &str) -> Result<(), PublishError> {
         use std::sync::atomic::Ordering;
         let link = self.link(id).await?;
-        if self.inner.delays_declared.load(Ordering::Acquire) == link.generation {
+        if self.inner.delays_declared.load(Ordering::Acquire) == link.connection {
             return Ok(());
         }
         Topology::declare_delays(&link.conn).await?;
         self.inner
             .delays_declared
-            .store(link.generation, Ordering::Release);
+            .store(link.connection, Ordering::Release);
         Ok(())
     }
 

@@ -39,6 +39,9 @@ pub(crate) async fn monitor(
             _ = tokio::time::sleep(interval) => {}
         }
         for queue in &shared.config.queues {
+            if !states.is_consumed(queue) {
+                continue;
+            }
             let state = match Topology::inspect(conn, queue).await {
                 Ok(state) => state,
                 Err(error) => {

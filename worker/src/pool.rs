@@ -346,6 +346,10 @@ async fn declare_cascade(
                 }
                 tracing::warn!(%error, "cannot declare the delay cascade; retrying");
                 states.cascade_unavailable(error.to_string());
+                if error.is_channels_exhausted() {
+                    stop.cancel();
+                    return None;
+                }
                 if once {
                     return Some(error);
                 }

@@ -80,6 +80,13 @@ impl QueueStates {
         self.set(queue, State::Unavailable(reason));
     }
 
+    /// Whether `queue` is consumed now (the monitor polls only those: polling one the broker
+    /// cannot serve would close a channel each time).
+    pub(crate) fn is_consumed(&self, queue: &str) -> bool {
+        let states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        states.get(queue) == Some(&State::Fine)
+    }
+
     pub(crate) fn cascade_declared(&self) {
         self.set(CASCADE, State::Fine);
     }
@@ -165,8 +172,13 @@ pub(crate) async fn subscribe(
             if !conn.status().connected() {
                 break;
             }
+            if error.is_channels_exhausted() {
+                tracing::warn!(queue = %queue, %error, "no channel left on the connection; reconnecting");
+                stop.cancel();
+                break;
+            }
             tracing::warn!(queue = %queue, %error, "cannot declare the queue; retrying");
-            states.unavailable(&queue, error.to_string());
+            states.unavailable(&queue, error.reason());
             if !pacer.pause(stop).await {
                 break;
             }
