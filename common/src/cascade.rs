@@ -3,8 +3,8 @@
 //!
 //! Each level's queue is a quorum queue, so the cascade survives the loss of any one node of
 //! a cluster with its messages: `x-message-ttl` holds a message for the level's time, then
-//! it is dead-lettered `at-least-once` (which needs `x-overflow: reject-publish`; without it
-//! RabbitMQ silently falls back to at-most-once) into the exchange of the level below.
+//! it is dead-lettered (at-most-once: see `declare_level` for why) into the exchange of the
+//! level below.
 //!
 //! The exchanges and routing keys are those of every earlier version; only the level queues
 //! are new (`warren.delay.NN.quorum`). Earlier versions bound a classic queue
@@ -15,12 +15,10 @@
 //! bound again is unbound at the next start of a newer process; deleting them once empty is
 //! left to the operator (docs/operations.md).
 //!
-//! With at-least-once dead-lettering, a message whose queue no longer exists is not dropped:
-//! it would stay in its level queue, retried forever and invisible, and hold back the level.
-//! The deliver exchange therefore has an alternate exchange leading to the queue
-//! `warren.delay.unroutable`, where such tasks are kept and counted. A deliver exchange an
-//! earlier version created has none and cannot get one by declaration: on such a broker the
-//! levels dead-letter at-most-once (see `declare_level`).
+//! The deliver exchange has an alternate exchange leading to the queue
+//! `warren.delay.unroutable`: a task whose delay ends for a queue that no longer exists is
+//! kept and counted there instead of being dropped. A deliver exchange an earlier version
+//! created has none and cannot get one by declaration: a policy gives it one.
 
 use crate::delay::{self, DELAY_LEVELS};
 use crate::fault::{classify, Fault, Operation};
@@ -43,7 +41,7 @@ pub(crate) async fn declare(conn: &Connection) -> Result<(), TopologyError> {
     let deliver = delay::delay_deliver_exchange();
     let channels = try_join_all((0..DELAY_LEVELS).map(|_| open(conn, &deliver))).await?;
     declare_unroutable(&channels[0]).await?;
-    let guarded = declare_deliver(conn, &channels[1]).await?;
+    declare_deliver(conn, &channels[1]).await?;
     try_join_all((0..DELAY_LEVELS).zip(&channels).map(|(level, channel)| {
         let name = delay::level_name(level);
         async move { declare_exchange(channel, &name, ExchangeKind::Topic).await }
@@ -54,7 +52,7 @@ pub(crate) async fn declare(conn: &Connection) -> Result<(), TopologyError> {
             0 => deliver.clone(),
             _ => delay::level_name(level - 1),
         };
-        declare_level(channel, level, below, guarded)
+        declare_level(channel, level, below)
     }))
     .await?;
     join_all(
@@ -66,13 +64,13 @@ pub(crate) async fn declare(conn: &Connection) -> Result<(), TopologyError> {
     Ok(())
 }
 
-/// The deliver exchange, with its alternate exchange when Warren creates it; true if it has
-/// one. One that an earlier version created has none, and an exchange's arguments cannot
-/// change: such a broker keeps at-most-once levels (see `declare_level`), which this logs.
+/// The deliver exchange, with its alternate exchange when Warren creates it. One that an
+/// earlier version created has none, and an exchange's arguments cannot change: such a broker
+/// needs the policy `docs/operations.md` gives, which this logs once.
 pub(crate) async fn declare_deliver(
     conn: &Connection,
     channel: &Channel,
-) -> Result<bool, TopologyError> {
+) -> Result<(), TopologyError> {
     let deliver = delay::delay_deliver_exchange();
     let mut args = FieldTable::default();
     args.insert("alternate-exchange".into(), text_value(delay::UNROUTABLE));
@@ -88,7 +86,7 @@ pub(crate) async fn declare_deliver(
     match declared {
         Ok(()) => {
             let _ = probe.close(200, "declared".into()).await;
-            Ok(true)
+            Ok(())
         }
         Err(error) if classify(&error, Operation::Use) == Fault::Mismatch => {
             // Once per process: every declaration of the cascade and of a queue comes here.
@@ -97,13 +95,11 @@ pub(crate) async fn declare_deliver(
                 tracing::info!(
                     exchange = %deliver,
                     "the deliver exchange was declared by an earlier Warren without an alternate \
-                     exchange: the delay levels dead-letter at-most-once, and a task delayed for a \
-                     queue that no longer exists is dropped (docs/operations.md, `Running on a \
-                     RabbitMQ cluster`)"
+                     exchange: a task delayed for a queue that no longer exists is dropped unless a \
+                     policy sets one (docs/operations.md, `Running on a RabbitMQ cluster`)"
                 );
             }
-            declare_exchange(channel, &deliver, ExchangeKind::Topic).await?;
-            Ok(false)
+            declare_exchange(channel, &deliver, ExchangeKind::Topic).await
         }
         Err(error) => Err(TopologyError::from_lapin(&deliver, error, Operation::Use)),
     }
@@ -123,18 +119,15 @@ async fn declare_unroutable(channel: &Channel) -> Result<(), TopologyError> {
 /// them to the exchange `below`), its binding, and its exchange's binding into `below`. The
 /// exchanges exist already. Also unbinds the level's classic queue of earlier versions.
 ///
-/// Dead-lettering is at-least-once only when the deliver exchange has its alternate exchange
-/// (`guarded`): at-least-once keeps a message that routes nowhere in its level and retries it,
-/// and RabbitMQ 3.10 then holds back the level's later messages behind it (seen: a level
-/// with 1,170 such messages checked out delivered nothing more). Without the alternate
-/// exchange the levels stay at-most-once, as the classic ones were: such a task is dropped.
-/// Every process decides alike, from the same exchange, so the arguments never disagree.
-async fn declare_level(
-    channel: &Channel,
-    level: u32,
-    below: String,
-    guarded: bool,
-) -> Result<(), TopologyError> {
+/// Dead-lettering is at-most-once. At-least-once (`x-dead-letter-strategy`) was tried and
+/// measured on a private 3-node RabbitMQ 3.10.8 cluster: after a SIGKILL of the node leading
+/// the levels, a level was left with its messages neither ready nor unacked and delivered
+/// nothing more, not even after the node came back (2 of 4 runs; rabbitmq-server#16652
+/// describes the same stranding on 4.2). At-most-once levels recovered every time, at the
+/// price of the tasks dead-lettered into a level while it had no leader (the ~3 s election):
+/// 4 of ~110 exposed per kill at ~15 delayed tasks per second. What waits in a level survives
+/// the loss of any node either way.
+async fn declare_level(channel: &Channel, level: u32, below: String) -> Result<(), TopologyError> {
     let exchange = delay::level_name(level);
     let queue = delay::level_queue_name(level);
     let mut args = FieldTable::default();
@@ -144,10 +137,6 @@ async fn declare_level(
         int_value(delay::level_ttl_ms(level)),
     );
     args.insert("x-dead-letter-exchange".into(), text_value(&below));
-    if guarded {
-        args.insert("x-dead-letter-strategy".into(), text_value("at-least-once"));
-        args.insert("x-overflow".into(), text_value("reject-publish"));
-    }
     declare_queue(channel, &queue, args).await?;
     let pattern = delay::level_pattern(level, '1');
     bind_queue(channel, &queue, &exchange, &pattern).await?;

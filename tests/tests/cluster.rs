@@ -1,5 +1,7 @@
 //! A node of a three-node RabbitMQ cluster is killed (SIGKILL) under load: no worker exits,
-//! publishing resumes within seconds, every confirmed task runs, and readiness shows what the outage took away and recovers. Runs on a private
+//! publishing resumes within seconds, every confirmed task runs (a delayed or retried one only
+//! may be lost if it was dead-lettered into a delay level while the level had no leader: the
+//! levels dead-letter at-most-once, see `common/src/cascade.rs`), and readiness shows what the outage took away and recovers. Runs on a private
 //! cluster on loopback ports; the system broker is never touched.
 
 use std::collections::HashSet;
@@ -13,28 +15,53 @@ use warren_tests::*;
 /// Longest time publishing may fail after a node is killed.
 const RESUME_WITHIN: Duration = Duration::from_secs(10);
 
+/// Most delayed or retried tasks that may be lost by a kill: those dead-lettered into a delay
+/// level while it had no leader (the ~3 s election; 4 of ~110 exposed were lost per kill in
+/// the runs that set this, at ~15 such tasks per second).
+const CASCADE_LOSS_AT_KILL: usize = 10;
+
 #[derive(Default)]
 struct Load {
+    /// Tasks the broker confirmed.
     confirmed: Vec<String>,
+    /// Those of them that went through the delay cascade (delayed, or failing once), and when
+    /// they were published.
+    cascaded: Vec<(String, Instant)>,
     /// When each failed publish failed.
     failures: Vec<Instant>,
 }
 
-/// Publishes to `queue` every 5 ms until `stop`. Plain tasks only for now: delayed and
-/// retried tasks published around the kill did not all arrive in this test (60 of 60 delayed
-/// ones missing in the last run, cause not yet found), which is open work on issue 18.
+/// Publishes to `queue` every 5 ms until `stop`: plain tasks, and every 20th a delayed one
+/// (2 s) and a flaky one (fails its first attempt, so it is retried through the cascade).
 fn start_load(publisher: Publisher, queue: String, stop: CancellationToken) -> Arc<Mutex<Load>> {
     let load = Arc::new(Mutex::new(Load::default()));
     let record = load.clone();
     tokio::spawn(async move {
+        let mut n = 0u32;
         while !stop.is_cancelled() {
-            let options = TaskOptions {
+            n += 1;
+            let mut options = TaskOptions {
                 queue: Some(queue.clone()),
                 ..TaskOptions::default()
             };
-            let published = publisher.publish("demo.noop", &(), &options).await;
+            let cascaded = n.is_multiple_of(10);
+            let published = if n.is_multiple_of(20) {
+                let flaky = warren_worker::demo::Flaky { fail_times: 1 };
+                publisher.publish("demo.flaky", &flaky, &options).await
+            } else {
+                if cascaded {
+                    options.delay = Some(Duration::from_secs(2));
+                }
+                publisher.publish("demo.noop", &(), &options).await
+            };
             match published {
-                Ok(id) => record.lock().unwrap().confirmed.push(id),
+                Ok(id) => {
+                    let mut load = record.lock().unwrap();
+                    if cascaded {
+                        load.cascaded.push((id.clone(), Instant::now()));
+                    }
+                    load.confirmed.push(id);
+                }
                 Err(_) => record.lock().unwrap().failures.push(Instant::now()),
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -120,11 +147,48 @@ fn assert_publishing_resumed(load: &Load, killed: Instant) {
 }
 
 async fn assert_every_task_ran(workers: &[&WorkerProcess], confirmed: &[String]) {
-    let deadline = Instant::now() + Duration::from_secs(90);
+    assert_tasks_ran(workers, confirmed, 0).await;
+}
+
+/// Every confirmed task of the load ran, except at most [`CASCADE_LOSS_AT_KILL`] of those that
+/// went through the cascade before the broker had recovered from the kill.
+async fn assert_load_ran(workers: &[&WorkerProcess], load: &Load, killed: Instant) {
+    let in_flight: HashSet<&str> = load
+        .cascaded
+        .iter()
+        .filter(|(_, at)| *at < killed + RESUME_WITHIN)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let (exposed, safe): (Vec<String>, Vec<String>) = load
+        .confirmed
+        .iter()
+        .cloned()
+        .partition(|id| in_flight.contains(id.as_str()));
+    assert_every_task_ran(workers, &safe).await;
+    assert_tasks_ran(workers, &exposed, CASCADE_LOSS_AT_KILL).await;
+    let after: Vec<String> = load
+        .cascaded
+        .iter()
+        .filter(|(_, at)| *at >= killed + RESUME_WITHIN)
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert!(
+        after.len() >= 10,
+        "too few delayed tasks after the recovery: {}",
+        after.len()
+    );
+}
+
+/// Waits until all but at most `may_miss` of `confirmed` have run.
+async fn assert_tasks_ran(workers: &[&WorkerProcess], confirmed: &[String], may_miss: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let done: HashSet<String> = workers.iter().flat_map(|w| w.finished_ids()).collect();
         let missing: Vec<&String> = confirmed.iter().filter(|id| !done.contains(*id)).collect();
-        if missing.is_empty() {
+        if missing.len() <= may_miss && (missing.is_empty() || Instant::now() > deadline) {
+            if !missing.is_empty() {
+                eprintln!("{} of {} lost at the kill", missing.len(), confirmed.len());
+            }
             return;
         }
         if Instant::now() > deadline {
@@ -170,13 +234,10 @@ async fn killing_the_work_queue_leader_stops_no_worker_and_loses_no_task() {
     let publisher = cluster_publisher(&cluster, victim).await;
 
     let (load, killed) = load_across_kill(&cluster, publisher, &queue, victim).await;
-    let confirmed = {
-        let load = load.lock().unwrap();
-        assert_publishing_resumed(&load, killed);
-        load.confirmed.clone()
-    };
-    assert!(confirmed.len() > 1000, "{} confirmed", confirmed.len());
-    assert_every_task_ran(&[&first, &second], &confirmed).await;
+    let load = std::mem::take(&mut *load.lock().unwrap());
+    assert_publishing_resumed(&load, killed);
+    assert!(load.confirmed.len() > 1000, "{} confirmed", load.confirmed.len());
+    assert_load_ran(&[&first, &second], &load, killed).await;
     assert_running(&mut first);
     assert_running(&mut second);
     assert_eq!(first.readiness().await, 200);
@@ -231,13 +292,10 @@ async fn killing_the_node_of_the_first_declarations_degrades_only_what_lived_the
         during.push(publisher.publish("demo.noop", &(), &options).await.unwrap());
     }
     assert_every_task_ran(&[&classic], &during).await;
-    let confirmed = {
-        let load = load.lock().unwrap();
-        assert_publishing_resumed(&load, killed);
-        load.confirmed.clone()
-    };
-    assert!(confirmed.len() > 1000, "{} confirmed", confirmed.len());
-    assert_every_task_ran(&[&quorum], &confirmed).await;
+    let load = std::mem::take(&mut *load.lock().unwrap());
+    assert_publishing_resumed(&load, killed);
+    assert!(load.confirmed.len() > 1000, "{} confirmed", load.confirmed.len());
+    assert_load_ran(&[&quorum], &load, killed).await;
     assert_running(&mut quorum);
     assert_running(&mut classic);
     assert_eq!(quorum.readiness().await, 200);
