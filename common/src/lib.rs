@@ -27,7 +27,7 @@ pub use envelope::{
     header_string, header_u64, id_time_ms, int_value, now_ms, text_value, Envelope, EnvelopeError,
     TaskId, DEFAULT_SCHEMA_VERSION,
 };
-pub use queue::{dead_letter_queue_name, QueueKind, QueueSpec, Retention};
+pub use queue::{dead_letter_queue_name, isolation_queue_name, QueueKind, QueueSpec, Retention};
 pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};
 pub use telemetry::{init_tracing, LogFormat};

@@ -1,107 +1,176 @@
-//! A task that kills its worker process comes back again and again; past the crash budget
-//! the worker dead-letters it as `crash_loop` instead of running it, and the other tasks run.
+//! A task that kills its worker process comes back again and again. Returned twice, it runs
+//! alone (from the queue's isolation queue); past the crash budget of runs alone the worker
+//! dead-letters it as `crash_loop` instead of running it, and every other task runs, however
+//! many deliveries the workers it killed held beside it. The workers are real `warren-worker`
+//! processes, started again whenever one dies, as systemd or Kubernetes would.
 
 use std::collections::HashSet;
-use std::process::Stdio;
+use std::future::Future;
 use std::time::{Duration, Instant};
-use tokio::process::Command;
-use warren_common::headers;
+use warren_common::{headers, isolation_queue_name, QueueKind, QueueSpec};
+use warren_producer::TaskOptions;
 use warren_tests::*;
+use warren_worker::demo;
 
-#[tokio::test]
-async fn a_task_that_crashes_the_worker_ends_in_the_dead_letters_as_crash_loop() {
-    let queue = unique_queue("crash");
-    let producer = |args: &[&str]| {
-        let mut cmd = Command::new(binary("warren-producer"));
-        cmd.arg("publish")
-            .args(["--queue", &queue])
-            .args(args)
-            .env("AMQP_URL", amqp_url());
-        cmd
+/// The crash budget of these tests: tighter than the default, so that a bystander returned
+/// with the crashing task three times would be dead-lettered if bystanders were counted.
+const BUDGET: &str = "2";
+
+/// Two crashes beside other tasks (returned twice, the task runs alone from then on), three
+/// alone (isolation-queue redelivery counts 0, 1 and 2, within the budget of 2), then a
+/// worker that dead-letters it: six starts.
+const STARTS: usize = 6;
+
+/// What a supervised run came to.
+struct Supervised {
+    /// Worker processes started.
+    starts: usize,
+    /// Ids of the tasks that finished successfully, over every process.
+    finished: HashSet<String>,
+    /// Deliveries moved to the isolation queue, over every process.
+    isolated: usize,
+}
+
+/// Runs `warren-worker ARGS` against the shared broker, starting it again whenever it dies,
+/// until `settled` holds (given the ids finished so far); then stops it with SIGTERM. `Err`
+/// with what it came to if that takes a minute.
+async fn supervise<F, Fut>(args: &[&str], mut settled: F) -> Result<Supervised, Supervised>
+where
+    F: FnMut(HashSet<String>) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let mut run = Supervised {
+        starts: 0,
+        finished: HashSet::new(),
+        isolated: 0,
     };
-    let out = producer(&["--task", "demo.crash", "--id", "the-crash"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = producer(&["--task", "demo.noop", "--count", "20"])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-
-    // A supervisor: restart the worker whenever it dies, as systemd or Kubernetes would.
-    let mut finished: HashSet<String> = HashSet::new();
-    let mut starts = 0;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let conn = raw_connection().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(Instant::now() < deadline, "did not settle; {starts} starts");
-        starts += 1;
-        let mut worker = Command::new(binary("warren-worker"))
-            .args(["--queue", &queue, "--prefetch", "1", "--concurrency", "1"])
-            .args(["--crash-budget", "2", "--admin-addr", "127.0.0.1:0"])
-            .env("AMQP_URL", amqp_url())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = capture_lines(worker.stderr.take().unwrap());
-        let done = async {
-            loop {
-                let dead = ready_count(&conn, &format!("{queue}.dead")).await;
-                if dead == 1 && ready_count(&conn, &queue).await == 0 {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+        run.starts += 1;
+        let mut worker = WorkerProcess::start(args, &amqp_url()).await;
+        let crashed = loop {
+            if let Some(status) = worker.child.try_wait().unwrap() {
+                break Some(status);
             }
-        };
-        let crashed = tokio::select! {
-            status = worker.wait() => Some(status.unwrap()),
-            _ = done => None,
+            let mut finished = run.finished.clone();
+            finished.extend(worker.finished_ids());
+            if settled(finished).await {
+                break None;
+            }
+            if Instant::now() > deadline {
+                run.finished.extend(worker.finished_ids());
+                return Err(run);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         if crashed.is_none() {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            std::process::Command::new("kill")
-                .args(["-TERM", &worker.id().unwrap().to_string()])
-                .status()
-                .unwrap();
-            assert!(worker.wait().await.unwrap().success());
+            worker.signal("TERM");
+            assert!(worker.child.wait().await.unwrap().success());
         }
+        // The last lines of a process that died may still be on their way.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        for line in lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains("task finished"))
-        {
-            if let Some(id) = line
-                .split("task_id=")
-                .nth(1)
-                .and_then(|s| s.split_whitespace().next())
-            {
-                finished.insert(id.to_owned());
-            }
+        run.finished.extend(worker.finished_ids());
+        let lines = worker.lines.lock().unwrap();
+        run.isolated += lines.iter().filter(|l| l.contains("to run alone")).count();
+        match crashed {
+            Some(status) => assert!(!status.success(), "only demo.crash stops the worker"),
+            None => return Ok(run),
         }
-        if let Some(status) = crashed {
-            assert!(
-                !status.success(),
-                "only demo.crash stops the worker, by aborting"
-            );
-            continue;
-        }
-        break;
     }
-    // Budget 2: runs on deliveries 1, 2 and 3 (each crashing), dead-lettered on the 4th.
-    assert_eq!(
-        starts, 4,
-        "three crashes, then a worker that dead-letters it"
+}
+
+/// Publishes `before` valid tasks, the crashing task `the-crash`, then `after` valid tasks
+/// (noops and 5 ms sleeps alternately); returns the valid tasks' ids.
+async fn publish_around_a_crash(queue: &str, before: usize, after: usize) -> HashSet<String> {
+    let publisher = publisher(queue).await;
+    publisher
+        .declare(&QueueSpec::new(queue, QueueKind::Quorum))
+        .await
+        .expect("the queue is declared");
+    let mut ids = HashSet::new();
+    let options = TaskOptions::default();
+    for n in 0..before + 1 + after {
+        let published = if n == before {
+            let crash = TaskOptions {
+                id: Some("the-crash".into()),
+                ..TaskOptions::default()
+            };
+            publisher.publish("demo.crash", &(), &crash).await
+        } else if n % 2 == 0 {
+            publisher.publish("demo.noop", &(), &options).await
+        } else {
+            let sleep = demo::Sleep { ms: 5 };
+            publisher.publish("demo.sleep", &sleep, &options).await
+        };
+        let id = published.expect("the broker confirms the task");
+        if n != before {
+            ids.insert(id);
+        }
+    }
+    publisher.close().await;
+    ids
+}
+
+/// Runs the crashing task among `before + after` valid ones under supervised workers with
+/// `args`, and checks that exactly the crashing task was dead-lettered, as `crash_loop`, and
+/// that every valid task ran.
+async fn only_the_crashing_task_is_dead_lettered(
+    label: &str,
+    args: &[&str],
+    before: usize,
+    after: usize,
+) {
+    let queue = unique_queue(label);
+    let dlq = format!("{queue}.dead");
+    let isolation = isolation_queue_name(&queue);
+    let valid = publish_around_a_crash(&queue, before, after).await;
+    let conn = raw_connection().await;
+    let mut all_args = vec!["--queue", &queue, "--crash-budget", BUDGET];
+    all_args.extend_from_slice(args);
+    let run = supervise(&all_args, |finished| {
+        let (conn, valid) = (&conn, &valid);
+        let (queue, dlq, isolation) = (&queue, &dlq, &isolation);
+        async move {
+            valid.is_subset(&finished)
+                && ready_count(conn, dlq).await == 1
+                && ready_count(conn, queue).await == 0
+                && ready_count(conn, isolation).await == 0
+        }
+    })
+    .await;
+    let run = match run {
+        Ok(run) => run,
+        Err(run) => {
+            let dead: Vec<_> = take_all(&conn, &dlq)
+                .await
+                .iter()
+                .map(|(props, _)| {
+                    (
+                        props.message_id().clone(),
+                        header(props, headers::DEAD_KIND),
+                    )
+                })
+                .collect();
+            panic!(
+                "did not settle within a minute: {} starts, {} of {} valid tasks finished; dead letters: {dead:?}",
+                run.starts,
+                run.finished.len(),
+                valid.len()
+            )
+        }
+    };
+    eprintln!(
+        "{label}: {} starts, {} of {} valid tasks finished, {} deliveries moved to run alone",
+        run.starts,
+        run.finished.len(),
+        valid.len(),
+        run.isolated
     );
-    let dead = drain_queue(&conn, &format!("{queue}.dead"), 1, Duration::from_secs(5))
+    assert_eq!(
+        run.starts, STARTS,
+        "five crashes, then a worker that dead-letters it"
+    );
+    let dead = drain_queue(&conn, &dlq, 1, Duration::from_secs(5))
         .await
         .unwrap();
     let props = &dead[0].0;
@@ -114,9 +183,37 @@ async fn a_task_that_crashes_the_worker_ends_in_the_dead_letters_as_crash_loop()
         header(props, headers::ORIGINAL_QUEUE).as_deref(),
         Some(queue.as_str())
     );
-    assert!(header(props, headers::DEAD_REASON)
-        .unwrap()
-        .contains("crash budget 2"));
-    assert_eq!(finished.len(), 20, "every other task ran: {finished:?}");
+    let reason = header(props, headers::DEAD_REASON).unwrap();
+    assert!(
+        reason.contains("while running alone (crash budget 2)"),
+        "{reason}"
+    );
+    assert_eq!(ready_count(&conn, &dlq).await, 0, "no other task died");
+    assert_eq!(ready_count(&conn, &queue).await, 0);
+    assert_eq!(ready_count(&conn, &isolation).await, 0);
+    let missing: Vec<_> = valid.difference(&run.finished).collect();
+    assert!(
+        missing.is_empty(),
+        "valid tasks that never ran: {missing:?}"
+    );
+    assert!(!run.finished.contains("the-crash"));
     delete_queues(&conn, &queue).await;
+}
+
+#[tokio::test]
+async fn a_task_that_crashes_the_worker_ends_in_the_dead_letters_as_crash_loop() {
+    let args = ["--prefetch", "1", "--concurrency", "1"];
+    only_the_crashing_task_is_dead_lettered("crash", &args, 0, 20).await;
+}
+
+#[tokio::test]
+async fn a_crashing_task_among_300_at_prefetch_8_takes_no_valid_task_with_it() {
+    let args = ["--prefetch", "8", "--concurrency", "4"];
+    only_the_crashing_task_is_dead_lettered("crash8", &args, 100, 200).await;
+}
+
+#[tokio::test]
+async fn a_crashing_task_among_300_at_prefetch_32_takes_no_valid_task_with_it() {
+    let args = ["--prefetch", "32", "--concurrency", "8"];
+    only_the_crashing_task_is_dead_lettered("crash32", &args, 100, 200).await;
 }

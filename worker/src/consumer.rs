@@ -67,6 +67,9 @@ pub(crate) async fn consume(
             return ConsumerEnd::Lost(format!("subscribing to `{queue}` failed: {error}"))
         }
     };
+    if let Err(reason) = crate::isolation::start(&shared, &link, &queue).await {
+        return ConsumerEnd::Lost(reason);
+    }
     tracing::info!(queue = %queue, prefetch = shared.config.prefetch, "consuming");
     let (ended, end) = oneshot::channel();
     let lane = Owned {
