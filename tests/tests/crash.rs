@@ -4,11 +4,13 @@
 //! many deliveries the workers it killed held beside it. The workers are real `warren-worker`
 //! processes, started again whenever one dies, as systemd or Kubernetes would.
 
+use futures::StreamExt;
 use std::collections::HashSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
-use warren_common::{headers, isolation_queue_name, QueueKind, QueueSpec};
-use warren_producer::TaskOptions;
+use tokio_util::sync::CancellationToken;
+use warren_common::{headers, isolation_queue_name, AmqpArgs, QueueKind, QueueSpec};
+use warren_producer::{Publisher, PublisherConfig, TaskOptions};
 use warren_tests::*;
 use warren_worker::demo;
 
@@ -216,4 +218,104 @@ async fn a_crashing_task_among_300_at_prefetch_8_takes_no_valid_task_with_it() {
 async fn a_crashing_task_among_300_at_prefetch_32_takes_no_valid_task_with_it() {
     let args = ["--prefetch", "32", "--concurrency", "8"];
     only_the_crashing_task_is_dead_lettered("crash32", &args, 100, 200).await;
+}
+
+/// Tasks published for the backlog test: the rate before the restart is measured over 5,000
+/// of them (long enough to even out the other processes of a shared machine), and at least
+/// 10,000 must be left when the broker stops.
+const BACKLOG: usize = 17_000;
+
+/// Polls the worker's succeeded count until it reaches `from`, then until `to`; the rate in
+/// tasks per second between the two moments, and the count at the second.
+async fn drain_rate(worker: &WorkerProcess, queue: &str, from: usize, to: usize) -> (f64, usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut start = None;
+    loop {
+        let all = worker.scrape().await;
+        let now = Instant::now();
+        let done = sample(&all, "warren_tasks_succeeded_total", &[("queue", queue)]) as usize;
+        assert!(
+            now < deadline,
+            "stuck at {done} tasks (waiting for {from}..{to})"
+        );
+        match start {
+            None if done >= from => start = Some((now, done)),
+            Some((at, first)) if done >= to => {
+                let rate = (done - first) as f64 / (now - at).as_secs_f64();
+                return (rate, done);
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_a_broker_restart_a_backlog_of_10000_drains_at_least_half_as_fast_as_before() {
+    let Some(node) = PrivateNode::start_or_skip("backlog") else {
+        return;
+    };
+    let queue = unique_queue("backlog");
+    let config = PublisherConfig {
+        amqp: AmqpArgs {
+            urls: vec![node.url().parse().unwrap()],
+            ..AmqpArgs::default()
+        },
+        default_queue: queue.clone(),
+        ..PublisherConfig::default()
+    };
+    let publisher = Publisher::connect(config, &CancellationToken::new())
+        .await
+        .unwrap();
+    publisher
+        .declare(&QueueSpec::new(&queue, QueueKind::Quorum))
+        .await
+        .unwrap();
+    let options = TaskOptions::default();
+    let ids: HashSet<String> = futures::stream::iter(0..BACKLOG)
+        .map(|_| publisher.publish("demo.noop", &(), &options))
+        .buffer_unordered(256)
+        .map(|published| published.expect("the broker confirms the task"))
+        .collect()
+        .await;
+    publisher.close().await;
+
+    let args = ["--queue", &queue, "--prefetch", "32", "--concurrency", "8"];
+    let worker = WorkerProcess::start(&args, &node.url()).await;
+    let (before, _) = drain_rate(&worker, &queue, 500, 5_500).await;
+    // A clean restart: the deliveries the worker held go back to the queue, counted once.
+    node.stop();
+    let all = worker.scrape().await;
+    let done = sample(&all, "warren_tasks_succeeded_total", &[("queue", &queue)]) as usize;
+    assert!(
+        BACKLOG - done >= 10_000,
+        "only {} tasks left when the broker stopped",
+        BACKLOG - done
+    );
+    node.boot();
+    let (after, _) = drain_rate(&worker, &queue, done + 1, BACKLOG - 200).await;
+    let ratio = after / before;
+    eprintln!(
+        "backlog of {} at the restart; {before:.0} tasks/s before, {after:.0} after: {ratio:.2}",
+        BACKLOG - done
+    );
+    assert!(
+        ratio >= 0.5,
+        "the drain after the restart crawled: {ratio:.2} of the rate before"
+    );
+
+    wait_until(Duration::from_secs(60), "every task to run", || {
+        let finished: HashSet<String> = worker.finished_ids().into_iter().collect();
+        let missing = ids.difference(&finished).count();
+        async move { missing == 0 }
+    })
+    .await;
+    let all = worker.scrape().await;
+    let labels = [("queue", queue.as_str())];
+    // A restart returns each held delivery once: none is suspected of crashing its worker.
+    assert_eq!(sample(&all, "warren_tasks_isolated_total", &labels), 0.0);
+    assert_eq!(
+        sample(&all, "warren_tasks_dead_lettered_total", &labels),
+        0.0
+    );
 }
