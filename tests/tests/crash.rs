@@ -181,10 +181,13 @@ async fn only_the_crashing_task_is_dead_lettered(
         header(props, headers::DEAD_KIND).as_deref(),
         Some("crash_loop")
     );
-    assert_eq!(
-        header(props, headers::ORIGINAL_QUEUE).as_deref(),
-        Some(queue.as_str())
-    );
+    for name in [headers::ORIGINAL_QUEUE, headers::ORIGINAL_ROUTING_KEY] {
+        assert_eq!(
+            header(props, name).as_deref(),
+            Some(queue.as_str()),
+            "{name}"
+        );
+    }
     let reason = header(props, headers::DEAD_REASON).unwrap();
     assert!(
         reason.contains("while running alone (crash budget 2)"),

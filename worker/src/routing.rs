@@ -117,11 +117,14 @@ fn dead_letter_properties(
         .ok()
         .flatten()
         .unwrap_or(now);
-    // Through the delay cascade the routing key is the cascade's; the task's own is the queue.
-    let routing_key = if delivery.exchange.as_str().starts_with("warren.delay") {
+    // Through the delay cascade or the isolation queue the routing key is theirs; the task's
+    // own is the queue.
+    let routing_key = delivery.routing_key.as_str();
+    let moved = routing_key == isolation_queue_name(queue);
+    let routing_key = if moved || delivery.exchange.as_str().starts_with("warren.delay") {
         queue
     } else {
-        delivery.routing_key.as_str()
+        routing_key
     };
     let entries = [
         (
