@@ -7,7 +7,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Connection, ConnectionProperties};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use warren_common::dead_letter_queue_name;
+use warren_common::{dead_letter_queue_name, isolation_queue_name};
 
 /// The broker and every queue this run created.
 #[derive(Clone)]
@@ -75,8 +75,8 @@ impl Broker {
         Ok(())
     }
 
-    /// Deletes every queue this run created, with the dead-letter queues Warren declared
-    /// beside them, and returns their names. Errors are reported, not returned: cleaning up
+    /// Deletes every queue this run created, with the dead-letter and isolation queues Warren
+    /// declared beside them, and returns their names. Errors are reported, not returned: cleaning up
     /// must not stop.
     pub async fn cleanup(&self) -> Vec<String> {
         let names: Vec<String> = std::mem::take(
@@ -96,7 +96,12 @@ impl Broker {
             }
         };
         for name in &names {
-            for queue in [name.clone(), dead_letter_queue_name(name)] {
+            let queues = [
+                name.clone(),
+                dead_letter_queue_name(name),
+                isolation_queue_name(name),
+            ];
+            for queue in queues {
                 // A fresh channel each time: deleting a missing queue may close the channel.
                 let Ok(channel) = conn.create_channel().await else {
                     continue;

@@ -30,7 +30,7 @@ pub use envelope::{
     id_time_ms, now_ms, Claimed, Envelope, EnvelopeError, TaskId, DEFAULT_SCHEMA_VERSION,
 };
 pub use header_value::{header_string, header_u64, int_value, text_value};
-pub use queue::{dead_letter_queue_name, QueueKind, QueueSpec, Retention};
+pub use queue::{dead_letter_queue_name, isolation_queue_name, QueueKind, QueueSpec, Retention};
 pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};
 pub use telemetry::{init_command_tracing, init_tracing, LogFormat};

@@ -13,6 +13,9 @@ const MAX_QUEUE_NAME: usize = 199;
 /// Suffix of a work queue's dead-letter queue.
 const DEAD_LETTER_SUFFIX: &str = ".dead";
 
+/// Suffix of a quorum work queue's isolation queue.
+const ISOLATION_SUFFIX: &str = ".isolation";
+
 /// Redeliveries after which a quorum queue dead-letters a message by itself. A backstop only:
 /// the worker's own crash budget is far lower and dead-letters with Warren's headers.
 pub const BROKER_DELIVERY_LIMIT: u64 = 50;
@@ -20,6 +23,13 @@ pub const BROKER_DELIVERY_LIMIT: u64 = 50;
 /// The dead-letter queue of a work queue.
 pub fn dead_letter_queue_name(queue: &str) -> String {
     format!("{queue}{DEAD_LETTER_SUFFIX}")
+}
+
+/// The isolation queue of a quorum work queue: where a worker moves a task that keeps coming
+/// back without being settled (it may be crashing its workers), to run it alone
+/// (docs/failures.md, "The crash budget").
+pub fn isolation_queue_name(queue: &str) -> String {
+    format!("{queue}{ISOLATION_SUFFIX}")
 }
 
 /// The RabbitMQ queue type of a work queue.
@@ -121,6 +131,22 @@ impl QueueSpec {
         if let Some(max) = self.max_priority {
             args.insert("x-max-priority".into(), int_value(max.into()));
         }
+        args
+    }
+
+    /// The arguments of the isolation queue ([`isolation_queue_name`]) of a quorum work queue:
+    /// a quorum queue too (its redelivery count is the crash budget's), with the work queue's
+    /// dead-letter route and delivery-limit backstop.
+    pub fn isolation_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            text_value(QueueKind::Quorum.as_str()),
+        );
+        args.insert("x-dead-letter-exchange".into(), text_value(""));
+        let dlq = dead_letter_queue_name(&self.name);
+        args.insert("x-dead-letter-routing-key".into(), text_value(&dlq));
+        args.insert("x-delivery-limit".into(), int_value(BROKER_DELIVERY_LIMIT));
         args
     }
 

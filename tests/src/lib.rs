@@ -18,7 +18,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
-use warren_common::{dead_letter_queue_name, AmqpArgs, Health, Shutdown, Topology};
+use warren_common::{
+    dead_letter_queue_name, isolation_queue_name, AmqpArgs, Health, Shutdown, Topology,
+};
 use warren_producer::{Publisher, PublisherConfig};
 use warren_worker::{DrainReport, Registry, Worker, WorkerConfig, WorkerError};
 
@@ -191,10 +193,15 @@ pub async fn take_all(conn: &Connection, queue: &str) -> Vec<(BasicProperties, V
     messages
 }
 
-/// Deletes a work queue and its dead-letter queue.
+/// Deletes a work queue, its dead-letter queue and its isolation queue.
 pub async fn delete_queues(conn: &Connection, queue: &str) {
     let channel = conn.create_channel().await.expect("channel");
-    for name in [queue.to_owned(), dead_letter_queue_name(queue)] {
+    let names = [
+        queue.to_owned(),
+        dead_letter_queue_name(queue),
+        isolation_queue_name(queue),
+    ];
+    for name in names {
         let _ = channel
             .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
             .await;

@@ -236,7 +236,11 @@ async fn killing_the_work_queue_leader_stops_no_worker_and_loses_no_task() {
     let (load, killed) = load_across_kill(&cluster, publisher, &queue, victim).await;
     let load = std::mem::take(&mut *load.lock().unwrap());
     assert_publishing_resumed(&load, killed);
-    assert!(load.confirmed.len() > 1000, "{} confirmed", load.confirmed.len());
+    assert!(
+        load.confirmed.len() > 1000,
+        "{} confirmed",
+        load.confirmed.len()
+    );
     assert_load_ran(&[&first, &second], &load, killed).await;
     assert_running(&mut first);
     assert_running(&mut second);
@@ -294,7 +298,11 @@ async fn killing_the_node_of_the_first_declarations_degrades_only_what_lived_the
     assert_every_task_ran(&[&classic], &during).await;
     let load = std::mem::take(&mut *load.lock().unwrap());
     assert_publishing_resumed(&load, killed);
-    assert!(load.confirmed.len() > 1000, "{} confirmed", load.confirmed.len());
+    assert!(
+        load.confirmed.len() > 1000,
+        "{} confirmed",
+        load.confirmed.len()
+    );
     assert_load_ran(&[&quorum], &load, killed).await;
     assert_running(&mut quorum);
     assert_running(&mut classic);

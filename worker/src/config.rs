@@ -69,8 +69,8 @@ pub struct WorkerArgs {
     /// Largest payload accepted; larger ones are dead-lettered unread.
     #[arg(long, env = "WARREN_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
     pub max_payload_bytes: usize,
-    /// Redeliveries (quorum queues' x-delivery-count) after which a task is dead-lettered as
-    /// `crash_loop` instead of run again.
+    /// Returns of a task running alone (its x-delivery-count in the quorum queue's isolation
+    /// queue) after which it is dead-lettered as `crash_loop` instead of run again.
     #[arg(long, env = "WARREN_CRASH_BUDGET", default_value_t = 5)]
     pub crash_budget: u64,
     /// How long a drain waits for running tasks after the first SIGTERM.
@@ -137,7 +137,7 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
     /// Largest payload accepted.
     pub max_payload_bytes: usize,
-    /// Redeliveries tolerated before `crash_loop`.
+    /// Returns of a task running alone tolerated before `crash_loop`.
     pub crash_budget: u64,
     /// Drain timeout.
     pub shutdown_timeout: Duration,

@@ -78,6 +78,12 @@ pub(crate) async fn consume(
             }
         }
     };
+    if let Err(reason) = crate::isolation::start(&shared, &link, &queue).await {
+        return ConsumerEnd::Lost {
+            reason,
+            acker: None,
+        };
+    }
     tracing::info!(queue = %queue, prefetch = shared.config.prefetch, "consuming");
     link.states.consuming(&queue);
     let (ended, end) = oneshot::channel();

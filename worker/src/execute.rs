@@ -2,6 +2,7 @@
 //! handler itself under its timeout with panics caught. Produces an [`Outcome`]; nothing
 //! here talks to the broker.
 
+use crate::isolation::{self, Mode, Verdict};
 use crate::metrics::TaskMetrics;
 use crate::outcome::{Failure, Outcome, ReasonKind};
 use crate::registry::{Entry, HandlerResult, TaskContext};
@@ -18,46 +19,57 @@ use tokio::time::error::Elapsed;
 use tokio::time::Instant;
 use warren_common::{headers, now_ms, Envelope, EnvelopeError};
 
-/// The checks made before a handler runs; each failure is final.
+/// The checks made before a handler runs; each refusal is final (a dead letter, or the move
+/// of a suspect delivery to run alone).
 fn admit<'a>(
     shared: &'a Shared,
     delivery: &Delivery,
     envelope: Result<Envelope, EnvelopeError>,
-) -> Result<(Envelope, &'a Entry), Failure> {
+    mode: Mode,
+) -> Result<(Envelope, &'a Entry), Outcome> {
+    let dead = |kind, reason: String| Outcome::DeadLetter(Failure::new(kind, reason));
     let limit = shared.config.max_payload_bytes;
     if delivery.data.len() > limit {
         let reason = format!(
             "payload of {} bytes exceeds the limit of {limit}",
             delivery.data.len()
         );
-        return Err(Failure::new(ReasonKind::TooLarge, reason));
+        return Err(dead(ReasonKind::TooLarge, reason));
     }
     let envelope = envelope.map_err(|e| match e {
-        EnvelopeError::Codec(_) => Failure::new(ReasonKind::UnsupportedContentType, e),
-        _ => Failure::new(ReasonKind::InvalidMessage, e),
+        EnvelopeError::Codec(_) => dead(ReasonKind::UnsupportedContentType, e.to_string()),
+        _ => dead(ReasonKind::InvalidMessage, e.to_string()),
     })?;
-    let redeliveries = delivery
+    let returns = delivery
         .properties
         .headers()
         .as_ref()
         .and_then(|table| warren_common::header_u64(table, headers::X_DELIVERY_COUNT).ok())
         .flatten();
-    if let Some(count) = redeliveries.filter(|&c| c > shared.config.crash_budget) {
-        let reason = format!(
-            "delivered {} times without being settled (crash budget {}): it may be crashing workers",
-            count + 1,
-            shared.config.crash_budget
-        );
-        return Err(Failure::new(ReasonKind::CrashLoop, reason));
+    let budget = shared.config.crash_budget;
+    match isolation::judge(mode, shared.config.queue_type, returns, budget) {
+        Verdict::Run => {}
+        Verdict::Isolate { returns } => return Err(Outcome::Isolate { returns }),
+        Verdict::CrashLoop { returns } => {
+            let alone = if mode == Mode::Alone {
+                " while running alone"
+            } else {
+                ""
+            };
+            let reason = format!(
+                "returned {returns} times without being settled{alone} (crash budget {budget}): it keeps crashing its workers"
+            );
+            return Err(dead(ReasonKind::CrashLoop, reason));
+        }
     }
     if let Some(expires) = envelope.expires_ms.filter(|&e| e <= now_ms()) {
-        return Err(Failure::new(
+        return Err(dead(
             ReasonKind::Expired,
             format!("expired at {expires} ms"),
         ));
     }
     let entry = shared.registry.get(&envelope.task).ok_or_else(|| {
-        Failure::new(
+        dead(
             ReasonKind::UnknownTask,
             format!("no handler for task `{}`", envelope.task),
         )
@@ -82,10 +94,11 @@ pub(crate) fn run(
     delivery: &Delivery,
     envelope: Result<Envelope, EnvelopeError>,
     metrics: &TaskMetrics,
+    mode: Mode,
 ) -> Run {
-    let (envelope, entry) = match admit(shared, delivery, envelope) {
+    let (envelope, entry) = match admit(shared, delivery, envelope, mode) {
         Ok(admitted) => admitted,
-        Err(failure) => return Run::Done(Outcome::DeadLetter(failure)),
+        Err(refused) => return Run::Done(refused),
     };
     let started = match Started::new(shared, queue, delivery, envelope, entry, metrics) {
         Ok(started) => started,

@@ -6,6 +6,7 @@
 
 use crate::acks::{Acks, Settle};
 use crate::execute::{self, Run, Started};
+use crate::isolation::Mode;
 use crate::metrics::{QueueMetrics, TaskMetrics};
 use crate::{routing, Outcome, Shared};
 use futures::future::BoxFuture;
@@ -139,7 +140,14 @@ impl<'a> Lane<'a> {
     ) -> Step<'a> {
         let in_progress = &self.metrics.in_progress;
         in_progress.inc();
-        match execute::run(self.shared, self.queue, delivery, envelope, metrics) {
+        match execute::run(
+            self.shared,
+            self.queue,
+            delivery,
+            envelope,
+            metrics,
+            Mode::Shared,
+        ) {
             Run::Done(outcome) => {
                 in_progress.dec();
                 drop(permit);
@@ -243,7 +251,11 @@ impl<'a> Lane<'a> {
 }
 
 /// The span every log line of a task carries, joined to the publisher's trace.
-fn task_span(queue: &str, delivery: &Delivery, envelope: &Result<Envelope, EnvelopeError>) -> Span {
+pub(crate) fn task_span(
+    queue: &str,
+    delivery: &Delivery,
+    envelope: &Result<Envelope, EnvelopeError>,
+) -> Span {
     let (task, id, attempt) = match envelope {
         Ok(e) => (e.task.as_str(), e.id.as_str(), Some(e.attempt)),
         // Not a valid task: log what it carried all the same. The strings are the publisher's
@@ -276,7 +288,7 @@ fn task_span(queue: &str, delivery: &Delivery, envelope: &Result<Envelope, Envel
 }
 
 /// Counts a task's fate.
-fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
+pub(crate) fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
     if let Settle::Requeue(_) = settle {
         tracing::info!(outcome = "requeued", "task returned to its queue");
         return;
@@ -288,5 +300,6 @@ fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
         }
         Outcome::Retry { .. } => metrics.retried.inc(),
         Outcome::DeadLetter(failure) => metrics.dead_lettered(failure.kind),
+        Outcome::Isolate { .. } => metrics.isolated.inc(),
     }
 }

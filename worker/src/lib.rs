@@ -8,6 +8,7 @@ mod config;
 mod consumer;
 pub mod demo;
 mod execute;
+mod isolation;
 mod lane;
 mod metrics;
 mod monitor;

@@ -1,5 +1,5 @@
 //! What becomes of a task: the one place where a handler's result, a decoding failure or an
-//! exhausted budget turns into ack, retry or dead letter.
+//! exhausted budget turns into ack, retry, dead letter or isolation.
 
 use std::fmt;
 use std::time::Duration;
@@ -123,6 +123,13 @@ pub enum Outcome {
     },
     /// Publish it to the dead-letter queue, then ack this delivery.
     DeadLetter(Failure),
+    /// It came back from the queue without being settled too often to run beside other tasks
+    /// (it may be crashing its workers): publish it to the queue's isolation queue, where
+    /// workers run it alone, then ack this delivery. Not run.
+    Isolate {
+        /// How many times the broker returned it to the work queue.
+        returns: u64,
+    },
 }
 
 impl Outcome {

@@ -1,6 +1,7 @@
 //! Carrying out an [`Outcome`]: a retry is republished (with a confirm) into the delay
-//! cascade and a dead letter into the queue's dead-letter queue, each with Warren's headers;
-//! only then is the original delivery acked. If the republish fails, the delivery is
+//! cascade and a dead letter into the queue's dead-letter queue, each with Warren's headers,
+//! and a delivery to run alone into the queue's isolation queue as it came; only then is the
+//! original delivery acked. If the republish fails, the delivery is
 //! returned to its queue instead, so a task is never lost between the two.
 
 use crate::acks::Settle;
@@ -10,8 +11,8 @@ use lapin::message::Delivery;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use warren_common::{
-    dead_letter_queue_name, delay, header_u64, headers, headers_without, int_value, now_ms,
-    republished, text_value, Envelope, BROKER_HEADERS,
+    dead_letter_queue_name, delay, header_u64, headers, headers_without, int_value,
+    isolation_queue_name, now_ms, republished, text_value, Envelope, BROKER_HEADERS,
 };
 use warren_producer::Publisher;
 
@@ -48,6 +49,20 @@ pub(crate) async fn route(
             let dlq = dead_letter_queue_name(queue);
             publisher
                 .publish_raw("", &dlq, &delivery.data, props, id)
+                .await
+        }
+        Outcome::Isolate { returns } => {
+            // The copy starts with no redelivery count: in the isolation queue the count is
+            // that of runs alone.
+            let props = republished(
+                &delivery.properties,
+                without_broker_headers(&delivery.properties),
+            );
+            let isolation = isolation_queue_name(queue);
+            tracing::warn!(returns, to = %isolation,
+                "task returned to its queue repeatedly without being settled; moving it to run alone");
+            publisher
+                .publish_raw("", &isolation, &delivery.data, props, id)
                 .await
         }
     };
@@ -102,11 +117,14 @@ fn dead_letter_properties(
         .ok()
         .flatten()
         .unwrap_or(now);
-    // Through the delay cascade the routing key is the cascade's; the task's own is the queue.
-    let routing_key = if delivery.exchange.as_str().starts_with("warren.delay") {
+    // Through the delay cascade or the isolation queue the routing key is theirs; the task's
+    // own is the queue.
+    let routing_key = delivery.routing_key.as_str();
+    let moved = routing_key == isolation_queue_name(queue);
+    let routing_key = if moved || delivery.exchange.as_str().starts_with("warren.delay") {
         queue
     } else {
-        delivery.routing_key.as_str()
+        routing_key
     };
     let entries = [
         (
