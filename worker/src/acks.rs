@@ -34,6 +34,8 @@ pub(crate) const LINGER: Duration = Duration::from_micros(200);
 pub(crate) enum Settle {
     /// Acknowledge: the task is done (or safely moved to another queue).
     Ack(u64),
+    /// Already acknowledged on its own (a task moved to be run alone): nothing to send.
+    Acked(u64),
     /// Return the delivery to its queue for another worker.
     Requeue(u64),
 }
@@ -97,6 +99,11 @@ impl AckLedger {
                 self.sent.insert(tag);
                 self.advance();
                 Some(AckAction::Requeue(tag))
+            }
+            Settle::Acked(tag) => {
+                self.sent.insert(tag);
+                self.advance();
+                None
             }
         }
     }

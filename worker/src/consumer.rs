@@ -161,6 +161,7 @@ impl Owned {
             queue: &self.queue,
             metrics: &self.shared.queue_metrics[&*self.queue],
             stop: &self.stop,
+            channel: &channel,
         };
         let permits = &*self.shared.permits;
         // One `multiple` ack at least every tenth of the window while tasks keep finishing.

@@ -249,6 +249,8 @@ impl Isolation {
     /// Sends a settlement and waits until it is written.
     async fn send(&self, settle: Settle) {
         let (action, sent) = match settle {
+            // Runs alone are never moved again: nothing is acked beforehand.
+            Settle::Acked(_) => return,
             Settle::Ack(tag) => (
                 "ack",
                 self.channel

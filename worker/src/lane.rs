@@ -14,6 +14,7 @@ use futures::stream::FuturesUnordered;
 use futures::FutureExt;
 use governor::DefaultDirectRateLimiter as RateLimiter;
 use lapin::message::Delivery;
+use lapin::options::BasicQosOptions;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::SemaphorePermit;
@@ -31,6 +32,8 @@ pub(crate) struct Lane<'a> {
     pub(crate) queue: &'a Arc<str>,
     pub(crate) metrics: &'a QueueMetrics,
     pub(crate) stop: &'a CancellationToken,
+    /// The consume loop's channel.
+    pub(crate) channel: &'a lapin::Channel,
 }
 
 /// What starting a delivery came to.
@@ -63,6 +66,9 @@ enum Wait<'a> {
     Route {
         outcome: Outcome,
         metrics: &'a TaskMetrics,
+        /// The concurrency permit of a task being moved to run alone, held until the original
+        /// is acked: the copy runs only once every permit is free.
+        hold: Option<SemaphorePermit<'a>>,
     },
 }
 
@@ -150,8 +156,8 @@ impl<'a> Lane<'a> {
         ) {
             Run::Done(outcome) => {
                 in_progress.dec();
-                drop(permit);
-                self.settle(delivery, outcome, metrics)
+                let hold = matches!(outcome, Outcome::Isolate { .. }).then_some(permit);
+                self.settle(delivery, outcome, metrics, hold)
             }
             Run::Waiting(started) => Step::Waiting(Wait::Handler {
                 started,
@@ -164,14 +170,24 @@ impl<'a> Lane<'a> {
 
     /// Settles a delivery whose handler ran (or was refused): an ack at once, or a retry or
     /// dead letter to publish first (rare).
-    fn settle(self, delivery: &Delivery, outcome: Outcome, metrics: &'a TaskMetrics) -> Step<'a> {
+    fn settle(
+        self,
+        delivery: &Delivery,
+        outcome: Outcome,
+        metrics: &'a TaskMetrics,
+        hold: Option<SemaphorePermit<'a>>,
+    ) -> Step<'a> {
         if let Outcome::Ack = outcome {
             let settle = Settle::Ack(delivery.delivery_tag);
             record(metrics, &outcome, settle);
             self.metrics.held.dec();
             return Step::Settled(settle);
         }
-        Step::Waiting(Wait::Route { outcome, metrics })
+        Step::Waiting(Wait::Route {
+            outcome,
+            metrics,
+            hold,
+        })
     }
 
     /// Takes a delivery that had to wait through to its settlement.
@@ -201,10 +217,16 @@ impl<'a> Lane<'a> {
                     self.metrics.in_progress.dec();
                     drop(permit);
                     drop(running);
-                    self.settle(&delivery, outcome, metrics)
+                    self.settle(&delivery, outcome, metrics, None)
                 }
-                Wait::Route { outcome, metrics } => {
-                    return self.route(&delivery, outcome, metrics).await;
+                Wait::Route {
+                    outcome,
+                    metrics,
+                    hold,
+                } => {
+                    let settle = self.route(&delivery, outcome, metrics).await;
+                    drop(hold);
+                    return settle;
                 }
             };
             match step {
@@ -227,6 +249,20 @@ impl<'a> Lane<'a> {
             &outcome,
         )
         .await;
+        if let Settle::Acked(_) = settle {
+            // A task moved to run alone was acked on its own. The broker handles a channel's
+            // frames in order, so once this round trip is answered it has taken that ack: the
+            // copy cannot run (and crash the process, resetting its connection with the ack
+            // unsent) while the original still counts as held.
+            let qos = BasicQosOptions { global: false };
+            if let Err(error) = self
+                .channel
+                .basic_qos(self.shared.config.prefetch, qos)
+                .await
+            {
+                tracing::warn!(%error, "could not make sure the moved task's ack arrived");
+            }
+        }
         record(metrics, &outcome, settle);
         if let Settle::Requeue(_) = settle {
             self.metrics.requeued.inc();

@@ -8,6 +8,7 @@ use crate::acks::Settle;
 use crate::outcome::{Failure, Outcome};
 use crate::Shared;
 use lapin::message::Delivery;
+use lapin::options::BasicAckOptions;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use warren_common::{
@@ -67,6 +68,15 @@ pub(crate) async fn route(
         }
     };
     match published {
+        // The copy may run (and crash its worker) as soon as this task's permit is free: the
+        // original is acked, and the ack written, before that, or a crash would return the
+        // original too and the task would be moved (and crash workers) twice.
+        Ok(()) if matches!(outcome, Outcome::Isolate { .. }) => {
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, "could not ack a task moved to run alone; it may run twice");
+            }
+            Settle::Acked(tag)
+        }
         Ok(()) => Settle::Ack(tag),
         Err(error) => {
             tracing::error!(%error, "could not move the task; returning it to its queue");
