@@ -200,3 +200,41 @@ async fn a_rate_limit_paces_its_task_type_without_stalling_others() {
     );
     delete_queues(&raw_connection().await, &queue).await;
 }
+
+#[tokio::test]
+async fn a_task_delayed_for_a_queue_deleted_meanwhile_is_kept_and_counted_as_unroutable() {
+    let queue = unique_queue("unroutable");
+    let starts: Starts = Default::default();
+    let mut config = test_config(&queue);
+    config.poll_interval = Duration::from_millis(200);
+    let worker = TestWorker::start(marking(&starts), config).await;
+    let conn = raw_connection().await;
+    let before = ready_count(&conn, delay::UNROUTABLE).await;
+    let gone = unique_queue("gone");
+    let publisher = publisher(&gone).await;
+    publisher
+        .declare(&QueueSpec::new(&gone, QueueKind::Quorum))
+        .await
+        .unwrap();
+    publisher
+        .publish("test.mark", &(), &delayed(1))
+        .await
+        .unwrap();
+    delete_queues(&conn, &gone).await;
+    wait_until(
+        Duration::from_secs(15),
+        "the task in the unroutable queue",
+        || {
+            let conn = &conn;
+            async move { ready_count(conn, delay::UNROUTABLE).await > before }
+        },
+    )
+    .await;
+    wait_until(Duration::from_secs(5), "the worker to count it", || {
+        let counted = worker.metric("warren_delay_unroutable_messages", &[]);
+        async move { counted > f64::from(before) }
+    })
+    .await;
+    worker.stop().await;
+    delete_queues(&conn, &queue).await;
+}

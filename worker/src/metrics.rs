@@ -46,6 +46,9 @@ pub struct WorkerMetrics {
     pub queue_consumers: IntGaugeVec,
     /// Consumers re-subscribed by the stall watchdog.
     pub stalls: IntCounterVec,
+    /// Tasks in `warren.delay.unroutable`: delayed or retried for a queue that no longer
+    /// existed when their wait ended (broker-wide, as the broker reports them).
+    pub delay_unroutable: IntGauge,
 }
 
 /// Handles for one (queue, task) pair.
@@ -164,6 +167,7 @@ impl WorkerMetrics {
             queue_ready: gauge(registry, "warren_queue_ready_messages", "Messages ready in the queue, as the broker reports them.", q),
             queue_consumers: gauge(registry, "warren_queue_consumers", "Consumers of the queue, as the broker reports them.", q),
             stalls: counter(registry, "warren_consumer_stalls_total", "Consumers re-subscribed after receiving nothing while their queue had ready messages.", q),
+            delay_unroutable: scalar_gauge(registry, "warren_delay_unroutable_messages", "Tasks in warren.delay.unroutable: their delay ended for a queue that no longer existed."),
         }
     }
 

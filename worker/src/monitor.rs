@@ -9,7 +9,7 @@ use lapin::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
-use warren_common::Topology;
+use warren_common::{delay, Topology, TopologyError};
 
 /// Polls after which an unexplained silence counts as a stall.
 const STALL_POLLS: u32 = 2;
@@ -33,10 +33,19 @@ pub(crate) async fn monitor(
 ) {
     let interval = shared.config.poll_interval;
     let mut seen: HashMap<&str, Seen> = HashMap::new();
+    // Polled while it exists: looking for a queue that does not closes a channel each time.
+    let mut unroutable = true;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+        if unroutable && states.is_cascade_declared() {
+            match Topology::inspect(conn, delay::UNROUTABLE).await {
+                Ok(state) => shared.metrics.delay_unroutable.set(state.ready.into()),
+                Err(TopologyError::NotFound(_)) => unroutable = false,
+                Err(error) => tracing::debug!(%error, "could not poll the unroutable queue"),
+            }
         }
         for queue in &shared.config.queues {
             if !states.is_consumed(queue) {

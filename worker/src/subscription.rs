@@ -87,6 +87,11 @@ impl QueueStates {
         states.get(queue) == Some(&State::Fine)
     }
 
+    /// Whether the delay cascade (and so `warren.delay.unroutable`) was declared.
+    pub(crate) fn is_cascade_declared(&self) -> bool {
+        self.is_consumed(CASCADE)
+    }
+
     pub(crate) fn cascade_declared(&self) {
         self.set(CASCADE, State::Fine);
     }
