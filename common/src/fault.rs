@@ -47,7 +47,7 @@ pub fn classify(error: &lapin::Error, operation: Operation) -> Fault {
 }
 
 /// Classifies a reply code and text (see [`classify`]).
-pub fn classify_reply(code: u16, text: &str, operation: Operation) -> Fault {
+fn classify_reply(code: u16, text: &str, operation: Operation) -> Fault {
     match code {
         404 if operation == Operation::Inspect && !is_node_down(text) => Fault::Missing,
         406 => Fault::Mismatch,

@@ -100,18 +100,6 @@ impl TopologyError {
             if matches!(source.kind(), lapin::ErrorKind::ChannelsLimitReached))
     }
 
-    /// The queue or exchange the error is about.
-    pub fn queue(&self) -> &str {
-        match self {
-            TopologyError::NotFound(queue)
-            | TopologyError::Mismatch { queue, .. }
-            | TopologyError::Unavailable { queue, .. }
-            | TopologyError::Forbidden { queue, .. }
-            | TopologyError::Invalid { queue, .. }
-            | TopologyError::Broker { queue, .. } => queue,
-        }
-    }
-
     /// Classifies `source`, which `operation` on `queue` got (see [`crate::fault`]).
     pub(crate) fn from_lapin(queue: &str, source: lapin::Error, operation: Operation) -> Self {
         let queue = queue.to_owned();
@@ -208,7 +196,7 @@ impl Topology {
 
     /// [`inspect`](Self::inspect) on a given channel, which it closes (the broker closes it
     /// on an error).
-    pub async fn inspect_on(channel: &Channel, queue: &str) -> Result<QueueState, TopologyError> {
+    async fn inspect_on(channel: &Channel, queue: &str) -> Result<QueueState, TopologyError> {
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()

@@ -159,10 +159,10 @@ impl PrivateCluster {
         Some(PrivateCluster { nodes })
     }
 
-    /// Every node's AMQP URL, comma-separated, as `AMQP_URL` takes them.
-    pub fn urls(&self) -> String {
-        let urls: Vec<String> = self.nodes.iter().map(PrivateNode::url).collect();
-        urls.join(",")
+    /// Every node's AMQP URL, starting with node `first` (where a process connects first).
+    pub fn urls_from(&self, first: usize) -> Vec<String> {
+        let n = self.nodes.len();
+        (0..n).map(|i| self.nodes[(first + i) % n].url()).collect()
     }
 
     /// Index of the node holding `queue`: a quorum queue's leader, a classic queue's home.
