@@ -149,11 +149,12 @@ impl fmt::Debug for AmqpUrl {
 /// Where the URLs come from, first match wins: `--amqp-url-file`, then `AMQP_URL_FILE`,
 /// then `--amqp-url`, then `AMQP_URL`, then the local broker (`DEFAULT_AMQP_URL`). Call
 /// [`AmqpArgs::resolve`] once after parsing: it reads the files.
-#[derive(Clone, Debug, clap::Args)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct AmqpArgs {
     /// Broker URL; repeat the flag or separate with commas to list the nodes of a cluster,
     /// which are tried in turn. `amqps://` connects with TLS.
-    #[arg(
+    #[cfg_attr(feature = "clap", arg(
         long = "amqp-url",
         env = "AMQP_URL",
         value_delimiter = ',',
@@ -161,42 +162,54 @@ pub struct AmqpArgs {
         hide_env_values = true,
         hide_default_value = true,
         global = true
-    )]
+    ))]
     pub urls: Vec<AmqpUrl>,
     /// File holding the broker URL(s), separated by commas or newlines (`#` starts a comment
     /// line), so the password stays out of process listings and environment dumps. Wins over
     /// --amqp-url and AMQP_URL.
-    #[arg(
-        long = "amqp-url-file",
-        env = "AMQP_URL_FILE",
-        value_name = "PATH",
-        global = true
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "amqp-url-file",
+            env = "AMQP_URL_FILE",
+            value_name = "PATH",
+            global = true
+        )
     )]
     pub url_file: Option<PathBuf>,
     /// PEM file of CA certificates to trust for amqps://, in addition to the system's roots
     /// (for a broker whose certificate a private CA signed).
-    #[arg(
-        long = "amqp-ca-file",
-        env = "AMQP_CA_FILE",
-        value_name = "PATH",
-        global = true
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "amqp-ca-file",
+            env = "AMQP_CA_FILE",
+            value_name = "PATH",
+            global = true
+        )
     )]
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate (chain) to present over amqps:// to a broker that verifies
     /// peers; needs --amqp-key-file.
-    #[arg(
-        long = "amqp-cert-file",
-        env = "AMQP_CERT_FILE",
-        value_name = "PATH",
-        global = true
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "amqp-cert-file",
+            env = "AMQP_CERT_FILE",
+            value_name = "PATH",
+            global = true
+        )
     )]
     pub cert_file: Option<PathBuf>,
     /// Unencrypted PEM private key of --amqp-cert-file.
-    #[arg(
-        long = "amqp-key-file",
-        env = "AMQP_KEY_FILE",
-        value_name = "PATH",
-        global = true
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            long = "amqp-key-file",
+            env = "AMQP_KEY_FILE",
+            value_name = "PATH",
+            global = true
+        )
     )]
     pub key_file: Option<PathBuf>,
 }

@@ -5,6 +5,7 @@
 //! The wire contract is written down for other languages in `docs/wire-format.md`; the
 //! constants in [`headers`] and the functions of [`Envelope`] are its single implementation.
 
+#[cfg(feature = "admin")]
 mod admin;
 mod amqp;
 mod cascade;
@@ -15,6 +16,8 @@ mod envelope;
 pub mod fault;
 mod header_value;
 pub mod headers;
+mod health;
+mod publish;
 mod queue;
 mod republish;
 mod shutdown;
@@ -22,7 +25,8 @@ mod telemetry;
 mod topology;
 mod trace;
 
-pub use admin::{admin_router, serve_admin, AdminError, Health, Readiness};
+#[cfg(feature = "admin")]
+pub use admin::{admin_router, serve_admin, AdminError};
 pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
 pub use codec::{Codec, CodecError};
 pub use connect::{connect, give_up_after, ConnectError, Pacer, Unreachable};
@@ -30,9 +34,15 @@ pub use envelope::{
     id_time_ms, now_ms, Claimed, Envelope, EnvelopeError, TaskId, DEFAULT_SCHEMA_VERSION,
 };
 pub use header_value::{header_string, header_u64, int_value, text_value};
+pub use health::{Health, Readiness};
+pub use publish::{
+    ProducerMetrics, PublishError, Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
+};
 pub use queue::{dead_letter_queue_name, isolation_queue_name, QueueKind, QueueSpec, Retention};
 pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};
-pub use telemetry::{init_command_tracing, init_tracing, LogFormat};
+pub use telemetry::LogFormat;
+#[cfg(feature = "telemetry")]
+pub use telemetry::{init_command_tracing, init_tracing};
 pub use topology::{QueueState, Topology, TopologyError, DEFAULT_EXCHANGE};
 pub use trace::TraceParent;

@@ -33,7 +33,8 @@ pub fn isolation_queue_name(queue: &str) -> String {
 }
 
 /// The RabbitMQ queue type of a work queue.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum QueueKind {
     /// Replicated, durable, with a redelivery count: the default.
     #[default]
@@ -68,13 +69,14 @@ pub struct QueueSpec {
 /// is refused by the broker (406) like any queue argument. A RabbitMQ policy can only lower
 /// it on a live queue (the broker applies the lower of the two); to raise it, recreate the
 /// dead-letter queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct Retention {
     /// Dead letters kept per queue; past it the oldest are dropped (0 = no limit).
-    #[arg(long = "dead-letter-max-length", env = "WARREN_DEAD_LETTER_MAX_LENGTH", default_value_t = DEFAULT_DEAD_LETTER_MAX_LENGTH)]
+    #[cfg_attr(feature = "clap", arg(long = "dead-letter-max-length", env = "WARREN_DEAD_LETTER_MAX_LENGTH", default_value_t = DEFAULT_DEAD_LETTER_MAX_LENGTH))]
     pub max_length: u64,
     /// How long a dead letter is kept (0 = forever).
-    #[arg(long = "dead-letter-max-age", env = "WARREN_DEAD_LETTER_MAX_AGE", default_value = "14days", value_parser = humantime::parse_duration)]
+    #[cfg_attr(feature = "clap", arg(long = "dead-letter-max-age", env = "WARREN_DEAD_LETTER_MAX_AGE", default_value = "14days", value_parser = humantime::parse_duration))]
     pub max_age: std::time::Duration,
 }
 

@@ -1,10 +1,12 @@
 //! Logging setup shared by every binary: `RUST_LOG`-style filtering and a choice of human or
 //! JSON output.
 
+#[cfg(feature = "telemetry")]
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum LogFormat {
     /// Human-readable lines with `key=value` fields.
     #[default]
@@ -13,16 +15,19 @@ pub enum LogFormat {
     Json,
 }
 
+#[cfg(feature = "telemetry")]
 /// The filter of [`init_command_tracing`] when `RUST_LOG` is unset: Warren's own lines, not
 /// lapin's.
 const COMMAND_FILTER: &str = "info,lapin=off";
 
+#[cfg(feature = "telemetry")]
 /// Installs the global tracing subscriber writing to stderr. The filter comes from
 /// `RUST_LOG` (default `info`). Calling it twice is harmless (the second call does nothing).
 pub fn init_tracing(format: LogFormat) {
     install(format, "info");
 }
 
+#[cfg(feature = "telemetry")]
 /// Like [`init_tracing`], for one-shot commands: unless `RUST_LOG` is set, lapin's own lines
 /// are left out. lapin logs every channel the broker closes at `ERROR` (a passive declare of
 /// a missing queue, say), which in a command's output reads like a failure of its own, while
@@ -31,6 +36,7 @@ pub fn init_command_tracing(format: LogFormat) {
     install(format, COMMAND_FILTER);
 }
 
+#[cfg(feature = "telemetry")]
 fn install(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));

@@ -4,22 +4,18 @@
 
 pub mod cli;
 mod dead_letters;
-mod error;
 mod http;
-mod link;
-mod metrics;
-mod publisher;
 pub mod scheduler;
 
 pub use dead_letters::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection, BROKER_KIND_PREFIX,
 };
-pub use error::PublishError;
 pub use http::{
     serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError,
     DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
 };
-pub use metrics::ProducerMetrics;
-pub use publisher::{Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT};
-pub use warren_common::{Codec, QueueKind, QueueSpec, TaskId};
+pub use warren_common::{
+    Codec, ProducerMetrics, PublishError, Publisher, PublisherConfig, QueueKind, QueueSpec, TaskId,
+    TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
+};

@@ -3,8 +3,11 @@
 use crate::rate_limit::RateLimit;
 use crate::retry::RetryPolicy;
 use std::time::Duration;
-use warren_common::{AmqpArgs, LogFormat, QueueKind, Retention};
+#[cfg(feature = "runtime")]
+use warren_common::LogFormat;
+use warren_common::{AmqpArgs, QueueKind, Retention};
 
+#[cfg(feature = "runtime")]
 /// Flags of `warren-worker` (each also read from the environment variable shown by `--help`).
 #[derive(Clone, Debug, clap::Parser)]
 #[command(
@@ -231,6 +234,7 @@ impl WorkerConfig {
     }
 }
 
+#[cfg(feature = "runtime")]
 impl TryFrom<&WorkerArgs> for WorkerConfig {
     type Error = ConfigError;
 

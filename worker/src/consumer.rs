@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use warren_producer::Publisher;
+use warren_common::Publisher;
 
 /// The consumer tag of every consume loop. The broker puts it in every delivery it sends and
 /// spends CPU on it per delivery in proportion to its length: a tag of `<hostname>-<pid>/<queue>`

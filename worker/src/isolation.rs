@@ -29,8 +29,8 @@ use std::sync::Arc;
 use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use warren_common::Publisher;
 use warren_common::{isolation_queue_name, Envelope, QueueKind, QueueSpec};
-use warren_producer::Publisher;
 
 /// Returns to the work queue after which a delivery runs only alone. Not 1: a broker restart,
 /// a reconnection or a worker's drain returns every delivery a worker held (a whole prefetch

@@ -21,8 +21,8 @@ use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span};
+use warren_common::Publisher;
 use warren_common::{Claimed, Envelope, EnvelopeError};
-use warren_producer::Publisher;
 
 /// What every delivery of one consume loop borrows.
 #[derive(Clone, Copy)]

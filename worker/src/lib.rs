@@ -20,7 +20,9 @@ mod retry;
 mod routing;
 mod subscription;
 
-pub use config::{ConfigError, WorkerArgs, WorkerConfig};
+#[cfg(feature = "runtime")]
+pub use config::WorkerArgs;
+pub use config::{ConfigError, WorkerConfig};
 pub use metrics::{Totals, WorkerMetrics, UNKNOWN_TASK_LABEL};
 pub use outcome::{Failure, Outcome, ReasonKind};
 pub use pool::{DrainReport, Worker, WorkerError};

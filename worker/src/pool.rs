@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use warren_common::{
     connect, ConnectError, Health, Pacer, Readiness, Shutdown, Topology, TopologyError,
 };
-use warren_producer::{PublishError, Publisher, PublisherConfig};
+use warren_common::{PublishError, Publisher, PublisherConfig};
 
 /// A worker that cannot run.
 #[derive(Debug, thiserror::Error)]

@@ -11,11 +11,11 @@ use lapin::message::Delivery;
 use lapin::options::BasicAckOptions;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
+use warren_common::Publisher;
 use warren_common::{
     dead_letter_queue_name, delay, header_u64, headers, headers_without, int_value,
     isolation_queue_name, now_ms, republished, text_value, Envelope, BROKER_HEADERS,
 };
-use warren_producer::Publisher;
 
 /// Longest reason text kept in a dead letter's headers.
 const MAX_REASON_BYTES: usize = 2048;

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use warren_common::Publisher;
 use warren_common::{Health, Pacer, QueueSpec, Readiness, TopologyError};
-use warren_producer::Publisher;
 
 /// Where one queue (or the delay cascade) stands in the current session.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,8 @@
 //! long as the old node stays down, while channels opened after the election are fine. The
 //! old channel is closed once its outstanding confirms have settled.
 
-use crate::metrics::ProducerMetrics;
+use super::metrics::ProducerMetrics;
+use crate::{connect, AmqpUrl, ConnectError, Health, Pacer, Readiness};
 use futures::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, Event};
@@ -19,7 +20,6 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
-use warren_common::{connect, AmqpUrl, ConnectError, Health, Pacer, Readiness};
 
 /// How long a replaced channel's outstanding confirms may take to settle before it is closed.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);

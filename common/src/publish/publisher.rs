@@ -2,9 +2,10 @@
 //! `publish` may be called from many tasks at once; each call awaits only its own confirm, so
 //! concurrent callers (or [`Publisher::publish_all`]) keep a window of confirms in flight.
 
-use crate::link::{LinkError, Linker};
-use crate::metrics::ProducerMetrics;
-use crate::PublishError;
+use super::link::{LinkError, Linker};
+use super::metrics::ProducerMetrics;
+use super::PublishError;
+use crate::{delay, AmqpArgs, Codec, ConnectError, Envelope, Health, QueueSpec, TaskId, Topology};
 use futures::{stream, Stream, StreamExt};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
@@ -12,9 +13,6 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use warren_common::{
-    delay, AmqpArgs, Codec, ConnectError, Envelope, Health, QueueSpec, TaskId, Topology,
-};
 
 /// How long a publish waits for the broker's confirm before reporting a failure.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,7 +72,7 @@ impl Default for PublisherConfig {
     fn default() -> Self {
         PublisherConfig {
             amqp: AmqpArgs::default(),
-            exchange: warren_common::DEFAULT_EXCHANGE.to_owned(),
+            exchange: crate::DEFAULT_EXCHANGE.to_owned(),
             via_exchange: false,
             default_queue: "default".to_owned(),
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
@@ -181,7 +179,7 @@ impl Publisher {
             })
     }
 
-    async fn link(&self, id: &str) -> Result<Arc<crate::link::Link>, PublishError> {
+    async fn link(&self, id: &str) -> Result<Arc<super::link::Link>, PublishError> {
         let timeout = self.inner.config.confirm_timeout;
         self.inner
             .link
@@ -271,7 +269,7 @@ impl Publisher {
             .delay
             .filter(|d| delay::delay_seconds(*d) > 0)
             .map(|d| {
-                let created = envelope.created_ms.unwrap_or_else(warren_common::now_ms);
+                let created = envelope.created_ms.unwrap_or_else(crate::now_ms);
                 created + delay::delay_seconds(d) * 1000
             });
         if let Some(wait) = options.delay.filter(|d| *d > delay::max_delay()) {

@@ -1,8 +1,8 @@
 //! Why a publish failed: every way a task can fail to be confirmed, and a short kind for
 //! metrics and summaries.
 
+use crate::{CodecError, ConnectError, EnvelopeError, TaskId, TopologyError};
 use std::time::Duration;
-use warren_common::{CodecError, ConnectError, EnvelopeError, TaskId, TopologyError};
 
 /// A task that was not confirmed by the broker. The caller must assume it was not queued
 /// (though after `Timeout` or `Connection` it may have been: publish again with the same id

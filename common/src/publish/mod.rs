@@ -1,0 +1,13 @@
+//! Publishing with confirms, for producers and workers alike: a [`Publisher`] returns a task's
+//! id only once the broker has confirmed it, pipelines confirms when many tasks are in flight,
+//! reconnects when its link is lost, and turns nacks, unroutable messages and lost
+//! connections into errors.
+
+mod error;
+mod link;
+mod metrics;
+mod publisher;
+
+pub use error::PublishError;
+pub use metrics::ProducerMetrics;
+pub use publisher::{Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT};
