@@ -120,7 +120,7 @@ async fn run_workloads(args: BenchArgs, broker: Broker) -> anyhow::Result<Report
 fn build_worker() -> anyhow::Result<PathBuf> {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let mut build = escargot::CargoBuild::new()
-        .package("warren-worker")
+        .package("warren-cli")
         .bin("warren-worker")
         .manifest_path(manifest);
     // `cargo run` gives this process the package's own variables; a build script that

@@ -17,6 +17,8 @@ pub mod fault;
 mod header_value;
 pub mod headers;
 mod health;
+#[cfg(feature = "process")]
+pub mod process;
 mod publish;
 mod queue;
 mod republish;

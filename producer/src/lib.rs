@@ -1,15 +1,17 @@
 //! Publishing Warren tasks: a [`Publisher`] that returns a task's id only once the broker has
 //! confirmed it, pipelines confirms when many tasks are in flight, and turns nacks, unroutable
-//! messages and lost connections into errors. Also the `warren-producer` command line.
+//! messages and lost connections into errors.
 
-pub mod cli;
 mod dead_letters;
+#[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "scheduler")]
 pub mod scheduler;
 
 pub use dead_letters::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection, BROKER_KIND_PREFIX,
 };
+#[cfg(feature = "http")]
 pub use http::{
     serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError,
     DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,

@@ -323,7 +323,7 @@ ensure_promtool() {
 # ensure_deploy_validators: best effort; the offline validators of the
 # deployment files: Debian's docker-compose (v1, `docker-compose config` needs
 # no engine) and promtool and the prometheus server (Debian's prometheus
-# package; tests/tests/prometheus_server.rs runs the server), installed with
+# package; cli/tests/suite/prometheus_server.rs runs the server), installed with
 # apt-get when we are root on Debian. Never fails: a test whose tool is missing
 # skips, or fails under CI (tests/src/skip.rs). (The Kubernetes validators are
 # installed by the tests themselves, into a virtualenv under target/.)

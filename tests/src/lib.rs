@@ -14,8 +14,6 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use warren_common::{
@@ -223,55 +221,6 @@ fn leak(name: &str) -> &'static str {
     Box::leak(name.to_owned().into_boxed_str())
 }
 
-/// Path of a workspace binary (`warren-worker`, `warren-producer`, `warren-scheduler`, ...),
-/// built in debug mode on first use with one `cargo build` of every binary.
-///
-/// The build runs with a clean environment: the variables cargo and nextest set for a test
-/// (`CARGO_PKG_*`, `LD_LIBRARY_PATH`, ...) would otherwise change the build's fingerprint and
-/// recompile the binaries on every test run.
-pub fn binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args([
-            "build",
-            "--bins",
-            "-p",
-            "warren-worker",
-            "-p",
-            "warren-producer",
-        ])
-        .current_dir(&root)
-        .env_clear();
-        for key in [
-            "PATH",
-            "HOME",
-            "CARGO_HOME",
-            "RUSTUP_HOME",
-            "RUSTUP_TOOLCHAIN",
-            "CARGO_TARGET_DIR",
-        ] {
-            if let Ok(value) = std::env::var(key) {
-                cmd.env(key, value);
-            }
-        }
-        let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
-        if !status.success() {
-            return Err(format!("cargo build of the binaries failed: {status}"));
-        }
-        let target = std::env::var("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| root.join("target"));
-        Ok(target.join("debug"))
-    });
-    match dir {
-        Ok(dir) => dir.join(name),
-        Err(e) => panic!("building the binaries failed: {e}"),
-    }
-}
-
 /// Reads lines from a child's stderr into a shared buffer, so tests can wait for a line.
 pub fn capture_lines(
     stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
@@ -374,83 +323,4 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
-}
-
-/// A `warren-worker` process with its captured log lines and admin address.
-pub struct WorkerProcess {
-    /// The process.
-    pub child: tokio::process::Child,
-    /// Its stderr, line by line.
-    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    /// The admin server's bound address.
-    pub admin: String,
-}
-
-impl WorkerProcess {
-    /// Starts `warren-worker` with `args` (plus an admin server on a free port) and waits
-    /// until its admin server listens.
-    pub async fn start(args: &[&str], amqp_url: &str) -> WorkerProcess {
-        let mut child = tokio::process::Command::new(binary("warren-worker"))
-            .args(args)
-            .args(["--admin-addr", "127.0.0.1:0"])
-            .env("AMQP_URL", amqp_url)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("warren-worker starts");
-        let lines = capture_lines(child.stderr.take().expect("stderr is piped"));
-        let line = wait_for_line(&lines, "admin server listening", Duration::from_secs(30))
-            .await
-            .expect("the admin server starts");
-        // `admin_addr=ADDR` in text logs, `"admin_addr":"ADDR"` in JSON ones.
-        let admin = line
-            .split("admin_addr")
-            .nth(1)
-            .map(|s| s.trim_start_matches(['=', '"', ':']))
-            .and_then(|s| s.split(|c: char| c == '"' || c.is_whitespace()).next())
-            .expect("the line names the address")
-            .to_owned();
-        WorkerProcess {
-            child,
-            lines,
-            admin,
-        }
-    }
-
-    /// Sends a signal (`TERM`, `KILL`, ...).
-    pub fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("still running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([&format!("-{signal}"), &pid])
-            .status();
-        assert!(status.expect("kill runs").success());
-    }
-
-    /// Ids of the tasks this worker finished successfully, from its log.
-    pub fn finished_ids(&self) -> Vec<String> {
-        self.lines
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .filter(|l| l.contains("task finished"))
-            .filter_map(|l| {
-                l.split("task_id=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()
-                    .map(str::to_owned)
-            })
-            .map(|id| id.trim_matches('"').to_owned())
-            .collect()
-    }
-
-    /// `GET /readyz` status code (0 if the server does not answer).
-    pub async fn readiness(&self) -> u16 {
-        http_get(&self.admin, "/readyz")
-            .await
-            .map(|r| r.0)
-            .unwrap_or(0)
-    }
 }

