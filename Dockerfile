@@ -15,8 +15,8 @@
 # workspace member needs no edit here.
 #
 # The root Cargo.toml builds releases with `debug = 1` (for profiling); the
-# image ships the binaries without their debug info (about 10 MB each instead
-# of 85-90 MB). The debug info stays in the builder stage, under /out/debug,
+# image ships the binaries without their debug info (about 13 MB each instead
+# of 85-93 MB). The debug info stays in the builder stage, under /out/debug,
 # one file per binary, which gdb and perf find through the binaries'
 # .gnu_debuglink section:
 #   docker build --target builder -t warren-builder .
