@@ -2,13 +2,16 @@
 //! `docker-compose config` for docker-compose.yml, promtool for the Prometheus configs and
 //! alert rules, kubectl's kustomize and kubernetes-validate for deploy/kubernetes/. Then what
 //! no schema checks: that the files agree with each other and with the binaries (probe paths
-//! and ports, the drain timeout against the grace periods, metric names in the alerts, the
-//! objects KEDA and the ServiceMonitors point at), and that the compose healthcheck command
-//! passes against a real worker.
+//! and ports, the drain timeout against the grace periods, the flags and environment variables
+//! each binary is given, metric names in the alerts, the objects KEDA and the ServiceMonitors
+//! point at, the schedule files against the stock worker's tasks), that the Dockerfile builds
+//! and ships every binary without its debug info (its skeleton and strip steps run here), and
+//! that the compose healthchecks pass against a real worker and a real scheduler.
 //!
 //! A validator that is missing and cannot be installed makes its test print `SKIPPED` and why,
-//! and pass, except under CI or `WARREN_STRICT_TESTS=1`, where it fails (`skip_or_fail`). `scripts/test` installs docker-compose and promtool (Debian packages); the
-//! Kubernetes tools go into a virtualenv under target/ that the test makes on first use.
+//! and pass, except under CI or `WARREN_STRICT_TESTS=1`, where it fails (`skip_or_fail`).
+//! `scripts/test` installs docker-compose and promtool (Debian packages); the Kubernetes tools
+//! go into a virtualenv under target/ that the test makes on first use.
 
 use crate::binary;
 use std::collections::BTreeSet;
@@ -122,6 +125,23 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// A directory under the system's temporary directory, removed on drop (also when a test
+/// fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        TempDir(std::env::temp_dir().join(format!("warren-{what}-{id}")))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Does every key/value of `selector` appear in `labels`?
 fn selects(selector: &Yaml, labels: &Yaml) -> bool {
     let Some(wanted) = selector.as_hash() else {
@@ -133,38 +153,227 @@ fn selects(selector: &Yaml, labels: &Yaml) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Docker
 
+/// The binaries the image ships, each with its service in Compose and Kubernetes.
+const BINARIES: [&str; 3] = ["warren-worker", "warren-producer", "warren-scheduler"];
+
+/// The Dockerfile with its continuation lines joined: one line per instruction.
+fn dockerfile() -> String {
+    read("Dockerfile").replace("\\\n", " ")
+}
+
+/// The shell commands of the Dockerfile's `RUN` instructions from `FROM ... AS stage` up to
+/// the next `FROM`.
+fn stage_commands(dockerfile: &str, stage: &str) -> Vec<String> {
+    let header = format!(" AS {stage}");
+    dockerfile
+        .lines()
+        .skip_while(|l| !(l.starts_with("FROM ") && l.ends_with(&header)))
+        .skip(1)
+        .take_while(|l| !l.starts_with("FROM "))
+        .filter_map(|l| l.strip_prefix("RUN "))
+        .flat_map(|run| run.split(';'))
+        .map(|c| c.trim().to_owned())
+        .collect()
+}
+
+/// The binary targets of the workspace, by name, from `cargo metadata` run in `dir`.
+fn binary_targets(dir: &Path) -> BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = run_ok(
+        Command::new(cargo)
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+            ])
+            .current_dir(dir),
+    );
+    let metadata: serde_json::Value = serde_json::from_str(&out).expect("cargo metadata JSON");
+    let packages = metadata["packages"].as_array().expect("packages");
+    packages
+        .iter()
+        .flat_map(|p| p["targets"].as_array().expect("targets"))
+        .filter(|t| {
+            t["kind"]
+                .as_array()
+                .is_some_and(|k| k.contains(&"bin".into()))
+        })
+        .map(|t| t["name"].as_str().expect("a target name").to_owned())
+        .collect()
+}
+
+/// Both builds (the dependency layer and the real one) name every binary, by `--bin`, so the
+/// Dockerfile does not care which package holds which binary; the runtime stage copies all
+/// three and runs as a non-root user.
 #[test]
-fn dockerfile_builds_both_binaries_for_a_non_root_runtime() {
-    let dockerfile = read("Dockerfile");
-    for package in ["warren-worker", "warren-producer"] {
+fn dockerfile_builds_every_binary_by_name_for_a_non_root_runtime() {
+    let dockerfile = dockerfile();
+    let commands = stage_commands(&dockerfile, "builder");
+    let builds: Vec<Vec<&str>> = commands
+        .iter()
+        .filter(|c| c.starts_with("cargo build"))
+        .map(|c| c.split_whitespace().collect())
+        .collect();
+    assert_eq!(builds.len(), 2, "the dependency layer and the real build");
+    for build in &builds {
+        let bins: BTreeSet<&str> = build
+            .windows(2)
+            .filter(|w| w[0] == "--bin")
+            .map(|w| w[1])
+            .collect();
+        assert_eq!(bins, BTreeSet::from(BINARIES), "{build:?}");
         assert!(
-            dockerfile.contains(&format!("-p {package}")),
-            "the Dockerfile must build {package}"
+            !build
+                .iter()
+                .any(|w| ["-p", "--package", "--workspace"].contains(w)),
+            "builds by binary name, not by package: {build:?}"
         );
+        assert!(build.contains(&"--release") && build.contains(&"--locked"));
+    }
+    let targets = binary_targets(&repo());
+    for binary in BINARIES {
         assert!(
-            dockerfile.contains(&format!("target/release/{package}")),
-            "the Dockerfile must copy the {package} binary"
+            targets.contains(binary),
+            "{binary} is not a binary of the workspace: {targets:?}"
         );
     }
-    for (dir, package) in [("worker", "warren-worker"), ("producer", "warren-producer")] {
-        let manifest = read(&format!("{dir}/Cargo.toml"));
-        assert!(manifest.contains(&format!("name = \"{package}\"")));
-        assert!(repo().join(dir).join("src/main.rs").is_file());
-    }
+
     let runtime = dockerfile
         .rsplit_once("\nFROM ")
         .expect("a multi-stage Dockerfile")
         .1;
+    let copied: Vec<&str> = runtime
+        .lines()
+        .filter(|l| l.starts_with("COPY --from=builder "))
+        .flat_map(|l| l.split_whitespace())
+        .collect();
+    assert_eq!(copied.last(), Some(&"/usr/local/bin/"), "{copied:?}");
+    for binary in BINARIES {
+        let shipped = format!("/out/{binary}");
+        assert!(
+            copied.contains(&shipped.as_str()),
+            "the image ships {binary}"
+        );
+    }
     let user = runtime
         .lines()
         .find_map(|l| l.strip_prefix("USER "))
         .expect("the runtime stage sets USER");
     assert!(!["root", "0", "0:0"].contains(&user.trim()), "USER {user}");
-    assert!(runtime.contains("EXPOSE 9090"), "the admin port is exposed");
+    let exposed: Vec<&str> = runtime
+        .lines()
+        .filter_map(|l| l.strip_prefix("EXPOSE "))
+        .flat_map(str::split_whitespace)
+        .collect();
+    for port in ["9090", "9092", "8080"] {
+        assert!(exposed.contains(&port), "EXPOSE {port}: {exposed:?}");
+    }
     assert!(runtime.contains("CMD [\"warren-worker\"]"));
     let dockerignore = read(".dockerignore");
     let ignored: Vec<&str> = dockerignore.lines().map(str::trim).collect();
     assert!(ignored.contains(&"target/") && ignored.contains(&".git/"));
+}
+
+/// The skeleton stage's script, run on this checkout, leaves a workspace in which cargo finds
+/// every binary the dependency layer builds by name (a binary under `src/bin/` too), so
+/// `cargo build --bin ...` on it does not fail with "no bin target named ...".
+#[test]
+fn dockerfile_skeleton_has_a_stand_in_for_every_binary() {
+    let dir = TempDir::new("skeleton");
+    let script = stage_commands(&dockerfile(), "skeleton")
+        .join("; ")
+        .replace("/skeleton", &dir.0.display().to_string());
+    assert!(
+        script.contains("Cargo.toml"),
+        "the skeleton stage copies the manifests"
+    );
+    run_ok(
+        Command::new("bash")
+            .args(["-c", &script])
+            .current_dir(repo()),
+    );
+    assert!(
+        dir.0.join("Cargo.lock").is_file(),
+        "the skeleton has the lock file"
+    );
+    let targets = binary_targets(&dir.0);
+    for binary in BINARIES {
+        assert!(
+            targets.contains(binary),
+            "the skeleton has no {binary}: {targets:?}"
+        );
+    }
+}
+
+/// The builder's strip step, run on this build's binaries, leaves binaries without debug
+/// sections (what the image ships) that still run and name their debug file, and a debug
+/// file per binary that has the debug info.
+#[test]
+fn dockerfile_ships_binaries_without_their_debug_info() {
+    let Some(readelf) = find_in_path("readelf") else {
+        skip_or_fail(
+            "the Dockerfile's strip step",
+            "readelf (binutils) is not installed",
+        );
+        return;
+    };
+    if find_in_path("objcopy").is_none() {
+        skip_or_fail(
+            "the Dockerfile's strip step",
+            "objcopy (binutils) is not installed",
+        );
+        return;
+    }
+    let commands = stage_commands(&dockerfile(), "builder");
+    let from = commands
+        .iter()
+        .position(|c| c.starts_with("mkdir -p /out/debug"))
+        .expect("the builder makes /out/debug");
+    let built = binary("warren-worker")
+        .parent()
+        .expect("a directory")
+        .to_owned();
+    let out = TempDir::new("out");
+    let script = commands[from..]
+        .join("; ")
+        .replace("/out", &out.0.display().to_string())
+        .replace("target/release/", &format!("{}/", built.display()));
+    // Section names; `.debug_gdb_scripts` is loaded data (gdb's pretty-printers), not debug
+    // info, and stays.
+    let sections = |file: &Path| -> Vec<String> {
+        run_ok(Command::new(&readelf).args(["-S", "-W"]).arg(file))
+            .split_whitespace()
+            .filter(|w| w.starts_with('.'))
+            .map(String::from)
+            .collect()
+    };
+    let is_debug_info = |name: &String| name.starts_with(".debug_") && name != ".debug_gdb_scripts";
+    run_ok(Command::new("bash").args(["-euc", &script]));
+    let out = &out.0;
+    for binary in BINARIES {
+        let shipped = out.join(binary);
+        let shipped_sections = sections(&shipped);
+        let debug_info: Vec<&String> = shipped_sections
+            .iter()
+            .filter(|s| is_debug_info(s))
+            .collect();
+        assert!(debug_info.is_empty(), "{binary} ships with {debug_info:?}");
+        let has = |name: &str| shipped_sections.iter().any(|s| s == name);
+        assert!(has(".gnu_debuglink"), "{binary} names its debug file");
+        assert!(has(".symtab"), "{binary} keeps its symbols");
+        let debug = out.join(format!("debug/{binary}.debug"));
+        assert!(
+            sections(&debug).iter().any(|s| s == ".debug_info"),
+            "{} has no debug info",
+            debug.display()
+        );
+        let original = std::fs::metadata(built.join(binary)).expect("built").len();
+        let size = std::fs::metadata(&shipped).expect("shipped").len();
+        assert!(size < original / 2, "{binary}: {size} of {original} bytes");
+        run_ok(Command::new(&shipped).arg("--version"));
+    }
 }
 
 /// `docker-compose config` output (resolved and normalized), or None when the tool is missing.
@@ -229,12 +438,12 @@ fn mounts(service: &Yaml) -> Vec<(String, String)> {
 }
 
 #[test]
-fn compose_file_is_valid_and_has_the_four_services() {
+fn compose_file_is_valid_and_has_the_five_services() {
     let Some(config) = compose_config() else {
         return;
     };
     let services = &config["services"];
-    for name in ["rabbitmq", "worker", "producer", "prometheus"] {
+    for name in ["rabbitmq", "worker", "producer", "scheduler", "prometheus"] {
         assert!(services[name].is_hash(), "service {name} is missing");
         for (host, port) in published(&services[name]) {
             assert_eq!(
@@ -344,6 +553,208 @@ fn compose_prometheus_loads_the_mounted_config_and_rules() {
         list(&producer["static_configs"][0]["targets"]),
         [Yaml::String("producer:8080".into())]
     );
+}
+
+const COMPOSE_SCHEDULE: &str = "deploy/compose/schedule.toml";
+const K8S_SCHEDULE: &str = "deploy/kubernetes/schedule.toml";
+
+/// The port of an admin address such as `0.0.0.0:9092`.
+fn port_of(addr: &str) -> i64 {
+    let (_, port) = addr.rsplit_once(':').expect("an address with a port");
+    port.parse()
+        .unwrap_or_else(|_| panic!("bad port in {addr}"))
+}
+
+/// The schedules of a shipped schedule file, checked against the stock worker the same
+/// deployment runs: each task is one it registers, with a payload its handler decodes, on a
+/// queue the workers consume (`queues`, as in WARREN_QUEUES).
+fn check_schedule(path: &str, queues: &str) {
+    use warren_cli::demo;
+    let schedules = schedules(path);
+    assert!(!schedules.is_empty(), "{path} has no schedule");
+    let mut registry = warren_worker::Registry::new();
+    demo::register(&mut registry);
+    let tasks = registry.names();
+    for schedule in &schedules {
+        let (name, task) = (&schedule.name, schedule.task.as_str());
+        assert!(
+            tasks.contains(&task),
+            "{path}: schedule {name} publishes {task}, which the stock worker lacks ({tasks:?})"
+        );
+        let payload = schedule.payload.clone();
+        let decodes = match task {
+            "demo.sleep" => serde_json::from_value::<demo::Sleep>(payload).is_ok(),
+            "demo.cpu" => serde_json::from_value::<demo::Cpu>(payload).is_ok(),
+            "demo.flaky" => serde_json::from_value::<demo::Flaky>(payload).is_ok(),
+            _ => true,
+        };
+        assert!(
+            decodes,
+            "{path}: schedule {name}: {task} cannot decode its payload"
+        );
+        assert!(
+            queues.split(',').any(|q| q.trim() == schedule.queue),
+            "{path}: schedule {name} publishes to {}, which no worker consumes ({queues})",
+            schedule.queue
+        );
+    }
+}
+
+/// The schedules of a schedule file, as the scheduler reads them.
+fn schedules(path: &str) -> Vec<warren_producer::scheduler::Schedule> {
+    warren_producer::scheduler::schedule::parse(&read(path), path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Two replicas (one leads, one stands by) of the scheduler, each reading the repository's
+/// schedule file, with the admin port that its healthcheck and Prometheus use, and time to
+/// finish a tick when stopped.
+#[test]
+fn compose_scheduler_runs_two_replicas_of_the_mounted_schedule() {
+    let Some(config) = compose_config() else {
+        return;
+    };
+    let services = &config["services"];
+    let scheduler = &services["scheduler"];
+    let command: Vec<&str> = list(&scheduler["command"]).iter().map(str_of).collect();
+    assert_eq!(command, ["warren-scheduler"]);
+    let replicas = scheduler["scale"]
+        .as_i64()
+        .or(scheduler["deploy"]["replicas"].as_i64());
+    assert_eq!(replicas, Some(2), "one leader and one standby");
+    assert!(
+        scheduler["container_name"].is_badvalue() && published(scheduler).is_empty(),
+        "a container_name or a published port prevents two replicas"
+    );
+    assert_eq!(
+        str_of(&scheduler["depends_on"]["rabbitmq"]["condition"]),
+        "service_healthy"
+    );
+    let env = &scheduler["environment"];
+    assert!(str_of(&env["AMQP_URL"]).contains("@rabbitmq:5672/"));
+
+    let schedule = str_of(&env["WARREN_SCHEDULE"]);
+    let (source, _) = mounts(scheduler)
+        .into_iter()
+        .find(|(_, target)| target == schedule)
+        .unwrap_or_else(|| panic!("WARREN_SCHEDULE {schedule} is not mounted"));
+    assert_eq!(Path::new(&source), repo().join(COMPOSE_SCHEDULE));
+    let queues = str_of(&services["worker"]["environment"]["WARREN_QUEUES"]);
+    check_schedule(COMPOSE_SCHEDULE, queues);
+
+    let port = port_of(str_of(&env["WARREN_ADMIN_ADDR"]));
+    assert_ne!(port, 9090, "the worker's admin port");
+    let script = healthcheck_script(scheduler);
+    assert!(
+        script.contains("/healthz") && script.contains(&format!("/{port} ")),
+        "{script}"
+    );
+    let exposed: Vec<String> = list(&scheduler["expose"])
+        .iter()
+        .map(|p| match p {
+            Yaml::Integer(n) => n.to_string(),
+            other => str_of(other).to_owned(),
+        })
+        .collect();
+    assert_eq!(exposed, [port.to_string()]);
+    let scrape = &load("deploy/compose/prometheus.yml")[0];
+    let sd = &scrape_job(scrape, "warren-scheduler")["dns_sd_configs"][0];
+    assert_eq!(list(&sd["names"]), [Yaml::String("scheduler".into())]);
+    assert_eq!(sd["port"].as_i64(), Some(port));
+
+    let confirm = seconds(str_of(&env["WARREN_CONFIRM_TIMEOUT"]));
+    let grace = yaml_seconds(&scheduler["stop_grace_period"]);
+    assert!(
+        confirm > 0 && grace > confirm,
+        "stop_grace_period {grace}s must exceed WARREN_CONFIRM_TIMEOUT {confirm}s"
+    );
+}
+
+/// A GET over plain HTTP/1.0: (status, body).
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request sent");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|r| r.1)
+        .unwrap_or_default();
+    (status, body.to_owned())
+}
+
+/// The real scheduler loads each shipped schedule file (a bad one stops it with exit code 2)
+/// and serves its admin endpoints before the broker is reached: the compose healthcheck
+/// passes, the Kubernetes probes' paths answer, and /metrics has a series per schedule and
+/// every scheduler metric the alert rules use.
+#[test]
+fn shipped_schedules_load_in_a_real_scheduler_whose_healthcheck_passes() {
+    let compose = &load("docker-compose.yml")[0];
+    let script = healthcheck_script(&compose["services"]["scheduler"]);
+    let port_in_script = format!(
+        "/{}",
+        port_of(str_of(
+            &compose["services"]["scheduler"]["environment"]["WARREN_ADMIN_ADDR"]
+        ))
+    );
+    let alert_metrics: BTreeSet<String> = alerts()
+        .iter()
+        .flat_map(|(_, expr, _)| metric_names(expr))
+        .filter(|m| m.starts_with("warren_scheduler_"))
+        .collect();
+    assert!(!alert_metrics.is_empty(), "an alert on the scheduler");
+    for file in [COMPOSE_SCHEDULE, K8S_SCHEDULE] {
+        let logs = TempDir::new("scheduler-log");
+        std::fs::create_dir_all(&logs.0).expect("a temporary directory");
+        let log = logs.0.join("stderr");
+        let port = free_port();
+        let mut scheduler = Command::new(binary("warren-scheduler"))
+            .args(["--admin-addr", &format!("127.0.0.1:{port}")])
+            .env("WARREN_SCHEDULE", repo().join(file))
+            .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("a log file"))
+            .spawn()
+            .expect("warren-scheduler starts");
+        let here = script.replace(&port_in_script, &format!("/{port}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut healthy = false;
+        while !healthy && Instant::now() < deadline {
+            if let Some(status) = scheduler.try_wait().expect("the scheduler's status") {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("warren-scheduler --schedule {file} exited with {status}:\n{stderr}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            healthy = bash_succeeds(&here);
+        }
+        let readyz = healthy.then(|| http_get(port, "/readyz").0);
+        let metrics = healthy.then(|| http_get(port, "/metrics").1);
+        let _ = scheduler.kill();
+        let _ = scheduler.wait();
+        assert!(healthy, "the healthcheck never passed: {here}");
+        assert_eq!(readyz, Some(503), "/readyz: not ready while connecting");
+        let metrics = metrics.unwrap_or_default();
+        for schedule in schedules(file) {
+            let name = schedule.name;
+            let series = format!("warren_scheduler_ticks_published_total{{schedule=\"{name}\"}} 0");
+            assert!(
+                metrics.contains(&series),
+                "{file}: no {series} in\n{metrics}"
+            );
+        }
+        for metric in &alert_metrics {
+            assert!(
+                metrics.lines().any(|l| l.starts_with(metric.as_str())),
+                "the alerts use {metric}, which the scheduler does not export"
+            );
+        }
+    }
 }
 
 /// The shell script of a compose healthcheck `["CMD", "bash", "-c", SCRIPT]`.
@@ -476,6 +887,20 @@ fn alerts() -> Vec<(String, String, Yaml)> {
         .collect()
 }
 
+/// The Warren metric families an expression reads (histogram series by their family name).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("warren_"))
+        .map(|metric| {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| metric.strip_suffix(s))
+                .unwrap_or(metric);
+            base.to_owned()
+        })
+        .collect()
+}
+
 #[test]
 fn alert_rules_cover_the_failure_modes_with_metrics_that_exist() {
     let alerts = alerts();
@@ -489,6 +914,10 @@ fn alert_rules_cover_the_failure_modes_with_metrics_that_exist() {
         "dead letters growing"
     );
     assert!(covered(&["up{job=\"warren-worker\"} == 0"]), "workers down");
+    assert!(
+        covered(&["sum(warren_scheduler_leader", "== 0"]),
+        "no scheduler leads"
+    );
     assert!(
         covered(&["warren_broker_connected == 0"]),
         "workers not ready"
@@ -516,14 +945,14 @@ fn alert_rules_cover_the_failure_modes_with_metrics_that_exist() {
             !str_of(&rule["annotations"]["summary"]).is_empty(),
             "{name} has a summary"
         );
-        let words = expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
-        for metric in words.filter(|w| w.starts_with("warren_")) {
-            let base = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|s| metric.strip_suffix(s))
-                .unwrap_or(metric);
+        // The scheduler's are checked against a running scheduler's /metrics
+        // (shipped_schedules_load_in_a_real_scheduler_whose_healthcheck_passes).
+        let worker_metrics = metric_names(expr)
+            .into_iter()
+            .filter(|m| !m.starts_with("warren_scheduler_"));
+        for metric in worker_metrics {
             assert!(
-                metrics_source.contains(&format!("\"{base}\"")),
+                metrics_source.contains(&format!("\"{metric}\"")),
                 "alert {name} uses {metric}, which the worker does not export"
             );
         }
@@ -555,6 +984,17 @@ fn scrape_configs_load_the_rules_and_define_the_alerts_jobs() {
         assert_eq!(rules, [PathBuf::from("deploy/alerts.yml")], "{path}");
         for job in &jobs_in_alerts {
             scrape_job(config, job);
+        }
+    }
+    // The host lists of deploy/prometheus.yml exist, each with a target.
+    let config = &load("deploy/prometheus.yml")[0];
+    for job in list(&config["scrape_configs"]) {
+        for sd in list(&job["file_sd_configs"]) {
+            for file in list(&sd["files"]) {
+                let groups = load(&format!("deploy/{}", str_of(file)));
+                let targets = list(&groups[0][0]["targets"]);
+                assert!(!targets.is_empty(), "{file:?} lists no target");
+            }
         }
     }
 }
@@ -726,6 +1166,7 @@ fn kubernetes_manifests_pass_kubernetes_validate_and_kustomize() {
         .map(|o| str_of(&o["kind"]).to_owned())
         .collect();
     let expected = [
+        "ConfigMap",
         "Deployment",
         "PodDisruptionBudget",
         "ScaledObject",
@@ -737,6 +1178,21 @@ fn kubernetes_manifests_pass_kubernetes_validate_and_kustomize() {
         kinds,
         expected.map(String::from).into(),
         "kinds kustomize builds"
+    );
+
+    // The scheduler mounts the ConfigMap made from schedule.toml, under its generated name.
+    let built = parse(&built, "kustomize output");
+    let deployment = object(&built, "Deployment", "warren-scheduler");
+    let volumes = list(&deployment["spec"]["template"]["spec"]["volumes"]);
+    let name = str_of(&volumes[0]["configMap"]["name"]);
+    assert!(
+        name.starts_with("warren-schedule-"),
+        "{name}: the generated name"
+    );
+    let config_map = object(&built, "ConfigMap", name);
+    assert_eq!(
+        str_of(&config_map["data"]["schedule.toml"]),
+        read(K8S_SCHEDULE)
     );
 }
 
@@ -851,11 +1307,12 @@ fn keda_scales_the_worker_deployment_on_its_queue() {
 }
 
 #[test]
-fn servicemonitors_scrape_the_services_admin_and_http_ports() {
+fn servicemonitors_scrape_every_process_on_its_admin_or_http_port() {
     let objects = k8s_objects();
     for (name, container_name, port_name, port) in [
         ("warren-worker", "worker", "admin", 9090),
         ("warren-producer", "producer", "http", 8080),
+        ("warren-scheduler", "scheduler", "admin", 9092),
     ] {
         let monitor = object(&objects, "ServiceMonitor", name);
         assert_eq!(str_of(&monitor["apiVersion"]), "monitoring.coreos.com/v1");
@@ -914,4 +1371,204 @@ fn producer_deployment_runs_the_http_ingest_with_probes() {
     );
     let secret = &env(producer, "AMQP_URL")["valueFrom"]["secretKeyRef"];
     assert_eq!(str_of(&secret["name"]), "warren-amqp");
+}
+
+/// Two replicas, one leading by the lease: each reads the schedule from the ConfigMap that
+/// kustomization.yaml makes of schedule.toml, is probed on its admin port, outlives a tick's
+/// confirm when stopped, and runs like the workers (non-root, read-only, no capabilities).
+/// Evictions keep one replica to take the lease.
+#[test]
+fn scheduler_deployment_runs_two_replicas_of_its_schedule_with_probes() {
+    let objects = k8s_objects();
+    let deployment = object(&objects, "Deployment", "warren-scheduler");
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(2));
+    let pod = &deployment["spec"]["template"];
+    assert!(selects(
+        &deployment["spec"]["selector"]["matchLabels"],
+        &pod["metadata"]["labels"]
+    ));
+    let scheduler = container(deployment, "scheduler");
+    let command: Vec<&str> = list(&scheduler["command"]).iter().map(str_of).collect();
+    assert_eq!(command, ["warren-scheduler"]);
+
+    let port = port_of(str_of(&env(scheduler, "WARREN_ADMIN_ADDR")["value"]));
+    assert_ne!(port, 9090, "the worker's admin port, the image's default");
+    assert_eq!(
+        probe(scheduler, "livenessProbe"),
+        ("/healthz".into(), port, "admin".into())
+    );
+    assert_eq!(
+        probe(scheduler, "readinessProbe"),
+        ("/readyz".into(), port, "admin".into())
+    );
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(str_of(&annotations["prometheus.io/scrape"]), "true");
+    assert_eq!(str_of(&annotations["prometheus.io/port"]), port.to_string());
+
+    // WARREN_SCHEDULE names schedule.toml in a read-only mount of the generated ConfigMap.
+    let schedule = str_of(&env(scheduler, "WARREN_SCHEDULE")["value"]);
+    let (dir, key) = schedule.rsplit_once('/').expect("an absolute path");
+    let mount = list(&scheduler["volumeMounts"])
+        .iter()
+        .find(|m| str_of(&m["mountPath"]) == dir)
+        .unwrap_or_else(|| panic!("nothing is mounted at {dir}"));
+    assert_eq!(mount["readOnly"].as_bool(), Some(true));
+    let volume = list(&pod["spec"]["volumes"])
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mounted volume");
+    let config_map = str_of(&volume["configMap"]["name"]);
+    let kustomization = &load(&format!("{K8S_DIR}/kustomization.yaml"))[0];
+    let generator = list(&kustomization["configMapGenerator"])
+        .iter()
+        .find(|g| str_of(&g["name"]) == config_map)
+        .unwrap_or_else(|| panic!("kustomization.yaml generates no ConfigMap {config_map}"));
+    let files: Vec<&str> = list(&generator["files"]).iter().map(str_of).collect();
+    assert_eq!(
+        files,
+        [key],
+        "the ConfigMap's key is the file WARREN_SCHEDULE names"
+    );
+    assert_eq!(format!("{K8S_DIR}/{key}"), K8S_SCHEDULE);
+    let workers = container(object(&objects, "Deployment", "warren-worker"), "worker");
+    check_schedule(
+        K8S_SCHEDULE,
+        str_of(&env(workers, "WARREN_QUEUES")["value"]),
+    );
+
+    let confirm = seconds(str_of(&env(scheduler, "WARREN_CONFIRM_TIMEOUT")["value"]));
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(30);
+    assert!(
+        confirm > 0 && grace > i64::try_from(confirm).unwrap(),
+        "grace {grace}s, confirm timeout {confirm}s"
+    );
+    let secret = &env(scheduler, "AMQP_URL")["valueFrom"]["secretKeyRef"];
+    assert_eq!(
+        (str_of(&secret["name"]), str_of(&secret["key"])),
+        ("warren-amqp", "url")
+    );
+    for bound in ["requests", "limits"] {
+        let resources = &scheduler["resources"][bound];
+        assert!(
+            !resources["cpu"].is_badvalue() && !resources["memory"].is_badvalue(),
+            "{bound}"
+        );
+    }
+    assert_eq!(
+        pod["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
+    let security = &scheduler["securityContext"];
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(
+        list(&security["capabilities"]["drop"]),
+        [Yaml::String("ALL".into())]
+    );
+
+    let pdb = object(&objects, "PodDisruptionBudget", "warren-scheduler");
+    assert!(selects(
+        &pdb["spec"]["selector"]["matchLabels"],
+        &pod["metadata"]["labels"]
+    ));
+    assert_eq!(
+        pdb["spec"]["minAvailable"].as_i64(),
+        Some(1),
+        "an eviction leaves a replica to take the lease"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Flags and environment variables
+
+/// The long flags and the environment variables a binary (or one of its subcommands)
+/// accepts, read from its `--help`.
+fn accepted(argv: &[&str]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let help = run_ok(Command::new(binary(argv[0])).args(&argv[1..]).arg("--help"));
+    let flags = help
+        .lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+        .flat_map(str::split_whitespace)
+        .filter_map(|w| w.trim_end_matches(',').strip_prefix("--"))
+        .map(|f| format!("--{f}"))
+        .collect();
+    let vars = help
+        .split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().unwrap_or_default().to_owned())
+        .collect();
+    (flags, vars)
+}
+
+/// Checks a command line and the environment variables set for it against what the binary
+/// accepts: clap refuses an unknown flag at start-up, but ignores an unknown variable, which
+/// would silently leave a setting at its default.
+fn check_invocation(what: &str, argv: &[&str], vars: &[&str]) {
+    assert!(BINARIES.contains(&argv[0]), "{what} runs {argv:?}");
+    let subcommand = argv.get(1).filter(|a| !a.starts_with('-'));
+    let program: Vec<&str> = argv[..1].iter().chain(subcommand).copied().collect();
+    let (flags, accepted_vars) = accepted(&program);
+    for arg in argv.iter().filter(|a| a.starts_with("--")) {
+        let flag = arg.split('=').next().unwrap_or_default();
+        assert!(
+            flags.contains(flag),
+            "{what}: {program:?} has no flag {flag}"
+        );
+    }
+    for var in vars {
+        assert!(
+            accepted_vars.contains(*var),
+            "{what}: {program:?} does not read {var} (it reads {accepted_vars:?})"
+        );
+    }
+}
+
+/// Every Warren process of docker-compose.yml and of the Kubernetes Deployments gets only
+/// flags and environment variables its binary really reads.
+#[test]
+fn deployment_files_give_the_binaries_only_flags_and_variables_they_accept() {
+    let compose = &load("docker-compose.yml")[0];
+    let mut checked = BTreeSet::new();
+    for (name, service) in compose["services"].as_hash().expect("services") {
+        let argv: Vec<&str> = list(&service["command"]).iter().map(str_of).collect();
+        if !argv.first().is_some_and(|a| a.starts_with("warren-")) {
+            continue;
+        }
+        let vars: Vec<&str> = service["environment"]
+            .as_hash()
+            .map(|env| env.keys().map(str_of).collect())
+            .unwrap_or_default();
+        check_invocation(&format!("compose service {}", str_of(name)), &argv, &vars);
+        checked.insert(argv[0]);
+    }
+    assert_eq!(
+        checked,
+        BTreeSet::from(BINARIES),
+        "a compose service per binary"
+    );
+
+    let objects = k8s_objects();
+    let mut checked = BTreeSet::new();
+    for deployment in objects
+        .iter()
+        .filter(|o| str_of(&o["kind"]) == "Deployment")
+    {
+        for container in list(&deployment["spec"]["template"]["spec"]["containers"]) {
+            let argv: Vec<&str> = list(&container["command"])
+                .iter()
+                .chain(list(&container["args"]))
+                .map(str_of)
+                .collect();
+            let vars: Vec<&str> = list(&container["env"])
+                .iter()
+                .map(|e| str_of(&e["name"]))
+                .collect();
+            let what = format!("Deployment {}", str_of(&deployment["metadata"]["name"]));
+            check_invocation(&what, &argv, &vars);
+            checked.insert(argv[0]);
+        }
+    }
+    assert_eq!(checked, BTreeSet::from(BINARIES), "a Deployment per binary");
 }
