@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
-use warren_worker::{HandlerOptions, Payload, Registry, TaskContext, TaskError};
+use warren_worker::{HandlerOptions, Payload, Registry, Task, TaskContext, TaskError};
 
 /// Payload of `demo.sleep`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +26,18 @@ pub struct Flaky {
     pub fail_times: u32,
 }
 
+impl Task for Sleep {
+    const NAME: &'static str = "demo.sleep";
+}
+
+impl Task for Cpu {
+    const NAME: &'static str = "demo.cpu";
+}
+
+impl Task for Flaky {
+    const NAME: &'static str = "demo.flaky";
+}
+
 /// Registers `demo.noop`, `demo.sleep`, `demo.cpu`, `demo.echo`, `demo.flaky`, `demo.fail`,
 /// `demo.panic` and `demo.crash`. The tasks that ignore their payload accept any payload in
 /// either codec.
@@ -35,11 +47,11 @@ pub fn register(registry: &mut Registry) {
         .register_raw("demo.noop", any, |_: TaskContext, _: Payload| async {
             Ok::<_, TaskError>(())
         })
-        .register("demo.sleep", |_: TaskContext, p: Sleep| async move {
+        .handle(|_: TaskContext, p: Sleep| async move {
             tokio::time::sleep(Duration::from_millis(p.ms)).await;
             Ok::<_, TaskError>(())
         })
-        .register("demo.cpu", |_: TaskContext, p: Cpu| async move {
+        .handle(|_: TaskContext, p: Cpu| async move {
             let digest = tokio::task::spawn_blocking(move || hash_rounds(p.rounds)).await?;
             tracing::debug!(digest = %hex(&digest), "hashed");
             Ok::<_, TaskError>(())
@@ -51,7 +63,7 @@ pub fn register(registry: &mut Registry) {
                 Ok::<_, TaskError>(())
             },
         )
-        .register("demo.flaky", |ctx: TaskContext, p: Flaky| async move {
+        .handle(|ctx: TaskContext, p: Flaky| async move {
             if ctx.attempt <= p.fail_times {
                 let n = p.fail_times;
                 return Err(TaskError::retryable(format!(

@@ -23,6 +23,7 @@ mod publish;
 mod queue;
 mod republish;
 mod shutdown;
+mod task;
 mod telemetry;
 mod topology;
 mod trace;
@@ -43,6 +44,7 @@ pub use publish::{
 pub use queue::{dead_letter_queue_name, isolation_queue_name, QueueKind, QueueSpec, Retention};
 pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};
+pub use task::Task;
 pub use telemetry::LogFormat;
 #[cfg(feature = "telemetry")]
 pub use telemetry::{init_command_tracing, init_tracing};

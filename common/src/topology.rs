@@ -194,6 +194,15 @@ impl Topology {
         Self::inspect_on(&channel, queue).await
     }
 
+    /// Whether `queue` exists: [`inspect`](Self::inspect), with a missing queue as `false`.
+    pub async fn queue_exists(conn: &Connection, queue: &str) -> Result<bool, TopologyError> {
+        match Self::inspect(conn, queue).await {
+            Ok(_) => Ok(true),
+            Err(TopologyError::NotFound(_)) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
     /// [`inspect`](Self::inspect) on a given channel, which it closes (the broker closes it
     /// on an error).
     async fn inspect_on(channel: &Channel, queue: &str) -> Result<QueueState, TopologyError> {

@@ -18,6 +18,6 @@ pub use http::{
     DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
 };
 pub use warren_common::{
-    Codec, ProducerMetrics, PublishError, Publisher, PublisherConfig, QueueKind, QueueSpec, TaskId,
-    TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
+    Codec, ProducerMetrics, PublishError, Publisher, PublisherConfig, QueueKind, QueueSpec, Task,
+    TaskId, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
 };

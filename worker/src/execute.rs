@@ -230,9 +230,13 @@ impl Attempt {
         metrics
             .duration
             .observe(self.started.elapsed().as_secs_f64());
+        let mut asked = None;
         let failure = match ended {
             Ok(Ok(Ok(()))) => return Outcome::Ack,
-            Ok(Ok(Err(error))) => error.into_failure(),
+            Ok(Ok(Err(error))) => {
+                asked = error.retry_delay();
+                error.into_failure()
+            }
             Ok(Err(panic)) => Failure::new(ReasonKind::Panic, panic_message(panic.as_ref())),
             Err(_) => Failure::new(
                 ReasonKind::Timeout,
@@ -244,9 +248,15 @@ impl Attempt {
         };
         metrics.failed(failure.kind);
         let retry = &shared.config.retry;
-        Outcome::after_failure(failure, self.number, self.max_attempts, |attempt| {
-            retry.delay_after(attempt)
-        })
+        Outcome::after_failure(
+            failure,
+            self.number,
+            self.max_attempts,
+            |attempt| match asked {
+                Some(delay) => delay.min(warren_common::delay::max_delay()),
+                None => retry.delay_after(attempt),
+            },
+        )
     }
 }
 

@@ -32,6 +32,7 @@ pub use registry::{HandlerOptions, Payload, Permanent, Registry, TaskContext, Ta
 pub use retry::RetryPolicy;
 #[cfg(feature = "runtime")]
 pub use runtime::{run, run_with};
+pub use warren_common::Task;
 
 use std::collections::HashMap;
 use std::sync::Arc;

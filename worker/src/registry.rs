@@ -11,7 +11,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use warren_common::{Codec, CodecError, TaskId};
+use warren_common::{Codec, CodecError, Task, TaskId};
 
 /// What a handler knows about the task it runs.
 #[derive(Clone, Debug)]
@@ -46,6 +46,7 @@ pub struct TaskContext {
 pub struct TaskError {
     permanent: bool,
     message: String,
+    retry_after: Option<Duration>,
 }
 
 impl TaskError {
@@ -54,6 +55,7 @@ impl TaskError {
         TaskError {
             permanent: false,
             message: message.to_string(),
+            retry_after: None,
         }
     }
 
@@ -62,7 +64,22 @@ impl TaskError {
         TaskError {
             permanent: true,
             message: message.to_string(),
+            retry_after: None,
         }
+    }
+
+    /// Run the next attempt after `delay` instead of the worker's backoff, e.g. when a service
+    /// answered "429, retry after 30 s": `TaskError::retryable(e).retry_after(d)`. The attempt
+    /// still counts against the task's attempts; the delay is rounded up to whole seconds and
+    /// capped at the delay cascade's longest (about 194 days). A permanent error ignores it.
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// The delay asked for with [`retry_after`](Self::retry_after).
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// Whether the task goes to the dead letters without a retry.
@@ -182,6 +199,29 @@ impl Registry {
         E: Into<TaskError> + 'static,
     {
         self.register_with(name, HandlerOptions::default(), handler)
+    }
+
+    /// Registers `handler` for the typed task `T` under its [`Task::NAME`]:
+    /// `registry.handle(resize)` for `async fn resize(ctx: TaskContext, task: Resize)`.
+    pub fn handle<T, F, Fut, E>(&mut self, handler: F) -> &mut Self
+    where
+        T: Task,
+        F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<TaskError> + 'static,
+    {
+        self.register_with(T::NAME, HandlerOptions::default(), handler)
+    }
+
+    /// Like [`handle`](Self::handle), with a timeout or attempt limit of its own.
+    pub fn handle_with<T, F, Fut, E>(&mut self, options: HandlerOptions, handler: F) -> &mut Self
+    where
+        T: Task,
+        F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<TaskError> + 'static,
+    {
+        self.register_with(T::NAME, options, handler)
     }
 
     /// Like [`register`](Self::register), with a timeout or attempt limit of its own.

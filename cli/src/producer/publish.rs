@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
-use warren_common::{now_ms, AmqpArgs, Codec, QueueKind, QueueSpec, Retention, Shutdown};
+use warren_common::{AmqpArgs, Codec, QueueKind, QueueSpec, Retention, Shutdown};
 use warren_producer::{PublishError, Publisher, PublisherConfig, TaskOptions};
 
 /// Arguments of `publish`.
@@ -110,7 +110,16 @@ pub async fn run(
         id: args.id.clone(),
         codec: Some(Codec::Json),
         delay,
-        expires_at_ms: args.expires_in.map(|d| now_ms() + d.as_millis() as u64),
+        expires_at: args
+            .expires_in
+            .map(|d| SystemTime::now().checked_add(d).ok_or(d))
+            .transpose()
+            .map_err(|d| {
+                anyhow::anyhow!(
+                    "--expires-in {}: too far in the future",
+                    humantime::format_duration(d)
+                )
+            })?,
         max_attempts: args.max_attempts,
         timeout: args.timeout,
         priority: args.priority,

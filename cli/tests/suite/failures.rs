@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use warren_cli::demo;
 use warren_common::{headers, now_ms, Codec};
 use warren_producer::TaskOptions;
@@ -288,10 +288,7 @@ async fn every_kind_of_bad_task_is_dead_lettered_with_its_reason_and_the_worker_
         .await
         .unwrap();
     expected.push((id, "timeout".into()));
-    let expired = TaskOptions {
-        expires_at_ms: Some(now_ms() - 1_000),
-        ..TaskOptions::default()
-    };
+    let expired = TaskOptions::new().expires_at(SystemTime::now() - Duration::from_secs(1));
     expected.push(publish("test.note", expired, "expired").await);
     expected.push(publish("no.such.task", TaskOptions::default(), "unknown_task").await);
     // Hand-made bodies: garbage, oversized, and a bincode length prefix claiming ~2^62 bytes.

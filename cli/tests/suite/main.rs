@@ -27,5 +27,6 @@ mod stall;
 mod stats;
 mod tls;
 mod trace_context;
+mod typed_tasks;
 
 pub use process::{binary, WorkerProcess};

@@ -11,13 +11,9 @@
 
 use super::error::ApiError;
 use crate::{PublishError, Publisher, PublisherConfig};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use warren_common::fault::{classify, Fault, Operation};
 use warren_common::{Health, QueueSpec, Readiness};
 
 /// How often the server's readiness is brought in line with the publisher's.
@@ -46,7 +42,6 @@ struct Inner {
     /// Cancels the publisher's reconnection loop; fired only once the server has stopped, so
     /// requests still in flight during a drain can complete.
     link_cancel: CancellationToken,
-    known_queues: Mutex<HashSet<String>>,
     fatal: Mutex<Option<PublishError>>,
 }
 
@@ -67,7 +62,6 @@ impl Broker {
                 publisher: OnceLock::new(),
                 health,
                 link_cancel: CancellationToken::new(),
-                known_queues: Mutex::new(HashSet::new()),
                 fatal: Mutex::new(None),
             }),
         };
@@ -116,7 +110,6 @@ impl Broker {
                 }
             }
         }
-        lock(&self.inner.known_queues).insert(spec.name.clone());
         let _ = self.inner.publisher.set(publisher.clone());
         tracing::info!(queue = %spec.name, "connected; accepting tasks");
         follow(&publisher, &spec, &self.inner.health).await;
@@ -145,40 +138,6 @@ impl Broker {
             | Readiness::Unavailable => Err(ApiError::unavailable(
                 "lost the broker connection; reconnecting",
             )),
-        }
-    }
-
-    /// Whether `queue` exists (a passive declare, remembered once true). Needed for delayed
-    /// tasks only: they are confirmed by the delay cascade's first queue, so the broker
-    /// cannot report a missing work queue at publish time.
-    pub(crate) async fn queue_exists(
-        &self,
-        publisher: &Publisher,
-        queue: &str,
-    ) -> Result<bool, PublishError> {
-        if lock(&self.inner.known_queues).contains(queue) {
-            return Ok(true);
-        }
-        let channel = publisher.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        match channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-        {
-            Ok(_) => {
-                let _ = channel.close(200, "checked".into()).await;
-                lock(&self.inner.known_queues).insert(queue.to_owned());
-                Ok(true)
-            }
-            // A 404 that is not a node being down: no such queue.
-            Err(e) if classify(&e, Operation::Inspect) == Fault::Missing => Ok(false),
-            Err(source) => Err(PublishError::Connection {
-                id: String::new(),
-                source,
-            }),
         }
     }
 

@@ -72,7 +72,7 @@ pub(crate) async fn publish_one(
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let task = request.validate("", &app.default_queue, traceparent(&headers))?;
     let publisher = app.broker.ready().map_err(|e| e.with_id(task.id()))?;
-    publish(&app.broker, &publisher, &task).await.map_err(|e| {
+    publish(&publisher, &task).await.map_err(|e| {
         let e = ApiError::from_publish(&e, &task.queue, "queue").with_id(task.id());
         tracing::warn!(task_id = %task.id(), task = %task.task, queue = %task.queue, error = %e.body.error, "task not accepted");
         e
@@ -104,7 +104,7 @@ pub(crate) async fn publish_batch(
         .collect::<Result<Vec<_>, _>>()?;
     let results = match app.broker.ready() {
         Ok(publisher) => {
-            let publishes = tasks.iter().map(|t| publish(&app.broker, &publisher, t));
+            let publishes = tasks.iter().map(|t| publish(&publisher, t));
             futures::future::join_all(publishes).await
         }
         Err(unavailable) => {
@@ -127,21 +127,9 @@ pub(crate) async fn publish_batch(
     Ok(failure.into_response())
 }
 
-/// Publishes a validated task; a delayed task's queue must exist first (see
-/// [`Broker::queue_exists`]).
-async fn publish(
-    broker: &Broker,
-    publisher: &Publisher,
-    task: &ValidTask,
-) -> Result<(), PublishError> {
-    if task.options.delay.is_some() && !broker.queue_exists(publisher, &task.queue).await? {
-        return Err(PublishError::Unroutable {
-            id: task.id().to_owned(),
-            exchange: String::new(),
-            routing_key: task.queue.clone(),
-            reply: "NOT_FOUND".to_owned(),
-        });
-    }
+/// Publishes a validated task (a delayed one only to a queue that exists: the publisher
+/// checks, see [`Publisher::publish`]).
+async fn publish(publisher: &Publisher, task: &ValidTask) -> Result<(), PublishError> {
     publisher
         .publish(&task.task, &task.payload, &task.options)
         .await

@@ -103,8 +103,11 @@ impl TaskRequest {
             let message = format!("timeout must be at most {} seconds", max.as_secs());
             return Err(err("timeout", message));
         }
-        let expires_at_ms = match &self.expires_at {
-            Some(text) => Some(parse_rfc3339_ms(text).map_err(|m| err("expires_at", m))?),
+        let expires_at = match &self.expires_at {
+            Some(text) => {
+                let ms = parse_rfc3339_ms(text).map_err(|m| err("expires_at", m))?;
+                Some(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            }
             None => None,
         };
         if self.priority.is_some_and(|p| p > 9) {
@@ -128,7 +131,7 @@ impl TaskRequest {
             codec: Some(Codec::Json),
             max_attempts: self.max_attempts,
             timeout: timeout.map(whole_millis),
-            expires_at_ms,
+            expires_at,
             traceparent,
             delay: self.delay.map(|Seconds(d)| d).filter(|d| !d.is_zero()),
             priority: self.priority,
@@ -278,7 +281,10 @@ mod tests {
         assert_eq!(tiny.options.timeout, Some(Duration::from_millis(1)));
         assert_eq!(task.options.priority, Some(3));
         assert_eq!(task.options.max_attempts, Some(2));
-        assert_eq!(task.options.expires_at_ms, Some(4_102_444_800_000));
+        assert_eq!(
+            task.options.expires_at,
+            Some(std::time::UNIX_EPOCH + Duration::from_millis(4_102_444_800_000))
+        );
         assert_eq!(task.options.traceparent.as_deref(), Some(tp));
         assert_eq!(task.options.codec, Some(Codec::Json));
         assert!(!task.id().is_empty());
