@@ -10,6 +10,7 @@ use crate::Shared;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use lapin::message::Delivery;
+use lapin::BasicProperties;
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -19,11 +20,30 @@ use tokio::time::error::Elapsed;
 use tokio::time::Instant;
 use warren_common::{headers, now_ms, Envelope, EnvelopeError};
 
+/// What the checks and the handler read of a delivery: its body, its properties and whether
+/// the broker delivered it before.
+#[derive(Clone, Copy)]
+pub(crate) struct Arrival<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) properties: &'a BasicProperties,
+    pub(crate) redelivered: bool,
+}
+
+impl<'a> From<&'a Delivery> for Arrival<'a> {
+    fn from(delivery: &'a Delivery) -> Self {
+        Arrival {
+            data: &delivery.data,
+            properties: &delivery.properties,
+            redelivered: delivery.redelivered,
+        }
+    }
+}
+
 /// The checks made before a handler runs; each refusal is final (a dead letter, or the move
 /// of a suspect delivery to run alone).
 fn admit<'a>(
     shared: &'a Shared,
-    delivery: &Delivery,
+    delivery: Arrival<'_>,
     envelope: Result<Envelope, EnvelopeError>,
     mode: Mode,
 ) -> Result<(Envelope, &'a Entry), Outcome> {
@@ -91,7 +111,7 @@ pub(crate) enum Run {
 pub(crate) fn run(
     shared: &Shared,
     queue: &Arc<str>,
-    delivery: &Delivery,
+    delivery: Arrival<'_>,
     envelope: Result<Envelope, EnvelopeError>,
     metrics: &TaskMetrics,
     mode: Mode,
@@ -133,7 +153,7 @@ impl Started {
     fn new(
         shared: &Shared,
         queue: &Arc<str>,
-        delivery: &Delivery,
+        delivery: Arrival<'_>,
         envelope: Envelope,
         entry: &Entry,
         metrics: &TaskMetrics,
@@ -170,7 +190,7 @@ impl Started {
             traceparent: envelope.traceparent,
         };
         let handler = entry
-            .start(ctx, envelope.codec, &delivery.data)
+            .start(ctx, envelope.codec, delivery.data)
             .map_err(|e| Outcome::DeadLetter(Failure::new(ReasonKind::Undecodable, e)))?;
         if let Some(ready) = ready {
             metrics

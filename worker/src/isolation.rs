@@ -193,7 +193,7 @@ impl Isolation {
             match execute::run(
                 shared,
                 &self.queue,
-                delivery,
+                delivery.into(),
                 envelope,
                 metrics,
                 Mode::Alone,

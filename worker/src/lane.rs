@@ -149,7 +149,7 @@ impl<'a> Lane<'a> {
         match execute::run(
             self.shared,
             self.queue,
-            delivery,
+            delivery.into(),
             envelope,
             metrics,
             Mode::Shared,

@@ -20,6 +20,7 @@ mod routing;
 #[cfg(feature = "runtime")]
 mod runtime;
 mod subscription;
+pub mod testing;
 
 #[cfg(feature = "runtime")]
 pub use config::WorkerArgs;

@@ -48,7 +48,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A pool of handlers consuming one or more queues.
 pub struct Worker {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     health: Health,
 }
 

@@ -10,6 +10,7 @@ mod consume_loop;
 mod crash;
 mod dead_letters;
 mod deploy;
+mod examples;
 mod failures;
 mod http_ingest;
 mod invalid_messages;
@@ -29,4 +30,4 @@ mod tls;
 mod trace_context;
 mod typed_tasks;
 
-pub use process::{binary, WorkerProcess};
+pub use process::{binary, example, WorkerProcess};

@@ -6,6 +6,26 @@ use std::path::PathBuf;
 use std::time::Duration;
 use warren_tests::{capture_lines, http_get, samples, wait_for_line};
 
+/// Path of an example program of the workspace (`worker`, `publish`). Cargo builds the
+/// examples that have no tests of their own for the suite; `scripts/test` runs
+/// `cargo build --workspace --examples` for the others first.
+pub fn example(name: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/suite-<hash> -> target/<profile>/examples/<name>
+    let examples = test
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary is in target/<profile>/deps")
+        .join("examples");
+    let path = examples.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace --examples` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
 /// Path of one of the stock binaries: `warren-worker`, `warren-producer` or
 /// `warren-scheduler`. Cargo builds them before it builds this test.
 pub fn binary(name: &str) -> PathBuf {
@@ -31,7 +51,17 @@ impl WorkerProcess {
     /// Starts `warren-worker` with `args` (plus an admin server on a free port) and waits
     /// until its admin server listens.
     pub async fn start(args: &[&str], amqp_url: &str) -> WorkerProcess {
-        let mut child = tokio::process::Command::new(binary("warren-worker"))
+        Self::start_program(&binary("warren-worker"), args, amqp_url).await
+    }
+
+    /// Starts `program`, a worker built on `warren_worker::run` (the stock binary, an
+    /// example), like [`start`](Self::start).
+    pub async fn start_program(
+        program: &std::path::Path,
+        args: &[&str],
+        amqp_url: &str,
+    ) -> WorkerProcess {
+        let mut child = tokio::process::Command::new(program)
             .args(args)
             .args(["--admin-addr", "127.0.0.1:0"])
             .env("AMQP_URL", amqp_url)
@@ -40,7 +70,7 @@ impl WorkerProcess {
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("warren-worker starts");
+            .unwrap_or_else(|e| panic!("{} starts: {e}", program.display()));
         let lines = capture_lines(child.stderr.take().expect("stderr is piped"));
         let line = wait_for_line(&lines, "admin server listening", Duration::from_secs(30))
             .await

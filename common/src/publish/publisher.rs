@@ -121,6 +121,44 @@ impl TaskOptions {
         self.traceparent = Some(traceparent.into());
         self
     }
+
+    /// The envelope and body of task `task` with these options, as a publish would send
+    /// them (no broker needed: the testing API and tools use it too).
+    pub fn prepare<T: Serialize + ?Sized>(
+        &self,
+        task: &str,
+        payload: &T,
+    ) -> Result<(Envelope, Vec<u8>), PublishError> {
+        let options = self;
+        let codec = options.codec.unwrap_or_default();
+        let mut envelope = Envelope::new(task, codec);
+        if let Some(id) = &options.id {
+            envelope.id.clone_from(id);
+        }
+        if let Some(v) = options.schema_version {
+            envelope.schema_version = v;
+        }
+        envelope.max_attempts = options.max_attempts;
+        envelope.timeout_ms = options.timeout.map(|t| t.as_millis() as u64);
+        envelope.expires_ms = options.expires_at.map(epoch_ms);
+        envelope.traceparent.clone_from(&options.traceparent);
+        envelope.not_before_ms = options
+            .delay
+            .filter(|d| delay::delay_seconds(*d) > 0)
+            .map(|d| {
+                let created = envelope.created_ms.unwrap_or_else(crate::now_ms);
+                created + delay::delay_seconds(d) * 1000
+            });
+        if let Some(wait) = options.delay.filter(|d| *d > delay::max_delay()) {
+            return Err(PublishError::DelayTooLong {
+                requested: wait,
+                max: delay::max_delay(),
+            });
+        }
+        envelope.validate()?;
+        let body = codec.encode(payload)?;
+        Ok((envelope, body))
+    }
 }
 
 /// Milliseconds since the epoch of `at`: 0 before the epoch, `u64::MAX` past its range.
@@ -367,34 +405,7 @@ impl Publisher {
         payload: &T,
         options: &TaskOptions,
     ) -> Result<(Envelope, Vec<u8>), PublishError> {
-        let codec = options.codec.unwrap_or_default();
-        let mut envelope = Envelope::new(task, codec);
-        if let Some(id) = &options.id {
-            envelope.id.clone_from(id);
-        }
-        if let Some(v) = options.schema_version {
-            envelope.schema_version = v;
-        }
-        envelope.max_attempts = options.max_attempts;
-        envelope.timeout_ms = options.timeout.map(|t| t.as_millis() as u64);
-        envelope.expires_ms = options.expires_at.map(epoch_ms);
-        envelope.traceparent.clone_from(&options.traceparent);
-        envelope.not_before_ms = options
-            .delay
-            .filter(|d| delay::delay_seconds(*d) > 0)
-            .map(|d| {
-                let created = envelope.created_ms.unwrap_or_else(crate::now_ms);
-                created + delay::delay_seconds(d) * 1000
-            });
-        if let Some(wait) = options.delay.filter(|d| *d > delay::max_delay()) {
-            return Err(PublishError::DelayTooLong {
-                requested: wait,
-                max: delay::max_delay(),
-            });
-        }
-        envelope.validate()?;
-        let body = codec.encode(payload)?;
-        Ok((envelope, body))
+        options.prepare(task, payload)
     }
 
     /// Publishes a prepared message (mandatory, persistent as given) and waits for its confirm.

@@ -1,0 +1,79 @@
+//! The examples the docs show, run as a user runs them: the worker example (two typed tasks
+//! on `warren_worker::run`) takes what the publisher example sends.
+
+use crate::{example, WorkerProcess};
+use std::time::Duration;
+use warren_common::{dead_letter_queue_name, headers};
+use warren_tests::*;
+
+#[tokio::test]
+async fn the_worker_example_runs_what_the_publisher_example_sends() {
+    let queue = unique_queue("examples");
+    let url = amqp_url();
+    let mut worker =
+        WorkerProcess::start_program(&example("worker"), &["--queue", &queue], &url).await;
+    for _ in 0..200 {
+        if worker.readiness().await == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        worker.readiness().await,
+        200,
+        "the worker example is consuming"
+    );
+    let published = tokio::process::Command::new(example("publish"))
+        .arg(&queue)
+        .env("AMQP_URL", &url)
+        .output()
+        .await
+        .expect("the publish example runs");
+    let stdout = String::from_utf8_lossy(&published.stdout);
+    assert!(
+        published.status.success(),
+        "publish example failed: {stdout}{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    assert_eq!(stdout.matches(" confirmed").count(), 4, "{stdout}");
+
+    let succeeded = |m: &std::collections::BTreeMap<String, f64>, task: &str| {
+        sample(m, "warren_tasks_succeeded_total", &[("task", task)])
+    };
+    let mut metrics = Default::default();
+    for _ in 0..300 {
+        metrics = worker.scrape().await;
+        if succeeded(&metrics, "images.resize") == 2.0 && succeeded(&metrics, "users.notify") == 1.0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(succeeded(&metrics, "images.resize"), 2.0);
+    assert_eq!(succeeded(&metrics, "users.notify"), 1.0);
+    // The notification asked for its retry delay once ("mail service busy").
+    assert_eq!(
+        sample(
+            &metrics,
+            "warren_tasks_retried_total",
+            &[("task", "users.notify")]
+        ),
+        1.0
+    );
+    let conn = raw_connection().await;
+    let dead = take_all(&conn, &dead_letter_queue_name(&queue)).await;
+    assert_eq!(dead.len(), 1, "the zero-width image is the one dead letter");
+    assert_eq!(
+        header(&dead[0].0, headers::DEAD_KIND).as_deref(),
+        Some("permanent")
+    );
+    assert_eq!(
+        header(&dead[0].0, headers::DEAD_REASON).as_deref(),
+        Some("width must be positive")
+    );
+
+    worker.signal("TERM");
+    let status = worker.child.wait().await.expect("the worker exits");
+    assert_eq!(status.code(), Some(0), "a drained worker exits 0");
+    delete_queues(&conn, &queue).await;
+}
