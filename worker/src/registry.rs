@@ -71,7 +71,7 @@ impl TaskError {
     /// Run the next attempt after `delay` instead of the worker's backoff, e.g. when a service
     /// answered "429, retry after 30 s": `TaskError::retryable(e).retry_after(d)`. The attempt
     /// still counts against the task's attempts; the delay is rounded up to whole seconds and
-    /// capped at the delay cascade's longest (about 194 days). A permanent error ignores it.
+    /// capped at the delay cascade's longest (about 8.5 years). A permanent error ignores it.
     pub fn retry_after(mut self, delay: Duration) -> Self {
         self.retry_after = Some(delay);
         self

@@ -10,6 +10,7 @@ mod consume_loop;
 mod crash;
 mod dead_letters;
 mod deploy;
+mod docs;
 mod examples;
 mod failures;
 mod http_ingest;
