@@ -9,6 +9,7 @@ mod cluster;
 mod consume_loop;
 mod crash;
 mod dead_letters;
+mod dependencies;
 mod deploy;
 mod docs;
 mod examples;

@@ -1,0 +1,73 @@
+//! What a Rust team pays for each library: without default features, a crate that only
+//! publishes or only implements a worker pulls in no HTTP server, no command-line parser, no
+//! progress bars, no cron or time-zone tables, no log formatting, and never the producer.
+
+use std::process::Command;
+
+/// Crates that belong to the binaries and servers, not to the libraries' core.
+const HEAVY: [&str; 9] = [
+    "axum",
+    "hyper",
+    "clap",
+    "indicatif",
+    "croner",
+    "chrono-tz",
+    "toml",
+    "tracing-subscriber",
+    "warren-producer",
+];
+
+/// The crate names in `cargo tree -e normal --no-default-features -p <package>`.
+fn tree(package: &str) -> Vec<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "tree",
+            "-e",
+            "normal",
+            "--no-default-features",
+            "--prefix",
+            "none",
+        ])
+        .args(["--format", "{p}", "-p", package])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        output.status.success(),
+        "cargo tree -p {package}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_libraries_without_default_features_pull_in_no_server_or_tool_crates() {
+    for package in ["warren-common", "warren-worker", "warren-producer"] {
+        let crates = tree(package);
+        assert!(crates.iter().any(|c| c == "lapin"), "{package}: {crates:?}");
+        let heavy: Vec<&String> = crates
+            .iter()
+            .filter(|c| HEAVY.contains(&c.as_str()) && c.as_str() != package)
+            .collect();
+        assert!(heavy.is_empty(), "{package} pulls in {heavy:?}");
+    }
+}
+
+#[test]
+fn the_worker_does_not_depend_on_the_producer_even_with_every_feature() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args(["tree", "-e", "normal", "--all-features", "--prefix", "none"])
+        .args(["--format", "{p}", "-p", "warren-worker"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(!text.contains("warren-producer"), "{text}");
+}
