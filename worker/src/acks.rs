@@ -25,7 +25,7 @@ pub(crate) const QUIET: Duration = Duration::from_millis(20);
 /// Raft command (measured: ~20 µs of its CPU on a quorum queue), and a busy loop runs out of
 /// work after almost every delivery: an ack each time made the broker the bottleneck. Held
 /// longer (1 ms), the acks cost the worker more than they saved the broker: its consume loop
-/// spent ~0.45 µs more per task, for the same broker CPU (docs/performance.md, finding 16).
+/// spent ~0.45 µs more per task, for the same broker CPU (docs/performance-findings.md, finding 16).
 /// A quiet loop (one task now and then) still acks each task as it finishes.
 pub(crate) const LINGER: Duration = Duration::from_micros(200);
 

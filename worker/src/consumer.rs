@@ -27,7 +27,7 @@ use warren_common::Publisher;
 /// The consumer tag of every consume loop. The broker puts it in every delivery it sends and
 /// spends CPU on it per delivery in proportion to its length: a tag of `<hostname>-<pid>/<queue>`
 /// (38 bytes in the benchmark, more under Kubernetes' pod names) cost it ~0.4 µs per task more
-/// than this one, ~6% of its work on a no-op task (docs/performance.md, finding 19). Each
+/// than this one, ~6% of its work on a no-op task (docs/performance-findings.md, finding 19). Each
 /// consumer has a channel of its own, so the tag need not be unique; the worker's identity
 /// is on its connection (`warren-worker <worker id>`).
 pub(crate) const CONSUMER_TAG: &str = "warren";

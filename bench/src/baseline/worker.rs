@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The consumer tag: the very bytes `warren-worker` uses. The broker spends CPU on the tag in
-/// every delivery in proportion to its length (docs/performance.md, finding 19), so both
+/// every delivery in proportion to its length (docs/performance-findings.md, finding 19), so both
 /// sides carry the same one.
 const CONSUMER_TAG: &str = "warren";
 

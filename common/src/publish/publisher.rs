@@ -179,7 +179,7 @@ pub struct PublisherConfig {
     /// Publish tasks through [`exchange`](Self::exchange) rather than straight to their queue
     /// through the default exchange. Off by default: both reach the same queue, and the
     /// default exchange costs the broker ~15% less CPU per publish (RabbitMQ 3.10,
-    /// docs/performance.md finding 18). Turn it on for queues you bind to the task exchange
+    /// docs/performance-findings.md finding 18). Turn it on for queues you bind to the task exchange
     /// yourself: only publishes through it reach those.
     pub via_exchange: bool,
     /// The queue used when a task names none.
