@@ -154,8 +154,10 @@ async fn assert_every_task_ran(workers: &[&WorkerProcess], confirmed: &[String])
 async fn assert_load_ran(workers: &[&WorkerProcess], load: &Mutex<Load>, killed: Instant) {
     let load = std::mem::take(&mut *load.lock().unwrap());
     assert_publishing_resumed(&load, killed);
+    // ~150 tasks/s for 16 s on an idle machine; a loaded one (the suite runs tests in
+    // parallel on 2 CPUs) confirms fewer, which weakens nothing asserted below.
     assert!(
-        load.confirmed.len() > 1000,
+        load.confirmed.len() > 300,
         "{} confirmed",
         load.confirmed.len()
     );
