@@ -3,7 +3,8 @@
 //! telemetry and shutdown plumbing every process needs.
 //!
 //! The wire contract is written down for other languages in `docs/wire-format.md`; the
-//! constants in [`headers`] and the functions of [`Envelope`] are its single implementation.
+//! constants in [`headers`], the functions of [`Envelope`], [`DeadLetterRecord`],
+//! [`ReasonKind`] and [`delay`] are its single implementation.
 
 #[cfg(feature = "admin")]
 mod admin;
@@ -11,6 +12,7 @@ mod amqp;
 mod cascade;
 mod codec;
 mod connect;
+mod dead_letter;
 pub mod delay;
 mod envelope;
 pub mod fault;
@@ -21,6 +23,7 @@ mod health;
 pub mod process;
 mod publish;
 mod queue;
+mod reason;
 mod republish;
 mod shutdown;
 mod telemetry;
@@ -32,6 +35,10 @@ pub use admin::{admin_router, serve_admin, AdminError};
 pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
 pub use codec::{Codec, CodecError};
 pub use connect::{connect, give_up_after, ConnectError, Pacer, Unreachable};
+pub use dead_letter::{
+    truncate_reason, DeadLetterKind, DeadLetterRecord, BROKER_KIND_PREFIX, MAX_REASON_BYTES,
+    RECORD_HEADERS, UNKNOWN_KIND,
+};
 pub use envelope::{
     id_time_ms, now_ms, Claimed, Envelope, EnvelopeError, TaskId, DEFAULT_SCHEMA_VERSION,
 };
@@ -41,6 +48,7 @@ pub use publish::{
     ProducerMetrics, PublishError, Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
 };
 pub use queue::{dead_letter_queue_name, isolation_queue_name, QueueKind, QueueSpec, Retention};
+pub use reason::ReasonKind;
 pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};
 pub use telemetry::LogFormat;

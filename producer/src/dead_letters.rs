@@ -18,7 +18,8 @@ mod replay;
 mod view;
 
 pub use replay::Selection;
-pub use view::{DeadLetter, Filter, BROKER_KIND_PREFIX};
+pub use view::{DeadLetter, Filter};
+pub use warren_common::BROKER_KIND_PREFIX;
 
 use crate::{PublishError, Publisher};
 use lapin::options::QueueDeclareOptions;
