@@ -54,5 +54,5 @@ pub use shutdown::{shutdown_signal, Shutdown};
 pub use telemetry::LogFormat;
 #[cfg(feature = "telemetry")]
 pub use telemetry::{init_command_tracing, init_tracing};
-pub use topology::{QueueState, Topology, TopologyError, DEFAULT_EXCHANGE};
+pub use topology::{inspect_queue, QueueState, Topology, TopologyError, DEFAULT_EXCHANGE};
 pub use trace::TraceParent;

@@ -11,14 +11,11 @@
 
 use super::error::ApiError;
 use crate::{PublishError, Publisher, PublisherConfig};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use warren_common::fault::{classify, Fault, Operation};
-use warren_common::{Health, QueueSpec, Readiness};
+use warren_common::{inspect_queue, Health, QueueSpec, Readiness, TopologyError};
 
 /// How often the server's readiness is brought in line with the publisher's.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
@@ -160,25 +157,15 @@ impl Broker {
             return Ok(true);
         }
         let channel = publisher.create_channel().await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        match channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-        {
+        match inspect_queue(&channel, queue).await {
             Ok(_) => {
                 let _ = channel.close(200, "checked".into()).await;
                 lock(&self.inner.known_queues).insert(queue.to_owned());
                 Ok(true)
             }
             // A 404 that is not a node being down: no such queue.
-            Err(e) if classify(&e, Operation::Inspect) == Fault::Missing => Ok(false),
-            Err(source) => Err(PublishError::Connection {
-                id: String::new(),
-                source,
-            }),
+            Err(TopologyError::NotFound(_)) => Ok(false),
+            Err(error) => Err(PublishError::Topology(error)),
         }
     }
 
