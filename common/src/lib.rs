@@ -9,6 +9,7 @@
 #[cfg(feature = "admin")]
 mod admin;
 mod amqp;
+mod broker_metrics;
 mod cascade;
 mod codec;
 mod connect;
@@ -33,6 +34,7 @@ mod trace;
 #[cfg(feature = "admin")]
 pub use admin::{admin_router, serve_admin, AdminError};
 pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
+pub use broker_metrics::BrokerMetrics;
 pub use codec::{Codec, CodecError};
 pub use connect::{connect, give_up_after, ConnectError, Pacer, Unreachable};
 pub use dead_letter::{
