@@ -6,7 +6,7 @@ use super::DeadLetter;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use std::time::Duration;
-use warren_common::{headers, int_value, BROKER_HEADERS, RECORD_HEADERS};
+use warren_common::{headers, int_value, DeadLetterRecord, BROKER_HEADERS, RECORD_HEADERS};
 
 /// Headers the broker adds when it delivers a message; not part of the dead letter.
 const ADDED_ON_DELIVERY: [&str; 2] = [headers::X_DELIVERY_COUNT, headers::X_ACQUIRED_COUNT];
@@ -34,7 +34,7 @@ pub(super) fn put_back_properties(
     now_ms: u64,
 ) -> BasicProperties {
     let headers = without(props, &ADDED_ON_DELIVERY);
-    let dead_since = DeadLetter::from_message(props, &[]).last_failure_ms;
+    let dead_since = DeadLetterRecord::read(&headers).last_failure_ms;
     let remaining = max_age.zip(dead_since).map(|(age, since)| {
         let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
         // At least 1 ms: an overdue dead letter goes at once, as the broker would have done.
