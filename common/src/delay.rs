@@ -14,8 +14,9 @@ use std::time::Duration;
 /// Number of levels: delays up to 2^28 - 1 seconds (about 8.5 years).
 pub const DELAY_LEVELS: u32 = 28;
 
-/// Prefix of the level exchanges and queues.
-const PREFIX: &str = "warren.delay";
+/// Prefix of every exchange and queue of the cascade (`warren.delay.*`). Fixed: it cannot be
+/// configured, so every party finds the same cascade.
+pub const PREFIX: &str = "warren.delay";
 
 /// The exchange a delayed message is published to (the top level).
 pub fn delay_entry_exchange() -> String {
@@ -41,6 +42,14 @@ pub fn level_queue_name(level: u32) -> String {
 /// The alternate exchange of the deliver exchange, and the queue it fills: tasks delayed for
 /// a queue that does not exist (any more) end there.
 pub const UNROUTABLE: &str = "warren.delay.unroutable";
+
+/// Whether `exchange` is one of the cascade's (a delivery that came through the cascade has
+/// the deliver exchange as its exchange, and a routing key that is not the task's own).
+pub fn is_cascade_exchange(exchange: &str) -> bool {
+    exchange
+        .strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
 
 /// Longest delay the cascade can hold.
 pub fn max_delay() -> Duration {
@@ -115,6 +124,27 @@ mod tests {
             delay_seconds(Duration::from_secs(u64::MAX / 2)),
             (1 << 28) - 1
         );
+    }
+
+    #[test]
+    fn every_name_is_under_the_prefix() {
+        let names = [
+            delay_entry_exchange(),
+            delay_deliver_exchange(),
+            level_name(0),
+            level_queue_name(27),
+            UNROUTABLE.to_owned(),
+        ];
+        for name in &names {
+            assert!(is_cascade_exchange(name), "{name}");
+        }
+        assert_eq!(delay_entry_exchange(), "warren.delay.27");
+        assert_eq!(delay_deliver_exchange(), "warren.delay.deliver");
+        assert_eq!(level_queue_name(3), "warren.delay.03.quorum");
+        assert_eq!(UNROUTABLE, format!("{PREFIX}.unroutable"));
+        assert!(!is_cascade_exchange("warren"));
+        assert!(!is_cascade_exchange(""));
+        assert!(!is_cascade_exchange("warren.delayed"));
     }
 
     #[test]

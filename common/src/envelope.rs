@@ -1,9 +1,7 @@
 //! The task envelope: a task's identity and metadata, and how it maps to AMQP properties and
 //! headers. The body of the message is the encoded payload and is not part of the envelope.
 
-use crate::header_value::{int_header, string_value};
-// Queue and topology arguments are encoded the same way; they import these from here.
-pub(crate) use crate::header_value::{int_value, text_value};
+use crate::header_value::{int_header, int_value, string_value, text_value};
 use crate::{headers, Codec, CodecError};
 use lapin::types::{FieldTable, ShortString};
 use lapin::BasicProperties;

@@ -24,7 +24,7 @@ pub const LAST_ERROR: &str = "x-warren-last-error";
 
 /// Why the task was dead-lettered: the error text, truncated.
 pub const DEAD_REASON: &str = "x-warren-dead-reason";
-/// The kind of reason, one of a fixed set (see the worker's `ReasonKind`).
+/// The kind of reason, one of a fixed set (see [`ReasonKind`](crate::ReasonKind)).
 pub const DEAD_KIND: &str = "x-warren-dead-kind";
 /// Number of attempts made before the task was dead-lettered.
 pub const DEAD_ATTEMPTS: &str = "x-warren-dead-attempts";
@@ -43,3 +43,31 @@ pub const DEAD_WORKER: &str = "x-warren-dead-worker";
 pub const X_DELIVERY_COUNT: &str = "x-delivery-count";
 /// Broker-maintained dead-lettering history (read for display only, never for counting).
 pub const X_DEATH: &str = "x-death";
+/// Exchange of the broker's first dead-lettering of the message.
+pub const X_FIRST_DEATH_EXCHANGE: &str = "x-first-death-exchange";
+/// Queue of the broker's first dead-lettering of the message.
+pub const X_FIRST_DEATH_QUEUE: &str = "x-first-death-queue";
+/// Reason of the broker's first dead-lettering of the message.
+pub const X_FIRST_DEATH_REASON: &str = "x-first-death-reason";
+/// Exchange of the broker's latest dead-lettering of the message.
+pub const X_LAST_DEATH_EXCHANGE: &str = "x-last-death-exchange";
+/// Queue of the broker's latest dead-lettering of the message.
+pub const X_LAST_DEATH_QUEUE: &str = "x-last-death-queue";
+/// Reason of the broker's latest dead-lettering of the message.
+pub const X_LAST_DEATH_REASON: &str = "x-last-death-reason";
+/// Acquisition count some broker versions add on delivery (not written by Warren).
+pub const X_ACQUIRED_COUNT: &str = "x-acquired-count";
+
+/// Fields of one entry (a table) of the broker's [`X_DEATH`] array.
+pub mod x_death {
+    /// Why the broker dead-lettered it: `delivery_limit`, `expired`, `maxlen`, `rejected`.
+    pub const REASON: &str = "reason";
+    /// The queue it was dead-lettered from.
+    pub const QUEUE: &str = "queue";
+    /// The routing keys it had (an array of strings).
+    pub const ROUTING_KEYS: &str = "routing-keys";
+    /// How many times it was dead-lettered for this queue and reason.
+    pub const COUNT: &str = "count";
+    /// When, as an AMQP timestamp (seconds since the epoch).
+    pub const TIME: &str = "time";
+}

@@ -3,14 +3,17 @@
 //! telemetry and shutdown plumbing every process needs.
 //!
 //! The wire contract is written down for other languages in `docs/wire-format.md`; the
-//! constants in [`headers`] and the functions of [`Envelope`] are its single implementation.
+//! constants in [`headers`], the functions of [`Envelope`], [`DeadLetterRecord`],
+//! [`ReasonKind`] and [`delay`] are its single implementation.
 
 #[cfg(feature = "admin")]
 mod admin;
 mod amqp;
+mod broker_metrics;
 mod cascade;
 mod codec;
 mod connect;
+mod dead_letter;
 pub mod delay;
 mod envelope;
 pub mod fault;
@@ -21,6 +24,7 @@ mod health;
 pub mod process;
 mod publish;
 mod queue;
+mod reason;
 mod republish;
 mod shutdown;
 mod task;
@@ -31,8 +35,13 @@ mod trace;
 #[cfg(feature = "admin")]
 pub use admin::{admin_router, serve_admin, AdminError};
 pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
+pub use broker_metrics::BrokerMetrics;
 pub use codec::{Codec, CodecError};
 pub use connect::{connect, give_up_after, ConnectError, Pacer, Unreachable};
+pub use dead_letter::{
+    truncate_reason, DeadLetterKind, DeadLetterRecord, BROKER_KIND_PREFIX, MAX_REASON_BYTES,
+    RECORD_HEADERS, UNKNOWN_KIND,
+};
 pub use envelope::{
     id_time_ms, now_ms, Claimed, Envelope, EnvelopeError, TaskId, DEFAULT_SCHEMA_VERSION,
 };
@@ -42,11 +51,12 @@ pub use publish::{
     ProducerMetrics, PublishError, Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
 };
 pub use queue::{dead_letter_queue_name, isolation_queue_name, QueueKind, QueueSpec, Retention};
+pub use reason::ReasonKind;
 pub use republish::{headers_without, republished, BROKER_HEADERS};
 pub use shutdown::{shutdown_signal, Shutdown};
 pub use task::Task;
 pub use telemetry::LogFormat;
 #[cfg(feature = "telemetry")]
 pub use telemetry::{init_command_tracing, init_tracing};
-pub use topology::{QueueState, Topology, TopologyError, DEFAULT_EXCHANGE};
+pub use topology::{inspect_queue, QueueState, Topology, TopologyError, DEFAULT_EXCHANGE};
 pub use trace::TraceParent;

@@ -2,8 +2,7 @@
 //! arguments it is declared with. The one place those arguments are decided, so workers,
 //! producers, the HTTP ingest and the scheduler can never disagree about them.
 
-use crate::envelope::{int_value, text_value};
-use crate::topology::TopologyError;
+use crate::header_value::{int_value, text_value};
 use lapin::types::FieldTable;
 
 /// Longest work queue name: the delay cascade's routing keys are 56 bytes plus the name,
@@ -165,7 +164,8 @@ impl QueueSpec {
         args
     }
 
-    pub(crate) fn validate(&self) -> Result<(), TopologyError> {
+    /// Whether the queue can be declared; else what is wrong with it.
+    pub(crate) fn validate(&self) -> Result<(), &'static str> {
         let problem = if self.name.is_empty() {
             Some("a queue name must not be empty")
         } else if self.name.len() > MAX_QUEUE_NAME {
@@ -181,13 +181,7 @@ impl QueueSpec {
         } else {
             None
         };
-        match problem {
-            Some(problem) => Err(TopologyError::Invalid {
-                queue: self.name.clone(),
-                problem,
-            }),
-            None => Ok(()),
-        }
+        problem.map_or(Ok(()), Err)
     }
 }
 

@@ -10,13 +10,13 @@ use lapin::BasicProperties;
 pub const BROKER_HEADERS: [&str; 9] = [
     headers::X_DELIVERY_COUNT,
     headers::X_DEATH,
-    "x-first-death-exchange",
-    "x-first-death-queue",
-    "x-first-death-reason",
-    "x-last-death-exchange",
-    "x-last-death-queue",
-    "x-last-death-reason",
-    "x-acquired-count",
+    headers::X_FIRST_DEATH_EXCHANGE,
+    headers::X_FIRST_DEATH_QUEUE,
+    headers::X_FIRST_DEATH_REASON,
+    headers::X_LAST_DEATH_EXCHANGE,
+    headers::X_LAST_DEATH_QUEUE,
+    headers::X_LAST_DEATH_REASON,
+    headers::X_ACQUIRED_COUNT,
 ];
 
 /// The message's headers without those named.

@@ -101,7 +101,7 @@ impl TopologyError {
     }
 
     /// Classifies `source`, which `operation` on `queue` got (see [`crate::fault`]).
-    pub(crate) fn from_lapin(queue: &str, source: lapin::Error, operation: Operation) -> Self {
+    pub fn from_lapin(queue: &str, source: lapin::Error, operation: Operation) -> Self {
         let queue = queue.to_owned();
         let Some(detail) = reply_text(&source).map(str::to_owned) else {
             return TopologyError::Broker { queue, source };
@@ -157,7 +157,10 @@ impl Topology {
     /// the task exchange and to the delay cascade's deliver exchange). Idempotent. Uses a
     /// channel of its own, since a refused declare closes the channel it was made on.
     pub async fn declare(&self, conn: &Connection, spec: &QueueSpec) -> Result<(), TopologyError> {
-        spec.validate()?;
+        spec.validate().map_err(|problem| TopologyError::Invalid {
+            queue: spec.name.clone(),
+            problem,
+        })?;
         let channel = open(conn, &spec.name).await?;
         declare_exchange(&channel, &self.exchange, ExchangeKind::Direct).await?;
         let deliver = delay::delay_deliver_exchange();
@@ -185,13 +188,16 @@ impl Topology {
         crate::cascade::declare(conn).await
     }
 
-    /// Reads a queue's ready count and consumer count with a passive declare.
+    /// Reads a queue's ready count and consumer count with a passive declare (see
+    /// [`inspect_queue`]), on a channel of its own.
     pub async fn inspect(conn: &Connection, queue: &str) -> Result<QueueState, TopologyError> {
         let channel = conn
             .create_channel()
             .await
             .map_err(|e| TopologyError::from_lapin(queue, e, Operation::Inspect))?;
-        Self::inspect_on(&channel, queue).await
+        let state = inspect_queue(&channel, queue).await?;
+        let _ = channel.close(200, "inspected".into()).await;
+        Ok(state)
     }
 
     /// Whether `queue` exists: [`inspect`](Self::inspect), with a missing queue as `false`.
@@ -202,24 +208,28 @@ impl Topology {
             Err(error) => Err(error),
         }
     }
+}
 
-    /// [`inspect`](Self::inspect) on a given channel, which it closes (the broker closes it
-    /// on an error).
-    async fn inspect_on(channel: &Channel, queue: &str) -> Result<QueueState, TopologyError> {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let state = channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
-            .await
-            .map_err(|e| TopologyError::from_lapin(queue, e, Operation::Inspect))?;
-        let _ = channel.close(200, "inspected".into()).await;
-        Ok(QueueState {
-            ready: state.message_count(),
-            consumers: state.consumer_count(),
-        })
-    }
+/// Asks the broker about `queue` with a passive declare on `channel`: its ready and consumer
+/// counts, or [`TopologyError::NotFound`] when it does not exist. Every question "does this
+/// queue exist, how full is it" goes through here, so a 404 is told apart from a node that
+/// is down (an outage, [`TopologyError::Unavailable`]) in one place ([`crate::fault`]).
+///
+/// On an error the broker has closed `channel`; on success it stays open for the caller
+/// (who closes it, or goes on using it for the same queue).
+pub async fn inspect_queue(channel: &Channel, queue: &str) -> Result<QueueState, TopologyError> {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let state = channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+        .map_err(|e| TopologyError::from_lapin(queue, e, Operation::Inspect))?;
+    Ok(QueueState {
+        ready: state.message_count(),
+        consumers: state.consumer_count(),
+    })
 }
 
 pub(crate) async fn open(conn: &Connection, what: &str) -> Result<Channel, TopologyError> {

@@ -18,15 +18,13 @@ mod replay;
 mod view;
 
 pub use replay::Selection;
-pub use view::{DeadLetter, Filter, BROKER_KIND_PREFIX};
+pub use view::{DeadLetter, Filter};
+pub use warren_common::BROKER_KIND_PREFIX;
 
 use crate::{PublishError, Publisher};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use pass::Pass;
 use std::time::Duration;
-use warren_common::fault::{classify, Fault, Operation};
-use warren_common::{dead_letter_queue_name, now_ms, Retention};
+use warren_common::{dead_letter_queue_name, inspect_queue, now_ms, Retention, TopologyError};
 
 /// A dead-letter operation that could not be completed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +40,17 @@ pub enum DeadLetterError {
     /// No connection or channel to the broker could be had.
     #[error("could not reach the broker: {0}")]
     Unavailable(#[source] Box<PublishError>),
+    /// The broker could not say how the queue is (a passive declare failed, but not because
+    /// the queue does not exist: e.g. its node is down).
+    #[error("{action} on `{queue}` failed: {source}; check the broker and run the command again (dead letters not settled go back to the queue)")]
+    Queue {
+        /// What was being done.
+        action: &'static str,
+        /// The queue.
+        queue: String,
+        /// The error.
+        source: Box<TopologyError>,
+    },
     /// A broker or connection error.
     #[error("{action} on `{queue}` failed: {source}; check the broker and run the command again (dead letters not settled go back to the queue)")]
     Broker {
@@ -91,6 +100,14 @@ impl DeadLetterError {
         DeadLetterError::Unavailable(Box::new(source))
     }
 
+    fn queue(action: &'static str, queue: &str, source: TopologyError) -> Self {
+        DeadLetterError::Queue {
+            action,
+            queue: queue.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
     fn broker(action: &'static str, queue: &str, source: lapin::Error) -> Self {
         DeadLetterError::Broker {
             action,
@@ -109,12 +126,6 @@ pub struct Listing {
     pub matching: usize,
     /// How many dead letters the queue holds.
     pub total: usize,
-}
-
-/// Whether a passive declare's error says the queue does not exist (rather than that its node
-/// is down).
-fn is_not_found(error: &lapin::Error) -> bool {
-    classify(error, Operation::Inspect) == Fault::Missing
 }
 
 /// The dead-letter queue of one work queue, and the operations on it.
@@ -140,22 +151,15 @@ impl DeadLetterQueue {
             .create_channel()
             .await
             .map_err(DeadLetterError::unavailable)?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let declared = channel
-            .queue_declare(dlq.as_str().into(), passive, FieldTable::default())
-            .await;
-        match declared {
+        match inspect_queue(&channel, &dlq).await {
             // A refused declare has closed the channel already.
-            Err(e) if is_not_found(&e) => {
+            Err(TopologyError::NotFound(_)) => {
                 return Err(DeadLetterError::NoDeadLetterQueue {
                     queue: queue.to_owned(),
                     dlq,
                 })
             }
-            Err(e) => return Err(DeadLetterError::broker("checking the queue", &dlq, e)),
+            Err(e) => return Err(DeadLetterError::queue("checking the queue", &dlq, e)),
             Ok(_) => {
                 let _ = channel.close(200, "checked".into()).await;
             }

@@ -8,6 +8,7 @@ use prometheus::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
+use warren_common::BrokerMetrics;
 
 /// The `task` label of tasks whose name no handler is registered under (task names come
 /// from the wire, so they must not create metric series without bound).
@@ -139,14 +140,9 @@ impl WorkerMetrics {
         let qt = &["queue", "task"];
         let qtr = &["queue", "task", "reason"];
         let q = &["queue"];
-        let reconnects = IntCounter::new(
-            "warren_broker_reconnects_total",
-            "Reconnections to the broker since the process started.",
-        )
-        .expect("metric is valid");
-        registry
-            .register(Box::new(reconnects.clone()))
-            .expect("metric registered once");
+        // The worker's pool owns the process's broker session, so it registers its metrics.
+        let broker = BrokerMetrics::new();
+        broker.register(registry).expect("metric registered once");
         WorkerMetrics {
             received: counter(registry, "warren_tasks_received_total", "Task deliveries received.", qt),
             succeeded: counter(registry, "warren_tasks_succeeded_total", "Tasks whose handler succeeded.", qt),
@@ -162,8 +158,8 @@ impl WorkerMetrics {
             acks_lost: counter(registry, "warren_acks_lost_total", "Settlements lost with their channel (the broker redelivers those tasks).", q),
             concurrency: scalar_gauge(registry, "warren_worker_concurrency", "Maximum handlers running at once."),
             prefetch: scalar_gauge(registry, "warren_worker_prefetch", "Deliveries each consumer may hold unacked."),
-            connected: scalar_gauge(registry, "warren_broker_connected", "1 while connected to the broker."),
-            reconnects,
+            connected: broker.connected,
+            reconnects: broker.reconnects,
             queue_ready: gauge(registry, "warren_queue_ready_messages", "Messages ready in the queue, as the broker reports them.", q),
             queue_consumers: gauge(registry, "warren_queue_consumers", "Consumers of the queue, as the broker reports them.", q),
             stalls: counter(registry, "warren_consumer_stalls_total", "Consumers re-subscribed after receiving nothing while their queue had ready messages.", q),

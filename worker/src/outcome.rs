@@ -3,92 +3,7 @@
 
 use std::fmt;
 use std::time::Duration;
-
-/// Why a task failed or was dead-lettered. The names are the values of the
-/// `x-warren-dead-kind` header and of the `reason` metric label.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ReasonKind {
-    /// A handler error on the last allowed attempt (a timeout or a panic on the last attempt
-    /// keeps its own kind).
-    RetriesExhausted,
-    /// The handler returned a retryable error (a failure, not a dead-letter kind by itself).
-    Error,
-    /// The handler said the task can never succeed.
-    Permanent,
-    /// The handler ran longer than its timeout.
-    Timeout,
-    /// The handler panicked.
-    Panic,
-    /// The task's `expires_at` passed before it ran.
-    Expired,
-    /// The payload did not decode into the handler's type.
-    Undecodable,
-    /// No handler is registered under the task's name.
-    UnknownTask,
-    /// The content type names no codec Warren knows.
-    UnsupportedContentType,
-    /// A required property (`type`, `message_id`) is missing or a header is invalid.
-    InvalidMessage,
-    /// The payload is larger than the worker accepts.
-    TooLarge,
-    /// The task was redelivered more often than the crash budget allows.
-    CrashLoop,
-}
-
-impl ReasonKind {
-    /// Every kind.
-    pub const ALL: [ReasonKind; 12] = [
-        ReasonKind::RetriesExhausted,
-        ReasonKind::Error,
-        ReasonKind::Permanent,
-        ReasonKind::Timeout,
-        ReasonKind::Panic,
-        ReasonKind::Expired,
-        ReasonKind::Undecodable,
-        ReasonKind::UnknownTask,
-        ReasonKind::UnsupportedContentType,
-        ReasonKind::InvalidMessage,
-        ReasonKind::TooLarge,
-        ReasonKind::CrashLoop,
-    ];
-
-    /// The snake_case name used in headers and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReasonKind::RetriesExhausted => "retries_exhausted",
-            ReasonKind::Error => "error",
-            ReasonKind::Permanent => "permanent",
-            ReasonKind::Timeout => "timeout",
-            ReasonKind::Panic => "panic",
-            ReasonKind::Expired => "expired",
-            ReasonKind::Undecodable => "undecodable",
-            ReasonKind::UnknownTask => "unknown_task",
-            ReasonKind::UnsupportedContentType => "unsupported_content_type",
-            ReasonKind::InvalidMessage => "invalid_message",
-            ReasonKind::TooLarge => "too_large",
-            ReasonKind::CrashLoop => "crash_loop",
-        }
-    }
-
-    /// Parses a name written by [`as_str`](Self::as_str).
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == name)
-    }
-
-    /// Whether another attempt may succeed.
-    fn is_retryable(self) -> bool {
-        matches!(
-            self,
-            ReasonKind::Error | ReasonKind::Timeout | ReasonKind::Panic
-        )
-    }
-}
-
-impl fmt::Display for ReasonKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use warren_common::ReasonKind;
 
 /// A failure: its kind and a human-readable reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,13 +121,6 @@ mod tests {
         ] {
             let outcome = Outcome::after_failure(Failure::new(kind, "x"), 1, 5, one_second);
             assert!(matches!(outcome, Outcome::DeadLetter(f) if f.kind == kind));
-        }
-    }
-
-    #[test]
-    fn kind_names_round_trip() {
-        for kind in ReasonKind::ALL {
-            assert_eq!(ReasonKind::parse(kind.as_str()), Some(kind));
         }
     }
 }

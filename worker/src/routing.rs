@@ -14,11 +14,9 @@ use lapin::BasicProperties;
 use warren_common::Publisher;
 use warren_common::{
     dead_letter_queue_name, delay, header_u64, headers, headers_without, int_value,
-    isolation_queue_name, now_ms, republished, text_value, Envelope, BROKER_HEADERS,
+    isolation_queue_name, now_ms, republished, text_value, truncate_reason, DeadLetterRecord,
+    Envelope, BROKER_HEADERS,
 };
-
-/// Longest reason text kept in a dead letter's headers.
-const MAX_REASON_BYTES: usize = 2048;
 
 /// Routes the outcome and says how to settle the delivery.
 pub(crate) async fn route(
@@ -104,11 +102,7 @@ fn retry_properties(
     table.insert(headers::ATTEMPT.into(), int_value(attempt.into()));
     let due = now + delay::delay_seconds(after) * 1000;
     table.insert(headers::NOT_BEFORE_MS.into(), int_value(due));
-    let last_error = format!(
-        "{}: {}",
-        failure.kind,
-        truncate(&failure.reason, MAX_REASON_BYTES)
-    );
+    let last_error = format!("{}: {}", failure.kind, truncate_reason(&failure.reason));
     table.insert(headers::LAST_ERROR.into(), text_value(&last_error));
     republished(props, table)
 }
@@ -131,53 +125,28 @@ fn dead_letter_properties(
     // own is the queue.
     let routing_key = delivery.routing_key.as_str();
     let moved = routing_key == isolation_queue_name(queue);
-    let routing_key = if moved || delivery.exchange.as_str().starts_with("warren.delay") {
+    let routing_key = if moved || delay::is_cascade_exchange(delivery.exchange.as_str()) {
         queue
     } else {
         routing_key
     };
-    let entries = [
-        (
-            headers::DEAD_REASON,
-            text_value(truncate(&failure.reason, MAX_REASON_BYTES)),
-        ),
-        (headers::DEAD_KIND, text_value(failure.kind.as_str())),
-        (
-            headers::DEAD_ATTEMPTS,
-            int_value(envelope.map_or(1, |e| e.attempt).into()),
-        ),
-        (headers::FIRST_FAILURE_MS, int_value(first)),
-        (headers::LAST_FAILURE_MS, int_value(now)),
-        (headers::ORIGINAL_QUEUE, text_value(queue)),
-        (headers::ORIGINAL_ROUTING_KEY, text_value(routing_key)),
-        (headers::DEAD_WORKER, text_value(&shared.config.worker_id)),
-    ];
-    for (name, value) in entries {
-        table.insert(name.into(), value);
-    }
+    let record = DeadLetterRecord {
+        kind: failure.kind.into(),
+        reason: failure.reason.clone(),
+        attempts: envelope.map_or(1, |e| e.attempt).into(),
+        first_failure_ms: Some(first),
+        last_failure_ms: Some(now),
+        original_queue: Some(queue.to_owned()),
+        original_routing_key: Some(routing_key.to_owned()),
+        worker: Some(shared.config.worker_id.clone()),
+    };
+    record.write(&mut table);
     republished(&delivery.properties, table)
-}
-
-fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("short", 100), "short");
-    }
 
     #[test]
     fn republished_tasks_lose_the_brokers_counters() {

@@ -132,7 +132,7 @@ mod tests {
     fn tasks_found_come_with_what_to_do() {
         let lines = Unroutable::Holding(3).lines();
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].contains("3 in `warren.delay.unroutable`"));
+        assert!(lines[0].contains(&format!("3 in `{UNROUTABLE}`")));
         assert!(lines[1].contains("docs/operations.md"));
         assert_eq!(Unroutable::Holding(0).lines().len(), 1);
         assert_eq!(json(&Unroutable::Holding(3))["delay_unroutable"], 3);

@@ -348,8 +348,8 @@ async fn a_broker_dead_letter_is_shown_and_replayed_clean() {
     for name in [
         headers::X_DEATH,
         headers::DEAD_KIND,
-        "x-first-death-reason",
-        "x-last-death-queue",
+        headers::X_FIRST_DEATH_REASON,
+        headers::X_LAST_DEATH_QUEUE,
     ] {
         assert!(!table.contains_key(name), "{name} was kept: {table:?}");
     }

@@ -73,9 +73,9 @@ async fn stats_shows_delayed_tasks_whose_queue_is_gone() {
     let text = stats(&url, &queue, false).await;
     assert!(
         text.contains(&format!("queue {queue}: 1 ready"))
-            && text.contains(
-                "delayed tasks whose queue is gone: 0 (`warren.delay.unroutable` not declared yet)"
-            ),
+            && text.contains(&format!(
+                "delayed tasks whose queue is gone: 0 (`{UNROUTABLE}` not declared yet)"
+            )),
         "{text}"
     );
     let value = stats_json(&url, &queue).await;
@@ -98,8 +98,9 @@ async fn stats_shows_delayed_tasks_whose_queue_is_gone() {
         .unwrap();
     let text = stats(&url, &queue, false).await;
     assert!(
-        text.contains("delayed tasks whose queue is gone: unknown, `warren.delay.unroutable` cannot be read now")
-            && text.contains("RESOURCE_LOCKED"),
+        text.contains(&format!(
+            "delayed tasks whose queue is gone: unknown, `{UNROUTABLE}` cannot be read now"
+        )) && text.contains("RESOURCE_LOCKED"),
         "{text}"
     );
     let value = stats_json(&url, &queue).await;
@@ -134,7 +135,7 @@ async fn stats_shows_delayed_tasks_whose_queue_is_gone() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[1],
-        "delayed tasks whose queue is gone: 1 in `warren.delay.unroutable` (from any queue)",
+        format!("delayed tasks whose queue is gone: 1 in `{UNROUTABLE}` (from any queue)"),
         "{text}"
     );
     assert!(

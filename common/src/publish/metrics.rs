@@ -1,5 +1,6 @@
 //! The producer's Prometheus metrics.
 
+use crate::BrokerMetrics;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// Every metric a publisher exports.
@@ -11,11 +12,11 @@ pub struct ProducerMetrics {
     pub confirm_latency: Histogram,
     /// Publishes that failed, by kind (nack, unroutable, blocked, timeout, connection).
     pub failures: IntCounterVec,
-    /// 1 while connected to the broker.
+    /// 1 while connected to the broker (a [`BrokerMetrics`] family).
     pub connected: IntGauge,
     /// 1 while the broker blocks publishers (memory or disk alarm).
     pub blocked: IntGauge,
-    /// Reconnections since start.
+    /// Reconnections since start (a [`BrokerMetrics`] family).
     pub reconnects: IntCounter,
 }
 
@@ -26,6 +27,7 @@ impl ProducerMetrics {
         let buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ];
+        let broker = BrokerMetrics::new();
         let metrics = ProducerMetrics {
             published: IntCounter::new(
                 "warren_producer_published_total",
@@ -48,34 +50,24 @@ impl ProducerMetrics {
                 &["kind"],
             )
             .expect("metric is valid"),
-            connected: IntGauge::new(
-                "warren_broker_connected",
-                "1 while connected to the broker.",
-            )
-            .expect("metric is valid"),
+            connected: broker.connected.clone(),
             blocked: IntGauge::new(
                 "warren_producer_blocked",
                 "1 while the broker blocks publishers (resource alarm).",
             )
             .expect("metric is valid"),
-            reconnects: IntCounter::new(
-                "warren_broker_reconnects_total",
-                "Reconnections to the broker since the process started.",
-            )
-            .expect("metric is valid"),
+            reconnects: broker.reconnects.clone(),
         };
         for kind in ["nack", "unroutable", "blocked", "timeout", "connection"] {
             metrics.failures.with_label_values(&[kind]);
         }
-        let collectors: [Box<dyn prometheus::core::Collector>; 6] = [
+        let own: [Box<dyn prometheus::core::Collector>; 4] = [
             Box::new(metrics.published.clone()),
             Box::new(metrics.confirm_latency.clone()),
             Box::new(metrics.failures.clone()),
-            Box::new(metrics.connected.clone()),
             Box::new(metrics.blocked.clone()),
-            Box::new(metrics.reconnects.clone()),
         ];
-        for collector in collectors {
+        for collector in own.into_iter().chain(broker.collectors()) {
             if let Err(error) = registry.register(collector) {
                 tracing::warn!(%error, "producer metrics already registered; this publisher exports none");
                 return None;

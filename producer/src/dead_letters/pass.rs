@@ -7,9 +7,8 @@ use super::checkout::{Checkout, PAGE};
 use super::DeadLetterError;
 use crate::Publisher;
 use lapin::message::Delivery;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use std::time::Duration;
+use warren_common::inspect_queue;
 
 /// A pass over the dead letters of one queue.
 pub(super) struct Pass {
@@ -38,15 +37,10 @@ impl Pass {
             .create_channel()
             .await
             .map_err(DeadLetterError::unavailable)?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let total = channel
-            .queue_declare(queue.into(), passive, FieldTable::default())
+        let total = inspect_queue(&channel, queue)
             .await
-            .map_err(|e| DeadLetterError::broker("counting dead letters", queue, e))?
-            .message_count();
+            .map_err(|e| DeadLetterError::queue("counting dead letters", queue, e))?
+            .ready;
         let _ = channel.close(200, "counted".into()).await;
         Ok(Pass {
             publisher: publisher.clone(),

@@ -6,29 +6,22 @@ use super::DeadLetter;
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use std::time::Duration;
-use warren_common::{headers, int_value, BROKER_HEADERS};
+use warren_common::{headers, int_value, DeadLetterRecord, BROKER_HEADERS, RECORD_HEADERS};
 
 /// Headers the broker adds when it delivers a message; not part of the dead letter.
-const ADDED_ON_DELIVERY: [&str; 2] = [headers::X_DELIVERY_COUNT, "x-acquired-count"];
+const ADDED_ON_DELIVERY: [&str; 2] = [headers::X_DELIVERY_COUNT, headers::X_ACQUIRED_COUNT];
 
-/// Headers of the worker's dead-letter record (and of the failures before it), which a
-/// replayed task must not carry, besides the broker's [`BROKER_HEADERS`]: it starts afresh.
-pub(super) const DEAD_LETTER_RECORD: [&str; 10] = [
-    headers::DEAD_REASON,
-    headers::LAST_ERROR,
-    headers::NOT_BEFORE_MS,
-    headers::DEAD_KIND,
-    headers::DEAD_ATTEMPTS,
-    headers::FIRST_FAILURE_MS,
-    headers::LAST_FAILURE_MS,
-    headers::ORIGINAL_QUEUE,
-    headers::ORIGINAL_ROUTING_KEY,
-    headers::DEAD_WORKER,
-];
+/// Headers of the failures before the dead letter, which a replayed task must not carry,
+/// besides its dead-letter record ([`RECORD_HEADERS`]) and the broker's [`BROKER_HEADERS`]:
+/// it starts afresh.
+const FAILURE_HEADERS: [&str; 2] = [headers::LAST_ERROR, headers::NOT_BEFORE_MS];
 
 /// Every header [`replay_properties`] drops.
 fn stripped_on_replay() -> impl Iterator<Item = &'static str> {
-    DEAD_LETTER_RECORD.into_iter().chain(BROKER_HEADERS)
+    RECORD_HEADERS
+        .into_iter()
+        .chain(FAILURE_HEADERS)
+        .chain(BROKER_HEADERS)
 }
 
 /// A dead letter as it goes back into its queue. A republished message starts its queue's
@@ -41,7 +34,7 @@ pub(super) fn put_back_properties(
     now_ms: u64,
 ) -> BasicProperties {
     let headers = without(props, &ADDED_ON_DELIVERY);
-    let dead_since = DeadLetter::from_message(props, &[]).last_failure_ms;
+    let dead_since = DeadLetterRecord::read(&headers).last_failure_ms;
     let remaining = max_age.zip(dead_since).map(|(age, since)| {
         let age_ms = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
         // At least 1 ms: an overdue dead letter goes at once, as the broker would have done.

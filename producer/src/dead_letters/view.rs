@@ -1,22 +1,17 @@
-//! Reading a dead letter: what the worker (or, for its own dead letters, the broker) wrote on
-//! a message of a dead-letter queue, turned into a [`DeadLetter`] for people and tools, and
+//! Reading a dead letter: the record the worker (or, for its own dead letters, the broker)
+//! wrote on a message of a dead-letter queue, read by `warren_common::DeadLetterRecord`, and
+//! the message's properties and body, turned into a [`DeadLetter`] for people and tools; and
 //! the [`Filter`] that selects dead letters by task, kind and age.
 //!
-//! The worker writes `x-warren-dead-*` headers (see `warren_common::headers`). A message the
-//! broker dead-lettered by itself (a quorum queue's delivery limit) carries only the broker's
-//! `x-death` history: its kind reads `broker:<reason>`, e.g. `broker:delivery_limit`.
+//! A message the broker dead-lettered by itself (a quorum queue's delivery limit) carries only
+//! the broker's `x-death` history: its kind reads `broker:<reason>`, e.g.
+//! `broker:delivery_limit`.
 
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde::Serialize;
 use std::time::Duration;
-use warren_common::{header_string, header_u64, headers};
-
-/// Prefix of the kind of a message the broker dead-lettered by itself.
-pub const BROKER_KIND_PREFIX: &str = "broker:";
-
-/// Kind of a dead letter that says neither who dead-lettered it nor why.
-const UNKNOWN_KIND: &str = "unknown";
+use warren_common::{DeadLetterRecord, BROKER_KIND_PREFIX};
 
 /// Characters of the payload kept in [`DeadLetter::payload_preview`].
 const PREVIEW_CHARS: usize = 120;
@@ -62,28 +57,18 @@ impl DeadLetter {
     /// is missing or malformed is simply absent from the view.
     pub fn from_message(props: &BasicProperties, body: &[u8]) -> Self {
         let empty = FieldTable::default();
-        let table = props.headers().as_ref().unwrap_or(&empty);
-        let int = |name: &'static str| header_u64(table, name).ok().flatten();
-        let deaths = x_deaths(table);
-        let newest = deaths.first();
-        let broker_times = || deaths.iter().filter_map(|d| d.time_ms);
-        let (kind, reason) = kind_and_reason(table, newest);
+        let record = DeadLetterRecord::read(props.headers().as_ref().unwrap_or(&empty));
         DeadLetter {
             id: props.message_id().as_ref().map(|s| s.as_str().to_owned()),
             task: props.kind().as_ref().map(|s| s.as_str().to_owned()),
-            kind,
-            reason,
-            attempts: int(headers::DEAD_ATTEMPTS)
-                .or_else(|| int(headers::ATTEMPT))
-                .or(Some(1)),
-            first_failure_ms: int(headers::FIRST_FAILURE_MS).or_else(|| broker_times().min()),
-            last_failure_ms: int(headers::LAST_FAILURE_MS).or_else(|| broker_times().max()),
-            original_queue: header_string(table, headers::ORIGINAL_QUEUE)
-                .or_else(|| newest.and_then(|d| d.queue.clone()))
-                .or_else(|| header_string(table, "x-first-death-queue")),
-            original_routing_key: header_string(table, headers::ORIGINAL_ROUTING_KEY)
-                .or_else(|| newest.and_then(|d| d.routing_key.clone())),
-            worker: header_string(table, headers::DEAD_WORKER),
+            kind: record.kind.to_string(),
+            reason: record.reason,
+            attempts: Some(record.attempts),
+            first_failure_ms: record.first_failure_ms,
+            last_failure_ms: record.last_failure_ms,
+            original_queue: record.original_queue,
+            original_routing_key: record.original_routing_key,
+            worker: record.worker,
             content_type: props.content_type().as_ref().map(|s| s.as_str().to_owned()),
             payload_bytes: body.len(),
             payload_preview: preview(body),
@@ -93,76 +78,6 @@ impl DeadLetter {
     /// True when the broker, not a worker, dead-lettered it.
     pub fn is_from_broker(&self) -> bool {
         self.kind.starts_with(BROKER_KIND_PREFIX)
-    }
-}
-
-/// The worker's kind and reason, or the broker's reason from `x-death`.
-fn kind_and_reason(table: &FieldTable, newest: Option<&XDeath>) -> (String, String) {
-    if let Some(kind) = header_string(table, headers::DEAD_KIND) {
-        let reason = header_string(table, headers::DEAD_REASON).unwrap_or_default();
-        return (kind, reason);
-    }
-    let broker_reason = newest
-        .and_then(|d| d.reason.clone())
-        .or_else(|| header_string(table, "x-last-death-reason"))
-        .or_else(|| header_string(table, "x-first-death-reason"));
-    let Some(why) = broker_reason else {
-        let reason = header_string(table, headers::DEAD_REASON)
-            .unwrap_or_else(|| "no dead-letter headers on this message".to_owned());
-        return (UNKNOWN_KIND.to_owned(), reason);
-    };
-    let mut reason = format!("dead-lettered by the broker ({why})");
-    if let Some(queue) = newest.and_then(|d| d.queue.as_deref()) {
-        reason.push_str(&format!(" from queue `{queue}`"));
-    }
-    if let Some(count) = newest.and_then(|d| d.count).filter(|&c| c > 1) {
-        reason.push_str(&format!(", {count} times"));
-    }
-    (format!("{BROKER_KIND_PREFIX}{why}"), reason)
-}
-
-/// One entry of the broker's `x-death` header, newest first.
-#[derive(Debug, Default)]
-struct XDeath {
-    reason: Option<String>,
-    queue: Option<String>,
-    routing_key: Option<String>,
-    count: Option<u64>,
-    time_ms: Option<u64>,
-}
-
-fn x_deaths(table: &FieldTable) -> Vec<XDeath> {
-    let Some(AMQPValue::FieldArray(entries)) = table.inner().get(headers::X_DEATH) else {
-        return Vec::new();
-    };
-    entries
-        .as_slice()
-        .iter()
-        .filter_map(|entry| match entry {
-            AMQPValue::FieldTable(t) => Some(XDeath {
-                reason: header_string(t, "reason"),
-                queue: header_string(t, "queue"),
-                routing_key: first_routing_key(t),
-                count: header_u64(t, "count").ok().flatten(),
-                // The broker writes `time` as an AMQP timestamp: seconds since the epoch.
-                time_ms: header_u64(t, "time")
-                    .ok()
-                    .flatten()
-                    .map(|s| s.saturating_mul(1000)),
-            }),
-            _ => None,
-        })
-        .collect()
-}
-
-fn first_routing_key(table: &FieldTable) -> Option<String> {
-    match table.inner().get("routing-keys")? {
-        AMQPValue::FieldArray(keys) => keys.as_slice().iter().find_map(|k| match k {
-            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-            _ => None,
-        }),
-        _ => None,
     }
 }
 
@@ -237,8 +152,8 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::{FieldArray, LongString};
-    use warren_common::{int_value, text_value};
+    use lapin::types::{AMQPValue, FieldArray, LongString};
+    use warren_common::{headers, int_value, text_value, UNKNOWN_KIND};
 
     fn worker_dead_letter() -> BasicProperties {
         let mut table = FieldTable::default();
@@ -278,8 +193,11 @@ mod tests {
         let mut table = FieldTable::default();
         let deaths = FieldArray::from(vec![AMQPValue::FieldTable(death)]);
         table.insert(headers::X_DEATH.into(), AMQPValue::FieldArray(deaths));
-        table.insert("x-first-death-queue".into(), text_value("orders"));
-        table.insert("x-first-death-reason".into(), text_value("delivery_limit"));
+        table.insert(headers::X_FIRST_DEATH_QUEUE.into(), text_value("orders"));
+        table.insert(
+            headers::X_FIRST_DEATH_REASON.into(),
+            text_value("delivery_limit"),
+        );
         table.insert(headers::ATTEMPT.into(), AMQPValue::ShortShortUInt(1));
         BasicProperties::default()
             .with_message_id("id-2".into())

@@ -3,11 +3,12 @@
 //! default queue declared once connected, the server's readiness kept in line with the
 //! publisher's, and a cache of queues known to exist for delayed tasks.
 //!
-//! The publisher notices a lost connection only when a publish fails, and reconnects only
-//! when next used; until then its readiness still says ready. So that `/readyz` and `/v1`
-//! answer 503 as soon as the broker is gone (rather than after a confirm timeout), the
-//! server probes the link every second by opening a channel, and drives the reconnection
-//! itself.
+//! The broker's health has one source in this process: the publisher's link
+//! ([`Publisher::health`]), which notices a lost connection as soon as lapin reports it (a
+//! closed socket, a missed heartbeat, the broker closing the connection) and reconnects in the
+//! background. The server only follows it, adding what the link cannot know: `Connecting`
+//! until the default queue is declared, the declaration again after every reconnection (so a
+//! broker that lost the queue gets it back before tasks are accepted), and `Draining`.
 
 use super::error::ApiError;
 use crate::{PublishError, Publisher, PublisherConfig};
@@ -22,13 +23,6 @@ const FOLLOW_INTERVAL: Duration = Duration::from_millis(100);
 /// Pause between attempts to open the publisher or declare the default queue.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
-/// How often the link is probed while the publisher reports it ready.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// A live link opens a channel well within this; a lost one makes the publisher reconnect,
-/// which takes longer.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// The publisher once connected, shared by every request. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Broker {
@@ -37,7 +31,8 @@ pub(crate) struct Broker {
 
 struct Inner {
     publisher: OnceLock<Publisher>,
-    /// The server's readiness: the publisher's, corrected by the probe.
+    /// The server's readiness: the publisher's, once the default queue is declared on its
+    /// current link.
     health: Health,
     /// Cancels the publisher's reconnection loop; fired only once the server has stopped, so
     /// requests still in flight during a drain can complete.
@@ -155,40 +150,20 @@ impl Broker {
     }
 }
 
-/// Keeps `health` in line with the publisher's readiness, probing the link while the
-/// publisher reports it ready, and reconnecting (by declaring the default queue again, which
-/// also restores it if the broker lost it) whenever the link is lost.
+/// Keeps `health` in line with the publisher's readiness; whenever the link is lost, holds it
+/// at `Reconnecting` until the default queue is declared on a new link (which also restores
+/// the queue if the broker lost it).
 async fn follow(publisher: &Publisher, spec: &QueueSpec, health: &Health) {
-    let mut next_probe = tokio::time::Instant::now();
+    let link = publisher.health();
     loop {
-        let state = publisher.health().get();
-        if state == Readiness::Ready && tokio::time::Instant::now() >= next_probe {
-            next_probe += PROBE_INTERVAL;
-            if !probe(publisher).await {
-                tracing::warn!("lost the broker connection; answering 503 until reconnected");
-                health.set(Readiness::Reconnecting);
-                reconnect(publisher, spec).await;
-                next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
-                continue;
-            }
-        }
+        let state = link.get();
         health.set(state);
         if state == Readiness::Reconnecting {
+            tracing::warn!("lost the broker connection; answering 503 until reconnected");
             reconnect(publisher, spec).await;
             continue;
         }
         tokio::time::sleep(FOLLOW_INTERVAL).await;
-    }
-}
-
-/// Whether the link answers: a channel opens (and is closed again) within the timeout.
-async fn probe(publisher: &Publisher) -> bool {
-    match tokio::time::timeout(PROBE_TIMEOUT, publisher.create_channel()).await {
-        Ok(Ok(channel)) => {
-            let _ = channel.close(200, "probe".into()).await;
-            true
-        }
-        Ok(Err(_)) | Err(_) => false,
     }
 }
 

@@ -3,15 +3,15 @@
 //! then deleted.
 //!
 //! Such a queue lives on one node. A passive declare while that node is down gets the same 404
-//! as a queue that does not exist, but with other words ([`classify`] tells them apart), so an
-//! outage is never taken for "nothing recorded".
+//! as a queue that does not exist, but with other words ([`inspect_queue`] tells them apart),
+//! so an outage is never taken for "nothing recorded".
 
 use super::state::{self, LoadError};
 use crate::Publisher;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::QueueDeleteOptions;
 use lapin::Channel;
-use warren_common::fault::{classify, Fault, Operation};
+use warren_common::fault::Operation;
+use warren_common::{inspect_queue, TopologyError};
 
 /// What an earlier version left behind.
 pub(crate) enum Classic {
@@ -42,19 +42,10 @@ pub(crate) async fn inspect(publisher: &Publisher, queue: &str) -> Result<Classi
             queue: queue.to_owned(),
             reason: e.to_string(),
         })?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await;
-    let ready = match declared {
-        Ok(declared) => declared.message_count(),
-        Err(error) if classify(&error, Operation::Inspect) == Fault::Missing => {
-            return Ok(Classic::Missing);
-        }
-        Err(error) => return Err(LoadError::from_lapin(queue, error, Operation::Inspect)),
+    let ready = match inspect_queue(&channel, queue).await {
+        Ok(state) => state.ready,
+        Err(TopologyError::NotFound(_)) => return Ok(Classic::Missing),
+        Err(error) => return Err(LoadError::from_topology(queue, error)),
     };
     let record = if ready == 0 {
         None

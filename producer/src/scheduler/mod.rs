@@ -131,7 +131,7 @@ pub enum SchedulerError {
         /// The state queue.
         queue: String,
         /// The broker's error.
-        source: lapin::Error,
+        source: Box<warren_common::TopologyError>,
     },
     /// The metrics could not be registered (already registered in the same registry).
     #[error("registering the scheduler metrics: {0}")]

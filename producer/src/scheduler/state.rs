@@ -19,7 +19,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use serde::{Deserialize, Serialize};
 use warren_common::fault::{classify, Operation};
-use warren_common::{header_u64, int_value, text_value};
+use warren_common::{header_u64, headers, int_value, text_value, TopologyError};
 
 /// The record stored in a state queue (the same JSON in the classic queues of earlier
 /// versions).
@@ -47,7 +47,7 @@ pub(crate) enum LoadError {
         /// The queue.
         queue: String,
         /// The broker's error.
-        source: lapin::Error,
+        source: Box<TopologyError>,
     },
     /// The broker cannot serve the state now (a node down, a queue without a leader, the
     /// connection lost): try again later rather than guess.
@@ -73,11 +73,27 @@ impl std::fmt::Display for LoadError {
 impl LoadError {
     /// Classifies `source`, got by `operation` on `queue`.
     pub(crate) fn from_lapin(queue: &str, source: lapin::Error, operation: Operation) -> Self {
-        let queue = queue.to_owned();
         if classify(&source, operation).is_permanent() {
-            LoadError::Refused { queue, source }
+            Self::from_topology(queue, TopologyError::from_lapin(queue, source, operation))
         } else {
             let reason = source.to_string();
+            LoadError::Unavailable {
+                queue: queue.to_owned(),
+                reason,
+            }
+        }
+    }
+
+    /// Sorts a classified error on `queue` into one only a person can fix, or an outage.
+    pub(crate) fn from_topology(queue: &str, error: TopologyError) -> Self {
+        let queue = queue.to_owned();
+        if error.is_permanent() {
+            LoadError::Refused {
+                queue,
+                source: Box::new(error),
+            }
+        } else {
+            let reason = error.reason();
             LoadError::Unavailable { queue, reason }
         }
     }
@@ -123,7 +139,7 @@ pub(crate) async fn read(channel: &Channel, queue: &str) -> Result<Option<Record
         .properties
         .headers()
         .as_ref()
-        .and_then(|headers| header_u64(headers, "x-delivery-count").ok().flatten())
+        .and_then(|table| header_u64(table, headers::X_DELIVERY_COUNT).ok().flatten())
         .unwrap_or(0);
     let requeue = BasicNackOptions {
         requeue: true,

@@ -171,7 +171,8 @@ async fn the_ingest_answers_503_while_the_broker_restarts_then_recovers() {
     tokio::task::spawn_blocking(move || stopping.stop())
         .await
         .unwrap();
-    // The server notices without a request failing first (it probes the link).
+    // The server notices without a request failing first (the publisher's link sees the
+    // broker close the connection).
     wait_until(Duration::from_secs(10), "/readyz to fail", || async {
         client.get("/readyz").await.status == 503
     })

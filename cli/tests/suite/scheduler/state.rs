@@ -10,7 +10,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use std::time::{Duration, Instant};
-use warren_common::fault::{classify, Fault, Operation};
+use warren_common::{Topology, TopologyError};
 use warren_tests::*;
 
 /// The broker's type of `queue` (`rabbitmqctl list_queues`: exact, unlike its counts), or
@@ -34,18 +34,10 @@ async fn queue_type(queue: &str) -> Option<String> {
 
 /// Whether a passive declare finds no `queue` at all.
 async fn is_missing(conn: &lapin::Connection, queue: &str) -> bool {
-    let channel = conn.create_channel().await.expect("channel");
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    match channel
-        .queue_declare(queue.into(), passive, FieldTable::default())
-        .await
-    {
-        Ok(_) => false,
-        Err(error) => classify(&error, Operation::Inspect) == Fault::Missing,
-    }
+    matches!(
+        Topology::inspect(conn, queue).await,
+        Err(TopologyError::NotFound(_))
+    )
 }
 
 /// The tick recorded in `queue`, read as the scheduler reads it (left in place).
