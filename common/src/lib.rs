@@ -11,6 +11,7 @@ mod cascade;
 mod codec;
 mod connect;
 pub mod delay;
+mod depth;
 mod envelope;
 pub mod fault;
 mod header_value;
