@@ -110,7 +110,7 @@ pub async fn run(
         id: args.id.clone(),
         codec: Some(Codec::Json),
         delay,
-        expires_at_ms: args.expires_in.map(|d| now_ms() + d.as_millis() as u64),
+        expires_at_ms: args.expires_in.map(|d| expires_at_ms(now_ms(), d)),
         max_attempts: args.max_attempts,
         timeout: args.timeout,
         priority: args.priority,
@@ -187,6 +187,12 @@ async fn publish_many(
     }
 }
 
+/// When a task expiring `after` from `now_ms` expires. Saturates: an expiry beyond the year
+/// 584 million is as good as none (its header carries the largest value it can).
+fn expires_at_ms(now_ms: u64, after: Duration) -> u64 {
+    now_ms.saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// An RFC 3339 time with its offset honoured.
 fn parse_time(value: &str) -> Result<SystemTime, String> {
     let time = chrono::DateTime::parse_from_rfc3339(value.trim()).map_err(|e| {
@@ -208,5 +214,16 @@ mod tests {
             Duration::from_millis(500)
         );
         assert!(parse_time("2026-12-01T09:00:00").is_err());
+    }
+
+    #[test]
+    fn expiries_saturate() {
+        assert_eq!(expires_at_ms(1_000, Duration::from_millis(1_500)), 2_500);
+        assert_eq!(
+            expires_at_ms(1_000, Duration::from_millis(u64::MAX)),
+            u64::MAX
+        );
+        assert_eq!(expires_at_ms(u64::MAX, Duration::from_millis(1)), u64::MAX);
+        assert_eq!(expires_at_ms(1_000, Duration::MAX), u64::MAX);
     }
 }
