@@ -15,6 +15,8 @@ pub use dead_letters::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection, BROKER_KIND_PREFIX,
 };
 pub use error::PublishError;
+#[doc(hidden)]
+pub use http::read_task_body;
 pub use http::{
     serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError,
     DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
