@@ -3,8 +3,9 @@
 //!
 //! An input with three NUL bytes is split at them into a scheme selector, a user, a password
 //! and the rest of the URL (host, port, vhost, query); the password, percent-encoded as a
-//! careful user would write it, starts with a marker found nowhere else (even once the rest
-//! is percent-decoded), so that any leak of it shows. Any other input is parsed as a URL.
+//! careful user would write it, starts with a marker found nowhere else (even once the rest is
+//! percent-decoded and rid of tabs and newlines), so that any leak of it shows. Any other
+//! input is parsed as a URL.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,7 +24,9 @@ fuzz_target!(|input: &str| {
             .map(|url| (url.to_string(), format!("{url:?}")));
         return;
     };
-    let outside = format!("{user}{}", decode(rest)).to_lowercase();
+    // URL parsers drop every tab and newline, so the rest could spell the marker with them.
+    let rest_as_parsed = decode(&rest.replace(['\t', '\n', '\r'], ""));
+    let outside = format!("{user}{rest_as_parsed}").to_lowercase();
     if outside.contains(&MARKER.to_lowercase()) {
         return;
     }
