@@ -59,7 +59,9 @@ pub fn max_delay() -> Duration {
 /// Whole seconds of a delay, rounded up (a task never runs early) and capped at
 /// [`max_delay`].
 pub fn delay_seconds(delay: Duration) -> u64 {
-    let secs = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    let secs = delay
+        .as_secs()
+        .saturating_add(u64::from(delay.subsec_nanos() > 0));
     secs.min(max_delay().as_secs())
 }
 
@@ -124,6 +126,14 @@ mod tests {
             delay_seconds(Duration::from_secs(u64::MAX / 2)),
             (1 << 28) - 1
         );
+        // The largest delays saturate rather than overflow the rounding up.
+        assert_eq!(delay_seconds(Duration::MAX), (1 << 28) - 1);
+        assert_eq!(delay_seconds(Duration::from_secs(u64::MAX)), (1 << 28) - 1);
+        assert_eq!(
+            delay_seconds(Duration::from_millis(u64::MAX)),
+            (1 << 28) - 1
+        );
+        assert!(delay_routing_key(Duration::MAX, "q").starts_with(&"1.".repeat(28)));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod codec;
 mod connect;
 mod dead_letter;
 pub mod delay;
+mod depth;
 mod envelope;
 pub mod fault;
 mod header_value;

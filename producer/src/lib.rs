@@ -12,6 +12,9 @@ pub use dead_letters::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection, BROKER_KIND_PREFIX,
 };
 #[cfg(feature = "http")]
+#[doc(hidden)]
+pub use http::read_task_body;
+#[cfg(feature = "http")]
 pub use http::{
     serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError,
     DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,

@@ -6,6 +6,7 @@
 #   ensure_broker    # an AMQP broker reachable at $AMQP_URL (exported)
 #   ensure_promtool  # best effort: promtool for the metrics tests
 #   ensure_deploy_validators  # best effort: docker-compose, promtool and prometheus for the deployment tests
+#   ensure_cargo_fuzz  # `cargo +nightly fuzz` usable (installing cargo-fuzz), or 1 saying what is missing
 #
 # Every step taken is printed on stderr with a `==>` prefix. URLs are always
 # printed through mask_url, so the AMQP password never reaches the terminal
@@ -343,6 +344,24 @@ ensure_deploy_validators() {
 	fi
 	warn "missing ${missing[*]} (Debian packages); the deployment tests that need them will skip (fail under CI)"
 	return 0
+}
+
+# ensure_cargo_fuzz: can the fuzz targets (fuzz/) run? They need a nightly toolchain
+# (`cargo +nightly`, through rustup) and cargo-fuzz, which is installed with cargo when only
+# it is missing. Returns 1, saying exactly what is missing, when they cannot.
+ensure_cargo_fuzz() {
+	if ! cargo +nightly --version >/dev/null 2>&1; then
+		warn "no nightly toolchain (\`cargo +nightly --version\` fails): install one with \`rustup toolchain install nightly\`"
+		return 1
+	fi
+	if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+		say "cargo-fuzz is missing; installing it: cargo install cargo-fuzz --locked"
+		if ! cargo install cargo-fuzz --locked >&2; then
+			warn "could not install cargo-fuzz: install it with \`cargo install cargo-fuzz --locked\`"
+			return 1
+		fi
+	fi
+	say "cargo-fuzz: $(cargo +nightly fuzz --version 2>/dev/null), $(cargo +nightly --version 2>/dev/null)"
 }
 
 # ensure_cargo: cargo must be there; fails with a message naming rustup.

@@ -112,14 +112,8 @@ pub async fn run(
         delay,
         expires_at: args
             .expires_in
-            .map(|d| SystemTime::now().checked_add(d).ok_or(d))
-            .transpose()
-            .map_err(|d| {
-                anyhow::anyhow!(
-                    "--expires-in {}: too far in the future",
-                    humantime::format_duration(d)
-                )
-            })?,
+            .map(|after| expires_at(SystemTime::now(), after))
+            .transpose()?,
         max_attempts: args.max_attempts,
         timeout: args.timeout,
         priority: args.priority,
@@ -196,6 +190,17 @@ async fn publish_many(
     }
 }
 
+/// When a task expiring `after` from `now` expires. A time the system cannot represent is
+/// refused; one past the year 584 million is written as the largest value the header holds.
+fn expires_at(now: SystemTime, after: Duration) -> anyhow::Result<SystemTime> {
+    now.checked_add(after).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--expires-in {}: too far in the future",
+            humantime::format_duration(after)
+        )
+    })
+}
+
 /// An RFC 3339 time with its offset honoured.
 fn parse_time(value: &str) -> Result<SystemTime, String> {
     let time = chrono::DateTime::parse_from_rfc3339(value.trim()).map_err(|e| {
@@ -217,5 +222,16 @@ mod tests {
             Duration::from_millis(500)
         );
         assert!(parse_time("2026-12-01T09:00:00").is_err());
+    }
+
+    #[test]
+    fn expiries_at_the_extremes_are_times_or_refused() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1);
+        let soon = expires_at(now, Duration::from_millis(1_500)).unwrap();
+        assert_eq!(soon, now + Duration::from_millis(1_500));
+        // u64::MAX milliseconds (~584 million years) is a time; its header saturates.
+        assert!(expires_at(now, Duration::from_millis(u64::MAX)).is_ok());
+        let refused = expires_at(now, Duration::MAX).unwrap_err().to_string();
+        assert!(refused.contains("too far in the future"), "{refused}");
     }
 }

@@ -30,6 +30,8 @@ struct Load {
     cascaded: Vec<(String, Instant)>,
     /// When each failed publish failed.
     failures: Vec<Instant>,
+    /// The last publish error, for the failure message.
+    last_error: Option<String>,
 }
 
 /// Publishes to `queue` every 5 ms until `stop`: plain tasks, and every 20th a delayed one
@@ -63,7 +65,11 @@ fn start_load(publisher: Publisher, queue: String, stop: CancellationToken) -> A
                     }
                     load.confirmed.push(id);
                 }
-                Err(_) => record.lock().unwrap().failures.push(Instant::now()),
+                Err(error) => {
+                    let mut load = record.lock().unwrap();
+                    load.failures.push(Instant::now());
+                    load.last_error = Some(error.to_string());
+                }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -139,8 +145,9 @@ fn assert_publishing_resumed(load: &Load, killed: Instant) {
         .collect();
     assert!(
         late.is_empty(),
-        "publishes still failed {late:?} after the kill ({} failures in all)",
-        load.failures.len()
+        "publishes still failed {late:?} after the kill ({} failures in all; the last: {:?})",
+        load.failures.len(),
+        load.last_error
     );
 }
 

@@ -16,6 +16,7 @@ mod examples;
 mod failures;
 mod http_ingest;
 mod invalid_messages;
+mod nested_payloads;
 mod isolation;
 mod one_shot;
 mod operations;

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warren_common::{delay, QueueKind, QueueSpec, Topology};
-use warren_producer::TaskOptions;
+use warren_producer::{PublishError, TaskOptions};
 use warren_tests::*;
 use warren_worker::{Registry, TaskContext, TaskError};
 
@@ -109,6 +109,38 @@ async fn a_two_hour_delay_sits_in_the_broker_with_no_delivery_held() {
     assert!(starts.lock().unwrap().is_empty());
     worker.stop().await;
     delete_queues(&conn, &queue).await;
+}
+
+#[tokio::test]
+async fn delays_past_the_cascade_are_refused_up_to_the_largest_duration() {
+    let queue = unique_queue("toolong");
+    let publisher = publisher(&queue).await;
+    let max = delay::max_delay();
+    let with_delay = |d| TaskOptions {
+        delay: Some(d),
+        ..TaskOptions::default()
+    };
+    for requested in [
+        max + Duration::from_millis(1),
+        Duration::from_secs(u64::MAX),
+        Duration::MAX,
+    ] {
+        let err = publisher
+            .prepare("test.mark", &(), &with_delay(requested))
+            .unwrap_err();
+        assert!(
+            matches!(err, PublishError::DelayTooLong { requested: r, max: m } if r == requested && m == max),
+            "{err}"
+        );
+    }
+    // The longest delay the cascade holds is accepted, and its task is due that much later.
+    let (envelope, _) = publisher
+        .prepare("test.mark", &(), &with_delay(max))
+        .unwrap();
+    assert_eq!(
+        envelope.not_before_ms.unwrap() - envelope.created_ms.unwrap(),
+        max.as_secs() * 1000
+    );
 }
 
 #[tokio::test]

@@ -523,7 +523,8 @@ impl Publisher {
     /// task needs this check: the delay cascade's first queue confirms it, so the broker cannot
     /// report a missing work queue at publish time, and the task would be lost when it is
     /// due. One passive declare per queue and connection: a queue seen once is not checked
-    /// again until the publisher reconnects.
+    /// again until the publisher reconnects. A queue that cannot be checked now (its node is
+    /// down, it has no leader) is not refused.
     async fn ensure_queue(&self, queue: &str, id: &str) -> Result<(), PublishError> {
         let link = self.link(id).await?;
         {
@@ -532,14 +533,24 @@ impl Publisher {
                 return Ok(());
             }
         }
-        let exists = Topology::queue_exists(&link.conn, queue).await?;
-        if !exists {
-            return Err(PublishError::Unroutable {
-                id: id.to_owned(),
-                exchange: String::new(),
-                routing_key: queue.to_owned(),
-                reply: "NOT_FOUND".to_owned(),
-            });
+        match Topology::queue_exists(&link.conn, queue).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(PublishError::Unroutable {
+                    id: id.to_owned(),
+                    exchange: String::new(),
+                    routing_key: queue.to_owned(),
+                    reply: "NOT_FOUND".to_owned(),
+                })
+            }
+            // The queue cannot be asked about now (its node is down, it has no leader): that
+            // is no sign it is missing, and the delay cascade can still take the task.
+            // Publish, and ask again next time.
+            Err(error) if !error.is_permanent() => {
+                tracing::debug!(%queue, %error, "could not check the delayed task's queue; publishing");
+                return Ok(());
+            }
+            Err(error) => return Err(error.into()),
         }
         let mut known = lock(&self.inner.known_queues);
         if known.connection != link.connection {

@@ -30,11 +30,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             };
             ApiError::new(e.status(), message)
         })?;
-        let value = parse_strict(&bytes)?;
-        serde_path_to_error::deserialize(value)
-            .map(JsonBody)
-            .map_err(|e| field_error(&e.path().to_string(), &e.inner().to_string()).into())
+        read_json(&bytes).map(JsonBody)
     }
+}
+
+/// Parses a body strictly and deserializes it into `T`, naming the field at fault.
+pub(crate) fn read_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value = parse_strict(bytes)?;
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| field_error(&e.path().to_string(), &e.inner().to_string()).into())
 }
 
 /// `application/json` or `application/<anything>+json`, parameters ignored.

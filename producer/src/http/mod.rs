@@ -19,6 +19,7 @@ mod server;
 mod time;
 
 pub use auth::BearerToken;
+pub use request::read_task_body;
 pub use server::{
     ConnectionLimits, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,

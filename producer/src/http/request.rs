@@ -3,6 +3,7 @@
 //! the broker. The schema is documented in `docs/openapi.yaml`.
 
 use super::error::FieldError;
+use super::json::read_json;
 use super::time::{parse_rfc3339_ms, Seconds};
 use crate::TaskOptions;
 use serde::Deserialize;
@@ -144,6 +145,33 @@ impl TaskRequest {
             options,
         })
     }
+}
+
+/// Reads a `POST /v1/tasks` body (with `batch`, a `/v1/tasks:batch` one) as the ingest does,
+/// without a server or a broker: the ids of its tasks, or the error message a client would
+/// get. For the fuzz targets in `fuzz/`, not a supported API.
+#[doc(hidden)]
+pub fn read_task_body(
+    body: &[u8],
+    batch: bool,
+    traceparent: Option<&str>,
+) -> Result<Vec<String>, String> {
+    let tasks = if batch {
+        read_json::<BatchRequest>(body)
+            .map_err(|e| e.body.error)?
+            .tasks
+    } else {
+        vec![read_json::<TaskRequest>(body).map_err(|e| e.body.error)?]
+    };
+    let prefix = |i: usize| match batch {
+        true => format!("tasks[{i}]."),
+        false => String::new(),
+    };
+    let validate = |(i, task): (usize, TaskRequest)| {
+        let task = task.validate(&prefix(i), "default", traceparent);
+        task.map(|t| t.id().to_owned()).map_err(|e| e.message)
+    };
+    tasks.into_iter().enumerate().map(validate).collect()
 }
 
 /// The wire carries a timeout in milliseconds: round up, so that a positive timeout stays one.
