@@ -935,7 +935,8 @@ fn alert_rules_cover_the_failure_modes_with_metrics_that_exist() {
         "no consumers"
     );
 
-    let metrics_source = read("worker/src/metrics.rs");
+    // The worker's own families, and the broker connection's, which it registers too.
+    let metrics_source = read("worker/src/metrics.rs") + &read("common/src/broker_metrics.rs");
     for (name, expr, rule) in &alerts {
         assert!(
             !str_of(&rule["labels"]["severity"]).is_empty(),
