@@ -20,10 +20,10 @@
 //! kept and counted there instead of being dropped. A deliver exchange an earlier version
 //! created has none and cannot get one by declaration: a policy gives it one.
 
+use crate::declare::{bind_queue, declare_exchange, declare_queue, open, TopologyError};
 use crate::delay::{self, DELAY_LEVELS};
 use crate::fault::{classify, Fault, Operation};
 use crate::header_value::{int_value, text_value};
-use crate::topology::{bind_queue, declare_exchange, declare_queue, open, TopologyError};
 use futures::future::{join_all, try_join_all};
 use lapin::options::{ExchangeBindOptions, ExchangeDeclareOptions};
 use lapin::types::FieldTable;

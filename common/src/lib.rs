@@ -14,6 +14,7 @@ mod cascade;
 mod codec;
 mod connect;
 mod dead_letter;
+mod declare;
 pub mod delay;
 mod depth;
 mod envelope;
@@ -43,6 +44,7 @@ pub use dead_letter::{
     truncate_reason, DeadLetterKind, DeadLetterRecord, BROKER_KIND_PREFIX, MAX_REASON_BYTES,
     RECORD_HEADERS, UNKNOWN_KIND,
 };
+pub use declare::{inspect_queue, QueueState, TopologyError};
 pub use envelope::{
     id_time_ms, now_ms, Claimed, Envelope, EnvelopeError, TaskId, DEFAULT_SCHEMA_VERSION,
 };
@@ -59,5 +61,5 @@ pub use task::Task;
 pub use telemetry::LogFormat;
 #[cfg(feature = "telemetry")]
 pub use telemetry::{init_command_tracing, init_tracing};
-pub use topology::{inspect_queue, QueueState, Topology, TopologyError, DEFAULT_EXCHANGE};
+pub use topology::{Topology, DEFAULT_EXCHANGE};
 pub use trace::TraceParent;
