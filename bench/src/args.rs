@@ -38,6 +38,9 @@ pub enum WorkloadChoice {
     W4,
     /// Worker RSS idle and after W1.
     Memory,
+    /// W1 and W2 with Warren's worker as shipped (no tuning flags) against the tuned
+    /// baseline, and a burst of CPU-bound `demo.cpu` tasks.
+    Defaults,
 }
 
 /// The benchmark's settings.

@@ -29,6 +29,10 @@ pub struct Sizes {
     pub idle: Duration,
     /// W4: worker processes.
     pub scale_out: Vec<usize>,
+    /// Defaults: `demo.cpu` tasks.
+    pub cpu_tasks: usize,
+    /// Defaults: SHA-256 rounds of each `demo.cpu` task.
+    pub cpu_rounds: u64,
 }
 
 impl Sizes {
@@ -43,6 +47,8 @@ impl Sizes {
                 probe_rate: 500.0,
                 idle: Duration::from_millis(200),
                 scale_out: vec![1, 2, 4],
+                cpu_tasks: 20,
+                cpu_rounds: 2_000,
             };
         }
         Sizes {
@@ -53,6 +59,8 @@ impl Sizes {
             probe_rate: 500.0,
             idle: Duration::from_secs(2),
             scale_out: vec![1, 2, 4],
+            cpu_tasks: 200,
+            cpu_rounds: 20_000,
         }
     }
 }
@@ -80,6 +88,7 @@ impl Ctx {
             concurrency: self.tuning.concurrency,
             prefetch: self.tuning.prefetch,
             ack_every: self.tuning.ack_every,
+            stock: false,
         }
     }
 
@@ -89,6 +98,7 @@ impl Ctx {
             concurrency: 16,
             prefetch: self.tuning.sleep_prefetch,
             ack_every: self.tuning.ack_every,
+            stock: false,
         }
     }
 

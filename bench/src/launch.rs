@@ -72,6 +72,22 @@ pub struct WorkerSettings {
     /// Baseline only: `multiple` ack at least every this many completions (Warren batches
     /// acks by itself).
     pub ack_every: u64,
+    /// Warren only: run `warren-worker` as shipped, without `--concurrency`, `--prefetch`
+    /// or `RUST_LOG` (the other fields are then only what its defaults are on this machine).
+    pub stock: bool,
+}
+
+impl WorkerSettings {
+    /// Warren's worker with its defaults.
+    pub fn stock() -> WorkerSettings {
+        let concurrency = warren_worker::defaults::concurrency();
+        WorkerSettings {
+            concurrency,
+            prefetch: warren_worker::defaults::prefetch(concurrency),
+            ack_every: 0,
+            stock: true,
+        }
+    }
 }
 
 /// Starts worker processes.
@@ -97,10 +113,16 @@ impl Launcher {
             Side::Warren => {
                 let mut cmd = wrapped(&self.worker_bin);
                 cmd.args(["--queue", queue, "--admin-addr", "127.0.0.1:0"])
-                    .args(["--concurrency", &settings.concurrency.to_string()])
-                    .args(["--prefetch", &settings.prefetch.to_string()])
-                    .args(["--amqp-url", &self.url, "--log-format", "pretty"])
-                    .env("RUST_LOG", LOG_FILTER);
+                    .args(["--amqp-url", &self.url]);
+                if settings.stock {
+                    // Its default filter (info) logs the admin address too.
+                    cmd.env_remove("RUST_LOG");
+                } else {
+                    cmd.args(["--concurrency", &settings.concurrency.to_string()])
+                        .args(["--prefetch", &settings.prefetch.to_string()])
+                        .args(["--log-format", "pretty"])
+                        .env("RUST_LOG", LOG_FILTER);
+                }
                 Proc::spawn("warren-worker", cmd, WARREN_METRIC).await
             }
             Side::Baseline => {

@@ -1,6 +1,6 @@
 //! `warren-bench`: Warren against a hand-written lapin baseline on the same broker, with the
-//! same settings, measured the same way. Five workloads (W1 throughput, W2 sleeping tasks,
-//! W3 latency, W4 scale-out, memory), each repeated and reported as median, min and max with
+//! same settings, measured the same way. Six workloads (W1 throughput, W2 sleeping tasks,
+//! W3 latency, W4 scale-out, memory, and W1 and W2 again with Warren's defaults), each repeated and reported as median, min and max with
 //! Warren/baseline ratios, as a markdown table on stdout and a JSON file.
 //!
 //! Every queue it creates is uniquely named and deleted at the end, also after an error or
@@ -10,6 +10,7 @@ mod args;
 mod baseline;
 mod broker;
 mod context;
+mod defaults;
 mod drain;
 mod http;
 mod latency;
@@ -86,7 +87,7 @@ async fn run_workloads(args: BenchArgs, broker: Broker) -> anyhow::Result<Report
     };
     use WorkloadChoice::*;
     let chosen = match args.workload {
-        All => vec![W1, W2, W3, W4, Memory],
+        All => vec![W1, W2, W3, W4, Memory, Defaults],
         one => vec![one],
     };
     let mut workloads = BTreeMap::new();
@@ -96,6 +97,7 @@ async fn run_workloads(args: BenchArgs, broker: Broker) -> anyhow::Result<Report
             W2 => ("w2", sleep::w2(&ctx).await),
             W3 => ("w3", latency::w3(&ctx).await),
             W4 => ("w4", throughput::w4(&ctx).await),
+            Defaults => ("defaults", defaults::defaults(&ctx).await),
             Memory | All => ("memory", memory::memory(&ctx).await),
         };
         workloads.insert(

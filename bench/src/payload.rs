@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const NOOP: &str = "demo.noop";
 /// Sleeps `ms` milliseconds (Warren's built-in `demo.sleep`).
 pub const SLEEP: &str = "demo.sleep";
+/// Hashes `rounds` times on a blocking thread (Warren's built-in `demo.cpu`, CPU-bound).
+pub const CPU: &str = "demo.cpu";
 /// Records the time since `created_us` when its handler starts (registered by the benchmark).
 pub const STAMP: &str = "bench.stamp";
 
@@ -32,6 +34,13 @@ impl Filler {
 pub struct Sleep {
     /// Milliseconds to sleep.
     pub ms: u64,
+}
+
+/// Payload of a CPU task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Cpu {
+    /// SHA-256 rounds.
+    pub rounds: u64,
 }
 
 /// Payload of a latency probe.

@@ -142,7 +142,7 @@ pub struct Report {
     pub reps: u32,
     /// Whether this was a smoke run (tiny sizes: the figures mean nothing).
     pub smoke: bool,
-    /// Results by workload (`w1`, `w2`, `w3`, `w4`, `memory`).
+    /// Results by workload (`w1`, `w2`, `w3`, `w4`, `memory`, `defaults`).
     pub workloads: BTreeMap<String, WorkloadReport>,
     /// Every queue the run created (all deleted at its end, with their dead-letter queues).
     pub queues: Vec<String>,
@@ -207,9 +207,13 @@ impl Report {
         out
     }
 
-    /// The workloads in the order they are numbered, memory last.
+    /// The workloads in the order they are numbered, then memory, then defaults.
     fn ordered(&self) -> impl Iterator<Item = (&String, &WorkloadReport)> {
-        let rank = |key: &str| if key == "memory" { 1 } else { 0 };
+        let rank = |key: &str| match key {
+            "memory" => 1,
+            "defaults" => 2,
+            _ => 0,
+        };
         let mut all: Vec<_> = self.workloads.iter().collect();
         all.sort_by_key(|(key, _)| (rank(key), key.as_str()));
         all.into_iter()

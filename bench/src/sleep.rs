@@ -53,8 +53,9 @@ pub async fn w2(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
                  ~1.39 s for 2,000 tasks"
             ),
             format!(
-                "worker: concurrency {}, prefetch {} (Warren's default for concurrency 16 is \
-                 4 × 16 = 64); tasks published before the worker starts; drain measured as in W1",
+                "worker: concurrency {}, prefetch {} on both sides (`--workload defaults` runs \
+                 Warren's worker without these flags); tasks published before the worker \
+                 starts; drain measured as in W1",
                 settings.concurrency, settings.prefetch
             ),
         ],

@@ -3,7 +3,7 @@
 
 use crate::context::{progress, retry_once, Ctx, Published, Samples};
 use crate::drain::{drain, Drain, DrainSpec};
-use crate::launch::Side;
+use crate::launch::{Side, WorkerSettings};
 use crate::payload::{Filler, NOOP};
 use crate::report::{Row, Target, WorkloadReport};
 
@@ -18,6 +18,17 @@ pub async fn publish_and_drain(
     label: &str,
     processes: usize,
 ) -> anyhow::Result<(Published, Drain)> {
+    publish_and_drain_with(ctx, side, label, processes, ctx.throughput_settings()).await
+}
+
+/// [`publish_and_drain`] with workers of the given settings.
+pub async fn publish_and_drain_with(
+    ctx: &Ctx,
+    side: Side,
+    label: &str,
+    processes: usize,
+    settings: WorkerSettings,
+) -> anyhow::Result<(Published, Drain)> {
     let queue = ctx.broker.queue(&format!("{label}.{}", side.label()));
     let tasks = ctx.sizes.tasks;
     let filler = Filler::of_size(BODY_BYTES);
@@ -27,7 +38,7 @@ pub async fn publish_and_drain(
         queue: &queue,
         tasks: tasks as u64,
         processes,
-        settings: ctx.throughput_settings(),
+        settings,
     };
     let drained = drain(&ctx.launcher, &ctx.broker, &ctx.conn, spec).await?;
     Ok((published, drained))

@@ -29,13 +29,25 @@ async fn the_smoke_run_covers_every_workload_and_cleans_up() {
     assert_eq!(report["smoke"], true);
 
     let table = String::from_utf8_lossy(&output.stdout);
-    for workload in ["w1", "w2", "w3", "w4", "memory"] {
+    for workload in ["w1", "w2", "w3", "w4", "memory", "defaults"] {
         let rows = report["workloads"][workload]["rows"]
             .as_array()
             .unwrap_or_else(|| panic!("workload {workload} is missing from the report:\n{text}"));
         assert!(!rows.is_empty(), "workload {workload} has no rows");
         for row in rows {
-            for side in ["warren", "baseline"] {
+            // Only the defaults workload's demo.cpu rows measure Warren alone.
+            let warren_only = row["baseline"].is_null();
+            let sides: &[&str] = if warren_only {
+                assert_eq!(workload, "defaults", "a row without a baseline: {row}");
+                &["warren"]
+            } else {
+                &["warren", "baseline"]
+            };
+            if warren_only && !row["target"].is_null() {
+                // Not a timing: CPU-bound tasks never ran more at once than there are CPUs.
+                assert_eq!(row["met"], true, "{workload}: {row}");
+            }
+            for side in sides {
                 let samples = row[side]["samples"].as_array();
                 assert!(
                     samples.is_some_and(|s| s.len() == 1),

@@ -43,6 +43,13 @@ impl Task for Flaky {
 /// either codec.
 pub fn register(registry: &mut Registry) {
     let any = HandlerOptions::default();
+    // Its hashing runs on tokio's blocking threads (up to 512 of them): held to one task
+    // per CPU, so that a burst of demo.cpu tasks does not oversubscribe the machine while
+    // async tasks keep running up to the worker's concurrency.
+    let cpu_bound = HandlerOptions {
+        cpu_bound: true,
+        ..HandlerOptions::default()
+    };
     registry
         .register_raw("demo.noop", any, |_: TaskContext, _: Payload| async {
             Ok::<_, TaskError>(())
@@ -51,7 +58,7 @@ pub fn register(registry: &mut Registry) {
             tokio::time::sleep(Duration::from_millis(p.ms)).await;
             Ok::<_, TaskError>(())
         })
-        .handle(|_: TaskContext, p: Cpu| async move {
+        .handle_with(cpu_bound, |_: TaskContext, p: Cpu| async move {
             let digest = tokio::task::spawn_blocking(move || hash_rounds(p.rounds)).await?;
             tracing::debug!(digest = %hex(&digest), "hashed");
             Ok::<_, TaskError>(())

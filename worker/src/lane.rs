@@ -1,5 +1,6 @@
 //! One delivery's way through a consume loop: counted when taken, started under a
-//! concurrency permit (and its task type's rate limit), run by [`execute`], and settled: an
+//! concurrency permit (and its task type's rate limit, and a CPU permit if its handler is
+//! CPU-bound), run by [`execute`], and settled: an
 //! ack at once, or a retry or dead letter published first. A handler that finishes on its
 //! first poll is settled without a future of its own; one that waits becomes a future the
 //! consume loop polls.
@@ -17,7 +18,7 @@ use lapin::message::Delivery;
 use lapin::options::BasicQosOptions;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::SemaphorePermit;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span};
@@ -48,9 +49,10 @@ enum Step<'a> {
 /// borrowed until then, and moved only into the future that waits (so the common path never
 /// copies it around).
 enum Wait<'a> {
-    /// Its task type's rate limit.
+    /// Its task type's rate limit, or a CPU permit (a CPU-bound handler), or both.
     Turn {
-        limiter: &'a RateLimiter,
+        limiter: Option<&'a RateLimiter>,
+        cpu: Option<&'a Semaphore>,
         envelope: Result<Envelope, EnvelopeError>,
         metrics: &'a TaskMetrics,
     },
@@ -58,6 +60,8 @@ enum Wait<'a> {
     Handler {
         started: Started,
         permit: SemaphorePermit<'a>,
+        /// A CPU-bound handler's CPU permit.
+        cpu: Option<SemaphorePermit<'a>>,
         /// Counts it among the running tasks a drain waits for.
         running: TaskTrackerToken,
         metrics: &'a TaskMetrics,
@@ -106,7 +110,8 @@ impl<'a> Lane<'a> {
         }
     }
 
-    /// Starts one delivery, holding `permit`, unless its task type's rate limit says wait.
+    /// Starts one delivery, holding `permit`, unless its task type's rate limit says wait or
+    /// its handler is CPU-bound and every CPU permit is taken.
     fn start(
         self,
         delivery: &Delivery,
@@ -123,25 +128,47 @@ impl<'a> Lane<'a> {
             .metrics
             .task(claimed.and_then(|c| c.task).unwrap_or(task));
         metrics.received.inc();
-        match self.shared.rate_limits.get(task) {
-            Some(limiter) if limiter.check().is_err() => {
-                drop(permit);
-                Step::Waiting(Wait::Turn {
-                    limiter,
-                    envelope,
-                    metrics,
-                })
+        let limiter = self
+            .shared
+            .rate_limits
+            .get(task)
+            .filter(|limiter| limiter.check().is_err());
+        let cpu = self.cpu_permits(task);
+        if limiter.is_none() {
+            match cpu.map(Semaphore::try_acquire) {
+                None => return self.run(delivery, envelope, permit, None, metrics),
+                Some(Ok(cpu)) => return self.run(delivery, envelope, permit, Some(cpu), metrics),
+                Some(Err(_)) => {}
             }
-            _ => self.run(delivery, envelope, permit, metrics),
         }
+        drop(permit);
+        Step::Waiting(Wait::Turn {
+            limiter,
+            cpu,
+            envelope,
+            metrics,
+        })
     }
 
-    /// Runs a delivery's handler once it may.
+    /// The CPU permits a task of type `task` needs, if its handler is CPU-bound.
+    fn cpu_permits(self, task: &str) -> Option<&'a Semaphore> {
+        let shared = self.shared;
+        shared.cpu_permits.as_ref().filter(|_| {
+            shared
+                .registry
+                .get(task)
+                .is_some_and(|entry| entry.options.cpu_bound)
+        })
+    }
+
+    /// Runs a delivery's handler once it may, holding `permit` (and `cpu`, the CPU permit
+    /// of a CPU-bound handler) while it runs.
     fn run(
         self,
         delivery: &Delivery,
         envelope: Result<Envelope, EnvelopeError>,
         permit: SemaphorePermit<'a>,
+        cpu: Option<SemaphorePermit<'a>>,
         metrics: &'a TaskMetrics,
     ) -> Step<'a> {
         let in_progress = &self.metrics.in_progress;
@@ -156,12 +183,14 @@ impl<'a> Lane<'a> {
         ) {
             Run::Done(outcome) => {
                 in_progress.dec();
+                drop(cpu);
                 let hold = matches!(outcome, Outcome::Isolate { .. }).then_some(permit);
                 self.settle(delivery, outcome, metrics, hold)
             }
             Run::Waiting(started) => Step::Waiting(Wait::Handler {
                 started,
                 permit,
+                cpu,
                 running: self.shared.tasks.token(),
                 metrics,
             }),
@@ -196,25 +225,28 @@ impl<'a> Lane<'a> {
             let step = match wait {
                 Wait::Turn {
                     limiter,
+                    cpu,
                     envelope,
                     metrics,
                 } => {
                     // Stopped while waiting for its turn: it never started.
-                    let Some(permit) = self.turn(limiter).await else {
+                    let Some((permit, cpu)) = self.turn(limiter, cpu).await else {
                         self.metrics.requeued.inc();
                         self.metrics.held.dec();
                         return Settle::Requeue(delivery.delivery_tag);
                     };
-                    self.run(&delivery, envelope, permit, metrics)
+                    self.run(&delivery, envelope, permit, cpu, metrics)
                 }
                 Wait::Handler {
                     started,
                     permit,
+                    cpu,
                     running,
                     metrics,
                 } => {
                     let outcome = started.finish(self.shared, metrics).await;
                     self.metrics.in_progress.dec();
+                    drop(cpu);
                     drop(permit);
                     drop(running);
                     self.settle(&delivery, outcome, metrics, None)
@@ -271,17 +303,31 @@ impl<'a> Lane<'a> {
         settle
     }
 
-    /// Waits for a rate-limited task's turn, giving its concurrency permit back meanwhile so
-    /// other task types keep running. `None` if the worker stops meanwhile.
-    async fn turn(self, limiter: &RateLimiter) -> Option<SemaphorePermit<'a>> {
+    /// Waits for a task's turn: its rate limit's token, then its CPU permit if it needs one,
+    /// then a concurrency permit. It holds no concurrency permit meanwhile, so other task
+    /// types keep running. `None` if the worker stops meanwhile.
+    async fn turn(
+        self,
+        limiter: Option<&RateLimiter>,
+        cpu: Option<&'a Semaphore>,
+    ) -> Option<(SemaphorePermit<'a>, Option<SemaphorePermit<'a>>)> {
+        const OPEN: &str = "the semaphore is never closed";
         let turn = async {
-            limiter.until_ready().await;
-            self.shared.permits.acquire().await
+            if let Some(limiter) = limiter {
+                limiter.until_ready().await;
+            }
+            // CPU permit first: whoever holds one waits only for a concurrency permit, which
+            // running tasks give back without waiting for anything.
+            let cpu = match cpu {
+                Some(cpu) => Some(cpu.acquire().await.expect(OPEN)),
+                None => None,
+            };
+            (self.shared.permits.acquire().await.expect(OPEN), cpu)
         };
         tokio::select! {
             biased;
             _ = self.stop.cancelled() => None,
-            permit = turn => Some(permit.expect("the semaphore is never closed")),
+            permits = turn => Some(permits),
         }
     }
 }
@@ -332,7 +378,10 @@ pub(crate) fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
     match outcome {
         Outcome::Ack => {
             metrics.succeeded.inc();
-            tracing::info!(outcome = "succeeded", "task finished");
+            // Debug, not info: at info, with a no-op handler, formatting and writing this one
+            // line cost ~16% of the default drain rate (docs/performance.md, "Defaults").
+            // Count successes with warren_tasks_succeeded_total instead.
+            tracing::debug!(outcome = "succeeded", "task finished");
         }
         Outcome::Retry { .. } => metrics.retried.inc(),
         Outcome::DeadLetter(failure) => metrics.dead_lettered(failure.kind),

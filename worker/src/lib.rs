@@ -47,6 +47,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: WorkerMetrics,
     pub(crate) queue_metrics: HashMap<String, metrics::QueueMetrics>,
     pub(crate) permits: Arc<Semaphore>,
+    /// Permits of CPU-bound handlers (`HandlerOptions::cpu_bound`), taken besides one of
+    /// `permits`; `None` when no handler is CPU-bound (no lookup per delivery then).
+    pub(crate) cpu_permits: Option<Semaphore>,
     pub(crate) rate_limits: rate_limit::RateLimits,
     pub(crate) tasks: TaskTracker,
     pub(crate) topology: warren_common::Topology,

@@ -35,6 +35,8 @@ pub struct WorkerMetrics {
     pub acks_lost: IntCounterVec,
     /// Concurrency limit.
     pub concurrency: IntGauge,
+    /// Concurrency limit of CPU-bound handlers.
+    pub cpu_concurrency: IntGauge,
     /// Prefetch per consumer.
     pub prefetch: IntGauge,
     /// 1 while connected to the broker.
@@ -157,6 +159,7 @@ impl WorkerMetrics {
             requeued: counter(registry, "warren_deliveries_requeued_total", "Deliveries returned to the queue unprocessed.", q),
             acks_lost: counter(registry, "warren_acks_lost_total", "Settlements lost with their channel (the broker redelivers those tasks).", q),
             concurrency: scalar_gauge(registry, "warren_worker_concurrency", "Maximum handlers running at once."),
+            cpu_concurrency: scalar_gauge(registry, "warren_worker_cpu_concurrency", "Maximum CPU-bound handlers running at once."),
             prefetch: scalar_gauge(registry, "warren_worker_prefetch", "Deliveries each consumer may hold unacked."),
             connected: broker.connected,
             reconnects: broker.reconnects,

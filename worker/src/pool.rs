@@ -74,6 +74,7 @@ impl Worker {
         }
         let metrics = WorkerMetrics::new(metrics);
         metrics.concurrency.set(config.concurrency as i64);
+        metrics.cpu_concurrency.set(config.cpu_concurrency as i64);
         metrics.prefetch.set(config.prefetch.into());
         let queue_metrics = config
             .queues
@@ -85,8 +86,11 @@ impl Worker {
                 )
             })
             .collect();
+        let cpu_bound = registry.entries().any(|(_, e)| e.options.cpu_bound);
+        let cpu_permits = cpu_bound.then(|| Semaphore::new(config.cpu_concurrency));
         let shared = Shared {
             permits: Arc::new(Semaphore::new(config.concurrency)),
+            cpu_permits,
             rate_limits: crate::rate_limit::RateLimits::new(&config.rate_limits),
             tasks: TaskTracker::new(),
             topology: Topology::new(config.exchange.clone()),

@@ -149,6 +149,11 @@ pub struct HandlerOptions {
     /// its queue's consume loop, which costs less per task: there a handler must not block
     /// or compute for long (hand such work to `tokio::task::spawn_blocking`, or set this).
     pub spawn: bool,
+    /// The handler's work is CPU-bound (it computes, or awaits `spawn_blocking` work): at
+    /// most `--cpu-concurrency` tasks of such types run at once (default: the number of
+    /// CPUs), beside async handlers running up to `--concurrency`. A task waiting for its
+    /// turn holds a prefetch slot but no concurrency permit, so other task types keep running.
+    pub cpu_bound: bool,
 }
 
 pub(crate) type HandlerResult = Result<(), TaskError>;

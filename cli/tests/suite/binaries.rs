@@ -1,6 +1,6 @@
 //! The real binaries, as an operator runs them.
 
-use crate::binary;
+use crate::{binary, TASK_LOG};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
@@ -10,7 +10,7 @@ fn worker_command(queue: &str) -> Command {
     let mut cmd = Command::new(binary("warren-worker"));
     cmd.args(["--queue", queue, "--admin-addr", "127.0.0.1:0"])
         .env("AMQP_URL", amqp_url())
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", TASK_LOG)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);

@@ -1,8 +1,9 @@
 //! The consume loop against the real broker: a handler fails alike whether it finishes on
 //! its first poll (run inline, with no future of its own) or after waiting, handlers
 //! registered with `spawn` run on tasks of their own (in parallel, failing like any other),
-//! and a slow task at the head of the prefetch window does not hold back the acks of the
-//! tasks finished behind it.
+//! a slow task at the head of the prefetch window does not hold back the acks of the
+//! tasks finished behind it, and with the default settings async handlers run many at once
+//! while CPU-bound ones never run more at once than there are CPUs.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use warren_common::headers;
 use warren_producer::TaskOptions;
 use warren_tests::*;
-use warren_worker::{HandlerOptions, Payload, Registry, TaskContext, TaskError};
+use warren_worker::{HandlerOptions, Payload, Registry, TaskContext, TaskError, WorkerConfig};
 
 /// Counts handlers running at once, remembering the most seen.
 #[derive(Default)]
@@ -96,6 +97,7 @@ async fn handlers_fail_alike(name: &str, spawn: bool) {
         spawn,
         timeout: Some(Duration::from_millis(300)),
         max_attempts: Some(1),
+        ..HandlerOptions::default()
     };
     let wait = || tokio::time::sleep(Duration::from_millis(20));
     let mut registry = Registry::new();
@@ -222,4 +224,94 @@ async fn a_slow_task_does_not_hold_back_the_acks_of_those_finished_behind_it() {
     let conn = raw_connection().await;
     assert_eq!(ready_count(&conn, &queue).await, 0);
     delete_queues(&conn, &queue).await;
+}
+
+impl Overlap {
+    /// Counts a handler as running until `done` resolves.
+    async fn during<T>(&self, done: impl std::future::Future<Output = T>) -> T {
+        let running = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(running, Ordering::SeqCst);
+        let value = done.await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+        value
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_async_handlers_run_many_at_once_and_cpu_bound_ones_one_per_cpu() {
+    let queue = unique_queue("cpubound");
+    // The stock defaults, on a queue of this test's own.
+    let defaults = WorkerConfig::new([queue.as_str()]);
+    let mut config = test_config(&queue);
+    (config.concurrency, config.cpu_concurrency, config.prefetch) = (
+        defaults.concurrency,
+        defaults.cpu_concurrency,
+        defaults.prefetch,
+    );
+    let cpus = config.cpu_concurrency;
+    // Each CPU-bound handler waits on a blocking thread until `cpus` of them run (so at least
+    // that many run at once), then computes a while: a limit that let more through would
+    // show in `most`. The async handlers wait until all of them run at once.
+    let (cpu_tasks, async_tasks) = (3 * cpus, 48);
+    assert!(async_tasks < config.concurrency && async_tasks > cpus);
+    let (cpu, io) = (Arc::new(Overlap::default()), Arc::new(Overlap::default()));
+    let cpu_gate = Arc::new(std::sync::Barrier::new(cpus));
+    let io_gate = Arc::new(tokio::sync::Barrier::new(async_tasks));
+    let cpu_bound = HandlerOptions {
+        cpu_bound: true,
+        ..HandlerOptions::default()
+    };
+    let mut registry = Registry::new();
+    let (counted, gate) = (cpu.clone(), cpu_gate.clone());
+    registry.register_raw("test.cpu", cpu_bound, move |_: TaskContext, _: Payload| {
+        let (counted, gate) = (counted.clone(), gate.clone());
+        async move {
+            let work = tokio::task::spawn_blocking(move || {
+                gate.wait();
+                std::thread::sleep(Duration::from_millis(30));
+            });
+            counted.during(work).await?;
+            Ok::<_, TaskError>(())
+        }
+    });
+    let (counted, gate) = (io.clone(), io_gate.clone());
+    registry.register_raw("test.io", HandlerOptions::default(), move |_, _| {
+        let (counted, gate) = (counted.clone(), gate.clone());
+        async move {
+            let all_at_once = tokio::time::timeout(Duration::from_secs(20), gate.wait());
+            counted
+                .during(all_at_once)
+                .await
+                .map_err(TaskError::permanent)?;
+            Ok::<_, TaskError>(())
+        }
+    });
+    let worker = TestWorker::start(registry, config).await;
+    let publisher = publisher(&queue).await;
+    // The CPU-bound tasks first: those waiting for a CPU permit must not hold up the async
+    // ones behind them.
+    for (task, count) in [("test.cpu", cpu_tasks), ("test.io", async_tasks)] {
+        for _ in 0..count {
+            publisher
+                .publish(task, &(), &TaskOptions::default())
+                .await
+                .unwrap();
+        }
+    }
+    wait_until(Duration::from_secs(30), "every task to succeed", || async {
+        worker.metric("warren_tasks_succeeded_total", &[("task", "test.cpu")]) == cpu_tasks as f64
+            && worker.metric("warren_tasks_succeeded_total", &[("task", "test.io")])
+                == async_tasks as f64
+    })
+    .await;
+    assert_eq!(io.most.load(Ordering::SeqCst), async_tasks);
+    assert_eq!(cpu.most.load(Ordering::SeqCst), cpus);
+    assert_eq!(
+        worker.metric("warren_worker_cpu_concurrency", &[]),
+        cpus as f64
+    );
+    let report = worker.stop().await;
+    assert_eq!(report.totals.succeeded, (cpu_tasks + async_tasks) as u64);
+    assert_eq!(report.totals.failed, 0);
+    delete_queues(&raw_connection().await, &queue).await;
 }

@@ -33,4 +33,4 @@ mod tls;
 mod trace_context;
 mod typed_tasks;
 
-pub use process::{binary, example, WorkerProcess};
+pub use process::{binary, example, WorkerProcess, TASK_LOG};

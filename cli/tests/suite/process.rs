@@ -37,6 +37,10 @@ pub fn binary(name: &str) -> PathBuf {
     })
 }
 
+/// `RUST_LOG` of a worker whose log is read for the tasks it finished: successes are logged
+/// at debug (`task finished`), everything else at the stock binary's info.
+pub const TASK_LOG: &str = "info,warren_worker=debug";
+
 /// A `warren-worker` process with its captured log lines and admin address.
 pub struct WorkerProcess {
     /// The process.
@@ -65,7 +69,7 @@ impl WorkerProcess {
             .args(args)
             .args(["--admin-addr", "127.0.0.1:0"])
             .env("AMQP_URL", amqp_url)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", TASK_LOG)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -99,7 +103,7 @@ impl WorkerProcess {
         assert!(status.expect("kill runs").success());
     }
 
-    /// Ids of the tasks this worker finished successfully, from its log.
+    /// Ids of the tasks this worker finished successfully, from its log (at [`TASK_LOG`]).
     pub fn finished_ids(&self) -> Vec<String> {
         self.lines
             .lock()

@@ -258,7 +258,7 @@ async fn round_trip_with_the_binaries(dir: &Path, pki: &Pki, url: &str) {
         .env("AMQP_CA_FILE", &pki.ca)
         .env("AMQP_CERT_FILE", &pki.client_cert)
         .env("AMQP_KEY_FILE", &pki.client_key)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", crate::TASK_LOG)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
