@@ -33,8 +33,25 @@ impl PrivateNode {
         Some(Self::start(label))
     }
 
-    /// Starts a node on free ports and waits until it is up.
+    /// Starts a node on free ports and waits until it is up. A port found free can be taken
+    /// by another test before the node binds it (the node then dies at once): the start is
+    /// tried again on other ports, up to three times.
     pub fn start(label: &str) -> PrivateNode {
+        for attempt in 1..=3 {
+            let node = Self::prepare(label);
+            if node.try_boot() {
+                return node;
+            }
+            eprintln!(
+                "private node {} did not start on ports {}/{} (attempt {attempt} of 3)",
+                node.name, node.port, node.dist_port
+            );
+        }
+        panic!("the private node did not start");
+    }
+
+    /// A node's name, ports, data directory and configuration, not started yet.
+    fn prepare(label: &str) -> PrivateNode {
         let port = free_port();
         let dist_port = free_port();
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
@@ -44,14 +61,12 @@ impl PrivateNode {
         // The system's rabbitmq.conf pins the listener to 5672: the node gets its own file.
         let conf = format!("listeners.tcp.local = 127.0.0.1:{port}\n");
         std::fs::write(dir.join("rabbitmq.conf"), conf).expect("config file");
-        let node = PrivateNode {
+        PrivateNode {
             name: format!("warren-{label}-{suffix}@localhost"),
             dir,
             port,
             dist_port,
-        };
-        node.boot();
-        node
+        }
     }
 
     /// The AMQP URL of the node.
@@ -77,6 +92,11 @@ impl PrivateNode {
 
     /// Starts the node (again) and waits for it.
     pub fn boot(&self) {
+        assert!(self.try_boot(), "the private node did not start");
+    }
+
+    /// Starts the node and waits for it; false if it did not come up.
+    fn try_boot(&self) -> bool {
         let status = self
             .command("rabbitmq-server")
             .arg("-detached")
@@ -86,12 +106,11 @@ impl PrivateNode {
         // `-detached` returns before the node exists; `wait` follows the pid file until the
         // node is up (await_startup right away fails: the node is not there yet).
         let pid_file = self.dir.join("pid").to_string_lossy().into_owned();
-        let status = self
-            .command("rabbitmqctl")
+        self.command("rabbitmqctl")
             .args(["-n", &self.name, "--timeout", "60", "wait", &pid_file])
             .status()
-            .expect("rabbitmqctl runs");
-        assert!(status.success(), "the private node did not start");
+            .expect("rabbitmqctl runs")
+            .success()
     }
 
     /// Runs `rabbitmqctl ARGS` against the node; true if it succeeded.
