@@ -488,8 +488,6 @@ impl Publisher {
         }
         if confirmation.is_nack() {
             self.inner.link.refused(&link).await;
-        } else {
-            self.inner.link.accepted();
         }
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
