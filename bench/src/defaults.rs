@@ -5,11 +5,11 @@
 //! not let CPU-bound ones oversubscribe the machine.
 
 use crate::context::{progress, retry_once, Ctx, Samples};
-use crate::drain::{drain, DrainSpec};
 use crate::http;
 use crate::launch::{Side, WorkerSettings};
-use crate::payload::{Cpu, Sleep, CPU, SLEEP};
+use crate::payload::{Cpu, CPU};
 use crate::report::{Machine, Row, Target, WorkloadReport};
+use crate::sleep::drain_sleeps;
 use crate::throughput::publish_and_drain_with;
 use anyhow::{bail, Context};
 use std::time::Duration;
@@ -42,7 +42,7 @@ pub async fn defaults(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
                 Side::Warren => stock,
                 Side::Baseline => ctx.sleep_settings(),
             };
-            let took = retry_once(&label, || sleep_drain(ctx, side, &label, settings)).await?;
+            let took = retry_once(&label, || drain_sleeps(ctx, side, &label, settings)).await?;
             samples.push("w2", side, took);
             progress("defaults W2", rep, side, &format!("drain {took:.3} s"));
         }
@@ -80,29 +80,6 @@ pub async fn defaults(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             row(&mut samples, "cpu_drain", "demo.cpu drain time", "s", None),
         ],
     })
-}
-
-/// W2's drain on a fresh queue with `settings`: seconds.
-async fn sleep_drain(
-    ctx: &Ctx,
-    side: Side,
-    label: &str,
-    settings: WorkerSettings,
-) -> anyhow::Result<f64> {
-    let sizes = &ctx.sizes;
-    let queue = ctx.broker.queue(label);
-    let payload = Sleep { ms: sizes.sleep_ms };
-    ctx.publish(side, &queue, SLEEP, &payload, sizes.sleep_tasks)
-        .await?;
-    let spec = DrainSpec {
-        side,
-        queue: &queue,
-        tasks: sizes.sleep_tasks as u64,
-        processes: 1,
-        settings,
-    };
-    let d = drain(&ctx.launcher, &ctx.broker, &ctx.conn, spec).await?;
-    Ok(d.drain.as_secs_f64())
 }
 
 /// Drains a burst of `demo.cpu` tasks with the stock worker, polling how many run at once.

@@ -4,6 +4,7 @@
 use crate::context::{progress, retry_once, Ctx, Samples};
 use crate::drain::{drain, DrainSpec};
 use crate::launch::Side;
+use crate::launch::WorkerSettings;
 use crate::payload::{Sleep, SLEEP};
 use crate::report::{Row, Target, WorkloadReport};
 
@@ -15,28 +16,9 @@ pub async fn w2(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
     for rep in 0..ctx.reps {
         for side in Side::order(rep) {
             let label = format!("w2.r{rep}.{}", side.label());
-            let d = retry_once(&label, || async {
-                let queue = ctx.broker.queue(&label);
-                let payload = Sleep { ms: sizes.sleep_ms };
-                ctx.publish(side, &queue, SLEEP, &payload, sizes.sleep_tasks)
-                    .await?;
-                let spec = DrainSpec {
-                    side,
-                    queue: &queue,
-                    tasks: sizes.sleep_tasks as u64,
-                    processes: 1,
-                    settings,
-                };
-                drain(&ctx.launcher, &ctx.broker, &ctx.conn, spec).await
-            })
-            .await?;
-            samples.push("drain", side, d.drain.as_secs_f64());
-            progress(
-                "W2",
-                rep,
-                side,
-                &format!("drain {:.3} s", d.drain.as_secs_f64()),
-            );
+            let d = retry_once(&label, || drain_sleeps(ctx, side, &label, settings)).await?;
+            samples.push("drain", side, d);
+            progress("W2", rep, side, &format!("drain {d:.3} s"));
         }
     }
     let ideal =
@@ -67,4 +49,28 @@ pub async fn w2(ctx: &Ctx) -> anyhow::Result<WorkloadReport> {
             Some(Target::RatioAtMost(1.05)),
         )],
     })
+}
+
+/// W2's drain on a fresh queue `label` with `settings`: seconds. The `defaults` workload
+/// runs it too, with the stock worker's own settings.
+pub(crate) async fn drain_sleeps(
+    ctx: &Ctx,
+    side: Side,
+    label: &str,
+    settings: WorkerSettings,
+) -> anyhow::Result<f64> {
+    let sizes = &ctx.sizes;
+    let queue = ctx.broker.queue(label);
+    let payload = Sleep { ms: sizes.sleep_ms };
+    ctx.publish(side, &queue, SLEEP, &payload, sizes.sleep_tasks)
+        .await?;
+    let spec = DrainSpec {
+        side,
+        queue: &queue,
+        tasks: sizes.sleep_tasks as u64,
+        processes: 1,
+        settings,
+    };
+    let d = drain(&ctx.launcher, &ctx.broker, &ctx.conn, spec).await?;
+    Ok(d.drain.as_secs_f64())
 }

@@ -6,8 +6,10 @@
 mod error;
 mod link;
 mod metrics;
+mod options;
 mod publisher;
 
 pub use error::PublishError;
 pub use metrics::ProducerMetrics;
-pub use publisher::{Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT};
+pub use options::TaskOptions;
+pub use publisher::{Publisher, PublisherConfig, DEFAULT_CONFIRM_TIMEOUT};
