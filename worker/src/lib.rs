@@ -1,25 +1,19 @@
 //! Warren's worker pool: register typed handlers in a [`Registry`], then [`Worker::run`]
 //! consumes the configured queues with manual acks and a prefetch limit, runs handlers
 //! concurrently, and routes each result (ack, retry through the broker's delay cascade, or
-//! dead letter with its reason).
+//! dead letter with its reason). A delivery's path, from arrival to ack, is laid out file by
+//! file in `src/consume/` (its `mod.rs` lists them in order).
 
-mod acks;
 mod config;
-mod consumer;
-mod execute;
-mod isolation;
-mod lane;
+mod consume;
 mod metrics;
-mod monitor;
 mod outcome;
 mod pool;
 mod rate_limit;
 mod registry;
 mod retry;
-mod routing;
 #[cfg(feature = "runtime")]
 mod runtime;
-mod subscription;
 pub mod testing;
 
 #[cfg(feature = "runtime")]

@@ -2,9 +2,9 @@
 //! that are rebuilt whenever the broker is lost, and the graceful drain at the end.
 
 use crate::config::{ConfigError, WorkerConfig};
+use crate::consume::subscription::{subscribe, Ended, QueueStates};
 use crate::metrics::{Totals, WorkerMetrics};
 use crate::registry::Registry;
-use crate::subscription::{subscribe, Ended, QueueStates};
 use crate::Shared;
 use futures::future::join_all;
 use futures::FutureExt;
@@ -215,7 +215,7 @@ impl Worker {
         }
     }
 
-    /// Declares and consumes every queue, each on its own (see [`crate::subscription`]), and
+    /// Declares and consumes every queue, each on its own (see [`crate::consume::subscription`]), and
     /// the delay cascade, until the drain, the loss of the connection, or a declaration
     /// only a person can fix. Returns the ackers still settling running tasks.
     async fn run_session(
@@ -255,7 +255,7 @@ impl Worker {
                     None => None,
                 }
             };
-            let monitor = crate::monitor::monitor(&self.shared, conn, &states, &stop);
+            let monitor = crate::consume::monitor::monitor(&self.shared, conn, &states, &stop);
             let lost = async {
                 connection_lost(conn, &stop).await;
                 stop.cancel();

@@ -38,8 +38,8 @@
 //! # }
 //! ```
 
-use crate::execute::{self, Arrival, Run};
-use crate::isolation::Mode;
+use crate::consume::execute::{self, Arrival};
+use crate::consume::isolation::Mode;
 use crate::outcome::{Failure, Outcome, ReasonKind};
 use crate::{Registry, Worker, WorkerConfig};
 use lapin::BasicProperties;
@@ -147,9 +147,6 @@ impl<'r> Perform<'r> {
             properties,
             redelivered: self.redelivered,
         };
-        match execute::run(shared, &queue, arrival, envelope, metrics, Mode::Shared) {
-            Run::Done(outcome) => outcome,
-            Run::Waiting(started) => started.finish(shared, metrics).await,
-        }
+        execute::run(shared, &queue, arrival, envelope, metrics, Mode::Shared).await
     }
 }

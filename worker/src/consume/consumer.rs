@@ -1,12 +1,13 @@
 //! One queue's consume loop on one channel. Deliveries are taken as the prefetch allows,
-//! wait in order for a concurrency permit, and run inside the loop itself (see [`crate::lane`]),
-//! which also settles them: finishing a task, acking it and starting the next involve no
-//! other task, channel or thread (a handler registered with `spawn` runs on a task of its own).
+//! wait in order for a concurrency permit, and run inside the loop itself (each through the
+//! stages of [`crate::consume::delivery`]), which also settles them ([`crate::consume::acks`]):
+//! finishing a task, acking it and starting the next involve no other task, channel or
+//! thread (a handler registered with `spawn` runs on a task of its own).
 //! On stop the consumer is cancelled and every delivery not yet started goes back to the
 //! queue, while the running ones finish and are settled.
 
-use crate::acks::{Acks, Settle, QUIET};
-use crate::lane::Lane;
+use crate::consume::acks::{Acks, Settle};
+use crate::consume::delivery::Deliveries;
 use crate::Shared;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -58,7 +59,7 @@ pub(crate) struct SessionLink<'a> {
     pub(crate) conn: &'a Connection,
     pub(crate) publisher: &'a Publisher,
     /// Told once the queue is consumed.
-    pub(crate) states: &'a crate::subscription::QueueStates,
+    pub(crate) states: &'a crate::consume::subscription::QueueStates,
     /// Fired to end the session (drain, or another consumer of the session was lost).
     pub(crate) stop: &'a CancellationToken,
 }
@@ -78,7 +79,7 @@ pub(crate) async fn consume(
             }
         }
     };
-    if let Err(reason) = crate::isolation::start(&shared, &link, &queue).await {
+    if let Err(reason) = crate::consume::isolation::start(&shared, &link, &queue).await {
         return ConsumerEnd::Lost {
             reason,
             acker: None,
@@ -87,13 +88,13 @@ pub(crate) async fn consume(
     tracing::info!(queue = %queue, prefetch = shared.config.prefetch, "consuming");
     link.states.consuming(&queue);
     let (ended, end) = oneshot::channel();
-    let lane = Owned {
+    let owned = Owned {
         shared,
         publisher: link.publisher.clone(),
         queue: queue.clone(),
         stop: link.stop.clone(),
     };
-    let running = tokio::spawn(lane.run(channel, consumer, ended));
+    let running = tokio::spawn(owned.run(channel, consumer, ended));
     match end.await {
         Ok(None) => ConsumerEnd::Stopped(running),
         Ok(Some(reason)) => ConsumerEnd::Lost {
@@ -155,7 +156,7 @@ impl Owned {
         mut consumer: Consumer,
         ended: oneshot::Sender<Option<String>>,
     ) -> u64 {
-        let lane = Lane {
+        let deliveries = Deliveries {
             shared: &self.shared,
             publisher: &self.publisher,
             queue: &self.queue,
@@ -172,11 +173,8 @@ impl Owned {
         let mut waiting: VecDeque<Delivery> = VecDeque::new();
         let mut running = FuturesUnordered::new();
         let stopped = self.stop.cancelled();
-        let quiet = tokio::time::sleep(Duration::ZERO);
-        let linger = tokio::time::sleep(Duration::ZERO);
         let returned = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(stopped, quiet, linger, returned);
-        let (mut quiet_armed, mut linger_armed) = (false, false);
+        tokio::pin!(stopped, returned);
         loop {
             let taking = phase == Phase::Taking;
             let receiving = phase != Phase::Finishing;
@@ -194,7 +192,7 @@ impl Owned {
                             "the broker did not confirm the consumer's cancel; going on");
                     }
                     for delivery in waiting.drain(..) {
-                        lane.returned(&mut acks, &delivery);
+                        deliveries.returned(&mut acks, &delivery);
                     }
                     if let Some(ended) = ended.take() {
                         let _ = ended.send(None);
@@ -203,31 +201,24 @@ impl Owned {
                 Some(settle) = running.next(), if !running.is_empty() => {
                     acks.settle(settle);
                 }
-                _ = &mut quiet, if quiet_armed => {
-                    quiet_armed = false;
-                    acks.flush(true);
-                }
-                _ = &mut linger, if linger_armed => {
-                    linger_armed = false;
-                    acks.flush(false);
-                }
+                () = acks.due(), if acks.timing() => {}
                 permit = permits.acquire(), if taking && !waiting.is_empty() => {
                     let permit = permit.expect("the semaphore is never closed");
                     let delivery = waiting.pop_front().expect("checked non-empty");
-                    lane.begin(delivery, permit, &mut acks, &mut running);
+                    deliveries.begin(delivery, permit, &mut acks, &mut running);
                 }
                 next = consumer.next(), if receiving => match (phase, next) {
                     (Phase::Taking, Some(Ok(delivery))) => {
-                        take(lane, delivery, &mut waiting, &mut acks, &mut running);
+                        take(deliveries, delivery, &mut waiting, &mut acks, &mut running);
                     }
-                    (_, Some(Ok(delivery))) => lane.returned(&mut acks, &delivery),
+                    (_, Some(Ok(delivery))) => deliveries.returned(&mut acks, &delivery),
                     (Phase::Taking, end) => {
                         let reason = match end {
-                            Some(Err(error)) => format!("consumer of `{}` failed: {error}", lane.queue),
-                            _ => format!("the broker cancelled the consumer of `{}`", lane.queue),
+                            Some(Err(error)) => format!("consumer of `{}` failed: {error}", deliveries.queue),
+                            _ => format!("the broker cancelled the consumer of `{}`", deliveries.queue),
                         };
                         phase = Phase::Finishing;
-                        lane.metrics.held.sub(waiting.len() as i64);
+                        deliveries.metrics.held.sub(waiting.len() as i64);
                         waiting.clear();
                         if let Some(ended) = ended.take() {
                             let _ = ended.send(Some(reason));
@@ -247,7 +238,7 @@ impl Owned {
                 }
                 if phase == Phase::Taking {
                     while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
-                        take(lane, delivery, &mut waiting, &mut acks, &mut running);
+                        take(deliveries, delivery, &mut waiting, &mut acks, &mut running);
                         progressed = true;
                     }
                     while !waiting.is_empty() {
@@ -255,7 +246,7 @@ impl Owned {
                             break;
                         };
                         let delivery = waiting.pop_front().expect("checked non-empty");
-                        lane.begin(delivery, permit, &mut acks, &mut running);
+                        deliveries.begin(delivery, permit, &mut acks, &mut running);
                         progressed = true;
                     }
                 }
@@ -263,20 +254,8 @@ impl Owned {
                     break;
                 }
             }
-            // About to wait: what is done is acked (at most one such ack per LINGER), and a
-            // gap gets its deadline.
-            if let Some(due) = acks.flush_or_defer() {
-                if !linger_armed {
-                    linger_armed = true;
-                    linger.as_mut().reset(due);
-                }
-            }
-            if !acks.holding() {
-                quiet_armed = false;
-            } else if !quiet_armed {
-                quiet_armed = true;
-                quiet.as_mut().reset(Instant::now() + QUIET);
-            }
+            // About to wait: what is done is acked, or its ack scheduled.
+            acks.idle();
         }
         let lost = acks.finish().await;
         self.shared
@@ -297,19 +276,19 @@ impl Owned {
 /// Takes a delivery from the consumer: started at once if nothing waits before it and a
 /// concurrency permit is free, else queued in order.
 fn take<'a>(
-    lane: Lane<'a>,
+    deliveries: Deliveries<'a>,
     delivery: Delivery,
     waiting: &mut VecDeque<Delivery>,
     acks: &mut Acks<'_>,
     running: &mut FuturesUnordered<BoxFuture<'a, Settle>>,
 ) {
-    lane.taken();
+    deliveries.taken();
     if !waiting.is_empty() {
         waiting.push_back(delivery);
         return;
     }
-    match lane.shared.permits.try_acquire() {
-        Ok(permit) => lane.begin(delivery, permit, acks, running),
+    match deliveries.shared.permits.try_acquire() {
+        Ok(permit) => deliveries.begin(delivery, permit, acks, running),
         Err(_) => waiting.push_back(delivery),
     }
 }

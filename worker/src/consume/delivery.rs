@@ -1,15 +1,26 @@
-//! One delivery's way through a consume loop: counted when taken, started under a
-//! concurrency permit (and its task type's rate limit, and a CPU permit if its handler is
-//! CPU-bound), run by [`execute`], and settled: an
-//! ack at once, or a retry or dead letter published first. A handler that finishes on its
-//! first poll is settled without a future of its own; one that waits becomes a future the
-//! consume loop polls.
+//! One delivery's way through a consume loop, from the moment it is taken to its settlement.
+//! Its stages are the variants of one type, [`Stage`]:
+//!
+//! 1. **Taken** from the consumer and counted; the consume loop gives it a concurrency permit
+//!    in the order deliveries came ([`Deliveries::begin`]).
+//! 2. **Its turn**: its task type's rate limit, and a CPU permit if its handler is CPU-bound.
+//!    While either makes it wait it is [`Stage::Queued`], holding no concurrency permit.
+//! 3. **Admitted and run** ([`execute`]): the checks, then the handler. A handler still
+//!    waiting on something after its first poll is [`Stage::Running`].
+//! 4. **Settled**: an ack at once on success, else once its retry, dead letter or move to run
+//!    alone is published ([`Stage::Routing`], through [`routing`]).
+//!
+//! A delivery that never waits (most short tasks) goes through all of it in one call with no
+//! future, allocation or wake-up of its own; one that waits moves into a future the consume
+//! loop polls until its stage is [`Stage::Settled`].
 
-use crate::acks::{Acks, Settle};
-use crate::execute::{self, Run, Started};
-use crate::isolation::Mode;
+use crate::consume::acks::{Acks, Settle};
+use crate::consume::execute::{self, Handler};
+use crate::consume::isolation::Mode;
+use crate::consume::routing;
 use crate::metrics::{QueueMetrics, TaskMetrics};
-use crate::{routing, Outcome, Shared};
+use crate::registry::Entry;
+use crate::{Outcome, Shared};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::FutureExt;
@@ -27,7 +38,7 @@ use warren_common::{Claimed, Envelope, EnvelopeError};
 
 /// What every delivery of one consume loop borrows.
 #[derive(Clone, Copy)]
-pub(crate) struct Lane<'a> {
+pub(crate) struct Deliveries<'a> {
     pub(crate) shared: &'a Shared,
     pub(crate) publisher: &'a Publisher,
     pub(crate) queue: &'a Arc<str>,
@@ -37,28 +48,22 @@ pub(crate) struct Lane<'a> {
     pub(crate) channel: &'a lapin::Channel,
 }
 
-/// What starting a delivery came to.
-enum Step<'a> {
-    /// Settled without waiting (most short tasks).
-    Settled(Settle),
-    /// Waiting on something: the consume loop polls [`Lane::resume`] to its settlement.
-    Waiting(Wait<'a>),
-}
-
-/// What a delivery that did not settle at once is waiting for. The delivery itself is
-/// borrowed until then, and moved only into the future that waits (so the common path never
-/// copies it around).
-enum Wait<'a> {
-    /// Its task type's rate limit, or a CPU permit (a CPU-bound handler), or both.
-    Turn {
+/// Where a delivery is after taking it as far as it could go without waiting. The delivery
+/// itself is borrowed until then, and moved only into the future that waits (so the common
+/// path never copies it around).
+enum Stage<'a> {
+    /// Waiting for its task type's rate limit, or a CPU permit (a CPU-bound handler), or
+    /// both; it holds no concurrency permit meanwhile.
+    Queued {
         limiter: Option<&'a RateLimiter>,
         cpu: Option<&'a Semaphore>,
         envelope: Result<Envelope, EnvelopeError>,
+        entry: Option<&'a Entry>,
         metrics: &'a TaskMetrics,
     },
-    /// Its handler, which is waiting on something (or runs as a task of its own).
-    Handler {
-        started: Started,
+    /// Its handler is waiting on something (or runs as a task of its own).
+    Running {
+        handler: Handler,
         permit: SemaphorePermit<'a>,
         /// A CPU-bound handler's CPU permit.
         cpu: Option<SemaphorePermit<'a>>,
@@ -66,17 +71,19 @@ enum Wait<'a> {
         running: TaskTrackerToken,
         metrics: &'a TaskMetrics,
     },
-    /// The publish of its retry or dead letter (rare).
-    Route {
+    /// The publish of its retry, dead letter or move to run alone (rare).
+    Routing {
         outcome: Outcome,
         metrics: &'a TaskMetrics,
         /// The concurrency permit of a task being moved to run alone, held until the original
         /// is acked: the copy runs only once every permit is free.
         hold: Option<SemaphorePermit<'a>>,
     },
+    /// Done with: how to settle it.
+    Settled(Settle),
 }
 
-impl<'a> Lane<'a> {
+impl<'a> Deliveries<'a> {
     /// Counts a delivery taken from the consumer.
     pub(crate) fn taken(self) {
         self.metrics.held.inc();
@@ -90,9 +97,8 @@ impl<'a> Lane<'a> {
         acks.settle(Settle::Requeue(delivery.delivery_tag));
     }
 
-    /// Starts one delivery, holding `permit`. A handler that finishes on its first poll is
-    /// settled right here: no future, allocation or wake-up of its own; else the delivery
-    /// moves into a future added to the loop's `running` ones.
+    /// Starts one delivery, holding `permit`, and takes it as far as it goes without
+    /// waiting: settled right here, or moved into a future added to the loop's `running`.
     pub(crate) fn begin(
         self,
         delivery: Delivery,
@@ -103,21 +109,19 @@ impl<'a> Lane<'a> {
         let envelope = Envelope::from_properties(&delivery.properties);
         let span = task_span(self.queue, &delivery, &envelope);
         match span.in_scope(|| self.start(&delivery, envelope, permit)) {
-            Step::Settled(settle) => acks.settle(settle),
-            Step::Waiting(wait) => {
-                running.push(self.resume(delivery, wait).instrument(span).boxed())
-            }
+            Stage::Settled(settle) => acks.settle(settle),
+            stage => running.push(self.resume(delivery, stage).instrument(span).boxed()),
         }
     }
 
-    /// Starts one delivery, holding `permit`, unless its task type's rate limit says wait or
-    /// its handler is CPU-bound and every CPU permit is taken.
+    /// Its turn, unless its task type's rate limit says wait or its handler is CPU-bound and
+    /// every CPU permit is taken; then run.
     fn start(
         self,
         delivery: &Delivery,
         envelope: Result<Envelope, EnvelopeError>,
         permit: SemaphorePermit<'a>,
-    ) -> Step<'a> {
+    ) -> Stage<'a> {
         let task = envelope.as_ref().map_or("", |e| e.task.as_str());
         // An invalid message is counted under the task it names when this worker registers
         // that name (else `<unknown>`), so its dead letter shows where it belongs.
@@ -128,73 +132,72 @@ impl<'a> Lane<'a> {
             .metrics
             .task(claimed.and_then(|c| c.task).unwrap_or(task));
         metrics.received.inc();
-        let limiter = self
-            .shared
+        let shared = self.shared;
+        let entry = shared.registry.get(task);
+        let limiter = shared
             .rate_limits
             .get(task)
             .filter(|limiter| limiter.check().is_err());
-        let cpu = self.cpu_permits(task);
+        let cpu = shared
+            .cpu_permits
+            .as_ref()
+            .filter(|_| entry.is_some_and(|entry| entry.options.cpu_bound));
         if limiter.is_none() {
             match cpu.map(Semaphore::try_acquire) {
-                None => return self.run(delivery, envelope, permit, None, metrics),
-                Some(Ok(cpu)) => return self.run(delivery, envelope, permit, Some(cpu), metrics),
+                None => return self.run(delivery, envelope, entry, permit, None, metrics),
+                Some(Ok(cpu)) => {
+                    return self.run(delivery, envelope, entry, permit, Some(cpu), metrics)
+                }
                 Some(Err(_)) => {}
             }
         }
         drop(permit);
-        Step::Waiting(Wait::Turn {
+        Stage::Queued {
             limiter,
             cpu,
             envelope,
+            entry,
             metrics,
-        })
+        }
     }
 
-    /// The CPU permits a task of type `task` needs, if its handler is CPU-bound.
-    fn cpu_permits(self, task: &str) -> Option<&'a Semaphore> {
-        let shared = self.shared;
-        shared.cpu_permits.as_ref().filter(|_| {
-            shared
-                .registry
-                .get(task)
-                .is_some_and(|entry| entry.options.cpu_bound)
-        })
-    }
-
-    /// Runs a delivery's handler once it may, holding `permit` (and `cpu`, the CPU permit
-    /// of a CPU-bound handler) while it runs.
+    /// Admits a delivery and runs its handler, holding `permit` (and `cpu`, the CPU permit
+    /// of a CPU-bound handler) while it runs; a handler finished on its first poll is settled.
     fn run(
         self,
         delivery: &Delivery,
         envelope: Result<Envelope, EnvelopeError>,
+        entry: Option<&'a Entry>,
         permit: SemaphorePermit<'a>,
         cpu: Option<SemaphorePermit<'a>>,
         metrics: &'a TaskMetrics,
-    ) -> Step<'a> {
+    ) -> Stage<'a> {
+        let shared = self.shared;
         let in_progress = &self.metrics.in_progress;
         in_progress.inc();
-        match execute::run(
-            self.shared,
-            self.queue,
-            delivery.into(),
-            envelope,
-            metrics,
-            Mode::Shared,
-        ) {
-            Run::Done(outcome) => {
-                in_progress.dec();
-                drop(cpu);
-                let hold = matches!(outcome, Outcome::Isolate { .. }).then_some(permit);
-                self.settle(delivery, outcome, metrics, hold)
+        let arrival = delivery.into();
+        let started = execute::admit(shared, arrival, envelope, entry, Mode::Shared).and_then(
+            |(envelope, entry)| {
+                Handler::start(shared, self.queue, arrival, envelope, entry, metrics)
+            },
+        );
+        let outcome = match started.map(|handler| handler.poll_once(shared, metrics)) {
+            Err(refused) => refused,
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(handler)) => {
+                return Stage::Running {
+                    handler,
+                    permit,
+                    cpu,
+                    running: shared.tasks.token(),
+                    metrics,
+                }
             }
-            Run::Waiting(started) => Step::Waiting(Wait::Handler {
-                started,
-                permit,
-                cpu,
-                running: self.shared.tasks.token(),
-                metrics,
-            }),
-        }
+        };
+        in_progress.dec();
+        drop(cpu);
+        let hold = matches!(outcome, Outcome::Isolate { .. }).then_some(permit);
+        self.settle(delivery, outcome, metrics, hold)
     }
 
     /// Settles a delivery whose handler ran (or was refused): an ack at once, or a retry or
@@ -205,28 +208,29 @@ impl<'a> Lane<'a> {
         outcome: Outcome,
         metrics: &'a TaskMetrics,
         hold: Option<SemaphorePermit<'a>>,
-    ) -> Step<'a> {
+    ) -> Stage<'a> {
         if let Outcome::Ack = outcome {
             let settle = Settle::Ack(delivery.delivery_tag);
             record(metrics, &outcome, settle);
             self.metrics.held.dec();
-            return Step::Settled(settle);
+            return Stage::Settled(settle);
         }
-        Step::Waiting(Wait::Route {
+        Stage::Routing {
             outcome,
             metrics,
             hold,
-        })
+        }
     }
 
-    /// Takes a delivery that had to wait through to its settlement.
-    async fn resume(self, delivery: Delivery, mut wait: Wait<'a>) -> Settle {
+    /// Takes a delivery that had to wait through its stages to its settlement.
+    async fn resume(self, delivery: Delivery, mut stage: Stage<'a>) -> Settle {
         loop {
-            let step = match wait {
-                Wait::Turn {
+            stage = match stage {
+                Stage::Queued {
                     limiter,
                     cpu,
                     envelope,
+                    entry,
                     metrics,
                 } => {
                     // Stopped while waiting for its turn: it never started.
@@ -235,35 +239,32 @@ impl<'a> Lane<'a> {
                         self.metrics.held.dec();
                         return Settle::Requeue(delivery.delivery_tag);
                     };
-                    self.run(&delivery, envelope, permit, cpu, metrics)
+                    self.run(&delivery, envelope, entry, permit, cpu, metrics)
                 }
-                Wait::Handler {
-                    started,
+                Stage::Running {
+                    handler,
                     permit,
                     cpu,
                     running,
                     metrics,
                 } => {
-                    let outcome = started.finish(self.shared, metrics).await;
+                    let outcome = handler.finish(self.shared, metrics).await;
                     self.metrics.in_progress.dec();
                     drop(cpu);
                     drop(permit);
                     drop(running);
                     self.settle(&delivery, outcome, metrics, None)
                 }
-                Wait::Route {
+                Stage::Routing {
                     outcome,
                     metrics,
                     hold,
                 } => {
                     let settle = self.route(&delivery, outcome, metrics).await;
                     drop(hold);
-                    return settle;
+                    Stage::Settled(settle)
                 }
-            };
-            match step {
-                Step::Settled(settle) => return settle,
-                Step::Waiting(next) => wait = next,
+                Stage::Settled(settle) => return settle,
             }
         }
     }

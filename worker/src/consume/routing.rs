@@ -4,7 +4,7 @@
 //! original delivery acked. If the republish fails, the delivery is
 //! returned to its queue instead, so a task is never lost between the two.
 
-use crate::acks::Settle;
+use crate::consume::acks::Settle;
 use crate::outcome::{Failure, Outcome};
 use crate::Shared;
 use lapin::message::Delivery;

@@ -7,7 +7,7 @@
 //! worker's readiness: `ready`, `degraded` (some queue is not consumed; 200) or
 //! `unavailable` (none is; 503), naming what is missing and why.
 
-use crate::consumer::{consume, ConsumerEnd, SessionLink};
+use crate::consume::consumer::{consume, ConsumerEnd, SessionLink};
 use crate::Shared;
 use lapin::Connection;
 use std::collections::{BTreeMap, HashMap};

@@ -12,12 +12,13 @@
 //! worker down; past the crash budget it is dead-lettered as `crash_loop`
 //! (docs/failures.md, "The crash budget").
 
-use crate::acks::Settle;
-use crate::consumer::SessionLink;
-use crate::execute::{self, Run};
-use crate::lane::{record, task_span};
+use crate::consume::acks::Settle;
+use crate::consume::consumer::SessionLink;
+use crate::consume::delivery::{record, task_span};
+use crate::consume::execute;
+use crate::consume::routing;
 use crate::metrics::QueueMetrics;
-use crate::{routing, Outcome, Shared};
+use crate::{Outcome, Shared};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -190,17 +191,15 @@ impl Isolation {
         let shared = &*self.shared;
         let outcome = async {
             tracing::info!("running alone");
-            match execute::run(
+            execute::run(
                 shared,
                 &self.queue,
                 delivery.into(),
                 envelope,
                 metrics,
                 Mode::Alone,
-            ) {
-                Run::Done(outcome) => outcome,
-                Run::Waiting(started) => started.finish(shared, metrics).await,
-            }
+            )
+            .await
         }
         .instrument(span.clone())
         .await;

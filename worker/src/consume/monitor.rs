@@ -3,7 +3,7 @@
 //! a consumer with free prefetch that receives nothing while its queue has ready messages
 //! is re-subscribed (that queue alone) and the stall is logged and counted.
 
-use crate::subscription::QueueStates;
+use crate::consume::subscription::QueueStates;
 use crate::Shared;
 use lapin::Connection;
 use std::collections::HashMap;

@@ -5,6 +5,10 @@
 //! is held back until the gap closes, and acked on its own if the gap is still open after
 //! [`QUIET`], so a long task never holds the rest of the prefetch window hostage. Requeues
 //! (returning a delivery to the queue) are sent at once, individually.
+//!
+//! [`Acks`] owns the ledger, the frames in flight and the two timers that send what is held
+//! back; the consume loop only tells it what was settled, when it is about to wait
+//! ([`Acks::idle`]), and waits on [`Acks::due`] while a timer is armed.
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -12,8 +16,9 @@ use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
 use std::collections::BTreeSet;
+use std::pin::Pin;
 use std::time::Duration;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 /// How long a delivery finished behind an unfinished one waits for the gap to close before
 /// it is acked on its own. A gap left by a fast task closes within microseconds, and one
@@ -171,6 +176,33 @@ pub(crate) struct Acks<'a> {
     /// Deliveries whose settlement could not be sent (the channel died: those tasks will be
     /// redelivered). A failed `multiple` ack counts every delivery it covered.
     lost: u64,
+    /// Fires when deliveries held back behind a gap have waited [`QUIET`].
+    quiet: Timer,
+    /// Fires when a `multiple` ack deferred by [`LINGER`] is due.
+    linger: Timer,
+}
+
+/// A timer that is either armed for a deadline or off.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl Timer {
+    fn new() -> Self {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: false,
+        }
+    }
+
+    /// Arms the timer for `deadline`, unless it is armed already.
+    fn arm(&mut self, deadline: Instant) {
+        if !self.armed {
+            self.armed = true;
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
 }
 
 impl<'a> Acks<'a> {
@@ -183,6 +215,8 @@ impl<'a> Acks<'a> {
             last_sent: None,
             sending: FuturesUnordered::new(),
             lost: 0,
+            quiet: Timer::new(),
+            linger: Timer::new(),
         }
     }
 
@@ -199,7 +233,7 @@ impl<'a> Acks<'a> {
 
     /// Sends the `multiple` ack for the contiguous prefix; with `force`, also acks the
     /// deliveries held back behind a gap.
-    pub(crate) fn flush(&mut self, force: bool) {
+    fn flush(&mut self, force: bool) {
         let covered = self.ledger.ackable();
         for action in self.ledger.flush(force) {
             let deliveries = match action {
@@ -213,24 +247,41 @@ impl<'a> Acks<'a> {
         }
     }
 
-    /// For a loop about to wait: sends the `multiple` ack now, unless one went out less than
-    /// [`LINGER`] ago; then returns when to send it (with whatever finishes meanwhile).
-    pub(crate) fn flush_or_defer(&mut self) -> Option<Instant> {
-        if self.ledger.ackable() == 0 {
-            return None;
-        }
-        match self.last_sent.map(|at| at + LINGER) {
-            Some(due) if due > Instant::now() => Some(due),
-            _ => {
-                self.flush(false);
-                None
+    /// For a loop about to wait: sends the `multiple` ack for what is done now, unless one
+    /// went out less than [`LINGER`] ago (then it goes out when that is up, with whatever
+    /// finishes meanwhile), and arms the [`QUIET`] timer for deliveries held behind a gap.
+    pub(crate) fn idle(&mut self) {
+        if self.ledger.ackable() > 0 {
+            match self.last_sent.map(|at| at + LINGER) {
+                Some(due) if due > Instant::now() => self.linger.arm(due),
+                _ => self.flush(false),
             }
+        }
+        if !self.ledger.has_pending() {
+            self.quiet.armed = false;
+        } else {
+            self.quiet.arm(Instant::now() + QUIET);
         }
     }
 
-    /// Whether finished deliveries wait behind an unfinished one.
-    pub(crate) fn holding(&self) -> bool {
-        self.ledger.has_pending()
+    /// Whether a timer is armed: only then may the loop wait on [`due`](Self::due).
+    pub(crate) fn timing(&self) -> bool {
+        self.quiet.armed || self.linger.armed
+    }
+
+    /// Waits for the first armed timer and sends what it was armed for.
+    pub(crate) async fn due(&mut self) {
+        tokio::select! {
+            biased;
+            () = &mut self.quiet.sleep, if self.quiet.armed => {
+                self.quiet.armed = false;
+                self.flush(true);
+            }
+            () = &mut self.linger.sleep, if self.linger.armed => {
+                self.linger.armed = false;
+                self.flush(false);
+            }
+        }
     }
 
     /// Flushes everything, waits until every frame is written (or has failed), and returns

@@ -1,8 +1,8 @@
-//! Running one delivery: every check that decides whether the task may run at all, then the
-//! handler itself under its timeout with panics caught. Produces an [`Outcome`]; nothing
-//! here talks to the broker.
+//! Running one delivery: every check that decides whether the task may run at all
+//! ([`admit`]), then its [`Handler`] under its timeout with panics caught. Produces an
+//! [`Outcome`]; nothing here talks to the broker.
 
-use crate::isolation::{self, Mode, Verdict};
+use crate::consume::isolation::{self, Mode, Verdict};
 use crate::metrics::TaskMetrics;
 use crate::outcome::{Failure, Outcome, ReasonKind};
 use crate::registry::{Entry, HandlerResult, TaskContext};
@@ -39,12 +39,14 @@ impl<'a> From<&'a Delivery> for Arrival<'a> {
     }
 }
 
-/// The checks made before a handler runs; each refusal is final (a dead letter, or the move
-/// of a suspect delivery to run alone).
-fn admit<'a>(
-    shared: &'a Shared,
+/// The checks made before a handler runs, in the order of wire-format §8.1; each refusal is
+/// final (a dead letter, or the move of a suspect delivery to run alone). `entry` is the
+/// registry's entry for the task the envelope names, looked up once by the caller.
+pub(crate) fn admit<'a>(
+    shared: &Shared,
     delivery: Arrival<'_>,
     envelope: Result<Envelope, EnvelopeError>,
+    entry: Option<&'a Entry>,
     mode: Mode,
 ) -> Result<(Envelope, &'a Entry), Outcome> {
     let dead = |kind, reason: String| Outcome::DeadLetter(Failure::new(kind, reason));
@@ -88,7 +90,7 @@ fn admit<'a>(
             format!("expired at {expires} ms"),
         ));
     }
-    let entry = shared.registry.get(&envelope.task).ok_or_else(|| {
+    let entry = entry.ok_or_else(|| {
         dead(
             ReasonKind::UnknownTask,
             format!("no handler for task `{}`", envelope.task),
@@ -97,42 +99,33 @@ fn admit<'a>(
     Ok((envelope, entry))
 }
 
-/// How far a delivery got when it was started.
-pub(crate) enum Run {
-    /// Decided without waiting: refused by a check, or a handler that finished on its
-    /// first poll (most short tasks), which then needs no future of its own.
-    Done(Outcome),
-    /// The handler is waiting on something: run it to its end with [`Started::finish`].
-    Waiting(Started),
-}
-
-/// Makes every check, starts the handler and polls it once. The envelope's strings move into
-/// the handler's [`TaskContext`].
-pub(crate) fn run(
+/// Admits a delivery and runs its handler to its end, in one go: for runs alone and the
+/// testing API, which wait for each task anyway. The consume loop goes through the same steps
+/// one at a time ([`crate::consume::delivery`]), so that a handler finished on its first poll
+/// needs no future of its own.
+pub(crate) async fn run(
     shared: &Shared,
     queue: &Arc<str>,
     delivery: Arrival<'_>,
     envelope: Result<Envelope, EnvelopeError>,
     metrics: &TaskMetrics,
     mode: Mode,
-) -> Run {
-    let (envelope, entry) = match admit(shared, delivery, envelope, mode) {
+) -> Outcome {
+    let task = envelope.as_ref().map_or("", |e| e.task.as_str());
+    let entry = shared.registry.get(task);
+    let (envelope, entry) = match admit(shared, delivery, envelope, entry, mode) {
         Ok(admitted) => admitted,
-        Err(refused) => return Run::Done(refused),
+        Err(refused) => return refused,
     };
-    let started = match Started::new(shared, queue, delivery, envelope, entry, metrics) {
-        Ok(started) => started,
-        Err(outcome) => return Run::Done(outcome),
-    };
-    match started.poll_once(shared, metrics) {
-        Ok(outcome) => Run::Done(outcome),
-        Err(started) => Run::Waiting(started),
+    match Handler::start(shared, queue, delivery, envelope, entry, metrics) {
+        Ok(handler) => handler.finish(shared, metrics).await,
+        Err(outcome) => outcome,
     }
 }
 
-/// A handler that has started.
-pub(crate) struct Started {
-    handler: BoxFuture<'static, HandlerResult>,
+/// A task's handler, started: its future and what concluding the attempt needs.
+pub(crate) struct Handler {
+    future: BoxFuture<'static, HandlerResult>,
     attempt: Attempt,
 }
 
@@ -149,8 +142,10 @@ struct Attempt {
 /// What a handler's run came to: its result, a panic, or the timeout.
 type Ended = Result<Result<HandlerResult, Box<dyn Any + Send>>, Elapsed>;
 
-impl Started {
-    fn new(
+impl Handler {
+    /// Decodes the payload and starts the handler (nothing runs until it is polled). The
+    /// envelope's strings move into the handler's [`TaskContext`].
+    pub(crate) fn start(
         shared: &Shared,
         queue: &Arc<str>,
         delivery: Arrival<'_>,
@@ -189,7 +184,7 @@ impl Started {
             redelivered: delivery.redelivered,
             traceparent: envelope.traceparent,
         };
-        let handler = entry
+        let future = entry
             .start(ctx, envelope.codec, delivery.data)
             .map_err(|e| Outcome::DeadLetter(Failure::new(ReasonKind::Undecodable, e)))?;
         if let Some(ready) = ready {
@@ -204,17 +199,22 @@ impl Started {
             number: attempt,
             max_attempts,
         };
-        Ok(Started { handler, attempt })
+        Ok(Handler { future, attempt })
     }
 
     /// Polls a handler that runs inline once, with a waker that does nothing: a handler
     /// still waiting is polled again (with its own waker) by whoever runs [`finish`](Self::finish).
-    fn poll_once(mut self, shared: &Shared, metrics: &TaskMetrics) -> Result<Outcome, Self> {
+    /// Most short tasks end here, with no future, allocation or wake-up of their own.
+    pub(crate) fn poll_once(
+        mut self,
+        shared: &Shared,
+        metrics: &TaskMetrics,
+    ) -> Result<Outcome, Self> {
         if self.attempt.spawn {
             return Err(self);
         }
         let mut cx = Context::from_waker(Waker::noop());
-        let polled = panic::catch_unwind(AssertUnwindSafe(|| self.handler.as_mut().poll(&mut cx)));
+        let polled = panic::catch_unwind(AssertUnwindSafe(|| self.future.as_mut().poll(&mut cx)));
         let ended = match polled {
             Ok(Poll::Pending) => return Err(self),
             Ok(Poll::Ready(result)) => Ok(Ok(result)),
@@ -225,9 +225,9 @@ impl Started {
 
     /// Runs the handler to its end, within its timeout.
     pub(crate) async fn finish(self, shared: &Shared, metrics: &TaskMetrics) -> Outcome {
-        let Started { handler, attempt } = self;
+        let Handler { future, attempt } = self;
         let deadline = attempt.started + attempt.timeout;
-        let handler = AssertUnwindSafe(handler).catch_unwind();
+        let handler = AssertUnwindSafe(future).catch_unwind();
         let ended = if attempt.spawn {
             let mut task = tokio::spawn(handler);
             match tokio::time::timeout_at(deadline, &mut task).await {
