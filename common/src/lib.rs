@@ -18,6 +18,7 @@ mod declare;
 pub mod delay;
 mod depth;
 mod envelope;
+pub mod events;
 pub mod fault;
 mod header_value;
 pub mod headers;

@@ -102,6 +102,12 @@ pub struct WorkerArgs {
     /// Log output format.
     #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::default())]
     pub log_format: LogFormat,
+    /// Record what happens to each task (started, succeeded, retrying, dead-lettered) in
+    /// this stream (docs/wire-format.md §11), e.g. warren.events; each task is acked only
+    /// once its ending is recorded. The stream is declared with 7 days' retention unless it
+    /// exists. Off unless given.
+    #[arg(long, env = "WARREN_EVENTS_STREAM", value_name = "STREAM")]
+    pub events_stream: Option<String>,
 }
 
 /// A setting that cannot work.
@@ -159,6 +165,8 @@ pub struct WorkerConfig {
     pub rate_limits: Vec<RateLimit>,
     /// Dead-letter retention used when declaring.
     pub retention: Retention,
+    /// The stream task events are recorded in (`None`: none are).
+    pub events_stream: Option<String>,
 }
 
 impl WorkerConfig {
@@ -185,6 +193,7 @@ impl WorkerConfig {
             poll_interval: defaults::POLL_INTERVAL,
             rate_limits: Vec::new(),
             retention: Retention::default(),
+            events_stream: None,
         }
     }
 
@@ -285,6 +294,7 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
             poll_interval: args.poll_interval.into(),
             rate_limits: args.rate_limits.clone(),
             retention: args.retention,
+            events_stream: args.events_stream.clone(),
         };
         config.validate()?;
         Ok(config)

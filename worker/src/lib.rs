@@ -47,4 +47,6 @@ pub(crate) struct Shared {
     pub(crate) rate_limits: rate_limit::RateLimits,
     pub(crate) tasks: TaskTracker,
     pub(crate) topology: warren_common::Topology,
+    /// Where task events are recorded, if they are.
+    pub(crate) events: Option<warren_common::events::EventLog>,
 }

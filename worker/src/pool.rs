@@ -14,6 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use warren_common::events::{declare_events_stream, EventLog};
 use warren_common::{
     connect, ConnectError, Health, Pacer, Readiness, Shutdown, Topology, TopologyError,
 };
@@ -94,6 +95,10 @@ impl Worker {
             rate_limits: crate::rate_limit::RateLimits::new(&config.rate_limits),
             tasks: TaskTracker::new(),
             topology: Topology::new(config.exchange.clone()),
+            events: config
+                .events_stream
+                .as_ref()
+                .map(|stream| EventLog::new(stream.clone(), config.worker_id.clone())),
             registry,
             config,
             metrics,
@@ -149,8 +154,10 @@ impl Worker {
                 break;
             };
             self.shared.metrics.connected.set(1);
+            let events = self.record_events(&publisher);
             let session = self.run_session(&conn, &publisher, &shutdown.drain).await;
             self.shared.metrics.connected.set(0);
+            let (conn, publisher) = (conn, Links { publisher, events });
             if shutdown.drain.is_cancelled() || session.fatal.is_some() {
                 ackers.extend(session.ackers);
                 connections = Some((conn, publisher));
@@ -176,6 +183,17 @@ impl Worker {
             Some(error) => Err(error.into()),
             None => Ok(report),
         }
+    }
+
+    /// Starts sending the events the worker records through `publisher`, if it records
+    /// them, until the returned token is cancelled (once the session's running tasks are
+    /// settled: their acks wait for their events).
+    fn record_events(&self, publisher: &Publisher) -> Option<CancellationToken> {
+        let log = self.shared.events.clone()?;
+        let stop = CancellationToken::new();
+        let (publisher, until) = (publisher.clone(), stop.clone());
+        tokio::spawn(async move { log.run(&publisher, &until).await });
+        Some(stop)
     }
 
     /// Connects and opens the publisher. `None` when shutting down. Declaring is left to
@@ -255,7 +273,11 @@ impl Worker {
                     None => None,
                 }
             };
-            let monitor = crate::consume::monitor::monitor(&self.shared, conn, &states, &stop);
+            let monitor = async {
+                let events = declare_events(&self.shared, conn, &stop);
+                let monitor = crate::consume::monitor::monitor(&self.shared, conn, &states, &stop);
+                futures::future::join(events, monitor).await;
+            };
             let lost = async {
                 connection_lost(conn, &stop).await;
                 stop.cancel();
@@ -281,7 +303,7 @@ impl Worker {
         self,
         ackers: Vec<JoinHandle<u64>>,
         lost_earlier: u64,
-        connections: Option<(lapin::Connection, Publisher)>,
+        connections: Option<(lapin::Connection, Links)>,
         abort: &CancellationToken,
     ) -> DrainReport {
         let shared = &self.shared;
@@ -376,6 +398,33 @@ async fn connection_lost(conn: &lapin::Connection, stop: &CancellationToken) {
     }
 }
 
+/// Declares the events stream, if the worker records events, retrying with backoff while the
+/// broker cannot (the events' flusher meanwhile retries its batch), until `stop` fires.
+async fn declare_events(shared: &Shared, conn: &lapin::Connection, stop: &CancellationToken) {
+    let Some(log) = &shared.events else {
+        return;
+    };
+    let mut pacer = Pacer::new();
+    while conn.status().connected() {
+        match declare_events_stream(conn, log.stream()).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(stream = log.stream(), %error, "cannot declare the events stream; retrying");
+                if !pacer.pause(stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A session's publishing side: the publisher, and the token that stops sending events
+/// through it.
+struct Links {
+    publisher: Publisher,
+    events: Option<CancellationToken>,
+}
+
 /// Closes a session the worker left while going on (the broker was lost, or a consumer
 /// stalled): once its running tasks are settled (waiting at most `wait`), its publisher and
 /// connection are closed, so that the broker requeues whatever its channels still hold, even
@@ -383,7 +432,7 @@ async fn connection_lost(conn: &lapin::Connection, stop: &CancellationToken) {
 async fn retire(
     ackers: Vec<JoinHandle<u64>>,
     conn: lapin::Connection,
-    publisher: Publisher,
+    publisher: Links,
     wait: Duration,
 ) -> u64 {
     let mut lost = 0;
@@ -397,8 +446,12 @@ async fn retire(
     lost
 }
 
-/// Closes a session's publisher and connection, each within [`CLOSE_TIMEOUT`].
-async fn close(conn: lapin::Connection, publisher: Publisher, reason: &str) {
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, publisher.close()).await;
+/// Stops the session's events, then closes its publisher and connection, each within
+/// [`CLOSE_TIMEOUT`].
+async fn close(conn: lapin::Connection, links: Links, reason: &str) {
+    if let Some(events) = links.events {
+        events.cancel();
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, links.publisher.close()).await;
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, conn.close(200, reason.into())).await;
 }

@@ -12,6 +12,7 @@ mod dead_letters;
 mod dependencies;
 mod deploy;
 mod docs;
+mod events;
 mod examples;
 mod failures;
 mod http_ingest;

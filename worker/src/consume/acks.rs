@@ -9,16 +9,22 @@
 //! [`Acks`] owns the ledger, the frames in flight and the two timers that send what is held
 //! back; the consume loop only tells it what was settled, when it is about to wait
 //! ([`Acks::idle`]), and waits on [`Acks::due`] while a timer is armed.
+//!
+//! When the worker records events, a delivery whose event is not yet confirmed by the events
+//! stream waits for it before the ledger sees its ack ([`Acks::settle_after`]): a task is
+//! never acked before its ending is recorded.
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Channel;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::pin::Pin;
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
+use warren_common::events::{EventLog, Ticket};
 
 /// How long a delivery finished behind an unfinished one waits for the gap to close before
 /// it is acked on its own. A gap left by a fast task closes within microseconds, and one
@@ -180,6 +186,10 @@ pub(crate) struct Acks<'a> {
     quiet: Timer,
     /// Fires when a `multiple` ack deferred by [`LINGER`] is due.
     linger: Timer,
+    /// The worker's events and their confirmations, when it records events.
+    events: Option<(&'a EventLog, watch::Receiver<u64>)>,
+    /// Settlements waiting, in order, for the confirmation of their event.
+    awaiting: VecDeque<(Ticket, Settle)>,
 }
 
 /// A timer that is either armed for a deadline or off.
@@ -206,8 +216,9 @@ impl Timer {
 }
 
 impl<'a> Acks<'a> {
-    /// Acks on `channel`, one `multiple` ack as soon as `every` deliveries can be settled.
-    pub(crate) fn new(channel: &'a Channel, every: u64) -> Self {
+    /// Acks on `channel`, one `multiple` ack as soon as `every` deliveries can be settled,
+    /// each once its event in `events` (if any) is confirmed.
+    pub(crate) fn new(channel: &'a Channel, every: u64, events: Option<&'a EventLog>) -> Self {
         Acks {
             channel,
             ledger: AckLedger::new(),
@@ -217,6 +228,8 @@ impl<'a> Acks<'a> {
             lost: 0,
             quiet: Timer::new(),
             linger: Timer::new(),
+            events: events.map(|log| (log, log.confirmations())),
+            awaiting: VecDeque::new(),
         }
     }
 
@@ -228,6 +241,33 @@ impl<'a> Acks<'a> {
         }
         if self.ledger.ackable() >= self.every {
             self.flush(false);
+        }
+    }
+
+    /// Records a settlement once the event of `after` (if any) is confirmed: at once if it
+    /// is, else when [`due`](Self::due) sees its confirmation. Settlements keep their order.
+    pub(crate) fn settle_after(&mut self, settle: Settle, after: Option<Ticket>) {
+        match (after, self.events.as_ref()) {
+            (Some(ticket), Some((log, _)))
+                if !self.awaiting.is_empty() || !log.is_confirmed(ticket) =>
+            {
+                self.awaiting.push_back((ticket, settle));
+            }
+            _ => self.settle(settle),
+        }
+    }
+
+    /// Records the settlements whose events are confirmed now.
+    fn release(&mut self) {
+        let Some((log, _)) = self.events else {
+            return;
+        };
+        while let Some(&(ticket, settle)) = self.awaiting.front() {
+            if !log.is_confirmed(ticket) {
+                break;
+            }
+            self.awaiting.pop_front();
+            self.settle(settle);
         }
     }
 
@@ -264,15 +304,31 @@ impl<'a> Acks<'a> {
         }
     }
 
-    /// Whether a timer is armed: only then may the loop wait on [`due`](Self::due).
+    /// Whether a timer is armed or a settlement waits for its event: only then may the loop
+    /// wait on [`due`](Self::due).
     pub(crate) fn timing(&self) -> bool {
-        self.quiet.armed || self.linger.armed
+        self.quiet.armed || self.linger.armed || !self.awaiting.is_empty()
     }
 
-    /// Waits for the first armed timer and sends what it was armed for.
+    /// Waits for the first armed timer, or more confirmed events, and sends what it was
+    /// waiting for.
     pub(crate) async fn due(&mut self) {
+        let awaiting = !self.awaiting.is_empty();
+        let confirmed = async {
+            let changed = match &mut self.events {
+                Some((_, confirmations)) => confirmations.changed().await.is_ok(),
+                None => false,
+            };
+            // The log outlives the loop (its sender is never dropped before).
+            if !changed {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             biased;
+            () = confirmed, if awaiting => {
+                self.release();
+            }
             () = &mut self.quiet.sleep, if self.quiet.armed => {
                 self.quiet.armed = false;
                 self.flush(true);

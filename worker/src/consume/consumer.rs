@@ -6,8 +6,8 @@
 //! On stop the consumer is cancelled and every delivery not yet started goes back to the
 //! queue, while the running ones finish and are settled.
 
-use crate::consume::acks::{Acks, Settle};
-use crate::consume::delivery::Deliveries;
+use crate::consume::acks::Acks;
+use crate::consume::delivery::{Deliveries, Settled};
 use crate::Shared;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -167,7 +167,7 @@ impl Owned {
         let permits = &*self.shared.permits;
         // One `multiple` ack at least every tenth of the window while tasks keep finishing.
         let ack_every = u64::from(self.shared.config.prefetch / 10).max(1);
-        let mut acks = Acks::new(&channel, ack_every);
+        let mut acks = Acks::new(&channel, ack_every, self.shared.events.as_ref());
         let mut ended = Some(ended);
         let mut phase = Phase::Taking;
         let mut waiting: VecDeque<Delivery> = VecDeque::new();
@@ -198,8 +198,8 @@ impl Owned {
                         let _ = ended.send(None);
                     }
                 }
-                Some(settle) = running.next(), if !running.is_empty() => {
-                    acks.settle(settle);
+                Some((settle, after)) = running.next(), if !running.is_empty() => {
+                    acks.settle_after(settle, after);
                 }
                 () = acks.due(), if acks.timing() => {}
                 permit = permits.acquire(), if taking && !waiting.is_empty() => {
@@ -232,8 +232,8 @@ impl Owned {
             // Take whatever else is ready without waiting (acks go out as the batch grows).
             loop {
                 let mut progressed = false;
-                while let Some(Some(settle)) = running.next().now_or_never() {
-                    acks.settle(settle);
+                while let Some(Some((settle, after))) = running.next().now_or_never() {
+                    acks.settle_after(settle, after);
                     progressed = true;
                 }
                 if phase == Phase::Taking {
@@ -280,7 +280,7 @@ fn take<'a>(
     delivery: Delivery,
     waiting: &mut VecDeque<Delivery>,
     acks: &mut Acks<'_>,
-    running: &mut FuturesUnordered<BoxFuture<'a, Settle>>,
+    running: &mut FuturesUnordered<BoxFuture<'a, Settled>>,
 ) {
     deliveries.taken();
     if !waiting.is_empty() {

@@ -8,7 +8,9 @@
 //! 3. **Admitted and run** ([`execute`]): the checks, then the handler. A handler still
 //!    waiting on something after its first poll is [`Stage::Running`].
 //! 4. **Settled**: an ack at once on success, else once its retry, dead letter or move to run
-//!    alone is published ([`Stage::Routing`], through [`routing`]).
+//!    alone is published ([`Stage::Routing`], through [`routing`]). When the worker records
+//!    events, the settlement carries the [`Ticket`] of the event saying so, and the ack waits
+//!    for its confirmation ([`Acks::settle_after`]).
 //!
 //! A delivery that never waits (most short tasks) goes through all of it in one call with no
 //! future, allocation or wake-up of its own; one that waits moves into a future the consume
@@ -19,8 +21,9 @@ use crate::consume::execute::{self, Handler};
 use crate::consume::isolation::Mode;
 use crate::consume::routing;
 use crate::metrics::{QueueMetrics, TaskMetrics};
+use crate::outcome::Failure;
 use crate::registry::Entry;
-use crate::{Outcome, Shared};
+use crate::{Outcome, ReasonKind, Shared};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::FutureExt;
@@ -33,8 +36,9 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span};
+use warren_common::events::{Event, EventError, EventKind, Ticket};
 use warren_common::Publisher;
-use warren_common::{Claimed, Envelope, EnvelopeError};
+use warren_common::{delay, header_u64, headers, now_ms, Claimed, Envelope, EnvelopeError};
 
 /// What every delivery of one consume loop borrows.
 #[derive(Clone, Copy)]
@@ -79,9 +83,12 @@ enum Stage<'a> {
         /// is acked: the copy runs only once every permit is free.
         hold: Option<SemaphorePermit<'a>>,
     },
-    /// Done with: how to settle it.
-    Settled(Settle),
+    /// Done with: how to settle it, once the event recording it (if any) is confirmed.
+    Settled(Settle, Option<Ticket>),
 }
+
+/// What a delivery's future resolves to: how to settle it, after which event.
+pub(crate) type Settled = (Settle, Option<Ticket>);
 
 impl<'a> Deliveries<'a> {
     /// Counts a delivery taken from the consumer.
@@ -104,12 +111,12 @@ impl<'a> Deliveries<'a> {
         delivery: Delivery,
         permit: SemaphorePermit<'a>,
         acks: &mut Acks<'_>,
-        running: &mut FuturesUnordered<BoxFuture<'a, Settle>>,
+        running: &mut FuturesUnordered<BoxFuture<'a, Settled>>,
     ) {
         let envelope = Envelope::from_properties(&delivery.properties);
         let span = task_span(self.queue, &delivery, &envelope);
         match span.in_scope(|| self.start(&delivery, envelope, permit)) {
-            Stage::Settled(settle) => acks.settle(settle),
+            Stage::Settled(settle, after) => acks.settle_after(settle, after),
             stage => running.push(self.resume(delivery, stage).instrument(span).boxed()),
         }
     }
@@ -185,13 +192,14 @@ impl<'a> Deliveries<'a> {
             Err(refused) => refused,
             Ok(Ok(outcome)) => outcome,
             Ok(Err(handler)) => {
+                record_event(shared, self.queue, delivery, EventKind::Started, None, None);
                 return Stage::Running {
                     handler,
                     permit,
                     cpu,
                     running: shared.tasks.token(),
                     metrics,
-                }
+                };
             }
         };
         in_progress.dec();
@@ -213,7 +221,8 @@ impl<'a> Deliveries<'a> {
             let settle = Settle::Ack(delivery.delivery_tag);
             record(metrics, &outcome, settle);
             self.metrics.held.dec();
-            return Stage::Settled(settle);
+            let after = record_ending(self.shared, self.queue, delivery, &outcome, settle);
+            return Stage::Settled(settle, after);
         }
         Stage::Routing {
             outcome,
@@ -223,7 +232,7 @@ impl<'a> Deliveries<'a> {
     }
 
     /// Takes a delivery that had to wait through its stages to its settlement.
-    async fn resume(self, delivery: Delivery, mut stage: Stage<'a>) -> Settle {
+    async fn resume(self, delivery: Delivery, mut stage: Stage<'a>) -> Settled {
         loop {
             stage = match stage {
                 Stage::Queued {
@@ -237,7 +246,7 @@ impl<'a> Deliveries<'a> {
                     let Some((permit, cpu)) = self.turn(limiter, cpu).await else {
                         self.metrics.requeued.inc();
                         self.metrics.held.dec();
-                        return Settle::Requeue(delivery.delivery_tag);
+                        return (Settle::Requeue(delivery.delivery_tag), None);
                     };
                     self.run(&delivery, envelope, entry, permit, cpu, metrics)
                 }
@@ -260,17 +269,18 @@ impl<'a> Deliveries<'a> {
                     metrics,
                     hold,
                 } => {
-                    let settle = self.route(&delivery, outcome, metrics).await;
+                    let settle = self.route(&delivery, &outcome, metrics).await;
                     drop(hold);
-                    Stage::Settled(settle)
+                    let after = record_ending(self.shared, self.queue, &delivery, &outcome, settle);
+                    Stage::Settled(settle, after)
                 }
-                Stage::Settled(settle) => return settle,
+                Stage::Settled(settle, after) => return (settle, after),
             }
         }
     }
 
     /// Publishes a failed task's retry or dead letter, then settles it.
-    async fn route(self, delivery: &Delivery, outcome: Outcome, metrics: &TaskMetrics) -> Settle {
+    async fn route(self, delivery: &Delivery, outcome: &Outcome, metrics: &TaskMetrics) -> Settle {
         // The handler took the envelope's strings; read it again for the headers.
         let envelope = Envelope::from_properties(&delivery.properties).ok();
         let settle = routing::route(
@@ -279,7 +289,7 @@ impl<'a> Deliveries<'a> {
             self.queue,
             delivery,
             envelope.as_ref(),
-            &outcome,
+            outcome,
         )
         .await;
         if let Settle::Acked(_) = settle {
@@ -296,7 +306,7 @@ impl<'a> Deliveries<'a> {
                 tracing::warn!(%error, "could not make sure the moved task's ack arrived");
             }
         }
-        record(metrics, &outcome, settle);
+        record(metrics, outcome, settle);
         if let Settle::Requeue(_) = settle {
             self.metrics.requeued.inc();
         }
@@ -388,4 +398,63 @@ pub(crate) fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
         Outcome::DeadLetter(failure) => metrics.dead_lettered(failure.kind),
         Outcome::Isolate { .. } => metrics.isolated.inc(),
     }
+}
+
+/// Records in the worker's events what settling a delivery says happened to its task: it
+/// succeeded, will be retried, or was dead-lettered (a move to run alone, or a return to the
+/// queue, ends nothing). Returns the event's ticket; `None` when no event was recorded.
+pub(crate) fn record_ending(
+    shared: &Shared,
+    queue: &str,
+    delivery: &Delivery,
+    outcome: &Outcome,
+    settle: Settle,
+) -> Option<Ticket> {
+    shared.events.as_ref()?;
+    if !matches!(settle, Settle::Ack(_)) {
+        return None;
+    }
+    let (kind, failure, retry_at) = match outcome {
+        Outcome::Ack => (EventKind::Succeeded, None, None),
+        Outcome::Retry { after, failure } => {
+            let due = now_ms().saturating_add(delay::delay_seconds(*after).saturating_mul(1000));
+            (EventKind::Retrying, Some(failure), Some(due))
+        }
+        Outcome::DeadLetter(failure) if failure.kind == ReasonKind::Expired => {
+            (EventKind::Expired, Some(failure), None)
+        }
+        Outcome::DeadLetter(failure) => (EventKind::DeadLettered, Some(failure), None),
+        Outcome::Isolate { .. } => return None,
+    };
+    record_event(shared, queue, delivery, kind, failure, retry_at)
+}
+
+/// Records an event of `kind` about `delivery`'s task, if the worker records events and the
+/// delivery names a task id (there is nothing to look up otherwise).
+pub(crate) fn record_event(
+    shared: &Shared,
+    queue: &str,
+    delivery: &Delivery,
+    kind: EventKind,
+    failure: Option<&Failure>,
+    retry_at_ms: Option<u64>,
+) -> Option<Ticket> {
+    let events = shared.events.as_ref()?;
+    let claimed = Claimed::from_properties(&delivery.properties);
+    let mut event = Event::new(kind, claimed.id?, claimed.task.unwrap_or(""), queue);
+    event.attempt = claimed.attempt;
+    // The broker writes the count from the first return on (quorum queues); a delivery
+    // never returned has none. A classic queue's redelivery says only that it came back.
+    event.delivery_count = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|table| header_u64(table, headers::X_DELIVERY_COUNT).ok().flatten())
+        .or((!delivery.redelivered).then_some(0));
+    event.error = failure.map(|failure| EventError {
+        kind: failure.kind.as_str().into(),
+        reason: failure.reason.as_str().into(),
+    });
+    event.retry_at_ms = retry_at_ms;
+    Some(events.record(&event))
 }

@@ -14,7 +14,7 @@
 
 use crate::consume::acks::Settle;
 use crate::consume::consumer::SessionLink;
-use crate::consume::delivery::{record, task_span};
+use crate::consume::delivery::{record, record_ending, task_span};
 use crate::consume::execute;
 use crate::consume::routing;
 use crate::metrics::QueueMetrics;
@@ -30,6 +30,7 @@ use std::sync::Arc;
 use tokio::sync::SemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use warren_common::events::Ticket;
 use warren_common::Publisher;
 use warren_common::{isolation_queue_name, Envelope, QueueKind, QueueSpec};
 
@@ -167,7 +168,15 @@ impl Isolation {
             };
             // Counts it among the running tasks a drain waits for, until it is settled.
             let running = self.shared.tasks.token();
-            let settle = self.run_alone(&delivery).await;
+            let (settle, after) = self.run_alone(&delivery).await;
+            if let (Some(ticket), Some(events)) = (after, &self.shared.events) {
+                // Stopped before its ending was recorded: left unacked, it runs again.
+                tokio::select! {
+                    biased;
+                    () = events.confirmed(ticket) => {}
+                    _ = self.stop.cancelled() => break,
+                }
+            }
             self.send(settle).await;
             drop(running);
         }
@@ -176,7 +185,7 @@ impl Isolation {
     }
 
     /// Waits until the delivery may run alone, runs it, and routes its outcome.
-    async fn run_alone(&self, delivery: &Delivery) -> Settle {
+    async fn run_alone(&self, delivery: &Delivery) -> (Settle, Option<Ticket>) {
         let envelope = Envelope::from_properties(&delivery.properties);
         let span = task_span(&self.queue, delivery, &envelope);
         let task = envelope.as_ref().map_or("", |e| e.task.as_str()).to_owned();
@@ -184,7 +193,7 @@ impl Isolation {
         let metrics = queue_metrics.task(&task);
         let Some(alone) = self.solitude(&task).await else {
             queue_metrics.requeued.inc();
-            return Settle::Requeue(delivery.delivery_tag);
+            return (Settle::Requeue(delivery.delivery_tag), None);
         };
         metrics.received.inc();
         queue_metrics.in_progress.inc();
@@ -224,7 +233,8 @@ impl Isolation {
         if let Settle::Requeue(_) = settle {
             queue_metrics.requeued.inc();
         }
-        settle
+        let after = record_ending(shared, &self.queue, delivery, &outcome, settle);
+        (settle, after)
     }
 
     /// Every concurrency permit of the process, once the task's rate limit allows it: the

@@ -1,0 +1,223 @@
+//! The events stream against the real broker: a worker recording events writes, for every
+//! task, the transitions docs/wire-format.md §11 lists, in batches a reader decodes following
+//! only the documented format, with consecutive sequence numbers per source.
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+use warren_cli::demo;
+use warren_common::events::{read_batch, EventKind, Stamped, EVENTS_CONTENT_TYPE};
+use warren_producer::TaskOptions;
+use warren_tests::*;
+use warren_worker::{Registry, RetryPolicy};
+
+/// Reads `stream` from its start until `done` says every event wanted is there.
+async fn read_events(stream: &str, done: impl Fn(&[Stamped]) -> bool) -> Vec<Stamped> {
+    let conn = raw_connection().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .basic_qos(100, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = channel
+        .basic_consume(
+            stream.into(),
+            "events-test".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&events) {
+        let delivery = tokio::time::timeout_at(deadline, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("events seen before the timeout: {events:#?}"))
+            .expect("the consumer is open")
+            .expect("a delivery");
+        let props = &delivery.properties;
+        assert_eq!(
+            props.content_type().as_ref().map(|t| t.as_str()),
+            Some(EVENTS_CONTENT_TYPE)
+        );
+        let headers = props.headers().clone().unwrap_or_default();
+        events.extend(read_batch(&headers, &delivery.data).expect("a valid batch"));
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let _ = conn.close(200, "read".into()).await;
+    events
+}
+
+#[tokio::test]
+async fn each_tasks_transitions_are_on_the_events_stream_in_order() {
+    let queue = unique_queue("events");
+    let stream = format!("{queue}.events");
+    let mut config = test_config(&queue);
+    config.events_stream = Some(stream.clone());
+    config.retry = RetryPolicy {
+        initial: Duration::from_secs(1),
+        multiplier: 1.0,
+        max: Duration::from_secs(1),
+        jitter: 0.0,
+    };
+    let worker_id = config.worker_id.clone();
+    let mut registry = Registry::new();
+    demo::register(&mut registry);
+    let worker = TestWorker::start(registry, config).await;
+    let publisher = publisher(&queue).await;
+    let options = TaskOptions::new;
+    let noop = publisher
+        .publish("demo.noop", &(), &options())
+        .await
+        .unwrap();
+    let flaky = publisher
+        .send(&demo::Flaky { fail_times: 1 })
+        .await
+        .unwrap();
+    let fail = publisher
+        .publish("demo.fail", &(), &options().max_attempts(1))
+        .await
+        .unwrap();
+    let sleep = publisher.send(&demo::Sleep { ms: 300 }).await.unwrap();
+    let past = SystemTime::now() - Duration::from_secs(1);
+    let expired = publisher
+        .publish("demo.noop", &(), &options().expires_at(past))
+        .await
+        .unwrap();
+    let ids = [&noop, &flaky, &fail, &sleep, &expired].map(|id| id.to_string());
+    let events = read_events(&stream, |events| {
+        ids.iter().all(|id| {
+            events
+                .iter()
+                .any(|e| e.event.id == *id && e.event.event.is_ending())
+        })
+    })
+    .await;
+
+    let mut by_task: BTreeMap<&str, Vec<&Stamped>> = BTreeMap::new();
+    for event in &events {
+        by_task.entry(&event.event.id).or_default().push(event);
+    }
+    let kinds = |id: &str| -> Vec<(EventKind, Option<u32>)> {
+        by_task[id]
+            .iter()
+            .map(|e| (e.event.event, e.event.attempt))
+            .collect()
+    };
+    use EventKind::*;
+    // A task that finishes on its handler's first poll records only its ending.
+    assert_eq!(kinds(&ids[0]), [(Succeeded, Some(1))]);
+    assert_eq!(kinds(&ids[1]), [(Retrying, Some(1)), (Succeeded, Some(2))]);
+    assert_eq!(kinds(&ids[2]), [(DeadLettered, Some(1))]);
+    assert_eq!(kinds(&ids[3]), [(Started, Some(1)), (Succeeded, Some(1))]);
+    assert_eq!(kinds(&ids[4]), [(Expired, Some(1))]);
+
+    let retrying = &by_task[ids[1].as_str()][0].event;
+    let error = retrying.error.as_ref().expect("a retry says why");
+    assert_eq!(error.kind, "error");
+    assert_eq!(error.reason, "flaky failure 1 of 1");
+    assert!(retrying.retry_at_ms.expect("and when") > retrying.at_ms);
+    let dead = &by_task[ids[2].as_str()][0].event;
+    assert_eq!(dead.error.as_ref().unwrap().kind, "retries_exhausted");
+    let expiry = &by_task[ids[4].as_str()][0].event;
+    assert_eq!(expiry.error.as_ref().unwrap().kind, "expired");
+    for event in &events {
+        assert_eq!(event.source, worker_id);
+        assert_eq!(event.event.queue, queue);
+        assert_eq!(event.event.delivery_count, Some(0));
+    }
+    assert_eq!(by_task[ids[3].as_str()][0].event.task, "demo.sleep");
+    // One source numbers its events 0, 1, 2, ... with no gap or repeat.
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>());
+
+    worker.stop().await;
+    let conn = raw_connection().await;
+    delete_queues(&conn, &queue).await;
+    let channel = conn.create_channel().await.unwrap();
+    let _ = channel
+        .queue_delete(stream.as_str().into(), Default::default())
+        .await;
+}
+
+#[tokio::test]
+async fn no_task_is_acked_before_its_ending_is_recorded() {
+    let queue = unique_queue("events-held");
+    let stream = format!("{queue}.events");
+    let conn = raw_connection().await;
+    // A queue in the stream's place that refuses every publish: the worker finds it there
+    // (it declares the stream only if nothing has that name) and cannot record anything.
+    let channel = conn.create_channel().await.unwrap();
+    let mut refusing = FieldTable::default();
+    refusing.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    refusing.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(stream.as_str().into(), Default::default(), refusing)
+        .await
+        .unwrap();
+    let mut config = test_config(&queue);
+    config.events_stream = Some(stream.clone());
+    config.shutdown_timeout = Duration::from_secs(1);
+    let mut registry = Registry::new();
+    demo::register(&mut registry);
+    let worker = TestWorker::start(registry.clone(), config.clone()).await;
+    let publisher = publisher(&queue).await;
+    for _ in 0..3 {
+        publisher
+            .publish("demo.noop", &(), &TaskOptions::new())
+            .await
+            .unwrap();
+    }
+    wait_until(Duration::from_secs(10), "the three tasks to run", || {
+        let ran = worker.metric("warren_tasks_succeeded_total", &[("queue", &queue)]);
+        async move { ran >= 3.0 }
+    })
+    .await;
+    let report = worker.stop().await;
+    assert_eq!(report.totals.succeeded, 3);
+    assert_eq!(
+        ready_count(&conn, &queue).await,
+        3,
+        "they ran, but with no event recorded none was acked: the broker has them all back"
+    );
+
+    // Once events can be recorded, the tasks run again and are acked.
+    channel
+        .queue_delete(stream.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let worker = TestWorker::start(registry, config).await;
+    let events = read_events(&stream, |events| {
+        events
+            .iter()
+            .filter(|e| e.event.event == EventKind::Succeeded)
+            .count()
+            == 3
+    })
+    .await;
+    assert!(events.iter().all(|e| e.event.delivery_count == Some(1)));
+    wait_until(Duration::from_secs(10), "the queue to empty", || {
+        let conn = &conn;
+        let queue = &queue;
+        async move { ready_count(conn, queue).await == 0 }
+    })
+    .await;
+    let report = worker.stop().await;
+    assert_eq!(report.totals.succeeded, 3);
+    assert_eq!(ready_count(&conn, &queue).await, 0);
+    delete_queues(&conn, &queue).await;
+    let _ = channel
+        .queue_delete(stream.as_str().into(), Default::default())
+        .await;
+}

@@ -1,0 +1,437 @@
+//! The events stream: what happened to each task, recorded by the processes that saw it, in a
+//! durable RabbitMQ stream any number of readers follow (docs/wire-format.md §11).
+//!
+//! A process records events into its [`EventLog`], which batches them: each stream message
+//! carries every event recorded since the previous one was confirmed, one JSON object per
+//! line, from one source (a worker or a publisher) with consecutive sequence numbers. A
+//! recorded event gets a [`Ticket`]; [`EventLog::is_confirmed`] says when the broker has
+//! confirmed the batch it went into, so that a worker can ack a task only once its ending is
+//! on the stream.
+
+use crate::connect::Pacer;
+use crate::declare::{declare_queue, open, TopologyError};
+use crate::header_value::{int_value, text_value};
+use crate::publish::Publisher;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// The stream events go to unless configured otherwise.
+pub const DEFAULT_EVENTS_STREAM: &str = "warren.events";
+
+/// How long the events stream keeps events, unless it was declared otherwise first
+/// (`x-max-age`; a stream's retention cannot change after its declaration).
+pub const DEFAULT_EVENTS_MAX_AGE: &str = "7D";
+
+/// Content type of a batch: one JSON object per line.
+pub const EVENTS_CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// Header naming the process that recorded a batch's events.
+pub const SOURCE_HEADER: &str = "x-warren-source";
+
+/// Header holding the sequence number of a batch's first event; the n-th line (from 0) has
+/// that number plus n.
+pub const FIRST_SEQ_HEADER: &str = "x-warren-first-seq";
+
+/// What happened to a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A producer published it.
+    Published,
+    /// A worker started running it and it did not finish at once (a task that finishes on
+    /// its handler's first poll records only its ending, which says the same).
+    Started,
+    /// Its handler succeeded.
+    Succeeded,
+    /// An attempt failed and it will run again at `retry_at_ms`.
+    Retrying,
+    /// It was dead-lettered (its `error` says why).
+    DeadLettered,
+    /// It was dead-lettered because its expiry passed before it could run.
+    Expired,
+}
+
+impl EventKind {
+    /// Whether nothing follows this event unless the task is published again.
+    pub fn is_ending(self) -> bool {
+        matches!(
+            self,
+            EventKind::Succeeded | EventKind::DeadLettered | EventKind::Expired
+        )
+    }
+}
+
+/// Why an attempt failed or a task was dead-lettered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventError<'a> {
+    /// The reason kind (docs/wire-format.md §8.3).
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    /// What went wrong, for people.
+    #[serde(borrow)]
+    pub reason: Cow<'a, str>,
+}
+
+/// One event: one line of a batch. The source and sequence number are the batch's
+/// ([`SOURCE_HEADER`], [`FIRST_SEQ_HEADER`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event<'a> {
+    /// What happened.
+    pub event: EventKind,
+    /// The task's id.
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    /// The task's name.
+    #[serde(borrow)]
+    pub task: Cow<'a, str>,
+    /// The work queue.
+    #[serde(borrow)]
+    pub queue: Cow<'a, str>,
+    /// When, by the recording process's clock (for people: never to order events).
+    pub at_ms: u64,
+    /// The attempt (`x-warren-attempt`, from 1); absent on `published`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// How many times the broker had returned this delivery: its `x-delivery-count`, or 0 on
+    /// a first delivery; absent on a redelivery whose queue does not count (a classic queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_count: Option<u64>,
+    /// How long the handler ran, in microseconds (on the event ending a run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// Why it failed (`retrying`, `dead_lettered`, `expired`).
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub error: Option<EventError<'a>>,
+    /// When the next attempt is due (`retrying`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+}
+
+impl<'a> Event<'a> {
+    /// An event of `kind` for the task `id` named `task` on `queue`, now.
+    pub fn new(kind: EventKind, id: &'a str, task: &'a str, queue: &'a str) -> Self {
+        Event {
+            event: kind,
+            id: Cow::Borrowed(id),
+            task: Cow::Borrowed(task),
+            queue: Cow::Borrowed(queue),
+            at_ms: crate::now_ms(),
+            attempt: None,
+            delivery_count: None,
+            duration_us: None,
+            error: None,
+            retry_at_ms: None,
+        }
+    }
+}
+
+/// An event read back from the stream, with its source and sequence number.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stamped {
+    /// The process that recorded it.
+    pub source: String,
+    /// Its number among that process's events.
+    pub seq: u64,
+    /// The event.
+    pub event: Event<'static>,
+}
+
+/// A batch that is not in the documented format.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// A header is missing or has the wrong type.
+    #[error("the batch has no valid `{0}` header")]
+    Header(&'static str),
+    /// A line is not an event.
+    #[error("line {line} of the batch is not an event: {source}")]
+    Line {
+        /// The line, from 1.
+        line: usize,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+/// Reads a batch (a stream message's headers and body) into its events.
+pub fn read_batch(headers: &FieldTable, body: &[u8]) -> Result<Vec<Stamped>, BatchError> {
+    let source =
+        crate::header_string(headers, SOURCE_HEADER).ok_or(BatchError::Header(SOURCE_HEADER))?;
+    let first = crate::header_u64(headers, FIRST_SEQ_HEADER)
+        .ok()
+        .flatten()
+        .ok_or(BatchError::Header(FIRST_SEQ_HEADER))?;
+    body.split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .enumerate()
+        .map(|(n, line)| {
+            let event: Event<'_> =
+                serde_json::from_slice(line).map_err(|source| BatchError::Line {
+                    line: n + 1,
+                    source,
+                })?;
+            Ok(Stamped {
+                source: source.clone(),
+                seq: first + n as u64,
+                event: event.into_owned(),
+            })
+        })
+        .collect()
+}
+
+impl Event<'_> {
+    /// The same event owning its strings.
+    pub fn into_owned(self) -> Event<'static> {
+        let own = |s: Cow<'_, str>| Cow::Owned(s.into_owned());
+        Event {
+            event: self.event,
+            id: own(self.id),
+            task: own(self.task),
+            queue: own(self.queue),
+            at_ms: self.at_ms,
+            attempt: self.attempt,
+            delivery_count: self.delivery_count,
+            duration_us: self.duration_us,
+            error: self.error.map(|e| EventError {
+                kind: own(e.kind),
+                reason: own(e.reason),
+            }),
+            retry_at_ms: self.retry_at_ms,
+        }
+    }
+}
+
+/// Which batch a recorded event went into: it is on the stream once
+/// [`EventLog::is_confirmed`] says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// The events recorded and not yet taken by the flusher.
+struct Buffer {
+    body: Vec<u8>,
+    events: u64,
+    /// The number of the batch being filled (from 0).
+    batch: u64,
+    /// The sequence number of the next event recorded.
+    next_seq: u64,
+}
+
+struct Inner {
+    stream: String,
+    source: String,
+    buffer: Mutex<Buffer>,
+    /// Wakes the flusher when the buffer stops being empty.
+    wake: Notify,
+    /// How many batches, from the first, the broker has confirmed.
+    confirmed: watch::Sender<u64>,
+}
+
+/// A process's writer to the events stream. Cheap to clone; [`record`](Self::record) never
+/// waits, and [`run`](Self::run) sends what is recorded.
+#[derive(Clone)]
+pub struct EventLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("stream", &self.inner.stream)
+            .field("source", &self.inner.source)
+            .finish()
+    }
+}
+
+impl EventLog {
+    /// A log writing to `stream` as `source` (the worker's or publisher's id).
+    pub fn new(stream: impl Into<String>, source: impl Into<String>) -> Self {
+        EventLog {
+            inner: Arc::new(Inner {
+                stream: stream.into(),
+                source: source.into(),
+                buffer: Mutex::new(Buffer {
+                    body: Vec::new(),
+                    events: 0,
+                    batch: 0,
+                    next_seq: 0,
+                }),
+                wake: Notify::new(),
+                confirmed: watch::Sender::new(0),
+            }),
+        }
+    }
+
+    /// The stream this log writes to.
+    pub fn stream(&self) -> &str {
+        &self.inner.stream
+    }
+
+    /// Records an event, to be sent with the next batch.
+    pub fn record(&self, event: &Event<'_>) -> Ticket {
+        let mut buffer = self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing to a Vec fails only on a serializer error, which these types cannot cause.
+        if serde_json::to_writer(&mut buffer.body, event).is_ok() {
+            buffer.body.push(b'\n');
+            buffer.events += 1;
+            buffer.next_seq += 1;
+        }
+        let ticket = Ticket(buffer.batch + 1);
+        let first = buffer.events == 1;
+        drop(buffer);
+        if first {
+            self.inner.wake.notify_one();
+        }
+        ticket
+    }
+
+    /// Whether the batch holding the event of `ticket` is confirmed.
+    pub fn is_confirmed(&self, ticket: Ticket) -> bool {
+        *self.inner.confirmed.borrow() >= ticket.0
+    }
+
+    /// Resolves once the batch holding the event of `ticket` is confirmed.
+    pub async fn confirmed(&self, ticket: Ticket) {
+        let mut confirmations = self.inner.confirmed.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail.
+        let _ = confirmations.wait_for(|&done| done >= ticket.0).await;
+    }
+
+    /// Resolves whenever more batches are confirmed.
+    pub fn confirmations(&self) -> watch::Receiver<u64> {
+        self.inner.confirmed.subscribe()
+    }
+
+    /// Takes the buffered events as the next batch: (batch number, first seq, body).
+    fn take(&self) -> Option<(u64, u64, Vec<u8>)> {
+        let mut buffer = self.inner.buffer.lock().unwrap_or_else(|e| e.into_inner());
+        if buffer.events == 0 {
+            return None;
+        }
+        let first = buffer.next_seq - buffer.events;
+        let batch = buffer.batch;
+        buffer.batch += 1;
+        buffer.events = 0;
+        Some((batch, first, std::mem::take(&mut buffer.body)))
+    }
+
+    /// Sends what is recorded, one batch at a time with a confirm, through `publisher`,
+    /// until `stop` fires. A batch the broker refuses is sent again (with backoff) before any
+    /// later one, so the confirmed batches are always a prefix.
+    pub async fn run(&self, publisher: &Publisher, stop: &CancellationToken) {
+        let inner = &self.inner;
+        let mut pacer = Pacer::new();
+        let mut pending = None;
+        loop {
+            if pending.is_none() {
+                pending = self.take();
+            }
+            let Some((batch, first, body)) = &pending else {
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    _ = inner.wake.notified() => continue,
+                }
+            };
+            let mut headers = FieldTable::default();
+            headers.insert(SOURCE_HEADER.into(), text_value(&inner.source));
+            headers.insert(FIRST_SEQ_HEADER.into(), int_value(*first));
+            let properties = BasicProperties::default()
+                .with_content_type(EVENTS_CONTENT_TYPE.into())
+                .with_delivery_mode(2)
+                .with_headers(headers);
+            let sent = tokio::select! {
+                biased;
+                _ = stop.cancelled() => return,
+                sent = publisher.publish_raw("", &inner.stream, body, properties, "events") => sent,
+            };
+            match sent {
+                Ok(()) => {
+                    inner.confirmed.send_replace(batch + 1);
+                    pending = None;
+                    pacer.reset();
+                }
+                Err(error) => {
+                    tracing::warn!(stream = %inner.stream, %error, "could not record events; sending them again");
+                    if !pacer.pause(stop).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Declares the events stream `name` with Warren's retention, unless it exists (then its own
+/// retention stands: a stream's arguments cannot change after its declaration).
+pub async fn declare_events_stream(conn: &Connection, name: &str) -> Result<(), TopologyError> {
+    if crate::Topology::queue_exists(conn, name).await? {
+        return Ok(());
+    }
+    let channel = open(conn, name).await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    args.insert(
+        "x-max-age".into(),
+        AMQPValue::LongString(DEFAULT_EVENTS_MAX_AGE.into()),
+    );
+    let declared = declare_queue(&channel, name, args).await;
+    let _ = channel.close(200, "declared".into()).await;
+    match declared {
+        // Another process declared it meanwhile, with other arguments: its stand.
+        Err(TopologyError::Mismatch { .. }) => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_reads_back_with_consecutive_sequence_numbers() {
+        let log = EventLog::new("s", "worker-1");
+        let mut failed = Event::new(EventKind::Retrying, "id-2", "t", "q");
+        failed.attempt = Some(1);
+        failed.error = Some(EventError {
+            kind: "error".into(),
+            reason: "line\nbreak \"quoted\"".into(),
+        });
+        failed.retry_at_ms = Some(5);
+        let first = log.record(&Event::new(EventKind::Succeeded, "id-1", "t", "q"));
+        let second = log.record(&failed);
+        assert_eq!(first, second);
+        assert!(!log.is_confirmed(first));
+        let (batch, seq, body) = log.take().expect("two events");
+        assert_eq!((batch, seq), (0, 0));
+        let mut headers = FieldTable::default();
+        headers.insert(SOURCE_HEADER.into(), text_value("worker-1"));
+        headers.insert(FIRST_SEQ_HEADER.into(), int_value(seq));
+        let events = read_batch(&headers, &body).expect("valid");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[1].seq, 1);
+        assert_eq!(events[1].source, "worker-1");
+        assert_eq!(events[1].event, failed.into_owned());
+        // The next event goes into the next batch.
+        let third = log.record(&Event::new(EventKind::Started, "id-3", "t", "q"));
+        assert!(third > first);
+        assert_eq!(log.take().map(|(b, s, _)| (b, s)), Some((1, 2)));
+    }
+
+    #[test]
+    fn a_line_that_is_not_an_event_is_named() {
+        let mut headers = FieldTable::default();
+        headers.insert(SOURCE_HEADER.into(), text_value("w"));
+        headers.insert(FIRST_SEQ_HEADER.into(), int_value(0));
+        let error = read_batch(&headers, b"{\"event\":\"nope\"}\n").unwrap_err();
+        assert!(error.to_string().starts_with("line 1 of the batch"));
+        let missing = read_batch(&FieldTable::default(), b"").unwrap_err();
+        assert!(missing.to_string().contains(SOURCE_HEADER));
+    }
+}
