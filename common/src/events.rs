@@ -41,8 +41,6 @@ pub const FIRST_SEQ_HEADER: &str = "x-warren-first-seq";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
-    /// A producer published it.
-    Published,
     /// A worker started running it and it did not finish at once (a task that finishes on
     /// its handler's first poll records only its ending, which says the same).
     Started,
