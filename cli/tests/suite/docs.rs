@@ -1,5 +1,6 @@
 //! Docs that cannot drift: every Rust snippet of the README and of every page of docs/ is a
-//! verbatim copy of lines of an example cargo compiles.
+//! verbatim copy of lines of an example cargo compiles, and every Python snippet one of lines
+//! of `examples/python/`, which the suite runs (`python_example.rs`).
 
 use std::path::{Path, PathBuf};
 
@@ -104,4 +105,27 @@ fn rust_snippets_in_the_docs_are_copied_from_compiled_examples() {
         }
     }
     assert!(checked >= 14, "only {checked} snippets checked");
+}
+
+#[test]
+fn python_snippets_in_the_docs_are_copied_from_the_python_examples() {
+    let scripts = sources(vec![repo().join("examples/python")], "py");
+    assert!(scripts.len() >= 3, "scripts found: {}", scripts.len());
+    let mut checked = 0;
+    for doc in docs() {
+        let text = std::fs::read_to_string(repo().join(&doc)).expect("readable");
+        for (line, info, body) in blocks(&text, "python") {
+            assert_eq!(
+                info, "python",
+                "{doc}:{line}: a `{info}` block is never run"
+            );
+            assert!(
+                scripts.iter().any(|(_, source)| source.contains(&body)),
+                "{doc}:{line}: this snippet is not in any script of examples/python; copy it \
+                 from one verbatim:\n{body}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "only {checked} snippets checked");
 }
