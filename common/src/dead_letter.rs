@@ -8,6 +8,7 @@ use crate::header_value::{header_string, header_u64, int_value, string_value, te
 use crate::headers::{self, x_death};
 use crate::ReasonKind;
 use lapin::types::{AMQPValue, FieldTable};
+use serde::{Serialize, Serializer};
 use std::fmt;
 
 /// Longest reason text kept in a dead letter's (or a retry's) headers, in bytes.
@@ -75,14 +76,22 @@ impl fmt::Display for DeadLetterKind {
     }
 }
 
+impl Serialize for DeadLetterKind {
+    /// As its [`Display`](fmt::Display): the kind the dead-letter tools show.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl From<ReasonKind> for DeadLetterKind {
     fn from(kind: ReasonKind) -> Self {
         DeadLetterKind::Worker(kind)
     }
 }
 
-/// Why and where a task was dead-lettered.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Why and where a task was dead-lettered. It serializes (for tools' JSON output) with the
+/// kind as shown by its `Display`, e.g. `retries_exhausted` or `broker:delivery_limit`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DeadLetterRecord {
     /// Who dead-lettered it and the kind of reason.
     pub kind: DeadLetterKind,

@@ -9,6 +9,18 @@ key = the work queue, `type` = the task name, `message_id` = the task id, the Wa
     AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f \
         python3 publish.py --queue default --task demo.echo --payload '{"text": "hi"}'
 
+The queue must exist: declared by a worker consuming it, by `warren-producer publish`, or by
+declare.py. Otherwise the broker returns the task (exit code 3) and it is stored nowhere.
+
+With --delay SECONDS the task runs no earlier than that (rounded up to whole seconds, at most
+2^28 - 1): it goes through the delay cascade (docs/wire-format.md §7), to the exchange
+`warren.delay.27` with the routing key of delay_routing_key(), and carries
+`x-warren-not-before-ms`. The broker confirms a delayed task once it is in the cascade, whether
+or not its queue exists, and one whose queue is gone when the delay ends waits in the queue
+`warren.delay.unroutable` for a person: so the queue is checked first (a passive declare). The
+cascade must exist (every Warren worker declares it, as does declare.py), or the task is
+returned (exit code 3).
+
 Exit codes: 0 queued; 1 the broker could not be reached (nothing sent); 2 bad arguments;
 3 unroutable (no queue bound: start a worker or declare the queue, then publish again);
 4 refused by the broker (nack: publish again later); 5 outcome unknown (the connection failed
@@ -17,6 +29,7 @@ after sending: publish again with the same --id).
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -24,10 +37,12 @@ import urllib.parse
 import uuid
 
 import pika
-from pika.exceptions import AMQPError, NackError, UnroutableError
+from pika.exceptions import AMQPError, ChannelClosedByBroker, NackError, UnroutableError
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
 EXCHANGE = "warren"
+DELAY_ENTRY = "warren.delay.27"
+MAX_DELAY_S = (1 << 28) - 1
 MAX_SHORT_STRING = 255
 
 EXIT_UNREACHABLE = 1
@@ -62,11 +77,15 @@ def parse_args(argv):
     parser.add_argument("--task", required=True, help="task name: selects the worker's handler")
     parser.add_argument("--payload", default="null", help="payload as JSON (default: null)")
     parser.add_argument("--id", help="task id (default: a new UUID)")
+    parser.add_argument("--delay", type=float, default=0, metavar="SECONDS",
+                        help="run no earlier than this many seconds from now (default: 0)")
     args = parser.parse_args(argv)
     try:
         args.payload = json.loads(args.payload)
     except json.JSONDecodeError as error:
         parser.error(f"--payload is not valid JSON: {error}")
+    if not 0 <= args.delay <= MAX_DELAY_S:
+        parser.error(f"--delay must be between 0 and {MAX_DELAY_S} seconds")
     args.id = args.id or new_task_id()
     for flag, value in (("--task", args.task), ("--id", args.id), ("--queue", args.queue)):
         if not value or len(value.encode("utf-8")) > MAX_SHORT_STRING:
@@ -74,7 +93,12 @@ def parse_args(argv):
     return args
 
 
-def task_message(task, payload, task_id):
+def delay_routing_key(seconds: float, queue: str) -> str:
+    secs = min(math.ceil(seconds), (1 << 28) - 1)
+    return "".join(f"{(secs >> k) & 1}." for k in range(27, -1, -1)) + queue
+
+
+def task_message(task, payload, task_id, delay_s=0):
     """The body and properties of a task, as docs/wire-format.md sections 2 and 3 describe."""
     now_ms = int(time.time() * 1000)
     properties = pika.BasicProperties(
@@ -89,6 +113,9 @@ def task_message(task, payload, task_id):
             "x-warren-created-ms": now_ms,  # an int over 2**31: pika sends it as int64
         },
     )
+    if delay_s > 0:
+        # When the task becomes due: its latency is measured from then, not from its creation.
+        properties.headers["x-warren-not-before-ms"] = now_ms + int(delay_s * 1000)
     body = json.dumps(payload, separators=(",", ":")).encode("utf-8")
     return body, properties
 
@@ -97,17 +124,40 @@ class Unreachable(Exception):
     """The broker could not be reached: nothing was sent."""
 
 
-def publish(url, queue, task, payload, task_id):
+class NoQueue(Exception):
+    """The work queue of a delayed task does not exist: nothing was sent."""
+
+
+def queue_exists(connection, queue):
+    """Whether `queue` exists: a passive declare, on a channel of its own (a 404 closes it)."""
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue, passive=True)
+    except ChannelClosedByBroker as error:
+        if error.reply_code == 404:
+            return False
+        raise
+    channel.close()
+    return True
+
+
+def publish(url, queue, task, payload, task_id, delay_s=0):
     """Publishes the task and returns once the broker confirmed it; raises pika's errors."""
-    body, properties = task_message(task, payload, task_id)
+    delayed = math.ceil(delay_s) > 0  # a delay that rounds to 0 goes straight to the queue
+    body, properties = task_message(task, payload, task_id, delay_s if delayed else 0)
+    exchange, routing_key = EXCHANGE, queue
+    if delayed:
+        exchange, routing_key = DELAY_ENTRY, delay_routing_key(delay_s, queue)
     try:
         connection = pika.BlockingConnection(pika.URLParameters(url))
     except AMQPError as error:
         raise Unreachable(describe(error)) from error
     try:
+        if delayed and not queue_exists(connection, queue):
+            raise NoQueue()
         channel = connection.channel()
         channel.confirm_delivery()  # publisher confirms: basic_publish waits for the ack
-        channel.basic_publish(EXCHANGE, queue, body, properties=properties, mandatory=True)
+        channel.basic_publish(exchange, routing_key, body, properties=properties, mandatory=True)
     finally:
         if connection.is_open:
             connection.close()
@@ -120,18 +170,29 @@ def describe(error):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        publish(args.url, args.queue, args.task, args.payload, args.id)
+        publish(args.url, args.queue, args.task, args.payload, args.id, args.delay)
     except Unreachable as error:
         print(
             f"error: cannot connect to {masked(args.url)} ({error}); task {args.id} was not sent.",
             file=sys.stderr,
         )
         return EXIT_UNREACHABLE
-    except UnroutableError:
+    except NoQueue:
         print(
-            f"error: task {args.id} was returned unroutable: no queue `{args.queue}` is bound to "
-            f"exchange `{EXCHANGE}`. Start a worker on that queue (or declare it), then publish "
-            "again. Nothing was stored.",
+            f"error: task {args.id} is unroutable: there is no queue `{args.queue}`. Start a "
+            "worker on that queue (or declare it), then publish again. Nothing was sent.",
+            file=sys.stderr,
+        )
+        return EXIT_UNROUTABLE
+    except UnroutableError:
+        if args.delay > 0:
+            why = (f"the delay cascade is not declared (`{DELAY_ENTRY}` leads nowhere). Start a "
+                   "Warren worker or run declare.py, then publish again.")
+        else:
+            why = (f"no queue `{args.queue}` is bound to exchange `{EXCHANGE}`. Start a worker on "
+                   "that queue (or declare it), then publish again.")
+        print(
+            f"error: task {args.id} was returned unroutable: {why} Nothing was stored.",
             file=sys.stderr,
         )
         return EXIT_UNROUTABLE

@@ -3,6 +3,8 @@
 //! messages and lost connections into errors.
 
 mod dead_letters;
+#[cfg(any(feature = "http", feature = "scheduler"))]
+pub mod defaults;
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "scheduler")]
@@ -15,11 +17,7 @@ pub use dead_letters::{
 #[doc(hidden)]
 pub use http::read_task_body;
 #[cfg(feature = "http")]
-pub use http::{
-    serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError,
-    DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
-};
+pub use http::{serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError};
 pub use warren_common::{
     Codec, ProducerMetrics, PublishError, Publisher, PublisherConfig, QueueKind, QueueSpec, Task,
     TaskId, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,

@@ -5,9 +5,9 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 use warren_common::process::{exit, run_process, ProcessOptions};
 use warren_common::{serve_admin, AmqpArgs, LogFormat, Shutdown};
+use warren_producer::defaults::scheduler as defaults;
 use warren_producer::scheduler::{self, schedule, SchedulerConfig};
 
 /// Publish Warren tasks on a schedule; replicas elect one leader through the broker.
@@ -21,11 +21,11 @@ struct Args {
     schedule: PathBuf,
     /// The scheduler group: replicas with the same name share one lease (`NAME.lease`) and
     /// one record of the last ticks (`NAME.tick.<schedule>`).
-    #[arg(long, env = "WARREN_LEASE_NAME", value_name = "NAME", default_value = scheduler::DEFAULT_LEASE_NAME)]
+    #[arg(long, env = "WARREN_LEASE_NAME", value_name = "NAME", default_value = defaults::LEASE_NAME)]
     lease_name: String,
     /// How often a standby tries to take the lease (bounds the failover time).
-    #[arg(long, env = "WARREN_LEASE_RETRY", default_value = "1s", value_parser = humantime::parse_duration)]
-    lease_retry: Duration,
+    #[arg(long, env = "WARREN_LEASE_RETRY", default_value_t = defaults::LEASE_RETRY.into())]
+    lease_retry: humantime::Duration,
     /// The task exchange: work queues are bound to it (tasks go through it with --via-exchange).
     #[arg(long, env = "WARREN_EXCHANGE", default_value = warren_common::DEFAULT_EXCHANGE)]
     exchange: String,
@@ -34,17 +34,17 @@ struct Args {
     #[arg(long, env = "WARREN_VIA_EXCHANGE")]
     via_exchange: bool,
     /// How long each publish waits for the broker's confirm.
-    #[arg(long, env = "WARREN_CONFIRM_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    confirm_timeout: Duration,
+    #[arg(long, env = "WARREN_CONFIRM_TIMEOUT", default_value_t = defaults::CONFIRM_TIMEOUT.into())]
+    confirm_timeout: humantime::Duration,
     /// Dead-letter retention of the schedules' queues, if they have to be declared (must match
     /// the workers').
     #[command(flatten)]
     retention: warren_common::Retention,
     /// Address of the admin HTTP server (/metrics, /healthz, /readyz); port 0 picks one.
-    #[arg(long, env = "WARREN_ADMIN_ADDR", default_value = "0.0.0.0:9092")]
+    #[arg(long, env = "WARREN_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
     admin_addr: SocketAddr,
     /// Log output format.
-    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value = "pretty")]
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value_t = LogFormat::default())]
     log_format: LogFormat,
 }
 
@@ -98,8 +98,8 @@ fn configure(args: &Args) -> anyhow::Result<SchedulerConfig> {
     config.exchange.clone_from(&args.exchange);
     config.via_exchange = args.via_exchange;
     config.lease_name.clone_from(&args.lease_name);
-    config.lease_retry = args.lease_retry;
-    config.confirm_timeout = args.confirm_timeout;
+    config.lease_retry = args.lease_retry.into();
+    config.confirm_timeout = args.confirm_timeout.into();
     config.retention = args.retention;
     config.validate()?;
     Ok(config)

@@ -240,8 +240,8 @@ impl<'a> JsonLine<'a> {
             |ms: Option<u64>| ms.map(|ms| humantime::format_rfc3339_millis(at(ms)).to_string());
         JsonLine {
             dead,
-            first_failure: rfc3339(dead.first_failure_ms),
-            last_failure: rfc3339(dead.last_failure_ms),
+            first_failure: rfc3339(dead.record.first_failure_ms),
+            last_failure: rfc3339(dead.record.last_failure_ms),
         }
     }
 }
@@ -289,6 +289,7 @@ fn table(shown: &[DeadLetter], width: usize) -> String {
 fn row(dead: &DeadLetter) -> [String; 6] {
     let dash = || "-".to_owned();
     let reason: String = dead
+        .record
         .reason
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -296,9 +297,9 @@ fn row(dead: &DeadLetter) -> [String; 6] {
     [
         dead.id.clone().unwrap_or_else(dash),
         dead.task.clone().unwrap_or_else(dash),
-        dead.kind.clone(),
-        dead.attempts.map_or_else(dash, |n| n.to_string()),
-        dead.last_failure_ms.map_or_else(dash, |ms| {
+        dead.record.kind.to_string(),
+        dead.record.attempts.to_string(),
+        dead.record.last_failure_ms.map_or_else(dash, |ms| {
             humantime::format_rfc3339_seconds(at(ms)).to_string()
         }),
         reason,
@@ -318,19 +319,22 @@ fn cut(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warren_common::{DeadLetterRecord, ReasonKind};
 
     fn dead(id: &str, reason: &str) -> DeadLetter {
         DeadLetter {
             id: Some(id.to_owned()),
             task: Some("demo.flaky".to_owned()),
-            kind: "retries_exhausted".to_owned(),
-            reason: reason.to_owned(),
-            attempts: Some(1),
-            first_failure_ms: Some(1_700_000_000_000),
-            last_failure_ms: Some(1_700_000_000_000),
-            original_queue: None,
-            original_routing_key: None,
-            worker: None,
+            record: DeadLetterRecord {
+                kind: ReasonKind::RetriesExhausted.into(),
+                reason: reason.to_owned(),
+                attempts: 1,
+                first_failure_ms: Some(1_700_000_000_000),
+                last_failure_ms: Some(1_700_000_000_000),
+                original_queue: None,
+                original_routing_key: None,
+                worker: None,
+            },
             content_type: None,
             payload_bytes: 0,
             payload_preview: String::new(),
@@ -358,5 +362,9 @@ mod tests {
         assert_eq!(value["last_failure"], "2023-11-14T22:13:20.000Z");
         assert!(value.get("payload_preview").is_some());
         assert!(value.get("original_queue").is_some());
+        assert_eq!(
+            serde_json::to_string(&JsonLine::new(&dead("a", "r"))).unwrap(),
+            r#"{"id":"a","task":"demo.flaky","kind":"retries_exhausted","reason":"r","attempts":1,"first_failure_ms":1700000000000,"last_failure_ms":1700000000000,"original_queue":null,"original_routing_key":null,"worker":null,"content_type":null,"payload_bytes":0,"payload_preview":"","first_failure":"2023-11-14T22:13:20.000Z","last_failure":"2023-11-14T22:13:20.000Z"}"#
+        );
     }
 }

@@ -5,22 +5,22 @@ use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use warren_common::{AmqpArgs, QueueKind, Shutdown};
+use warren_producer::defaults::ingest as defaults;
 use warren_producer::{serve_ingest, BearerToken, ConnectionLimits, IngestConfig, PublisherConfig};
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// Address to serve HTTP on (port 0 picks a free port, which is logged).
-    #[arg(long, env = "WARREN_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = "WARREN_LISTEN", default_value = defaults::LISTEN)]
     listen: SocketAddr,
     /// Queue for tasks that name none; declared at start.
-    #[arg(long, env = "WARREN_QUEUE", default_value = "default")]
+    #[arg(long, env = "WARREN_QUEUE", default_value = defaults::QUEUE)]
     queue: String,
     /// Type of the default queue, if it has to be declared.
-    #[arg(long, env = "WARREN_QUEUE_TYPE", value_enum, default_value = "quorum")]
+    #[arg(long, env = "WARREN_QUEUE_TYPE", value_enum, default_value_t = QueueKind::default())]
     queue_type: QueueKind,
     /// Declare the default queue as a priority queue with this maximum priority (classic only).
     #[arg(long, env = "WARREN_MAX_PRIORITY", value_parser = clap::value_parser!(u8).range(1..=9))]
@@ -31,35 +31,35 @@ pub struct ServeArgs {
     retention: warren_common::Retention,
     /// How long a request waits for the broker's confirm (and at most for a reconnection)
     /// before it is answered 503.
-    #[arg(long, env = "WARREN_CONFIRM_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    confirm_timeout: Duration,
+    #[arg(long, env = "WARREN_CONFIRM_TIMEOUT", default_value_t = defaults::CONFIRM_TIMEOUT.into())]
+    confirm_timeout: humantime::Duration,
     /// File holding the bearer token that every /v1 request must present
     /// (`Authorization: Bearer <token>`); surrounding whitespace is ignored. Without it, /v1
     /// is open.
     #[arg(long, env = "WARREN_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
     /// Largest request body accepted, in bytes; larger ones are answered 413.
-    #[arg(long, env = "WARREN_MAX_BODY_BYTES", default_value_t = warren_producer::DEFAULT_MAX_BODY_BYTES)]
+    #[arg(long, env = "WARREN_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES)]
     max_body_bytes: usize,
     /// Most tasks accepted in one batch.
-    #[arg(long, env = "WARREN_MAX_BATCH", default_value_t = warren_producer::DEFAULT_MAX_BATCH,
+    #[arg(long, env = "WARREN_MAX_BATCH", default_value_t = defaults::MAX_BATCH,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_batch: usize,
     /// Time a client has to send a request's head, from connecting (or from the first byte of
     /// its next request); slower connections are closed.
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT",
-          default_value_t = warren_producer::DEFAULT_HEADER_READ_TIMEOUT.into())]
+          default_value_t = defaults::HEADER_READ_TIMEOUT.into())]
     header_read_timeout: humantime::Duration,
     /// Time a client has to send a whole /v1 request body once its head arrived; a slower
     /// body is answered 408 and the connection closed.
     #[arg(long, env = "WARREN_BODY_READ_TIMEOUT",
-          default_value_t = warren_producer::DEFAULT_BODY_READ_TIMEOUT.into())]
+          default_value_t = defaults::BODY_READ_TIMEOUT.into())]
     body_read_timeout: humantime::Duration,
     /// Time a keep-alive connection may wait for its next request before it is closed.
-    #[arg(long, env = "WARREN_IDLE_TIMEOUT", default_value_t = warren_producer::DEFAULT_IDLE_TIMEOUT.into())]
+    #[arg(long, env = "WARREN_IDLE_TIMEOUT", default_value_t = defaults::IDLE_TIMEOUT.into())]
     idle_timeout: humantime::Duration,
     /// Most connections served at once; further ones wait to be accepted until one closes.
-    #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = warren_producer::DEFAULT_MAX_CONNECTIONS,
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_connections: usize,
 }
@@ -91,7 +91,7 @@ pub async fn run(
         exchange: exchange.to_owned(),
         via_exchange,
         default_queue: args.queue.clone(),
-        confirm_timeout: args.confirm_timeout,
+        confirm_timeout: args.confirm_timeout.into(),
         connection_name: "warren-producer serve".to_owned(),
         metrics: None,
     };

@@ -1,5 +1,6 @@
 //! The examples the docs show, run as a user runs them: the worker example (two typed tasks
-//! on `warren_worker::run`) takes what the publisher example sends.
+//! on `warren_worker::run`) takes what the publisher example sends, and the handler examples
+//! (`errors`, `schema_versions`) show what a worker does with their tasks.
 
 use crate::{example, WorkerProcess};
 use std::time::Duration;
@@ -76,4 +77,23 @@ async fn the_worker_example_runs_what_the_publisher_example_sends() {
     let status = worker.child.wait().await.expect("the worker exits");
     assert_eq!(status.code(), Some(0), "a drained worker exits 0");
     delete_queues(&conn, &queue).await;
+}
+
+/// The handler examples docs/failures.md and docs/wire-format.md §5 copy from run as their
+/// doc comments say, without a broker, and get the outcomes they check.
+#[tokio::test]
+async fn the_handler_examples_run_without_a_broker() {
+    for (name, lines) in [("errors", 5), ("schema_versions", 8)] {
+        let output = tokio::process::Command::new(example(name))
+            .output()
+            .await
+            .expect("the example runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{name} failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(stdout.lines().count(), lines, "{name}: {stdout}");
+    }
 }

@@ -1,5 +1,7 @@
-//! The Python example (`examples/python/publish.py`, pika) publishes tasks that a Warren worker
-//! runs: the wire format holds for a producer that shares no code with Warren.
+//! The Python examples (`examples/python/`, pika) publish tasks that a Warren worker runs,
+//! declare its queue and the delay cascade as a worker does, and read its dead letters: the
+//! wire format holds for a client that shares no code with Warren. They are the walk-through
+//! of docs/wire-format.md §9.
 //!
 //! The example's requirements go into a virtualenv under the target directory, kept between
 //! runs. Without python3 and its venv module the test says so and passes (fails under CI:
@@ -75,13 +77,20 @@ async fn example_python() -> Result<PathBuf, String> {
     Ok(python)
 }
 
-async fn publish_py(python: &Path, queue: &str, id: &str, payload: &str) -> Output {
-    let script = workspace().join("examples/python/publish.py");
+/// Runs `examples/python/<script>` against the test broker.
+async fn script(python: &Path, script: &str, args: &[&str]) -> Output {
+    let path = workspace().join("examples/python").join(script);
     let url = amqp_url();
+    let path = path.to_str().expect("workspace path is UTF-8");
+    let all: Vec<&str> = [path, "--url", &url]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    run(python, &all).await.expect("the script runs")
+}
+
+async fn publish_py(python: &Path, queue: &str, id: &str, payload: &str) -> Output {
     let args = [
-        script.to_str().expect("workspace path is UTF-8"),
-        "--url",
-        &url,
         "--queue",
         queue,
         "--task",
@@ -91,7 +100,14 @@ async fn publish_py(python: &Path, queue: &str, id: &str, payload: &str) -> Outp
         "--payload",
         payload,
     ];
-    run(python, &args).await.expect("publish.py runs")
+    script(python, "publish.py", &args).await
+}
+
+/// The script's stdout, having checked that it exited 0.
+fn succeeded(output: &Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{what} failed: {stderr}");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 type Seen = Arc<Mutex<Vec<(TaskContext, serde_json::Value)>>>;
@@ -157,4 +173,159 @@ async fn a_task_published_with_pika_runs_on_a_warren_worker() {
         stderr.contains("unroutable") && stderr.contains(&missing),
         "{stderr}"
     );
+}
+
+/// Declared from Python before any worker, the queue is what a worker declares (it would stop
+/// on a 406 otherwise); a delayed task waits its time in the cascade; a task no worker knows
+/// is dead-lettered, and dead_letters.py reads its record and leaves it in the queue.
+#[tokio::test]
+async fn the_python_examples_declare_publish_later_and_read_dead_letters() {
+    let python = match example_python().await {
+        Ok(python) => python,
+        Err(why) => {
+            skip_or_fail("the pika examples", &why);
+            return;
+        }
+    };
+    let queue = unique_queue("python-walk");
+    let check = ["--queue", queue.as_str(), "--check"];
+    let missing = script(&python, "declare.py", &check).await;
+    assert_eq!(missing.status.code(), Some(6), "nothing is declared yet");
+    let declare = script(&python, "declare.py", &["--queue", &queue]).await;
+    succeeded(&declare, "declare.py");
+    succeeded(
+        &script(&python, "declare.py", &check).await,
+        "declare.py --check",
+    );
+
+    let seen: Seen = Default::default();
+    let worker = TestWorker::start(recording_registry(&seen), test_config(&queue)).await;
+
+    let id = format!("py-later-{}", uuid::Uuid::new_v4());
+    let args = [
+        "--queue", &queue, "--task", TASK, "--id", &id, "--delay", "2",
+    ];
+    let published_at = std::time::Instant::now();
+    let delayed = script(&python, "publish.py", &args).await;
+    assert_eq!(succeeded(&delayed, "publish.py --delay"), id);
+    let unknown = format!("py-unknown-{}", uuid::Uuid::new_v4());
+    let args = [
+        "--queue",
+        &queue,
+        "--task",
+        "example.nobody",
+        "--id",
+        &unknown,
+    ];
+    succeeded(&script(&python, "publish.py", &args).await, "publish.py");
+
+    wait_until(Duration::from_secs(20), "the delayed task to run", || {
+        let n = seen.lock().unwrap().len();
+        async move { n >= 1 }
+    })
+    .await;
+    let waited = published_at.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "ran after {waited:?}"
+    );
+    assert_eq!(seen.lock().unwrap()[0].0.id, id);
+    let conn = raw_connection().await;
+    let dead_queue = format!("{queue}.dead");
+    wait_until(
+        Duration::from_secs(10),
+        "the unknown task's dead letter",
+        || {
+            let conn = &conn;
+            let dead_queue = &dead_queue;
+            async move { ready_count(conn, dead_queue).await == 1 }
+        },
+    )
+    .await;
+
+    let listed = script(&python, "dead_letters.py", &["--queue", &queue]).await;
+    let listed = succeeded(&listed, "dead_letters.py");
+    let dead: serde_json::Value = serde_json::from_str(&listed).expect("one JSON line");
+    assert_eq!(dead["id"], unknown.as_str());
+    assert_eq!(dead["task"], "example.nobody");
+    assert_eq!(dead["kind"], "unknown_task");
+    assert_eq!(dead["attempts"], 1);
+    assert_eq!(
+        ready_count(&conn, &dead_queue).await,
+        1,
+        "it is still there"
+    );
+
+    // A delayed task for a queue that does not exist is refused before it is sent.
+    let missing_queue = unique_queue("python-missing");
+    let args = ["--queue", &missing_queue, "--task", TASK, "--delay", "1"];
+    let refused = script(&python, "publish.py", &args).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&missing_queue), "{stderr}");
+
+    let report = worker.stop().await;
+    assert_eq!(
+        (report.totals.succeeded, report.totals.dead_lettered),
+        (1, 1)
+    );
+    delete_queues(&conn, &queue).await;
+}
+
+/// A delayed task whose queue was deleted before its delay ended is listed by unroutable.py,
+/// and `--move` puts it back into its queue once that exists again. (Other tests' tasks in the
+/// shared `warren.delay.unroutable` are listed too; their queues are gone, so they stay.)
+#[tokio::test]
+async fn unroutable_py_lists_and_moves_a_task_whose_queue_was_gone() {
+    let python = match example_python().await {
+        Ok(python) => python,
+        Err(why) => {
+            skip_or_fail("the pika examples", &why);
+            return;
+        }
+    };
+    let queue = unique_queue("python-gone");
+    succeeded(
+        &script(&python, "declare.py", &["--queue", &queue]).await,
+        "declare.py",
+    );
+    let id = format!("py-gone-{}", uuid::Uuid::new_v4());
+    let args = [
+        "--queue", &queue, "--task", TASK, "--id", &id, "--delay", "1",
+    ];
+    succeeded(&script(&python, "publish.py", &args).await, "publish.py");
+    let conn = raw_connection().await;
+    delete_queues(&conn, &queue).await;
+
+    let mut listed = String::new();
+    for _ in 0..40 {
+        listed = succeeded(
+            &script(&python, "unroutable.py", &[]).await,
+            "unroutable.py",
+        );
+        if listed.contains(&id) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let line = listed.lines().find(|l| l.starts_with(&id));
+    assert_eq!(
+        line,
+        Some(format!("{id} {TASK} {queue} 4 bytes").as_str()),
+        "{listed}"
+    );
+
+    succeeded(
+        &script(&python, "declare.py", &["--queue", &queue]).await,
+        "declare.py",
+    );
+    let moved = succeeded(
+        &script(&python, "unroutable.py", &["--move"]).await,
+        "unroutable.py --move",
+    );
+    assert!(moved.contains(" moved"), "{moved}");
+    let back = take_all(&conn, &queue).await;
+    let ids: Vec<_> = back.iter().map(|(p, _)| p.message_id().clone()).collect();
+    assert_eq!(ids, [Some(id.as_str().into())], "{moved}");
+    delete_queues(&conn, &queue).await;
 }

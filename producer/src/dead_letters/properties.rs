@@ -60,7 +60,7 @@ pub(super) fn replay_properties(
     let attempt = if reset {
         1
     } else {
-        dead.attempts.map_or(1, |made| made.saturating_add(1))
+        dead.record.attempts.saturating_add(1)
     };
     headers.insert(headers::ATTEMPT.into(), int_value(attempt));
     copied(props, headers)

@@ -108,7 +108,7 @@ impl DeadLetterQueue {
         dead: DeadLetter,
         reset: bool,
     ) -> (Delivery, Result<(), PublishError>) {
-        let queue = dead.original_queue.as_deref().unwrap_or(&self.queue);
+        let queue = dead.record.original_queue.as_deref().unwrap_or(&self.queue);
         let props = replay_properties(&delivery.properties, &dead, reset);
         let id = dead.id.as_deref().unwrap_or("");
         let published = self

@@ -1,7 +1,8 @@
 //! Reading a dead letter: the record the worker (or, for its own dead letters, the broker)
-//! wrote on a message of a dead-letter queue, read by `warren_common::DeadLetterRecord`, and
-//! the message's properties and body, turned into a [`DeadLetter`] for people and tools; and
-//! the [`Filter`] that selects dead letters by task, kind and age.
+//! wrote on a message of a dead-letter queue, a `warren_common::DeadLetterRecord` read by its
+//! one reader and embedded as it is, with the message's id, name and payload, in a
+//! [`DeadLetter`] for people and tools; and the [`Filter`] that selects dead letters by task,
+//! kind and age.
 //!
 //! A message the broker dead-lettered by itself (a quorum queue's delivery limit) carries only
 //! the broker's `x-death` history: its kind reads `broker:<reason>`, e.g.
@@ -11,7 +12,7 @@ use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use serde::Serialize;
 use std::time::Duration;
-use warren_common::{DeadLetterRecord, BROKER_KIND_PREFIX};
+use warren_common::DeadLetterRecord;
 
 /// Characters of the payload kept in [`DeadLetter::payload_preview`].
 const PREVIEW_CHARS: usize = 120;
@@ -19,31 +20,20 @@ const PREVIEW_CHARS: usize = 120;
 /// Bytes of a binary payload shown (in hex) in the preview.
 const PREVIEW_BYTES: usize = 32;
 
-/// A dead letter as people and tools see it. Every field is read from the message alone.
+/// A dead letter as people and tools see it: the message's task id and name, the record the
+/// worker (or the broker) wrote on it, and its payload. Every field is read from the message
+/// alone. Serialized, the record's fields sit beside the others, in one flat object.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DeadLetter {
     /// The task id (`message_id`), absent on a message that was never a valid task.
     pub id: Option<String>,
     /// The task name (`type`).
     pub task: Option<String>,
-    /// Kind of reason: the worker's (`retries_exhausted`, `unknown_task`, ...) or
-    /// `broker:<reason>` for the broker's own dead letters.
-    pub kind: String,
-    /// Why it was dead-lettered, for people.
-    pub reason: String,
-    /// Attempts made before it was dead-lettered: `x-warren-dead-attempts`, else the
-    /// message's own `x-warren-attempt` (a broker dead letter), which defaults to 1.
-    pub attempts: Option<u64>,
-    /// Time of the first failure, milliseconds since the epoch.
-    pub first_failure_ms: Option<u64>,
-    /// Time of the last failure (the one that dead-lettered it), milliseconds since the epoch.
-    pub last_failure_ms: Option<u64>,
-    /// The work queue it was consumed from.
-    pub original_queue: Option<String>,
-    /// The routing key it was published with.
-    pub original_routing_key: Option<String>,
-    /// The worker that gave up on it.
-    pub worker: Option<String>,
+    /// Why, when and where it was dead-lettered, as [`DeadLetterRecord::read`] reads it: the
+    /// worker's `x-warren-dead-*` headers, or the broker's `x-death` for its own dead letters
+    /// (kind `broker:<reason>`).
+    #[serde(flatten)]
+    pub record: DeadLetterRecord,
     /// The payload's content type.
     pub content_type: Option<String>,
     /// Size of the payload in bytes.
@@ -57,18 +47,10 @@ impl DeadLetter {
     /// is missing or malformed is simply absent from the view.
     pub fn from_message(props: &BasicProperties, body: &[u8]) -> Self {
         let empty = FieldTable::default();
-        let record = DeadLetterRecord::read(props.headers().as_ref().unwrap_or(&empty));
         DeadLetter {
             id: props.message_id().as_ref().map(|s| s.as_str().to_owned()),
             task: props.kind().as_ref().map(|s| s.as_str().to_owned()),
-            kind: record.kind.to_string(),
-            reason: record.reason,
-            attempts: Some(record.attempts),
-            first_failure_ms: record.first_failure_ms,
-            last_failure_ms: record.last_failure_ms,
-            original_queue: record.original_queue,
-            original_routing_key: record.original_routing_key,
-            worker: record.worker,
+            record: DeadLetterRecord::read(props.headers().as_ref().unwrap_or(&empty)),
             content_type: props.content_type().as_ref().map(|s| s.as_str().to_owned()),
             payload_bytes: body.len(),
             payload_preview: preview(body),
@@ -77,7 +59,7 @@ impl DeadLetter {
 
     /// True when the broker, not a worker, dead-lettered it.
     pub fn is_from_broker(&self) -> bool {
-        self.kind.starts_with(BROKER_KIND_PREFIX)
+        self.record.kind.is_from_broker()
     }
 }
 
@@ -136,11 +118,12 @@ impl Filter {
         };
         let kind_ok = match self.kind.as_deref() {
             Some("broker") => dead.is_from_broker(),
-            Some(kind) => dead.kind == kind,
+            Some(kind) => dead.record.kind.to_string() == kind,
             None => true,
         };
         let age_ok = match self.older_than {
             Some(age) => dead
+                .record
                 .last_failure_ms
                 .is_some_and(|at| now_ms.saturating_sub(at) >= age.as_millis() as u64),
             None => true,
@@ -205,35 +188,34 @@ mod tests {
             .with_headers(table)
     }
 
+    /// The record of a view is the one [`DeadLetterRecord::read`] reads from its headers.
+    fn record_of(props: &BasicProperties) -> DeadLetterRecord {
+        DeadLetterRecord::read(props.headers().as_ref().unwrap())
+    }
+
     #[test]
     fn the_workers_headers_are_read() {
-        let dead = DeadLetter::from_message(&worker_dead_letter(), br#"{"fail_times": 1}"#);
+        let props = worker_dead_letter();
+        let dead = DeadLetter::from_message(&props, br#"{"fail_times": 1}"#);
         assert_eq!(dead.id.as_deref(), Some("id-1"));
         assert_eq!(dead.task.as_deref(), Some("demo.flaky"));
-        assert_eq!(dead.kind, "retries_exhausted");
-        assert_eq!(dead.reason, "gave up after 3 attempts");
-        assert_eq!(dead.attempts, Some(3));
-        assert_eq!(
-            (dead.first_failure_ms, dead.last_failure_ms),
-            (Some(1_000), Some(5_000))
-        );
-        assert_eq!(dead.original_queue.as_deref(), Some("orders"));
-        assert_eq!(dead.worker.as_deref(), Some("w-1"));
+        assert_eq!(dead.record, record_of(&props));
+        assert_eq!(dead.record.kind.to_string(), "retries_exhausted");
+        assert_eq!(dead.record.attempts, 3);
+        assert_eq!(dead.record.worker.as_deref(), Some("w-1"));
+        assert_eq!(dead.content_type.as_deref(), Some("application/json"));
         assert_eq!(dead.payload_preview, r#"{"fail_times": 1}"#);
         assert!(!dead.is_from_broker());
     }
 
     #[test]
     fn a_message_with_only_x_death_shows_the_brokers_reason() {
-        let dead = DeadLetter::from_message(&broker_dead_letter(), &[0xff, 0x00, 0x01]);
-        assert_eq!(dead.kind, "broker:delivery_limit");
-        assert!(dead.reason.contains("delivery_limit"), "{}", dead.reason);
-        assert!(dead.reason.contains("`orders`"), "{}", dead.reason);
-        assert_eq!(dead.original_queue.as_deref(), Some("orders"));
-        assert_eq!(dead.original_routing_key.as_deref(), Some("orders"));
-        assert_eq!(dead.last_failure_ms, Some(1_700_000_000_000));
-        assert_eq!(dead.attempts, Some(1));
-        assert_eq!(dead.worker, None);
+        let props = broker_dead_letter();
+        let dead = DeadLetter::from_message(&props, &[0xff, 0x00, 0x01]);
+        assert_eq!(dead.record, record_of(&props));
+        assert_eq!(dead.record.kind.to_string(), "broker:delivery_limit");
+        assert!(dead.record.reason.contains("`orders`"), "{dead:?}");
+        assert_eq!(dead.record.original_queue.as_deref(), Some("orders"));
         assert_eq!(dead.payload_preview, "0xff0001");
         assert!(dead.is_from_broker());
     }
@@ -242,7 +224,23 @@ mod tests {
     fn a_message_without_any_dead_letter_header_is_still_shown() {
         let dead = DeadLetter::from_message(&BasicProperties::default(), b"");
         assert_eq!((dead.id, dead.task), (None, None));
-        assert_eq!(dead.kind, UNKNOWN_KIND);
+        assert_eq!(dead.record.kind.to_string(), UNKNOWN_KIND);
+    }
+
+    /// The JSON of `dead-letters list --json` (which adds the times in RFC 3339): field
+    /// names, order and types are what scripts read.
+    #[test]
+    fn the_json_shape_is_stable() {
+        let worker = DeadLetter::from_message(&worker_dead_letter(), b"{}");
+        assert_eq!(
+            serde_json::to_string(&worker).unwrap(),
+            r#"{"id":"id-1","task":"demo.flaky","kind":"retries_exhausted","reason":"gave up after 3 attempts","attempts":3,"first_failure_ms":1000,"last_failure_ms":5000,"original_queue":"orders","original_routing_key":"orders","worker":"w-1","content_type":"application/json","payload_bytes":2,"payload_preview":"{}"}"#
+        );
+        let broker = DeadLetter::from_message(&broker_dead_letter(), b"");
+        assert_eq!(
+            serde_json::to_string(&broker).unwrap(),
+            r#"{"id":"id-2","task":"demo.crash","kind":"broker:delivery_limit","reason":"dead-lettered by the broker (delivery_limit) from queue `orders`","attempts":1,"first_failure_ms":1700000000000,"last_failure_ms":1700000000000,"original_queue":"orders","original_routing_key":"orders","worker":null,"content_type":null,"payload_bytes":0,"payload_preview":""}"#
+        );
     }
 
     #[test]

@@ -20,11 +20,9 @@ mod time;
 
 pub use auth::BearerToken;
 pub use request::read_task_body;
-pub use server::{
-    ConnectionLimits, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CONNECTIONS,
-};
+pub use server::ConnectionLimits;
 
+use crate::defaults::ingest as defaults;
 use crate::{PublishError, PublisherConfig};
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
@@ -36,12 +34,6 @@ use metrics::HttpMetrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warren_common::{admin_router, Health, QueueKind, QueueSpec, Readiness};
-
-/// Default limit of a request body: 1 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
-
-/// Default limit of tasks in one batch.
-pub const DEFAULT_MAX_BATCH: usize = 1000;
 
 /// Settings of the HTTP ingest.
 #[derive(Clone, Debug)]
@@ -68,8 +60,9 @@ pub struct IngestConfig {
 }
 
 impl IngestConfig {
-    /// Defaults around a publisher configuration: quorum queue, no token, 1 MiB bodies,
-    /// batches of up to 1000 tasks, the default [`ConnectionLimits`], a fresh registry.
+    /// The defaults of [`crate::defaults::ingest`] around a publisher configuration, used as
+    /// given: quorum queue, no token, 1 MiB bodies, batches of up to 1000 tasks, the default
+    /// [`ConnectionLimits`], a fresh registry.
     pub fn new(publisher: PublisherConfig) -> Self {
         IngestConfig {
             publisher,
@@ -77,8 +70,8 @@ impl IngestConfig {
             max_priority: None,
             retention: warren_common::Retention::default(),
             auth_token: None,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_batch: DEFAULT_MAX_BATCH,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            max_batch: defaults::MAX_BATCH,
             connections: ConnectionLimits::default(),
             registry: prometheus::Registry::new(),
         }

@@ -7,6 +7,7 @@
 //! clients a little latency and no errors.
 
 use super::conn::{Clock, TimedIo};
+use crate::defaults::ingest as defaults;
 use axum::body::Body;
 use axum::Router;
 use hyper::body::Incoming;
@@ -19,21 +20,6 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-
-/// Default time a client has to send a request's head: 10 s.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Default time a client has to send a whole request body: 30 s (1 MiB at ~35 KB/s).
-pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Default time a keep-alive connection may wait between requests: 75 s, longer than the
-/// 60 s idle timeout common in load balancers, so that the balancer closes first and never
-/// sends a request on a connection the server is closing.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(75);
-
-/// Default number of connections served at once: 512, room for hundreds of slow or waiting
-/// clients while staying well under the common limit of 1024 open files.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
 /// How long connections may take and how many are served at once.
 #[derive(Debug, Clone, Copy)]
@@ -50,12 +36,13 @@ pub struct ConnectionLimits {
 }
 
 impl Default for ConnectionLimits {
+    /// The limits of `crate::defaults::ingest`.
     fn default() -> Self {
         ConnectionLimits {
-            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
-            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+            body_read_timeout: defaults::BODY_READ_TIMEOUT,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            max_connections: defaults::MAX_CONNECTIONS,
         }
     }
 }

@@ -15,16 +15,10 @@ mod state;
 pub use metrics::SchedulerMetrics;
 pub use schedule::{parse_task_id, MissedPolicy, Schedule, ScheduleError, Timing};
 
+use crate::defaults::scheduler as defaults;
 use leader::Term;
 use std::time::{Duration, Instant};
 use warren_common::{connect, AmqpArgs, ConnectError, Health, Readiness, Shutdown};
-
-/// Name of the scheduler group unless configured otherwise: the lease queue is
-/// `warren.scheduler.lease`, the state queues `warren.scheduler.tick.<schedule>`.
-pub const DEFAULT_LEASE_NAME: &str = "warren.scheduler";
-
-/// How often a standby tries to take the lease unless configured otherwise.
-pub const DEFAULT_LEASE_RETRY: Duration = Duration::from_secs(1);
 
 /// A connection lost sooner than this after it was opened is followed by a pause.
 const FLAPPING: Duration = Duration::from_secs(5);
@@ -60,16 +54,17 @@ pub struct SchedulerConfig {
 }
 
 impl SchedulerConfig {
-    /// A configuration with the defaults for everything but the schedules.
+    /// A configuration with the defaults of [`crate::defaults::scheduler`] for everything
+    /// but the schedules.
     pub fn new(schedules: Vec<Schedule>) -> Self {
         SchedulerConfig {
             amqp: AmqpArgs::default(),
             exchange: warren_common::DEFAULT_EXCHANGE.to_owned(),
             via_exchange: false,
             schedules,
-            lease_name: DEFAULT_LEASE_NAME.to_owned(),
-            lease_retry: DEFAULT_LEASE_RETRY,
-            confirm_timeout: crate::DEFAULT_CONFIRM_TIMEOUT,
+            lease_name: defaults::LEASE_NAME.to_owned(),
+            lease_retry: defaults::LEASE_RETRY,
+            confirm_timeout: defaults::CONFIRM_TIMEOUT,
             retention: warren_common::Retention::default(),
             metrics: prometheus::Registry::new(),
             health: Health::new(),

@@ -41,7 +41,7 @@ impl Settings {
             queue: queue.to_owned(),
             amqp_url: None,
             token: None,
-            max_body_bytes: warren_producer::DEFAULT_MAX_BODY_BYTES,
+            max_body_bytes: warren_producer::defaults::ingest::MAX_BODY_BYTES,
             connections: ConnectionLimits::default(),
         }
     }

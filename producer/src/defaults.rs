@@ -1,0 +1,52 @@
+//! The defaults of the scheduler and of the HTTP ingest, in one place: the library's
+//! constructors (`SchedulerConfig::new`, `IngestConfig::new`, `ConnectionLimits::default`)
+//! and the flags of `warren-scheduler` and `warren-producer serve` both take them from here,
+//! as `warren_worker::defaults` does for the worker.
+
+/// `warren-scheduler` and [`SchedulerConfig`](crate::scheduler::SchedulerConfig).
+#[cfg(feature = "scheduler")]
+pub mod scheduler {
+    use std::time::Duration;
+
+    /// The scheduler group: the lease queue is `warren.scheduler.lease`, the state queues
+    /// `warren.scheduler.tick.<schedule>`.
+    pub const LEASE_NAME: &str = "warren.scheduler";
+    /// How often a standby tries to take the lease, which bounds the failover time.
+    pub const LEASE_RETRY: Duration = Duration::from_secs(1);
+    /// How long each publish waits for the broker's confirm: a publisher's own default.
+    pub const CONFIRM_TIMEOUT: Duration = warren_common::DEFAULT_CONFIRM_TIMEOUT;
+    /// The admin server's address (the worker's is port 9090).
+    pub const ADMIN_ADDR: &str = "0.0.0.0:9092";
+}
+
+/// `warren-producer serve` and [`IngestConfig`](crate::IngestConfig).
+#[cfg(feature = "http")]
+pub mod ingest {
+    use std::time::Duration;
+
+    /// The address served.
+    pub const LISTEN: &str = "0.0.0.0:8080";
+    /// The queue of tasks that name none, declared at start.
+    pub const QUEUE: &str = "default";
+    /// How long a request waits for the broker's confirm (and at most for a reconnection)
+    /// before it is answered 503: 10 s, shorter than a publisher's own 30 s because an HTTP
+    /// client is waiting. `warren-producer serve` gives it to the ingest's publisher;
+    /// [`IngestConfig::new`](crate::IngestConfig::new) keeps the timeout of the publisher
+    /// configuration it is given.
+    pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Largest request body: 1 MiB.
+    pub const MAX_BODY_BYTES: usize = 1 << 20;
+    /// Most tasks in one batch.
+    pub const MAX_BATCH: usize = 1000;
+    /// Time a client has to send a request's head: 10 s.
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Time a client has to send a whole request body: 30 s (1 MiB at ~35 KB/s).
+    pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Time a keep-alive connection may wait between requests: 75 s, longer than the 60 s
+    /// idle timeout common in load balancers, so that the balancer closes first and never
+    /// sends a request on a connection the server is closing.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+    /// Connections served at once: 512, room for hundreds of slow or waiting clients while
+    /// staying well under the common limit of 1024 open files.
+    pub const MAX_CONNECTIONS: usize = 512;
+}
