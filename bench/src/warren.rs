@@ -8,25 +8,20 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
-use warren_common::{serve_admin, shutdown_signal, AmqpArgs, Codec, QueueKind, QueueSpec};
+use warren_common::{serve_admin, shutdown_signal, Amqp, Codec, QueueKind, QueueSpec};
 use warren_producer::{Publisher, PublisherConfig, TaskOptions};
 use warren_worker::{Registry, TaskContext, TaskError, Worker, WorkerConfig};
 
-/// Broker arguments for Warren's configuration structs.
-pub fn amqp_args(url: &str) -> anyhow::Result<AmqpArgs> {
-    let url = url
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("--amqp-url: {e}"))?;
-    Ok(AmqpArgs {
-        urls: vec![url],
-        ..AmqpArgs::default()
-    })
+/// The broker at `url`, for Warren's configuration structs.
+pub fn amqp(url: &str) -> anyhow::Result<Amqp> {
+    url.parse()
+        .map_err(|e: String| anyhow::anyhow!("--amqp-url: {e}"))
 }
 
 /// A Warren publisher for `queue`, with the queue declared as a worker would declare it.
 pub async fn publisher(broker: &Broker, queue: &str) -> anyhow::Result<Publisher> {
     let config = PublisherConfig {
-        amqp: amqp_args(&broker.url)?,
+        amqp: amqp(&broker.url)?,
         default_queue: queue.to_owned(),
         connection_name: "warren-bench publisher".to_owned(),
         ..PublisherConfig::default()
@@ -84,7 +79,7 @@ pub async fn run_latency_worker(args: WorkerRoleArgs) -> anyhow::Result<()> {
         async { Ok::<_, TaskError>(()) }
     });
     let mut config = WorkerConfig::new([args.queue.clone()]);
-    config.amqp = amqp_args(&args.amqp_url)?;
+    config.amqp = amqp(&args.amqp_url)?;
     config.concurrency = args.concurrency;
     config.prefetch = args.prefetch;
     let metrics = prometheus::Registry::new();

@@ -2,9 +2,10 @@
 //! the command line or from a file, and the TLS settings of `amqps://` (a private CA, a client
 //! certificate). [`crate::connect`] tries them in turn.
 //!
-//! Files are read once, by [`AmqpArgs::resolve`] at start-up; from then on every [`AmqpUrl`]
-//! carries what it needs to be connected to, so code that passes URLs around needs no TLS
-//! knowledge.
+//! Files are read once, by [`AmqpArgs::resolve`] at start-up, which gives an [`Amqp`]: the
+//! broker's URLs, each carrying what it needs to be connected to. Everything that connects
+//! takes an [`Amqp`], so an unread `--amqp-url-file` cannot reach a connection, and code that
+//! passes URLs around needs no TLS knowledge.
 
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
@@ -144,11 +145,57 @@ impl fmt::Debug for AmqpUrl {
     }
 }
 
+/// Where the broker is, every file read: its URLs, tried in turn, each with its TLS settings.
+/// Made by [`AmqpArgs::resolve`] from the flags, or from URLs (`"amqp://…".parse()`, a
+/// comma-separated list for the nodes of a cluster); never empty. The default is the local
+/// broker ([`DEFAULT_AMQP_URL`]). Its `Debug` masks passwords, like [`AmqpUrl`]'s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Amqp {
+    urls: Vec<AmqpUrl>,
+}
+
+impl Amqp {
+    /// The broker at `urls`, tried in turn; `None` if there are none.
+    pub fn new(urls: impl IntoIterator<Item = AmqpUrl>) -> Option<Self> {
+        let urls: Vec<AmqpUrl> = urls.into_iter().collect();
+        (!urls.is_empty()).then_some(Amqp { urls })
+    }
+
+    /// The URLs, in the order they are tried (at least one).
+    pub fn urls(&self) -> &[AmqpUrl] {
+        &self.urls
+    }
+}
+
+impl Default for Amqp {
+    fn default() -> Self {
+        Amqp {
+            urls: vec![DEFAULT_AMQP_URL.parse().expect("the default URL is valid")],
+        }
+    }
+}
+
+impl FromStr for Amqp {
+    type Err = String;
+
+    /// One URL, or several separated by commas.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let urls = s
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(AmqpUrl::from_str)
+            .collect::<Result<Vec<_>, _>>()?;
+        Amqp::new(urls).ok_or_else(|| "no broker URL".to_owned())
+    }
+}
+
 /// Broker connection flags shared by every Warren binary.
 ///
 /// Where the URLs come from, first match wins: `--amqp-url-file`, then `AMQP_URL_FILE`,
 /// then `--amqp-url`, then `AMQP_URL`, then the local broker (`DEFAULT_AMQP_URL`). Call
-/// [`AmqpArgs::resolve`] once after parsing: it reads the files.
+/// [`AmqpArgs::resolve`] once after parsing: it reads the files and gives the [`Amqp`] that
+/// everything connecting takes.
 #[derive(Clone, Debug)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct AmqpArgs {
@@ -246,11 +293,10 @@ impl AmqpArgsError {
 }
 
 impl AmqpArgs {
-    /// The settings with every file read: the URLs of `--amqp-url-file` (when given) replace
-    /// `--amqp-url`, and each URL carries the TLS settings of `--amqp-ca-file`,
-    /// `--amqp-cert-file` and `--amqp-key-file`. Binaries call it once at start-up, so library
-    /// code only looks at [`urls`](Self::urls). Calling it again is harmless.
-    pub fn resolve(&self) -> Result<AmqpArgs, AmqpArgsError> {
+    /// Where the broker is, with every file read: the URLs of `--amqp-url-file` (when given)
+    /// replace `--amqp-url`, and each URL carries the TLS settings of `--amqp-ca-file`,
+    /// `--amqp-cert-file` and `--amqp-key-file`. Binaries call it once at start-up.
+    pub fn resolve(&self) -> Result<Amqp, AmqpArgsError> {
         let mut urls = match &self.url_file {
             Some(path) => {
                 if self.urls != AmqpArgs::default().urls {
@@ -269,11 +315,7 @@ impl AmqpArgs {
                 url.tls = Some(tls.clone());
             }
         }
-        Ok(AmqpArgs {
-            urls,
-            url_file: None,
-            ..self.clone()
-        })
+        Amqp::new(urls).ok_or_else(|| AmqpArgsError::new("--amqp-url", "no broker URL given"))
     }
 
     fn read_tls(&self) -> Result<Option<TlsSettings>, AmqpArgsError> {
@@ -442,12 +484,21 @@ mod tests {
             ..AmqpArgs::default()
         };
         let resolved = args.resolve().unwrap();
-        assert_eq!(resolved.urls.len(), 1);
+        assert_eq!(resolved.urls().len(), 1);
         assert_eq!(
-            resolved.urls[0].to_string(),
+            resolved.urls()[0].to_string(),
             "amqps://warren:***@rabbit.internal/%2f"
         );
-        assert_eq!(resolved.resolve().unwrap().urls, resolved.urls);
+        assert!(!format!("{resolved:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_broker_is_one_url_or_several() {
+        let cluster: Amqp = "amqp://u:p@a/%2f, amqp://u:p@b/%2f".parse().unwrap();
+        assert_eq!(cluster.urls().len(), 2);
+        assert_eq!(Amqp::default().urls()[0].expose(), DEFAULT_AMQP_URL);
+        assert_eq!("".parse::<Amqp>().unwrap_err(), "no broker URL");
+        assert!(Amqp::new([]).is_none());
     }
 
     #[test]
@@ -479,7 +530,7 @@ mod tests {
             ..AmqpArgs::default()
         };
         let resolved = args.resolve().unwrap();
-        for url in &resolved.urls {
+        for url in resolved.urls() {
             let config = url.tls_config();
             assert_eq!(config.cert_chain.as_deref(), Some(CERT));
             assert!(matches!(config.identity, Some(OwnedIdentity::PKCS8 { .. })));

@@ -2,7 +2,7 @@
 //! exponential backoff that never give up until the process is told to stop. One-shot
 //! commands bound that with [`give_up_after`].
 
-use crate::AmqpUrl;
+use crate::{Amqp, AmqpUrl};
 use backoff::backoff::Backoff;
 use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
 use lapin::{Connection, ConnectionProperties};
@@ -17,9 +17,6 @@ pub enum ConnectError {
     /// The process is shutting down.
     #[error("gave up connecting: shutting down")]
     Cancelled,
-    /// No URL was given.
-    #[error("no AMQP URL given")]
-    NoUrl,
 }
 
 /// No broker accepted a connection within a one-shot command's connect timeout.
@@ -64,13 +61,13 @@ impl fmt::Display for UrlList<'_> {
 /// `connection_timeout` (milliseconds).
 pub async fn give_up_after<F: Future>(
     timeout: Duration,
-    urls: &[AmqpUrl],
+    amqp: &Amqp,
     connecting: F,
 ) -> Result<F::Output, Unreachable> {
     tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| Unreachable {
-            urls: urls.to_vec(),
+            urls: amqp.urls().to_vec(),
             waited: timeout,
         })
 }
@@ -80,17 +77,14 @@ pub async fn give_up_after<F: Future>(
 /// returns only once connected or when `cancel` fires. Every failure (an untrusted certificate
 /// included) is logged as a warning with the password masked.
 pub async fn connect(
-    urls: &[AmqpUrl],
+    amqp: &Amqp,
     name: &str,
     cancel: &CancellationToken,
 ) -> Result<Connection, ConnectError> {
-    if urls.is_empty() {
-        return Err(ConnectError::NoUrl);
-    }
     let mut pacer = Pacer::new();
     let mut attempt: u64 = 0;
     loop {
-        for url in urls {
+        for url in amqp.urls() {
             attempt += 1;
             let props = ConnectionProperties::default().with_connection_name(name.into());
             let result = tokio::select! {
@@ -165,10 +159,7 @@ mod tests {
 
     #[tokio::test]
     async fn giving_up_names_every_url_masked_and_the_time() {
-        let urls: Vec<AmqpUrl> = ["amqp://u:s3cret@a:5672/%2f", "amqps://b/%2f"]
-            .iter()
-            .map(|u| u.parse().unwrap())
-            .collect();
+        let urls: Amqp = "amqp://u:s3cret@a:5672/%2f,amqps://b/%2f".parse().unwrap();
         let never = std::future::pending::<()>();
         let error = give_up_after(Duration::from_millis(20), &urls, never)
             .await

@@ -37,6 +37,92 @@ pub const SOURCE_HEADER: &str = "x-warren-source";
 /// that number plus n.
 pub const FIRST_SEQ_HEADER: &str = "x-warren-first-seq";
 
+/// Header saying what a message of the stream that is not a batch of events holds:
+/// [`HEARTBEAT`] or [`FAREWELL`] (a batch has none).
+pub const RECORD_HEADER: &str = "x-warren-record";
+
+/// [`RECORD_HEADER`] of a worker's heartbeat.
+pub const HEARTBEAT: &str = "heartbeat";
+
+/// [`RECORD_HEADER`] of the last heartbeat of a worker that drained.
+pub const FAREWELL: &str = "farewell";
+
+/// A worker's heartbeat: who it is, what it consumes and runs, and its counts so far. Sent
+/// every `interval_ms`, and once more as a farewell when it drains.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The worker's id (the source of its events).
+    pub worker: String,
+    /// Its host name.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Warren's version.
+    pub version: String,
+    /// The queues it consumes.
+    pub queues: Vec<String>,
+    /// Handlers it runs at once.
+    pub concurrency: u64,
+    /// Deliveries each of its consumers may hold.
+    pub prefetch: u64,
+    /// The ids of the tasks it is running (those that recorded `started`).
+    pub running: Vec<String>,
+    /// Its counts since it started: `received`, `succeeded`, `failed`, `retried`,
+    /// `dead_lettered`, `requeued`.
+    pub counts: std::collections::BTreeMap<String, u64>,
+    /// When it started, by its clock.
+    pub started_at_ms: u64,
+    /// When this heartbeat was sent, by its clock.
+    pub at_ms: u64,
+    /// Time between two heartbeats: a worker silent for several is gone.
+    pub interval_ms: u64,
+}
+
+/// A message of the events stream.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Record {
+    /// A batch of events.
+    Events(Vec<Stamped>),
+    /// A worker's heartbeat.
+    Heartbeat(Heartbeat),
+    /// A worker's farewell: it drained and is gone.
+    Farewell(Heartbeat),
+}
+
+/// Reads any message of the events stream (its headers and body).
+pub fn read_record(headers: &FieldTable, body: &[u8]) -> Result<Record, BatchError> {
+    let heartbeat =
+        || serde_json::from_slice(body).map_err(|source| BatchError::Line { line: 1, source });
+    match crate::header_string(headers, RECORD_HEADER).as_deref() {
+        None => read_batch(headers, body).map(Record::Events),
+        Some(HEARTBEAT) => heartbeat().map(Record::Heartbeat),
+        Some(FAREWELL) => heartbeat().map(Record::Farewell),
+        Some(_) => Err(BatchError::Header(RECORD_HEADER)),
+    }
+}
+
+/// Sends `heartbeat` to `stream` through `publisher` (as a farewell with `farewell`), with a
+/// confirm.
+pub async fn send_heartbeat(
+    publisher: &Publisher,
+    stream: &str,
+    heartbeat: &Heartbeat,
+    farewell: bool,
+) -> Result<(), crate::PublishError> {
+    let body = serde_json::to_vec(heartbeat).expect("a heartbeat serializes");
+    let mut headers = FieldTable::default();
+    headers.insert(SOURCE_HEADER.into(), text_value(&heartbeat.worker));
+    let record = if farewell { FAREWELL } else { HEARTBEAT };
+    headers.insert(RECORD_HEADER.into(), text_value(record));
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    publisher
+        .publish_raw("", stream, &body, properties, record)
+        .await
+}
+
 /// What happened to a task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -420,6 +506,34 @@ mod tests {
         let third = log.record(&Event::new(EventKind::Started, "id-3", "t", "q"));
         assert!(third > first);
         assert_eq!(log.take().map(|(b, s, _)| (b, s)), Some((1, 2)));
+    }
+
+    #[test]
+    fn a_heartbeat_reads_back_and_a_batch_is_not_one() {
+        let heartbeat = Heartbeat {
+            worker: "w-1".into(),
+            host: "w".into(),
+            pid: 1,
+            version: "0.1.0".into(),
+            queues: vec!["q".into()],
+            concurrency: 64,
+            prefetch: 512,
+            running: vec!["id-1".into()],
+            counts: [("succeeded".to_owned(), 3)].into(),
+            started_at_ms: 1,
+            at_ms: 2,
+            interval_ms: 5000,
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(SOURCE_HEADER.into(), text_value("w-1"));
+        headers.insert(RECORD_HEADER.into(), text_value(FAREWELL));
+        let body = serde_json::to_vec(&heartbeat).unwrap();
+        assert_eq!(
+            read_record(&headers, &body).unwrap(),
+            Record::Farewell(heartbeat)
+        );
+        headers.insert(RECORD_HEADER.into(), text_value("other"));
+        assert!(read_record(&headers, &body).is_err());
     }
 
     #[test]

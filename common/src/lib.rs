@@ -37,7 +37,7 @@ mod trace;
 
 #[cfg(feature = "admin")]
 pub use admin::{admin_router, serve_admin, AdminError};
-pub use amqp::{AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_FRAME_MAX};
+pub use amqp::{Amqp, AmqpArgs, AmqpArgsError, AmqpUrl, DEFAULT_AMQP_URL, DEFAULT_FRAME_MAX};
 pub use broker_metrics::BrokerMetrics;
 pub use codec::{Codec, CodecError};
 pub use connect::{connect, give_up_after, ConnectError, Pacer, Unreachable};

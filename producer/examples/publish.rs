@@ -37,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..PublisherConfig::default()
     };
     if let Ok(url) = std::env::var("AMQP_URL") {
-        config.amqp.urls = vec![url.parse()?];
+        config.amqp = url.parse()?;
     }
     let publisher = Publisher::connect(config, &CancellationToken::new()).await?;
 

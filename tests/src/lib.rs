@@ -17,7 +17,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use warren_common::{
-    dead_letter_queue_name, isolation_queue_name, AmqpArgs, Health, Shutdown, Topology,
+    dead_letter_queue_name, isolation_queue_name, Amqp, Health, Shutdown, Topology,
 };
 use warren_producer::{Publisher, PublisherConfig};
 use warren_worker::{DrainReport, Registry, Worker, WorkerConfig, WorkerError};
@@ -27,12 +27,9 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// Broker arguments pointing at [`amqp_url`].
-pub fn amqp_args() -> AmqpArgs {
-    AmqpArgs {
-        urls: vec![amqp_url().parse().expect("AMQP_URL is a valid amqp:// URL")],
-        ..AmqpArgs::default()
-    }
+/// The broker at [`amqp_url`].
+pub fn amqp() -> Amqp {
+    amqp_url().parse().expect("AMQP_URL is a valid amqp:// URL")
 }
 
 /// A queue name no other test (or earlier run) uses.
@@ -51,7 +48,7 @@ pub async fn raw_connection() -> Connection {
 /// Worker settings for tests: the given queue, small timeouts, quick retries.
 pub fn test_config(queue: &str) -> WorkerConfig {
     let mut config = WorkerConfig::new([queue]);
-    config.amqp = amqp_args();
+    config.amqp = amqp();
     config.concurrency = 4;
     config.prefetch = 16;
     config.shutdown_timeout = Duration::from_secs(10);
@@ -61,7 +58,7 @@ pub fn test_config(queue: &str) -> WorkerConfig {
 /// A publisher whose default queue is `queue`.
 pub async fn publisher(queue: &str) -> Publisher {
     let config = PublisherConfig {
-        amqp: amqp_args(),
+        amqp: amqp(),
         default_queue: queue.to_owned(),
         connection_name: format!("test publisher {queue}"),
         ..PublisherConfig::default()

@@ -4,8 +4,10 @@ use crate::rate_limit::RateLimit;
 use crate::retry::RetryPolicy;
 use std::time::Duration;
 #[cfg(feature = "runtime")]
+use warren_common::AmqpArgs;
+#[cfg(feature = "runtime")]
 use warren_common::LogFormat;
-use warren_common::{AmqpArgs, QueueKind, Retention};
+use warren_common::{Amqp, QueueKind, Retention};
 
 #[cfg(feature = "runtime")]
 /// Flags of `warren-worker` (each also read from the environment variable shown by `--help`).
@@ -108,6 +110,9 @@ pub struct WorkerArgs {
     /// exists. Off unless given.
     #[arg(long, env = "WARREN_EVENTS_STREAM", value_name = "STREAM")]
     pub events_stream: Option<String>,
+    /// Time between two heartbeats on the events stream (with --events-stream).
+    #[arg(long, env = "WARREN_HEARTBEAT_INTERVAL", default_value_t = defaults::HEARTBEAT_INTERVAL.into())]
+    pub heartbeat_interval: humantime::Duration,
 }
 
 /// A setting that cannot work.
@@ -126,8 +131,8 @@ pub enum ConfigError {
 /// The worker's validated settings.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// Broker URLs.
-    pub amqp: AmqpArgs,
+    /// Where the broker is.
+    pub amqp: Amqp,
     /// Queues consumed.
     pub queues: Vec<String>,
     /// Queue type used when declaring.
@@ -167,6 +172,8 @@ pub struct WorkerConfig {
     pub retention: Retention,
     /// The stream task events are recorded in (`None`: none are).
     pub events_stream: Option<String>,
+    /// Time between two heartbeats on the events stream.
+    pub heartbeat_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -174,7 +181,7 @@ impl WorkerConfig {
     pub fn new(queues: impl IntoIterator<Item = impl Into<String>>) -> Self {
         let concurrency = defaults::concurrency();
         WorkerConfig {
-            amqp: AmqpArgs::default(),
+            amqp: Amqp::default(),
             queues: queues.into_iter().map(Into::into).collect(),
             queue_type: QueueKind::default(),
             max_priority: None,
@@ -194,6 +201,7 @@ impl WorkerConfig {
             rate_limits: Vec::new(),
             retention: Retention::default(),
             events_stream: None,
+            heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
         }
     }
 
@@ -295,6 +303,7 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
             rate_limits: args.rate_limits.clone(),
             retention: args.retention,
             events_stream: args.events_stream.clone(),
+            heartbeat_interval: args.heartbeat_interval.into(),
         };
         config.validate()?;
         Ok(config)
@@ -305,6 +314,9 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
 /// both take them from here.
 pub mod defaults {
     use std::time::Duration;
+
+    /// Time between two heartbeats.
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 
     /// The queue consumed when none is named.
     pub const QUEUE: &str = "default";

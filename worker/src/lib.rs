@@ -6,6 +6,7 @@
 
 mod config;
 mod consume;
+mod heartbeat;
 mod metrics;
 mod outcome;
 mod pool;
@@ -49,4 +50,8 @@ pub(crate) struct Shared {
     pub(crate) topology: warren_common::Topology,
     /// Where task events are recorded, if they are.
     pub(crate) events: Option<warren_common::events::EventLog>,
+    /// The tasks running that recorded `started`, for the heartbeats.
+    pub(crate) running: heartbeat::Running,
+    /// When the worker started, by its clock.
+    pub(crate) started_at_ms: u64,
 }

@@ -99,6 +99,8 @@ impl Worker {
                 .events_stream
                 .as_ref()
                 .map(|stream| EventLog::new(stream.clone(), config.worker_id.clone())),
+            running: Default::default(),
+            started_at_ms: warren_common::now_ms(),
             registry,
             config,
             metrics,
@@ -185,14 +187,19 @@ impl Worker {
         }
     }
 
-    /// Starts sending the events the worker records through `publisher`, if it records
-    /// them, until the returned token is cancelled (once the session's running tasks are
-    /// settled: their acks wait for their events).
+    /// Starts sending the events the worker records, and its heartbeats, through
+    /// `publisher`, if it records events, until the returned token is cancelled (once the
+    /// session's running tasks are settled: their acks wait for their events).
     fn record_events(&self, publisher: &Publisher) -> Option<CancellationToken> {
         let log = self.shared.events.clone()?;
         let stop = CancellationToken::new();
-        let (publisher, until) = (publisher.clone(), stop.clone());
-        tokio::spawn(async move { log.run(&publisher, &until).await });
+        let (sender, until) = (publisher.clone(), stop.clone());
+        tokio::spawn(async move { log.run(&sender, &until).await });
+        let (shared, sender, until) = (self.shared.clone(), publisher.clone(), stop.clone());
+        tokio::spawn(async move {
+            let started = shared.started_at_ms;
+            crate::heartbeat::beat(&shared, &sender, started, &until).await
+        });
         Some(stop)
     }
 
@@ -213,14 +220,15 @@ impl Worker {
                 ..PublisherConfig::default()
             };
             let (conn, publisher) = futures::future::join(
-                connect(&config.amqp.urls, &name, stop),
+                connect(&config.amqp, &name, stop),
                 Publisher::connect(publisher_config, stop),
             )
             .await;
             match (conn, publisher) {
                 (Ok(conn), Ok(publisher)) => return Some((conn, publisher)),
-                (Err(ConnectError::Cancelled | ConnectError::NoUrl), _)
-                | (_, Err(PublishError::Connect(_))) => return None,
+                (Err(ConnectError::Cancelled), _) | (_, Err(PublishError::Connect(_))) => {
+                    return None
+                }
                 (conn, publisher) => {
                     if let Err(error) = &publisher {
                         tracing::warn!(%error, "opening the publisher failed; reconnecting");
@@ -322,8 +330,9 @@ impl Worker {
             _ = abort.cancelled() => {}
         }
         let abandoned = shared.tasks.len();
-        if let Some((conn, publisher)) = connections {
-            close(conn, publisher, "drained").await;
+        if let Some((conn, links)) = connections {
+            crate::heartbeat::farewell(shared, &links.publisher, shared.started_at_ms).await;
+            close(conn, links, "drained").await;
         }
         let report = DrainReport {
             totals: shared.metrics.totals(),

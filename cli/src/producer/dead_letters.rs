@@ -4,7 +4,7 @@
 use serde::Serialize;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use warren_common::{AmqpArgs, Shutdown};
+use warren_common::{Amqp, Shutdown};
 use warren_producer::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Publisher, PublisherConfig,
     Selection,
@@ -115,7 +115,7 @@ struct PurgeArgs {
 /// Runs `dead-letters`.
 pub async fn run(
     args: DeadLettersArgs,
-    amqp: &AmqpArgs,
+    amqp: &Amqp,
     exchange: &str,
     shutdown: &Shutdown,
 ) -> anyhow::Result<ExitCode> {
@@ -143,7 +143,7 @@ pub async fn run(
         ..PublisherConfig::default()
     };
     let connecting = Publisher::connect(config, &shutdown.drain);
-    let publisher = args.connect.bound(&amqp.urls, connecting).await??;
+    let publisher = args.connect.bound(amqp, connecting).await??;
     let opened = DeadLetterQueue::open(&publisher, queue, exchange).await;
     let result = match opened.map(|dlq| dlq.with_max_age(args.dead_letter_max_age)) {
         Ok(dlq) => match args.command {

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::process::ExitCode;
 use std::time::Duration;
 use warren_common::process::exit;
-use warren_common::{give_up_after, AmqpArgs, AmqpUrl, LogFormat, Shutdown, Unreachable};
+use warren_common::{give_up_after, Amqp, AmqpArgs, LogFormat, Shutdown, Unreachable};
 
 /// Exit codes, as `--help` lists them.
 const EXIT_CODES: &str = "Exit codes: 0 done; 1 failed (the message says why); 2 invalid flags \
@@ -80,13 +80,9 @@ struct ConnectTimeout {
 }
 
 impl ConnectTimeout {
-    /// Runs `connecting` (which connects to `urls`, retrying) for at most the timeout.
-    async fn bound<F: Future>(
-        &self,
-        urls: &[AmqpUrl],
-        connecting: F,
-    ) -> Result<F::Output, Unreachable> {
-        give_up_after(self.connect_timeout, urls, connecting).await
+    /// Runs `connecting` (which connects to `amqp`, retrying) for at most the timeout.
+    async fn bound<F: Future>(&self, amqp: &Amqp, connecting: F) -> Result<F::Output, Unreachable> {
+        give_up_after(self.connect_timeout, amqp, connecting).await
     }
 }
 
@@ -99,9 +95,9 @@ fn parse_timeout(value: &str) -> Result<Duration, String> {
 }
 
 /// Runs the parsed command line until it is done or `shutdown` fires.
-pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
+pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     // Read --amqp-url-file and the TLS files once, before any command connects.
-    cli.amqp = match cli.amqp.resolve() {
+    let amqp = match cli.amqp.resolve() {
         Ok(amqp) => amqp,
         Err(error) => {
             eprintln!("error: {error}");
@@ -110,14 +106,14 @@ pub async fn run(mut cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     };
     let result = match cli.command {
         Command::Publish(args) => {
-            publish::run(args, &cli.amqp, &cli.exchange, cli.via_exchange, &shutdown).await
+            publish::run(args, &amqp, &cli.exchange, cli.via_exchange, &shutdown).await
         }
-        Command::Stats(args) => stats::run(args, &cli.amqp, &shutdown).await,
+        Command::Stats(args) => stats::run(args, &amqp, &shutdown).await,
         Command::DeadLetters(args) => {
-            dead_letters::run(args, &cli.amqp, &cli.exchange, &shutdown).await
+            dead_letters::run(args, &amqp, &cli.exchange, &shutdown).await
         }
         Command::Serve(args) => {
-            serve::run(args, &cli.amqp, &cli.exchange, cli.via_exchange, &shutdown).await
+            serve::run(args, &amqp, &cli.exchange, cli.via_exchange, &shutdown).await
         }
     };
     match result.map_err(anyhow::Error::downcast::<Unreachable>) {

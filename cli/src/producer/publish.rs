@@ -7,7 +7,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
-use warren_common::{AmqpArgs, Codec, QueueKind, QueueSpec, Retention, Shutdown};
+use warren_common::{Amqp, Codec, QueueKind, QueueSpec, Retention, Shutdown};
 use warren_producer::{PublishError, Publisher, PublisherConfig, TaskOptions};
 
 /// Arguments of `publish`.
@@ -71,7 +71,7 @@ pub struct PublishArgs {
 
 pub async fn run(
     args: PublishArgs,
-    amqp: &AmqpArgs,
+    amqp: &Amqp,
     exchange: &str,
     via_exchange: bool,
     shutdown: &Shutdown,
@@ -94,7 +94,7 @@ pub async fn run(
         metrics: None,
     };
     let connecting = Publisher::connect(config, &shutdown.drain);
-    let publisher = args.connect.bound(&amqp.urls, connecting).await??;
+    let publisher = args.connect.bound(amqp, connecting).await??;
     publisher
         .declare(
             &QueueSpec::new(&args.queue, args.queue_type)

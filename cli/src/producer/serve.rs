@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::net::TcpListener;
-use warren_common::{AmqpArgs, QueueKind, Shutdown};
+use warren_common::{Amqp, QueueKind, Shutdown};
 use warren_producer::defaults::ingest as defaults;
 use warren_producer::{serve_ingest, BearerToken, ConnectionLimits, IngestConfig, PublisherConfig};
 
@@ -67,7 +67,7 @@ pub struct ServeArgs {
 /// Serves until the first shutdown signal, then drains.
 pub async fn run(
     args: ServeArgs,
-    amqp: &AmqpArgs,
+    amqp: &Amqp,
     exchange: &str,
     via_exchange: bool,
     shutdown: &Shutdown,

@@ -5,7 +5,7 @@
 use anyhow::Context;
 use std::process::ExitCode;
 use warren_common::delay::UNROUTABLE;
-use warren_common::{connect, dead_letter_queue_name, AmqpArgs, Shutdown, Topology, TopologyError};
+use warren_common::{connect, dead_letter_queue_name, Amqp, Shutdown, Topology, TopologyError};
 
 /// Where `stats` sends a user who finds tasks in [`UNROUTABLE`].
 const UNROUTABLE_HELP: &str = "they stay there until moved (`dead-letters replay` cannot move \
@@ -81,13 +81,9 @@ impl Unroutable {
     }
 }
 
-pub async fn run(
-    args: StatsArgs,
-    amqp: &AmqpArgs,
-    shutdown: &Shutdown,
-) -> anyhow::Result<ExitCode> {
-    let connecting = connect(&amqp.urls, "warren-producer stats", &shutdown.drain);
-    let conn = args.connect.bound(&amqp.urls, connecting).await??;
+pub async fn run(args: StatsArgs, amqp: &Amqp, shutdown: &Shutdown) -> anyhow::Result<ExitCode> {
+    let connecting = connect(amqp, "warren-producer stats", &shutdown.drain);
+    let conn = args.connect.bound(amqp, connecting).await??;
     let work = Topology::inspect(&conn, &args.queue)
         .await
         .context("reading the work queue")?;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use warren_common::{AmqpArgs, Readiness};
+use warren_common::Readiness;
 use warren_producer::{PublishError, Publisher, PublisherConfig, TaskOptions};
 use warren_tests::*;
 
@@ -15,10 +15,7 @@ async fn a_blocked_broker_fails_publishes_after_the_timeout_and_readiness_says_b
     };
     let queue = unique_queue("blocked");
     let config = PublisherConfig {
-        amqp: AmqpArgs {
-            urls: vec![node.url().parse().unwrap()],
-            ..AmqpArgs::default()
-        },
+        amqp: node.url().parse().unwrap(),
         default_queue: queue.clone(),
         confirm_timeout: Duration::from_secs(2),
         ..PublisherConfig::default()

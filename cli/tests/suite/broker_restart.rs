@@ -6,7 +6,7 @@ use crate::WorkerProcess;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use warren_common::{AmqpArgs, Readiness};
+use warren_common::Readiness;
 use warren_producer::{Publisher, PublisherConfig, TaskOptions};
 use warren_tests::*;
 
@@ -55,10 +55,7 @@ async fn worker_and_producer_recover_from_a_clean_restart_and_from_a_killed_brok
     readiness_is(&worker, 200, Duration::from_secs(30)).await;
 
     let config = PublisherConfig {
-        amqp: AmqpArgs {
-            urls: vec![node.url().parse().unwrap()],
-            ..AmqpArgs::default()
-        },
+        amqp: node.url().parse().unwrap(),
         default_queue: queue.clone(),
         confirm_timeout: Duration::from_secs(2),
         ..PublisherConfig::default()

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use warren_common::{AmqpArgs, QueueKind, QueueSpec, Topology};
+use warren_common::{Amqp, QueueKind, QueueSpec, Topology};
 use warren_producer::{Publisher, PublisherConfig, TaskOptions};
 use warren_tests::*;
 
@@ -78,16 +78,15 @@ fn start_load(publisher: Publisher, queue: String, stop: CancellationToken) -> A
 }
 
 async fn cluster_publisher(cluster: &PrivateCluster, first: usize) -> Publisher {
-    let urls = cluster
-        .urls_from(first)
-        .iter()
-        .map(|url| url.parse().unwrap())
-        .collect();
+    let amqp = Amqp::new(
+        cluster
+            .urls_from(first)
+            .iter()
+            .map(|url| url.parse().unwrap()),
+    )
+    .expect("a cluster has nodes");
     let config = PublisherConfig {
-        amqp: AmqpArgs {
-            urls,
-            ..AmqpArgs::default()
-        },
+        amqp,
         confirm_timeout: Duration::from_secs(5),
         ..PublisherConfig::default()
     };

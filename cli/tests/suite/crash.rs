@@ -11,7 +11,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use warren_cli::demo;
-use warren_common::{headers, isolation_queue_name, AmqpArgs, QueueKind, QueueSpec};
+use warren_common::{headers, isolation_queue_name, QueueKind, QueueSpec};
 use warren_producer::{Publisher, PublisherConfig, TaskOptions};
 use warren_tests::*;
 
@@ -273,10 +273,7 @@ async fn drain_rate(worker: &WorkerProcess, queue: &str, from: usize, to: usize)
 /// Publishes [`BACKLOG`] [`SLEEP`] tasks to `queue` on `node`, up to 256 unconfirmed at once; their ids.
 async fn publish_backlog(node: &PrivateNode, queue: &str) -> HashSet<String> {
     let config = PublisherConfig {
-        amqp: AmqpArgs {
-            urls: vec![node.url().parse().unwrap()],
-            ..AmqpArgs::default()
-        },
+        amqp: node.url().parse().unwrap(),
         default_queue: queue.to_owned(),
         ..PublisherConfig::default()
     };

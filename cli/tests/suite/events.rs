@@ -1,6 +1,7 @@
 //! The events stream against the real broker: a worker recording events writes, for every
 //! task, the transitions docs/wire-format.md §11 lists, in batches a reader decodes following
-//! only the documented format, with consecutive sequence numbers per source.
+//! only the documented format, with consecutive sequence numbers per source, and its
+//! heartbeats and farewell.
 
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -8,13 +9,21 @@ use lapin::types::{AMQPValue, FieldTable};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 use warren_cli::demo;
-use warren_common::events::{read_batch, EventKind, Stamped, EVENTS_CONTENT_TYPE};
+use warren_common::events::{read_record, EventKind, Heartbeat, Record, Stamped};
 use warren_producer::TaskOptions;
 use warren_tests::*;
 use warren_worker::{Registry, RetryPolicy};
 
-/// Reads `stream` from its start until `done` says every event wanted is there.
-async fn read_events(stream: &str, done: impl Fn(&[Stamped]) -> bool) -> Vec<Stamped> {
+/// What a reader of the events stream has seen.
+#[derive(Default)]
+struct Seen {
+    events: Vec<Stamped>,
+    heartbeats: Vec<Heartbeat>,
+    farewells: Vec<Heartbeat>,
+}
+
+/// Reads `stream` from its start until `done` says everything wanted is there.
+async fn read_stream(stream: &str, done: impl Fn(&Seen) -> bool) -> Seen {
     let conn = raw_connection().await;
     let channel = conn.create_channel().await.unwrap();
     channel
@@ -35,25 +44,29 @@ async fn read_events(stream: &str, done: impl Fn(&[Stamped]) -> bool) -> Vec<Sta
         )
         .await
         .unwrap();
-    let mut events = Vec::new();
+    let mut seen = Seen::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !done(&events) {
+    while !done(&seen) {
         let delivery = tokio::time::timeout_at(deadline, consumer.next())
             .await
-            .unwrap_or_else(|_| panic!("events seen before the timeout: {events:#?}"))
+            .unwrap_or_else(|_| panic!("events seen before the timeout: {:#?}", seen.events))
             .expect("the consumer is open")
             .expect("a delivery");
-        let props = &delivery.properties;
-        assert_eq!(
-            props.content_type().as_ref().map(|t| t.as_str()),
-            Some(EVENTS_CONTENT_TYPE)
-        );
-        let headers = props.headers().clone().unwrap_or_default();
-        events.extend(read_batch(&headers, &delivery.data).expect("a valid batch"));
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        match read_record(&headers, &delivery.data).expect("a valid record") {
+            Record::Events(events) => seen.events.extend(events),
+            Record::Heartbeat(heartbeat) => seen.heartbeats.push(heartbeat),
+            Record::Farewell(farewell) => seen.farewells.push(farewell),
+        }
         delivery.ack(BasicAckOptions::default()).await.unwrap();
     }
     let _ = conn.close(200, "read".into()).await;
-    events
+    seen
+}
+
+/// Reads `stream` from its start until `done` says every event wanted is there.
+async fn read_events(stream: &str, done: impl Fn(&[Stamped]) -> bool) -> Vec<Stamped> {
+    read_stream(stream, |seen| done(&seen.events)).await.events
 }
 
 #[tokio::test]
@@ -68,6 +81,7 @@ async fn each_tasks_transitions_are_on_the_events_stream_in_order() {
         max: Duration::from_secs(1),
         jitter: 0.0,
     };
+    config.heartbeat_interval = Duration::from_millis(50);
     let worker_id = config.worker_id.clone();
     let mut registry = Registry::new();
     demo::register(&mut registry);
@@ -140,6 +154,27 @@ async fn each_tasks_transitions_are_on_the_events_stream_in_order() {
     assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>());
 
     worker.stop().await;
+    // Heartbeats listed the task that recorded `started` while it ran; the farewell ends them
+    // with the worker's counts.
+    let seen = read_stream(&stream, |seen| !seen.farewells.is_empty()).await;
+    let sleeping = &ids[3];
+    assert!(
+        seen.heartbeats
+            .iter()
+            .any(|h| h.running == [sleeping.clone()]),
+        "no heartbeat listed {sleeping} as running"
+    );
+    let farewell = &seen.farewells[0];
+    assert_eq!(farewell.worker, worker_id);
+    assert_eq!(farewell.queues, [queue.as_str()]);
+    assert_eq!(farewell.pid, std::process::id());
+    assert!(farewell.running.is_empty());
+    let count = |name: &str| farewell.counts[name];
+    assert_eq!(
+        (count("succeeded"), count("retried"), count("dead_lettered")),
+        (3, 1, 2)
+    );
+    assert!(seen.heartbeats.iter().all(|h| h.worker == worker_id));
     let conn = raw_connection().await;
     delete_queues(&conn, &queue).await;
     let channel = conn.create_channel().await.unwrap();

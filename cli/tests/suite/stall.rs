@@ -8,7 +8,6 @@ use crate::WorkerProcess;
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use warren_common::AmqpArgs;
 use warren_producer::{Publisher, PublisherConfig, TaskOptions};
 use warren_tests::*;
 
@@ -62,10 +61,7 @@ async fn a_consumer_frozen_on_the_broker_is_resubscribed_and_every_task_runs() {
         "freezing the consumer's channel"
     );
     let config = PublisherConfig {
-        amqp: AmqpArgs {
-            urls: vec![node.url().parse().unwrap()],
-            ..AmqpArgs::default()
-        },
+        amqp: node.url().parse().unwrap(),
         default_queue: queue.clone(),
         ..PublisherConfig::default()
     };

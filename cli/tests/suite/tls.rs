@@ -203,7 +203,8 @@ fn tls_args(url: &str, ca: Option<&Path>, client: Option<(&Path, &Path)>) -> Amq
 
 /// One connection attempt with Warren's settings, as every Warren process makes it.
 async fn try_connect(args: AmqpArgs) -> Result<(), String> {
-    let url = &args.resolve().map_err(|e| e.to_string())?.urls[0];
+    let amqp = args.resolve().map_err(|e| e.to_string())?;
+    let url = &amqp.urls()[0];
     let props = lapin::ConnectionProperties::default();
     match tokio::time::timeout(Duration::from_secs(10), url.open(props)).await {
         Err(_) => Err("timed out".into()),

@@ -14,7 +14,7 @@
 //! once its outstanding confirms have settled.
 
 use super::metrics::ProducerMetrics;
-use crate::{connect, AmqpUrl, ConnectError, Health, Pacer, Readiness};
+use crate::{connect, Amqp, ConnectError, Health, Pacer, Readiness};
 use futures::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, Event};
@@ -48,9 +48,9 @@ struct Refusals {
 
 /// Owns the current [`Link`] and replaces it when it breaks.
 pub(crate) struct Linker {
-    /// A pinned linker publishes on one given connection and never reconnects.
-    pinned: bool,
-    urls: Vec<AmqpUrl>,
+    /// Where to connect; `None` for a pinned linker, which publishes on one given connection
+    /// and never reconnects.
+    amqp: Option<Amqp>,
     name: String,
     current: Arc<RwLock<Option<Arc<Link>>>>,
     /// Woken when the connection is lost, so the link is rebuilt without waiting for a publish.
@@ -81,14 +81,13 @@ impl Drop for Linker {
 
 impl Linker {
     pub(crate) fn new(
-        urls: Vec<AmqpUrl>,
+        amqp: Option<Amqp>,
         name: String,
         metrics: Option<ProducerMetrics>,
         cancel: CancellationToken,
     ) -> Self {
         Linker {
-            pinned: false,
-            urls,
+            amqp,
             name,
             current: Arc::new(RwLock::new(None)),
             lost: Arc::new(tokio::sync::Notify::new()),
@@ -110,8 +109,7 @@ impl Linker {
         name: String,
         metrics: Option<ProducerMetrics>,
     ) -> Result<Self, lapin::Error> {
-        let mut linker = Linker::new(Vec::new(), name, metrics, CancellationToken::new());
-        linker.pinned = true;
+        let linker = Linker::new(None, name, metrics, CancellationToken::new());
         let channel = open_confirm_channel(&conn).await?;
         linker.watch_events(&conn, 1);
         let link = Arc::new(Link {
@@ -164,12 +162,12 @@ impl Linker {
         if let Some(link) = self.live() {
             return Ok(link);
         }
-        if self.pinned {
+        let Some(amqp) = &self.amqp else {
             return Err(LinkError::Cancelled);
-        }
-        let conn = match connect(&self.urls, &self.name, &self.cancel).await {
+        };
+        let conn = match connect(amqp, &self.name, &self.cancel).await {
             Ok(conn) => conn,
-            Err(ConnectError::Cancelled | ConnectError::NoUrl) => return Err(LinkError::Cancelled),
+            Err(ConnectError::Cancelled) => return Err(LinkError::Cancelled),
         };
         let channel = open_confirm_channel(&conn)
             .await
@@ -254,7 +252,7 @@ impl Linker {
     /// recovers without traffic. Holds the linker only weakly: stops once it is dropped or
     /// closed.
     pub(crate) fn keep_alive(linker: &Arc<Linker>) {
-        if linker.pinned {
+        if linker.amqp.is_none() {
             return;
         }
         let weak = Arc::downgrade(linker);

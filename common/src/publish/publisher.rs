@@ -6,7 +6,7 @@ use super::link::{LinkError, Linker};
 use super::metrics::ProducerMetrics;
 use super::options::TaskOptions;
 use super::PublishError;
-use crate::{delay, AmqpArgs, ConnectError, Envelope, Health, QueueSpec, Task, TaskId, Topology};
+use crate::{delay, Amqp, ConnectError, Envelope, Health, QueueSpec, Task, TaskId, Topology};
 use futures::{stream, Stream, StreamExt};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
@@ -24,7 +24,7 @@ pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct PublisherConfig {
     /// Broker URLs, tried in turn.
-    pub amqp: AmqpArgs,
+    pub amqp: Amqp,
     /// The task exchange: the one work queues are bound to (with their own name as the key),
     /// and producers in other languages publish to.
     pub exchange: String,
@@ -48,7 +48,7 @@ pub struct PublisherConfig {
 impl Default for PublisherConfig {
     fn default() -> Self {
         PublisherConfig {
-            amqp: AmqpArgs::default(),
+            amqp: Amqp::default(),
             exchange: crate::DEFAULT_EXCHANGE.to_owned(),
             via_exchange: false,
             default_queue: "default".to_owned(),
@@ -91,7 +91,7 @@ impl Publisher {
         let metrics = config.metrics.as_ref().and_then(ProducerMetrics::register);
         let name = config.connection_name.clone();
         let link = Arc::new(Linker::new(
-            config.amqp.urls.clone(),
+            Some(config.amqp.clone()),
             name,
             metrics,
             cancel.child_token(),

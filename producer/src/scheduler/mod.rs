@@ -18,7 +18,7 @@ pub use schedule::{parse_task_id, MissedPolicy, Schedule, ScheduleError, Timing}
 use crate::defaults::scheduler as defaults;
 use leader::Term;
 use std::time::{Duration, Instant};
-use warren_common::{connect, AmqpArgs, ConnectError, Health, Readiness, Shutdown};
+use warren_common::{connect, Amqp, ConnectError, Health, Readiness, Shutdown};
 
 /// A connection lost sooner than this after it was opened is followed by a pause.
 const FLAPPING: Duration = Duration::from_secs(5);
@@ -30,7 +30,7 @@ const MAX_LEASE_NAME: usize = 120;
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     /// Broker URLs, tried in turn.
-    pub amqp: AmqpArgs,
+    pub amqp: Amqp,
     /// The task exchange (see [`crate::PublisherConfig::exchange`]).
     pub exchange: String,
     /// Publish through the task exchange rather than straight to the queue (see
@@ -58,7 +58,7 @@ impl SchedulerConfig {
     /// but the schedules.
     pub fn new(schedules: Vec<Schedule>) -> Self {
         SchedulerConfig {
-            amqp: AmqpArgs::default(),
+            amqp: Amqp::default(),
             exchange: warren_common::DEFAULT_EXCHANGE.to_owned(),
             via_exchange: false,
             schedules,
@@ -105,9 +105,6 @@ pub enum SchedulerError {
     /// The lease retry interval is zero.
     #[error("--lease-retry must be more than zero")]
     LeaseRetry,
-    /// No broker URL was given.
-    #[error(transparent)]
-    Connect(#[from] ConnectError),
     /// The broker refuses the lease queue (permissions, or a queue of that name with other
     /// settings).
     #[error("the broker refuses the lease queue `{queue}`: {source}")]
@@ -155,10 +152,9 @@ async fn replica(
     let cancel = &shutdown.drain;
     let mut standing_by = false;
     loop {
-        let conn = match connect(&config.amqp.urls, &config.connection_name(), cancel).await {
+        let conn = match connect(&config.amqp, &config.connection_name(), cancel).await {
             Ok(conn) => conn,
             Err(ConnectError::Cancelled) => return Ok(()),
-            Err(error) => return Err(error.into()),
         };
         config.health.set(Readiness::Ready);
         let connected = Instant::now();

@@ -20,6 +20,7 @@ use crate::consume::acks::{Acks, Settle};
 use crate::consume::execute::{self, Handler};
 use crate::consume::isolation::Mode;
 use crate::consume::routing;
+use crate::heartbeat::Listed;
 use crate::metrics::{QueueMetrics, TaskMetrics};
 use crate::outcome::Failure;
 use crate::registry::Entry;
@@ -73,6 +74,8 @@ enum Stage<'a> {
         cpu: Option<SemaphorePermit<'a>>,
         /// Counts it among the running tasks a drain waits for.
         running: TaskTrackerToken,
+        /// Lists it in the heartbeats, when the worker records events.
+        listed: Option<Listed<'a>>,
         metrics: &'a TaskMetrics,
     },
     /// The publish of its retry, dead letter or move to run alone (rare).
@@ -192,12 +195,16 @@ impl<'a> Deliveries<'a> {
             Err(refused) => refused,
             Ok(Ok(outcome)) => outcome,
             Ok(Err(handler)) => {
-                record_event(shared, self.queue, delivery, EventKind::Started, None, None);
+                let listed =
+                    record_event(shared, self.queue, delivery, EventKind::Started, None, None)
+                        .and(Claimed::from_properties(&delivery.properties).id)
+                        .map(|id| shared.running.list(id));
                 return Stage::Running {
                     handler,
                     permit,
                     cpu,
                     running: shared.tasks.token(),
+                    listed,
                     metrics,
                 };
             }
@@ -255,6 +262,7 @@ impl<'a> Deliveries<'a> {
                     permit,
                     cpu,
                     running,
+                    listed,
                     metrics,
                 } => {
                     let outcome = handler.finish(self.shared, metrics).await;
@@ -262,6 +270,7 @@ impl<'a> Deliveries<'a> {
                     drop(cpu);
                     drop(permit);
                     drop(running);
+                    drop(listed);
                     self.settle(&delivery, outcome, metrics, None)
                 }
                 Stage::Routing {

@@ -17,7 +17,7 @@ use warren_common::Shutdown;
 use warren_producer::{
     serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError, PublisherConfig,
 };
-use warren_tests::{amqp_args, amqp_url, wait_until};
+use warren_tests::{amqp, amqp_url, wait_until};
 
 /// The JSON content type.
 pub const JSON: &str = "application/json";
@@ -60,10 +60,10 @@ impl Server {
     pub async fn start(settings: Settings) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("a free port");
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let mut amqp = amqp_args();
-        if let Some(other) = &settings.amqp_url {
-            amqp.urls = vec![other.parse().expect("a valid AMQP URL")];
-        }
+        let amqp = match &settings.amqp_url {
+            Some(other) => other.parse().expect("a valid AMQP URL"),
+            None => amqp(),
+        };
         let publisher = PublisherConfig {
             amqp,
             default_queue: settings.queue.clone(),
