@@ -312,6 +312,8 @@ struct Inner {
     wake: Notify,
     /// How many batches, from the first, the broker has confirmed.
     confirmed: watch::Sender<u64>,
+    /// Whether the last attempt to send a batch failed.
+    failing: watch::Sender<bool>,
 }
 
 /// A process's writer to the events stream. Cheap to clone; [`record`](Self::record) never
@@ -345,6 +347,7 @@ impl EventLog {
                 }),
                 wake: Notify::new(),
                 confirmed: watch::Sender::new(0),
+                failing: watch::Sender::new(false),
             }),
         }
     }
@@ -382,6 +385,19 @@ impl EventLog {
         let mut confirmations = self.inner.confirmed.subscribe();
         // The sender lives as long as `self`: waiting cannot fail.
         let _ = confirmations.wait_for(|&done| done >= ticket.0).await;
+    }
+
+    /// Whether the last attempt to send a batch failed (the stream is missing or refuses
+    /// writes, or the connection is lost).
+    pub fn is_failing(&self) -> bool {
+        *self.inner.failing.borrow()
+    }
+
+    /// Resolves once a batch is sent again after a failure (at once if none failed).
+    pub async fn recovered(&self) {
+        let mut failing = self.inner.failing.subscribe();
+        // The sender lives as long as `self`: waiting cannot fail.
+        let _ = failing.wait_for(|&failing| !failing).await;
     }
 
     /// Resolves whenever more batches are confirmed.
@@ -435,10 +451,12 @@ impl EventLog {
             match sent {
                 Ok(()) => {
                     inner.confirmed.send_replace(batch + 1);
+                    inner.failing.send_replace(false);
                     pending = None;
                     pacer.reset();
                 }
                 Err(error) => {
+                    inner.failing.send_replace(true);
                     tracing::warn!(stream = %inner.stream, %error, "could not record events; sending them again");
                     if !pacer.pause(stop).await {
                         return;

@@ -113,6 +113,11 @@ pub struct WorkerArgs {
     /// Time between two heartbeats on the events stream (with --events-stream).
     #[arg(long, env = "WARREN_HEARTBEAT_INTERVAL", default_value_t = defaults::HEARTBEAT_INTERVAL.into())]
     pub heartbeat_interval: humantime::Duration,
+    /// How long finished tasks wait for the events stream to confirm their ending (with
+    /// --events-stream) before the worker gives them back to the broker, unacked, and stops
+    /// consuming until events can be recorded again.
+    #[arg(long, env = "WARREN_EVENTS_TIMEOUT", default_value_t = defaults::EVENTS_TIMEOUT.into())]
+    pub events_timeout: humantime::Duration,
 }
 
 /// A setting that cannot work.
@@ -174,6 +179,8 @@ pub struct WorkerConfig {
     pub events_stream: Option<String>,
     /// Time between two heartbeats on the events stream.
     pub heartbeat_interval: Duration,
+    /// How long finished tasks wait for their events' confirmation.
+    pub events_timeout: Duration,
 }
 
 impl WorkerConfig {
@@ -202,6 +209,7 @@ impl WorkerConfig {
             retention: Retention::default(),
             events_stream: None,
             heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
+            events_timeout: defaults::EVENTS_TIMEOUT,
         }
     }
 
@@ -304,6 +312,7 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
             retention: args.retention,
             events_stream: args.events_stream.clone(),
             heartbeat_interval: args.heartbeat_interval.into(),
+            events_timeout: args.events_timeout.into(),
         };
         config.validate()?;
         Ok(config)
@@ -317,6 +326,10 @@ pub mod defaults {
 
     /// Time between two heartbeats.
     pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// How long finished tasks wait for the events stream: longer than a stream leader's
+    /// election (a few seconds), far shorter than the broker's consumer timeout.
+    pub const EVENTS_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// The queue consumed when none is named.
     pub const QUEUE: &str = "default";

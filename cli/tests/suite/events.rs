@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 use warren_cli::demo;
 use warren_common::events::{read_record, EventKind, Heartbeat, Record, Stamped};
+use warren_common::Readiness;
 use warren_producer::TaskOptions;
 use warren_tests::*;
 use warren_worker::{Registry, RetryPolicy};
@@ -250,6 +251,109 @@ async fn no_task_is_acked_before_its_ending_is_recorded() {
     .await;
     let report = worker.stop().await;
     assert_eq!(report.totals.succeeded, 3);
+    assert_eq!(ready_count(&conn, &queue).await, 0);
+    delete_queues(&conn, &queue).await;
+    let _ = channel
+        .queue_delete(stream.as_str().into(), Default::default())
+        .await;
+}
+
+#[tokio::test]
+async fn when_events_cannot_be_recorded_the_worker_gives_its_tasks_back_and_waits() {
+    let queue = unique_queue("events-stalled");
+    let stream = format!("{queue}.events");
+    let conn = raw_connection().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut refusing = FieldTable::default();
+    refusing.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    refusing.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(stream.as_str().into(), Default::default(), refusing)
+        .await
+        .unwrap();
+    let mut config = test_config(&queue);
+    config.events_stream = Some(stream.clone());
+    config.events_timeout = Duration::from_secs(1);
+    let mut registry = Registry::new();
+    demo::register(&mut registry);
+    let worker = TestWorker::start(registry, config).await;
+    let publisher = publisher(&queue).await;
+    for _ in 0..3 {
+        publisher
+            .publish("demo.noop", &(), &TaskOptions::new())
+            .await
+            .unwrap();
+    }
+    let succeeded = || worker.metric("warren_tasks_succeeded_total", &[("queue", &queue)]);
+    wait_until(Duration::from_secs(10), "the three tasks to run", || {
+        let ran = succeeded();
+        async move { ran >= 3.0 }
+    })
+    .await;
+    // Past the events timeout the worker stops consuming: the broker has the tasks back (not
+    // held toward its consumer timeout), and readiness says why.
+    wait_until(Duration::from_secs(10), "the tasks to be back", || {
+        let (conn, queue) = (&conn, &queue);
+        async move { ready_count(conn, queue).await == 3 }
+    })
+    .await;
+    assert_eq!(worker.health.get(), Readiness::Unavailable);
+    let detail = worker.health.detail().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("cannot record events in `{stream}`")),
+        "{detail}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        succeeded(),
+        3.0,
+        "nothing runs while events cannot be recorded"
+    );
+    assert_eq!(ready_count(&conn, &queue).await, 3);
+
+    // A stream in the refusing queue's place: the events go through, the worker consumes
+    // again, runs the tasks once more and acks them.
+    channel
+        .queue_delete(stream.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let mut stream_args = FieldTable::default();
+    stream_args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(stream.as_str().into(), durable, stream_args)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the queue to empty", || {
+        let (conn, queue) = (&conn, &queue);
+        async move { ready_count(conn, queue).await == 0 }
+    })
+    .await;
+    let events = read_events(&stream, |events| {
+        events
+            .iter()
+            .filter(|e| e.event.delivery_count == Some(1))
+            .count()
+            == 3
+    })
+    .await;
+    assert!(events.iter().all(|e| e.event.event == EventKind::Succeeded));
+    wait_until(Duration::from_secs(10), "readiness", || {
+        let ready = worker.health.get() == Readiness::Ready;
+        async move { ready }
+    })
+    .await;
+    let report = worker.stop().await;
+    assert_eq!(report.totals.succeeded, 6);
     assert_eq!(ready_count(&conn, &queue).await, 0);
     delete_queues(&conn, &queue).await;
     let _ = channel

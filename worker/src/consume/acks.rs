@@ -12,7 +12,10 @@
 //!
 //! When the worker records events, a delivery whose event is not yet confirmed by the events
 //! stream waits for it before the ledger sees its ack ([`Acks::settle_after`]): a task is
-//! never acked before its ending is recorded.
+//! never acked before its ending is recorded. If no event is confirmed for the events timeout,
+//! the acks give up on those deliveries ([`Acks::stalled`]): the consume loop ends, and the
+//! broker gets them back when its channel closes, rather than holding them toward its
+//! consumer timeout.
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -190,6 +193,12 @@ pub(crate) struct Acks<'a> {
     events: Option<(&'a EventLog, watch::Receiver<u64>)>,
     /// Settlements waiting, in order, for the confirmation of their event.
     awaiting: VecDeque<(Ticket, Settle)>,
+    /// How long the first of `awaiting` may wait without any event confirmed.
+    events_timeout: Duration,
+    /// Fires when the first of `awaiting` has waited `events_timeout`.
+    stall: Timer,
+    /// Set once the events stream stalled: nothing waiting for an event is acked any more.
+    stalled: bool,
 }
 
 /// A timer that is either armed for a deadline or off.
@@ -217,8 +226,14 @@ impl Timer {
 
 impl<'a> Acks<'a> {
     /// Acks on `channel`, one `multiple` ack as soon as `every` deliveries can be settled,
-    /// each once its event in `events` (if any) is confirmed.
-    pub(crate) fn new(channel: &'a Channel, every: u64, events: Option<&'a EventLog>) -> Self {
+    /// each once its event in `events` (if any) is confirmed, waiting at most
+    /// `events_timeout` for a confirmation.
+    pub(crate) fn new(
+        channel: &'a Channel,
+        every: u64,
+        events: Option<&'a EventLog>,
+        events_timeout: Duration,
+    ) -> Self {
         Acks {
             channel,
             ledger: AckLedger::new(),
@@ -230,6 +245,9 @@ impl<'a> Acks<'a> {
             linger: Timer::new(),
             events: events.map(|log| (log, log.confirmations())),
             awaiting: VecDeque::new(),
+            events_timeout,
+            stall: Timer::new(),
+            stalled: false,
         }
     }
 
@@ -251,10 +269,24 @@ impl<'a> Acks<'a> {
             (Some(ticket), Some((log, _)))
                 if !self.awaiting.is_empty() || !log.is_confirmed(ticket) =>
             {
+                if self.stalled {
+                    // Left unacked: the broker delivers it again once the channel closes.
+                    self.lost += 1;
+                    return;
+                }
+                if self.awaiting.is_empty() {
+                    self.stall.arm(Instant::now() + self.events_timeout);
+                }
                 self.awaiting.push_back((ticket, settle));
             }
             _ => self.settle(settle),
         }
+    }
+
+    /// Whether the acks gave up waiting for the events stream: the consume loop should stop
+    /// taking deliveries and end.
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled
     }
 
     /// Records the settlements whose events are confirmed now.
@@ -262,12 +294,20 @@ impl<'a> Acks<'a> {
         let Some((log, _)) = self.events else {
             return;
         };
+        let before = self.awaiting.len();
         while let Some(&(ticket, settle)) = self.awaiting.front() {
             if !log.is_confirmed(ticket) {
                 break;
             }
             self.awaiting.pop_front();
             self.settle(settle);
+        }
+        if self.awaiting.len() < before {
+            // Events are being recorded: the next one waiting gets a timeout of its own.
+            self.stall.armed = false;
+            if !self.awaiting.is_empty() {
+                self.stall.arm(Instant::now() + self.events_timeout);
+            }
         }
     }
 
@@ -336,6 +376,14 @@ impl<'a> Acks<'a> {
             () = &mut self.linger.sleep, if self.linger.armed => {
                 self.linger.armed = false;
                 self.flush(false);
+            }
+            () = &mut self.stall.sleep, if self.stall.armed => {
+                self.stall.armed = false;
+                self.stalled = true;
+                self.lost += self.awaiting.len() as u64;
+                tracing::warn!(waiting = self.awaiting.len(), timeout = ?self.events_timeout,
+                    "no event recorded in time; leaving these tasks to the broker to deliver again");
+                self.awaiting.clear();
             }
         }
     }

@@ -167,7 +167,9 @@ impl Owned {
         let permits = &*self.shared.permits;
         // One `multiple` ack at least every tenth of the window while tasks keep finishing.
         let ack_every = u64::from(self.shared.config.prefetch / 10).max(1);
-        let mut acks = Acks::new(&channel, ack_every, self.shared.events.as_ref());
+        let config = &self.shared.config;
+        let events = self.shared.events.as_ref();
+        let mut acks = Acks::new(&channel, ack_every, events, config.events_timeout);
         let mut ended = Some(ended);
         let mut phase = Phase::Taking;
         let mut waiting: VecDeque<Delivery> = VecDeque::new();
@@ -252,6 +254,20 @@ impl Owned {
                 }
                 if !progressed {
                     break;
+                }
+            }
+            if acks.stalled() && phase == Phase::Taking {
+                // Taking more would only run tasks that cannot be acked either.
+                phase = Phase::Finishing;
+                deliveries.metrics.held.sub(waiting.len() as i64);
+                waiting.clear();
+                let stream = events.map_or("", |log| log.stream());
+                let reason = format!(
+                    "cannot record events in `{stream}`: no ending confirmed within {}",
+                    humantime::format_duration(config.events_timeout)
+                );
+                if let Some(ended) = ended.take() {
+                    let _ = ended.send(Some(reason));
                 }
             }
             // About to wait: what is done is acked, or its ack scheduled.

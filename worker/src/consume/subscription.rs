@@ -207,6 +207,15 @@ pub(crate) async fn subscribe(
                 if !pacer.pause(stop).await {
                     break;
                 }
+                // Tasks run while events cannot be recorded could not be acked either.
+                if let Some(events) = shared.events.as_ref().filter(|log| log.is_failing()) {
+                    tracing::warn!(queue = %queue, stream = events.stream(),
+                        "waiting until events can be recorded before consuming again");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        () = events.recovered() => {}
+                    }
+                }
             }
         }
     }
