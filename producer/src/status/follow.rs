@@ -15,6 +15,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
+use std::cmp::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -67,6 +68,16 @@ pub(crate) struct Follower {
     pub(crate) store: Arc<Mutex<Store>>,
     pub(crate) metrics: IndexMetrics,
     pub(crate) retention: Duration,
+}
+
+/// What to do with a delivery while resuming.
+enum Resume {
+    /// Already applied.
+    Skip,
+    /// New: apply it.
+    Apply,
+    /// The stream was recreated: read it again from its start.
+    Restart,
 }
 
 /// What the follower expects of the first delivery after resuming.
@@ -191,28 +202,10 @@ impl Follower {
             pacer.reset();
             let offset =
                 offset_of(&delivery).ok_or_else(|| FollowError::NoOffset(self.stream.clone()))?;
-            if let Expect::Stored(last) = &expect {
-                match offset.cmp(&last.offset) {
-                    std::cmp::Ordering::Less => {
-                        delivery.ack(BasicAckOptions::default()).await?;
-                        continue;
-                    }
-                    std::cmp::Ordering::Equal if is_batch(&delivery, last) => {
-                        delivery.ack(BasicAckOptions::default()).await?;
-                        expect = Expect::Anything;
-                        continue;
-                    }
-                    std::cmp::Ordering::Equal => {
-                        tracing::warn!(stream = %self.stream, offset, "another batch is at the index's stored offset: the stream was recreated; reading it from its start");
-                        self.gap(GapReason::Recreated, None).await?;
-                        return Ok(Flow::Restart);
-                    }
-                    std::cmp::Ordering::Greater => {
-                        tracing::warn!(stream = %self.stream, stored = last.offset, resumed = offset, "the events after the index's stored offset were removed by the stream's retention before it read them: the index is incomplete");
-                        self.gap(GapReason::Retention, Some(offset)).await?;
-                        expect = Expect::Anything;
-                    }
-                }
+            match self.resume(&delivery, offset, &mut expect).await? {
+                Resume::Skip => continue,
+                Resume::Restart => return Ok(Flow::Restart),
+                Resume::Apply => {}
             }
             if pending.is_empty() {
                 deadline = Instant::now() + MAX_WAIT;
@@ -220,6 +213,42 @@ impl Follower {
             pending.push((offset, delivery));
             if pending.len() >= MAX_DELIVERIES {
                 self.flush(&mut pending).await?;
+            }
+        }
+    }
+
+    /// Checks a delivery against what the stored offset leads to expect: offsets up to the
+    /// stored one were applied (skip them); a batch other than the stored one at its offset
+    /// means a recreated stream; a first offset past it means retention removed events.
+    async fn resume(
+        &self,
+        delivery: &Delivery,
+        offset: u64,
+        expect: &mut Expect,
+    ) -> Result<Resume, FollowError> {
+        let Expect::Stored(last) = &*expect else {
+            return Ok(Resume::Apply);
+        };
+        match offset.cmp(&last.offset) {
+            Ordering::Less => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                Ok(Resume::Skip)
+            }
+            Ordering::Equal if is_batch(delivery, last) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                *expect = Expect::Anything;
+                Ok(Resume::Skip)
+            }
+            Ordering::Equal => {
+                tracing::warn!(stream = %self.stream, offset, "another batch is at the index's stored offset: the stream was recreated; reading it from its start");
+                self.gap(GapReason::Recreated, None).await?;
+                Ok(Resume::Restart)
+            }
+            Ordering::Greater => {
+                tracing::warn!(stream = %self.stream, stored = last.offset, resumed = offset, "the events after the index's stored offset were removed by the stream's retention before it read them: the index is incomplete");
+                self.gap(GapReason::Retention, Some(offset)).await?;
+                *expect = Expect::Anything;
+                Ok(Resume::Apply)
             }
         }
     }
