@@ -1,5 +1,6 @@
-//! The defaults of the scheduler and of the HTTP ingest, in one place: the library's
-//! constructors (`SchedulerConfig::new`, `IngestConfig::new`, `ConnectionLimits::default`)
+//! The defaults of the scheduler, the HTTP ingest and the status index, in one place: the
+//! library's constructors (`SchedulerConfig::new`, `IngestConfig::new`,
+//! `ConnectionLimits::default`, `IndexConfig::new`)
 //! and the flags of `warren-scheduler` and `warren-producer serve` both take them from here,
 //! as `warren_worker::defaults` does for the worker.
 
@@ -49,4 +50,18 @@ pub mod ingest {
     /// Connections served at once: 512, room for hundreds of slow or waiting clients while
     /// staying well under the common limit of 1024 open files.
     pub const MAX_CONNECTIONS: usize = 512;
+}
+
+/// `warren-producer serve --index` and [`IndexConfig`](crate::status::IndexConfig).
+#[cfg(feature = "status")]
+pub mod index {
+    use std::time::Duration;
+
+    /// How long an ended task stays in the index: 7 days, the events stream's own default
+    /// retention, so that the index keeps what the stream can give again.
+    pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Tasks in one page of `GET /v1/tasks` unless `limit` says otherwise.
+    pub const PAGE: usize = 100;
+    /// Most tasks in one page of `GET /v1/tasks`.
+    pub const MAX_PAGE: usize = 1000;
 }

@@ -9,6 +9,8 @@ pub mod defaults;
 mod http;
 #[cfg(feature = "scheduler")]
 pub mod scheduler;
+#[cfg(feature = "status")]
+pub mod status;
 
 pub use dead_letters::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection, BROKER_KIND_PREFIX,

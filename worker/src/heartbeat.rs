@@ -1,7 +1,7 @@
 //! Heartbeats: while it records events, a worker says every few seconds, on the events stream,
 //! who it is, what it consumes, which tasks it is running and its counts, and says farewell
 //! when it drains. A reader that stops hearing from a worker knows it is gone, and which of
-//! its tasks it was running (docs/wire-format.md §11.5).
+//! its tasks it was running (docs/wire-format.md §11.7).
 //!
 //! The tasks listed are those that recorded `started` (a handler still waiting after its
 //! first poll), so keeping the list costs nothing to the tasks that finish at once.

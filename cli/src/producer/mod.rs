@@ -1,9 +1,12 @@
-//! The `warren-producer` command line: publish tasks and inspect queues.
+//! The `warren-producer` command line: publish tasks, inspect queues, serve the HTTP API and
+//! ask it what became of tasks.
 
+mod client;
 mod dead_letters;
 mod publish;
 mod serve;
 mod stats;
+mod tasks;
 
 use clap::{Parser, Subcommand};
 use std::future::Future;
@@ -15,7 +18,8 @@ use warren_common::{give_up_after, Amqp, AmqpArgs, LogFormat, Shutdown, Unreacha
 /// Exit codes, as `--help` lists them.
 const EXIT_CODES: &str = "Exit codes: 0 done; 1 failed (the message says why); 2 invalid flags \
     or a refused command; 69 publish, stats or dead-letters could not connect to the broker \
-    within --connect-timeout; 130 a second signal aborted the command.";
+    within --connect-timeout, or tasks could not reach the server; 130 a second signal aborted \
+    the command.";
 
 /// Publish Warren tasks and inspect Warren queues.
 #[derive(Debug, Parser)]
@@ -52,13 +56,16 @@ enum Command {
     Stats(stats::StatsArgs),
     /// List, replay and purge a queue's dead letters.
     DeadLetters(dead_letters::DeadLettersArgs),
-    /// Serve the HTTP ingest: publish tasks posted as JSON (see docs/openapi.yaml).
+    /// Serve the HTTP ingest: publish tasks posted as JSON (see docs/openapi.yaml); with
+    /// --index, also keep the status index and answer what became of tasks.
     Serve(serve::ServeArgs),
+    /// Ask a `serve` with --index what became of tasks: `tasks status ID`, `tasks list`.
+    Tasks(tasks::TasksArgs),
 }
 
 impl Cli {
-    /// Whether the command does one thing and exits (`publish`, `stats`, `dead-letters`),
-    /// rather than serving until stopped.
+    /// Whether the command does one thing and exits (`publish`, `stats`, `dead-letters`,
+    /// `tasks`), rather than serving until stopped.
     pub fn is_one_shot(&self) -> bool {
         !matches!(self.command, Command::Serve(_))
     }
@@ -115,6 +122,7 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             serve::run(args, &amqp, &cli.exchange, cli.via_exchange, &shutdown).await
         }
+        Command::Tasks(args) => tasks::run(args).await,
     };
     match result.map_err(anyhow::Error::downcast::<Unreachable>) {
         Err(Ok(unreachable)) => {
@@ -139,7 +147,7 @@ mod tests {
             Command::Publish(a) => a.connect.connect_timeout,
             Command::Stats(a) => a.connect.connect_timeout,
             Command::DeadLetters(a) => a.connect.connect_timeout,
-            Command::Serve(_) => panic!("serve has no connect timeout"),
+            Command::Serve(_) | Command::Tasks(_) => panic!("no broker connect timeout"),
         }
     }
 

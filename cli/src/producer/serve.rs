@@ -1,5 +1,6 @@
 //! `warren-producer serve`: the HTTP ingest (see `warren_producer::serve_ingest` and
-//! `docs/openapi.yaml`), on one listener with `/metrics`, `/healthz` and `/readyz`.
+//! `docs/openapi.yaml`), on one listener with `/metrics`, `/healthz` and `/readyz`; with
+//! `--events-stream` and `--index`, also the status index and `GET /v1/tasks`.
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -7,7 +8,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 use warren_common::{Amqp, QueueKind, Shutdown};
-use warren_producer::defaults::ingest as defaults;
+use warren_producer::defaults::{index as index_defaults, ingest as defaults};
+use warren_producer::status::IndexConfig;
 use warren_producer::{serve_ingest, BearerToken, ConnectionLimits, IngestConfig, PublisherConfig};
 
 /// Arguments of `serve`.
@@ -62,6 +64,18 @@ pub struct ServeArgs {
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_connections: usize,
+    /// The events stream the workers record into (their --events-stream), followed into the
+    /// status index; needs --index.
+    #[arg(long, env = "WARREN_EVENTS_STREAM", requires = "index")]
+    events_stream: Option<String>,
+    /// The status index: an SQLite file (created if missing; one per replica, never shared)
+    /// that follows --events-stream and answers GET /v1/tasks/{id} and GET /v1/tasks.
+    #[arg(long, env = "WARREN_INDEX", requires = "events_stream")]
+    index: Option<PathBuf>,
+    /// How long a task that ended (succeeded, dead-lettered, expired) stays in the index.
+    #[arg(long, env = "WARREN_INDEX_RETENTION",
+          default_value_t = index_defaults::RETENTION.into())]
+    index_retention: humantime::Duration,
 }
 
 /// Serves until the first shutdown signal, then drains.
@@ -108,6 +122,13 @@ pub async fn run(
             idle_timeout: args.idle_timeout.into(),
             max_connections: args.max_connections,
         },
+        index: args
+            .events_stream
+            .zip(args.index)
+            .map(|(stream, path)| IndexConfig {
+                retention: args.index_retention.into(),
+                ..IndexConfig::new(stream, path)
+            }),
         ..IngestConfig::new(publisher)
     };
     serve_ingest(listener, config, shutdown.drain.clone()).await?;

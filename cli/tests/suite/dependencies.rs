@@ -1,11 +1,12 @@
 //! What a Rust team pays for each library: without default features, a crate that only
 //! publishes or only implements a worker pulls in no HTTP server, no command-line parser, no
-//! progress bars, no cron or time-zone tables, no log formatting, and never the producer.
+//! progress bars, no cron or time-zone tables, no log formatting, no SQLite, and never the
+//! producer; the HTTP ingest alone does not compile SQLite either (only the status index does).
 
 use std::process::Command;
 
 /// Crates that belong to the binaries and servers, not to the libraries' core.
-const HEAVY: [&str; 9] = [
+const HEAVY: [&str; 11] = [
     "axum",
     "hyper",
     "clap",
@@ -15,10 +16,17 @@ const HEAVY: [&str; 9] = [
     "toml",
     "tracing-subscriber",
     "warren-producer",
+    "rusqlite",
+    "libsqlite3-sys",
 ];
 
 /// The crate names in `cargo tree -e normal --no-default-features -p <package>`.
 fn tree(package: &str) -> Vec<String> {
+    tree_with(package, &[])
+}
+
+/// The crate names in `cargo tree -e normal --no-default-features -p <package> <features>`.
+fn tree_with(package: &str, features: &[&str]) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .args([
@@ -29,6 +37,7 @@ fn tree(package: &str) -> Vec<String> {
             "--prefix",
             "none",
         ])
+        .args(features)
         .args(["--format", "{p}", "-p", package])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -56,6 +65,16 @@ fn the_libraries_without_default_features_pull_in_no_server_or_tool_crates() {
             .collect();
         assert!(heavy.is_empty(), "{package} pulls in {heavy:?}");
     }
+}
+
+#[test]
+fn only_the_status_index_compiles_sqlite() {
+    let ingest = tree_with("warren-producer", &["--features", "http"]);
+    assert!(ingest.iter().any(|c| c == "axum"), "{ingest:?}");
+    let sqlite: Vec<&String> = ingest.iter().filter(|c| c.contains("sqlite")).collect();
+    assert!(sqlite.is_empty(), "the ingest alone pulls in {sqlite:?}");
+    let index = tree_with("warren-producer", &["--features", "status"]);
+    assert!(index.iter().any(|c| c == "rusqlite"), "{index:?}");
 }
 
 #[test]

@@ -188,6 +188,8 @@ fn check_binary_flags(doc: &str, line: usize, words: &[&str]) {
                 "list",
                 "replay",
                 "purge",
+                "tasks",
+                "status",
             ]
             .contains(w)
         })

@@ -5,10 +5,10 @@
 
 mod conformance;
 mod lifecycle;
-mod openapi;
+pub(crate) mod openapi;
 mod slow_clients;
 mod strictness;
-mod support;
+pub(crate) mod support;
 
 use openapi::Spec;
 use serde_json::{json, Value};

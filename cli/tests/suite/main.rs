@@ -30,6 +30,7 @@ mod scheduler;
 mod scheduling;
 mod stall;
 mod stats;
+mod status;
 mod tls;
 mod trace_context;
 mod typed_tasks;

@@ -21,6 +21,9 @@ pub(crate) struct AppState {
     pub(crate) broker: Broker,
     pub(crate) default_queue: Arc<str>,
     pub(crate) max_batch: usize,
+    /// Readers of the status index, if the server keeps one.
+    #[cfg(feature = "status")]
+    pub(crate) index: Option<Arc<crate::status::query::Readers>>,
 }
 
 /// The answer to an accepted task.
@@ -235,6 +238,16 @@ impl IntoResponse for BatchFailure {
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such route: POST /v1/tasks or /v1/tasks:batch publish tasks",
+        "no such route: POST /v1/tasks or /v1/tasks:batch publish tasks, GET /v1/tasks/{id} \
+         and GET /v1/tasks read their status",
+    )
+}
+
+/// The status routes of a server built without the status index.
+#[cfg(not(feature = "status"))]
+pub(crate) async fn no_index() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "this server keeps no status index: it was built without the `status` feature",
     )
 }

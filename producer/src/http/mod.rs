@@ -1,6 +1,8 @@
 //! The HTTP ingest behind `warren-producer serve`: services in any language publish tasks
 //! with `POST /v1/tasks` and `POST /v1/tasks:batch`, and get `202` only for tasks the broker
-//! confirmed. The same listener serves `/metrics`, `/healthz` and `/readyz`.
+//! confirmed; with a status index (the `status` feature), `GET /v1/tasks/{id}` and
+//! `GET /v1/tasks` answer what became of them. The same listener serves `/metrics`,
+//! `/healthz` and `/readyz`.
 //!
 //! The server starts answering at once; the publisher connects in the background, and until
 //! it has (and whenever it cannot publish) `/v1` answers 503 and `/readyz` fails. The API is
@@ -16,6 +18,8 @@ mod json;
 mod metrics;
 mod request;
 mod server;
+#[cfg(feature = "status")]
+mod status;
 mod time;
 
 pub use auth::BearerToken;
@@ -26,7 +30,7 @@ use crate::defaults::ingest as defaults;
 use crate::{PublishError, PublisherConfig};
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use broker::Broker;
 use handlers::AppState;
@@ -57,6 +61,9 @@ pub struct IngestConfig {
     pub connections: ConnectionLimits,
     /// Registry for the producer's and the server's metrics, served on `/metrics`.
     pub registry: prometheus::Registry,
+    /// The status index to keep and answer `GET /v1/tasks` from; none: those answer 501.
+    #[cfg(feature = "status")]
+    pub index: Option<crate::status::IndexConfig>,
 }
 
 impl IngestConfig {
@@ -74,6 +81,8 @@ impl IngestConfig {
             max_batch: defaults::MAX_BATCH,
             connections: ConnectionLimits::default(),
             registry: prometheus::Registry::new(),
+            #[cfg(feature = "status")]
+            index: None,
         }
     }
 }
@@ -88,6 +97,10 @@ pub enum IngestError {
     /// The metrics could not be registered (the registry already holds them).
     #[error("cannot register the HTTP metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The status index file cannot be used.
+    #[cfg(feature = "status")]
+    #[error("cannot open the status index: {0}")]
+    Index(#[from] crate::status::IndexError),
 }
 
 /// Serves the ingest on `listener` until `stop` fires, then stops accepting connections,
@@ -104,6 +117,16 @@ pub async fn serve_ingest(
     let spec = QueueSpec::new(&default_queue, config.queue_kind)
         .with_max_priority(config.max_priority)
         .with_retention(config.retention);
+    #[cfg(feature = "status")]
+    let index = match &config.index {
+        Some(index) => Some(crate::status::StatusIndex::start(
+            index,
+            config.publisher.amqp.clone(),
+            &config.registry,
+            stop.clone(),
+        )?),
+        None => None,
+    };
     let failed = CancellationToken::new();
     let broker = Broker::start(
         config.publisher.clone(),
@@ -116,6 +139,8 @@ pub async fn serve_ingest(
         broker: broker.clone(),
         default_queue: default_queue.as_str().into(),
         max_batch: config.max_batch,
+        #[cfg(feature = "status")]
+        index: index.as_ref().map(|i| i.readers.clone()),
     };
     let app = router(state, &config, health.clone(), http_metrics);
     if let Ok(addr) = listener.local_addr() {
@@ -139,6 +164,10 @@ pub async fn serve_ingest(
     });
     server::serve(listener, app, config.connections, drain).await;
     broker.close().await;
+    #[cfg(feature = "status")]
+    if let Some(index) = index {
+        index.stopped().await;
+    }
     match broker.take_fatal() {
         Some(error) => Err(IngestError::DefaultQueue(error)),
         None => {
@@ -146,6 +175,15 @@ pub async fn serve_ingest(
             Ok(())
         }
     }
+}
+
+/// The read routes: the status index's, or answers that there is none.
+#[cfg(feature = "status")]
+use status as reads;
+#[cfg(not(feature = "status"))]
+mod reads {
+    pub(crate) use super::handlers::no_index as get_task;
+    pub(crate) use super::handlers::no_index as list_tasks;
 }
 
 fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpMetrics) -> Router {
@@ -158,6 +196,8 @@ fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpM
         .route("/v1/tasks:batch", post(handlers::publish_batch))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .route_layer(from_fn_with_state(body_limits, body::read_within_limits))
+        .route("/v1/tasks", get(reads::list_tasks))
+        .route("/v1/tasks/{id}", get(reads::get_task))
         // Added last, so it runs first: nothing of an unauthorised body is read.
         .route_layer(from_fn_with_state(
             config.auth_token.clone(),

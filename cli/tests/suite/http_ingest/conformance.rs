@@ -10,16 +10,20 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use warren_producer::status::IndexConfig;
 use warren_tests::*;
 
 #[tokio::test]
 async fn every_documented_answer_is_produced_as_documented() {
     let spec = Arc::new(Spec::load());
     let queue = unique_queue("http.spec");
+    let stream = format!("{queue}.events");
+    let index_file = std::env::temp_dir().join(format!("{queue}.index.db"));
     let mut settings = Settings::new(&queue);
     settings.token = Some("spec-token");
     settings.max_body_bytes = 2048;
     settings.connections.body_read_timeout = Duration::from_secs(1);
+    settings.index = Some(IndexConfig::new(&stream, &index_file));
     let live = Server::start(settings).await;
     let client = live.client(spec.clone());
     client.wait_ready().await;
@@ -73,6 +77,29 @@ async fn every_documented_answer_is_produced_as_documented() {
     assert_eq!(client.get("/metrics").await.status, 200);
     assert_eq!(down_client.get("/readyz").await.status, 503);
 
+    // The status routes: a task recorded in the events stream, one never seen.
+    let event = json!({"event": "succeeded", "id": "spec-task", "task": "t", "queue": queue,
+        "at_ms": warren_common::now_ms(), "attempt": 1, "delivery_count": 0});
+    record_events(&stream, "spec-worker", 0, &[event]).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the index to apply the event",
+        || async { client.get("/v1/tasks/spec-task").await.status == 200 },
+    )
+    .await;
+    let never_seen = client.get("/v1/tasks/never-seen").await;
+    assert_eq!(
+        (never_seen.status, never_seen.json["state"].clone()),
+        (200, json!("unknown"))
+    );
+    assert_eq!(client.get("/v1/tasks/%FF").await.status, 400);
+    assert_eq!(client.get("/v1/tasks?state=succeeded").await.status, 200);
+    assert_eq!(client.get("/v1/tasks?state=done").await.status, 400);
+    for path in ["/v1/tasks", "/v1/tasks/spec-task"] {
+        assert_eq!(client.without_token().get(path).await.status, 401);
+        assert_eq!(down_client.get(path).await.status, 501);
+    }
+
     let missed: Vec<_> = spec
         .documented()
         .difference(&spec.seen())
@@ -84,7 +111,10 @@ async fn every_documented_answer_is_produced_as_documented() {
     );
     live.stop().await.expect("stops");
     down.stop().await.expect("stops");
-    delete_queues(&raw_connection().await, &queue).await;
+    let conn = raw_connection().await;
+    delete_queues(&conn, &queue).await;
+    delete_stream(&conn, &stream).await;
+    remove_index(&index_file);
 }
 
 /// The answer to a request whose body stops halfway.
@@ -182,7 +212,11 @@ async fn schemathesis_finds_the_spec_and_the_server_in_agreement() {
     let queue = unique_queue("http.schemathesis");
     let token_file = std::env::temp_dir().join(format!("{queue}.token"));
     std::fs::write(&token_file, "schemathesis-token\n").unwrap();
+    let stream = format!("{queue}.events");
+    let index_file = std::env::temp_dir().join(format!("{queue}.index.db"));
     let mut child = serve_command(&queue, "127.0.0.1:0", &token_file)
+        .args(["--events-stream", &stream, "--index"])
+        .arg(&index_file)
         .spawn()
         .expect("warren-producer serve starts");
     let lines = capture_lines(child.stderr.take().unwrap());
@@ -240,5 +274,8 @@ async fn schemathesis_finds_the_spec_and_the_server_in_agreement() {
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     let _ = std::fs::remove_file(&token_file);
     let _ = std::fs::remove_dir_all(&work);
-    delete_queues(&raw_connection().await, &queue).await;
+    let conn = raw_connection().await;
+    delete_queues(&conn, &queue).await;
+    delete_stream(&conn, &stream).await;
+    remove_index(&index_file);
 }

@@ -15,7 +15,8 @@ async fn framework_errors_carry_the_json_error_body() {
     let server = Server::start(Settings::new(&unique_queue("http.framework"))).await;
     let http = reqwest::Client::new();
     for (method, path, status, allow) in [
-        ("GET", "/v1/tasks", 405, Some("POST")),
+        ("DELETE", "/v1/tasks", 405, Some("POST,GET,HEAD")),
+        ("PUT", "/v1/tasks/some-id", 405, Some("GET,HEAD")),
         ("PUT", "/v1/tasks:batch", 405, Some("POST")),
         ("DELETE", "/healthz", 405, Some("GET,HEAD")),
         ("GET", "/v1/nothing", 404, None),

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use warren_common::Shutdown;
+use warren_producer::status::IndexConfig;
 use warren_producer::{
     serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError, PublisherConfig,
 };
@@ -32,6 +33,8 @@ pub struct Settings {
     pub token: Option<&'static str>,
     pub max_body_bytes: usize,
     pub connections: ConnectionLimits,
+    /// The status index to keep, if any.
+    pub index: Option<IndexConfig>,
 }
 
 impl Settings {
@@ -43,6 +46,7 @@ impl Settings {
             token: None,
             max_body_bytes: warren_producer::defaults::ingest::MAX_BODY_BYTES,
             connections: ConnectionLimits::default(),
+            index: None,
         }
     }
 }
@@ -75,6 +79,7 @@ impl Server {
             auth_token: settings.token.and_then(BearerToken::new),
             max_body_bytes: settings.max_body_bytes,
             connections: settings.connections,
+            index: settings.index,
             ..IngestConfig::new(publisher)
         };
         let shutdown = Shutdown::new();
@@ -317,4 +322,69 @@ pub fn sigterm(child: &Child) {
         .args(["-TERM", &pid.to_string()])
         .status();
     assert!(status.expect("kill runs").success());
+}
+
+/// Records `events` (JSON lines) in the events stream `stream` as one batch from `source`
+/// numbered from `first_seq`, as a worker would (docs/wire-format.md §11.2).
+pub async fn record_events(stream: &str, source: &str, first_seq: u64, events: &[Value]) {
+    record_batches(stream, source, first_seq, &[events.to_vec()]).await;
+}
+
+/// Records `batches` in the events stream `stream` (declared with Warren's retention if
+/// missing), one message each, from `source` with consecutive numbers from `first_seq`.
+pub async fn record_batches(stream: &str, source: &str, first_seq: u64, batches: &[Vec<Value>]) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    use warren_common::events::{FIRST_SEQ_HEADER, SOURCE_HEADER};
+    let conn = warren_tests::raw_connection().await;
+    warren_common::events::declare_events_stream(&conn, stream)
+        .await
+        .expect("the events stream is declared");
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut seq = first_seq;
+    for events in batches {
+        let mut headers = FieldTable::default();
+        headers.insert(SOURCE_HEADER.into(), AMQPValue::LongString(source.into()));
+        headers.insert(FIRST_SEQ_HEADER.into(), AMQPValue::LongLongInt(seq as i64));
+        seq += events.len() as u64;
+        let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+        let properties = lapin::BasicProperties::default()
+            .with_content_type("application/x-ndjson".into())
+            .with_headers(headers);
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                stream.into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "the batch is confirmed");
+    }
+    let _ = conn.close(200, "recorded".into()).await;
+}
+
+/// Deletes the events stream `stream`.
+pub async fn delete_stream(conn: &lapin::Connection, stream: &str) {
+    let channel = conn.create_channel().await.unwrap();
+    let _ = channel
+        .queue_delete(stream.into(), Default::default())
+        .await;
+}
+
+/// Deletes a status index file and SQLite's files beside it.
+pub fn remove_index(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
 }

@@ -1,0 +1,296 @@
+//! The read side of `/v1`: `GET /v1/tasks/{id}` answers a task's status from the status
+//! index, `GET /v1/tasks` lists statuses, newest change first, filtered and paged by an opaque
+//! cursor. Every answer says how complete and how fresh the index is, because it is
+//! eventually consistent: an id just published is `unknown` until its first event arrives,
+//! which is why `unknown` is a 200 like any other state, not a 404 (a client cannot tell
+//! "not yet" from "never", and neither can the server).
+
+use super::error::{ApiError, FieldError};
+use super::handlers::AppState;
+use super::time::parse_rfc3339_ms;
+use crate::defaults::index as defaults;
+use crate::status::query::{self, Cursor, Filter, Freshness, Page, Readers, TaskStatus};
+use crate::status::State;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State as Extract};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// A task's status, as answered.
+#[derive(Debug, Serialize)]
+pub(crate) struct StatusBody {
+    id: String,
+    state: State,
+    task: String,
+    queue: String,
+    attempt: Option<u32>,
+    delivery_count: Option<u64>,
+    worker: String,
+    updated_at: String,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    retry_at: Option<String>,
+    error: Option<LastError>,
+}
+
+#[derive(Debug, Serialize)]
+struct LastError {
+    kind: String,
+    reason: String,
+}
+
+/// How complete and fresh the index that answered is.
+#[derive(Debug, Serialize)]
+pub(crate) struct IndexBody {
+    /// Events from this time on may be missing (null: none are).
+    incomplete_since: Option<String>,
+    /// The newest event time applied (null: none yet).
+    events_until: Option<String>,
+}
+
+/// `GET /v1/tasks/{id}`, found.
+#[derive(Debug, Serialize)]
+struct Found {
+    #[serde(flatten)]
+    status: StatusBody,
+    index: IndexBody,
+}
+
+/// `GET /v1/tasks/{id}`, not in the index: the state `unknown`, every other field null.
+#[derive(Debug, Serialize)]
+struct Unknown {
+    id: String,
+    state: State,
+    task: Option<String>,
+    queue: Option<String>,
+    attempt: Option<u32>,
+    delivery_count: Option<u64>,
+    worker: Option<String>,
+    updated_at: Option<String>,
+    started_at: Option<String>,
+    ended_at: Option<String>,
+    retry_at: Option<String>,
+    error: Option<LastError>,
+    index: IndexBody,
+}
+
+/// `GET /v1/tasks`.
+#[derive(Debug, Serialize)]
+struct Listing {
+    tasks: Vec<StatusBody>,
+    next_cursor: Option<String>,
+    index: IndexBody,
+}
+
+/// `GET /v1/tasks/{id}`: 200 with the status, `unknown` when the index has no event of it.
+pub(crate) async fn get_task(
+    Extract(app): Extract<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let readers = index(&app)?;
+    let Path(id) = id.map_err(|e| FieldError::new("id", e.body_text()))?;
+    let key = id.clone();
+    let (found, fresh) = readers
+        .read(move |conn| query::get(conn, &key))
+        .await
+        .map_err(unreadable)?;
+    let index = index_body(fresh);
+    Ok(match found {
+        Some(status) => Json(Found {
+            status: status_body(status),
+            index,
+        })
+        .into_response(),
+        None => Json(Unknown {
+            id,
+            state: State::Unknown,
+            task: None,
+            queue: None,
+            attempt: None,
+            delivery_count: None,
+            worker: None,
+            updated_at: None,
+            started_at: None,
+            ended_at: None,
+            retry_at: None,
+            error: None,
+            index,
+        })
+        .into_response(),
+    })
+}
+
+/// `GET /v1/tasks?state=&task=&queue=&since=&limit=&cursor=`: a page of statuses.
+pub(crate) async fn list_tasks(
+    Extract(app): Extract<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let readers = index(&app)?;
+    let filter = filter(query.as_deref().unwrap_or(""))?;
+    let Page {
+        tasks,
+        next,
+        freshness,
+    } = readers
+        .read(move |conn| query::list(conn, &filter))
+        .await
+        .map_err(unreadable)?;
+    Ok(Json(Listing {
+        tasks: tasks.into_iter().map(status_body).collect(),
+        next_cursor: next.map(|c| c.encode()),
+        index: index_body(freshness),
+    })
+    .into_response())
+}
+
+fn index(app: &AppState) -> Result<Arc<Readers>, ApiError> {
+    app.index.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "this server keeps no status index: start it with --events-stream and --index",
+        )
+    })
+}
+
+fn unreadable(error: rusqlite::Error) -> ApiError {
+    tracing::error!(%error, "cannot read the status index");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        format!("the status index cannot be read: {error}"),
+    )
+}
+
+/// The listing's query parameters; each at most once, none unknown.
+fn filter(query: &str) -> Result<Filter, FieldError> {
+    let mut filter = Filter {
+        limit: defaults::PAGE,
+        ..Filter::default()
+    };
+    let mut seen = HashSet::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if !seen.insert(key.clone()) {
+            return Err(FieldError::new(key, "is given more than once"));
+        }
+        let value = value.into_owned();
+        match key.as_ref() {
+            "state" => {
+                let state = State::parse(&value).filter(|s| *s != State::Unknown);
+                filter.state = Some(state.ok_or_else(|| {
+                    FieldError::new(
+                        "state",
+                        format!(
+                            "`{value}` is not a state: running, retrying, succeeded, \
+                             dead_lettered or expired"
+                        ),
+                    )
+                })?);
+            }
+            "task" => filter.task = Some(value),
+            "queue" => filter.queue = Some(value),
+            "since" => {
+                let since = parse_rfc3339_ms(&value).map_err(|_| {
+                    FieldError::new(
+                        "since",
+                        format!(
+                            "`{value}` is not an RFC 3339 time with a zone, e.g. \
+                             2026-12-01T09:00:00Z"
+                        ),
+                    )
+                })?;
+                filter.since_ms = Some(since);
+            }
+            "limit" => {
+                let limit = value.parse::<usize>().ok();
+                filter.limit = limit
+                    .filter(|l| (1..=defaults::MAX_PAGE).contains(l))
+                    .ok_or_else(|| {
+                        let max = defaults::MAX_PAGE;
+                        FieldError::new("limit", format!("must be from 1 to {max}, not `{value}`"))
+                    })?;
+            }
+            "cursor" => {
+                filter.after = Some(Cursor::decode(&value).ok_or_else(|| {
+                    FieldError::new("cursor", "is not a cursor: pass a `next_cursor` as given")
+                })?);
+            }
+            other => {
+                return Err(FieldError::new(
+                    other,
+                    "is not a parameter: state, task, queue, since, limit and cursor are",
+                ))
+            }
+        }
+    }
+    Ok(filter)
+}
+
+fn status_body(status: TaskStatus) -> StatusBody {
+    StatusBody {
+        id: status.id,
+        state: status.state,
+        task: status.task,
+        queue: status.queue,
+        attempt: status.attempt,
+        delivery_count: status.delivery_count,
+        worker: status.worker,
+        updated_at: rfc3339(status.updated_at_ms),
+        started_at: status.started_at_ms.map(rfc3339),
+        ended_at: status.ended_at_ms.map(rfc3339),
+        retry_at: status.retry_at_ms.map(rfc3339),
+        error: status
+            .error
+            .map(|(kind, reason)| LastError { kind, reason }),
+    }
+}
+
+fn index_body(fresh: Freshness) -> IndexBody {
+    IndexBody {
+        incomplete_since: fresh.incomplete_since_ms.map(rfc3339),
+        events_until: fresh.last_event_at_ms.map(rfc3339),
+    }
+}
+
+/// Milliseconds since the epoch as an RFC 3339 UTC time with milliseconds.
+fn rfc3339(ms: u64) -> String {
+    let time = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+        .unwrap_or_default();
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_checked_one_by_one() {
+        let f = filter("state=retrying&task=t&queue=q&since=2026-01-01T00:00:00Z&limit=5").unwrap();
+        assert_eq!(f.state, Some(State::Retrying));
+        assert_eq!(
+            (f.task.as_deref(), f.queue.as_deref()),
+            (Some("t"), Some("q"))
+        );
+        assert_eq!((f.since_ms, f.limit), (Some(1_767_225_600_000), 5));
+        assert_eq!(filter("").unwrap().limit, defaults::PAGE);
+        for (query, field) in [
+            ("state=unknown", "state"),
+            ("state=done", "state"),
+            ("limit=0", "limit"),
+            ("limit=1001", "limit"),
+            ("since=yesterday", "since"),
+            ("cursor=nope", "cursor"),
+            ("task=a&task=b", "task"),
+            ("colour=red", "colour"),
+        ] {
+            assert_eq!(filter(query).unwrap_err().field, field, "{query}");
+        }
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_with_milliseconds() {
+        assert_eq!(rfc3339(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
+    }
+}

@@ -1,0 +1,409 @@
+//! Following the events stream into the index: the one writer of the index file.
+//!
+//! Deliveries are applied many to a transaction (up to [`MAX_DELIVERIES`], or whatever came
+//! within [`MAX_WAIT`] of the first), the transaction stores the last one's offset, and they
+//! are acked only once it has committed. On start the follower resumes after the stored
+//! offset, and says so when it cannot: the stored offset is past the stream's end, or another
+//! batch is there now (the stream was recreated: it reads the stream again from its start), or
+//! the first offset it gets is past the stored one (retention removed events it had not read).
+//! Either way the index records a gap, counts it and goes on; it never skips silently.
+
+use super::metrics::IndexMetrics;
+use super::store::{Batch, GapReason, LastBatch, Store};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, Consumer};
+use std::cmp::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use warren_common::events::{declare_events_stream, read_record, Record};
+use warren_common::{connect, header_string, header_u64, now_ms, Amqp, Pacer};
+
+/// Most deliveries applied in one transaction.
+const MAX_DELIVERIES: usize = 500;
+/// How long a delivery waits for more to share its transaction.
+const MAX_WAIT: Duration = Duration::from_millis(20);
+/// Deliveries the broker sends ahead, so that the next transaction fills while one commits.
+const PREFETCH: u16 = 2 * MAX_DELIVERIES as u16;
+/// How often ended tasks past the index retention are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Most tasks deleted in one transaction (the writer holds the file meanwhile).
+const SWEEP_CHUNK: usize = 10_000;
+/// How long the follower waits for the stream's last messages when looking for its end.
+const PROBE_IDLE: Duration = Duration::from_secs(2);
+/// The offset header of a stream delivery.
+const OFFSET_HEADER: &str = "x-stream-offset";
+
+/// Why following stopped before being told to: reconnect and resume from the stored offset.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("cannot declare the events stream: {0}")]
+    Declare(#[from] warren_common::TopologyError),
+    #[error("cannot write the index: {0}")]
+    Index(#[from] rusqlite::Error),
+    #[error("a delivery has no `x-stream-offset` header: is `{0}` a stream?")]
+    NoOffset(String),
+    #[error("the consumer was closed")]
+    Closed,
+}
+
+/// How a pass over the stream ended.
+enum Flow {
+    /// Told to stop.
+    Stopped,
+    /// Read the stream again from its start (it was recreated).
+    Restart,
+}
+
+/// The writer of the index.
+pub(crate) struct Follower {
+    pub(crate) amqp: Amqp,
+    pub(crate) stream: String,
+    pub(crate) store: Arc<Mutex<Store>>,
+    pub(crate) metrics: IndexMetrics,
+    pub(crate) retention: Duration,
+}
+
+/// What to do with a delivery while resuming.
+enum Resume {
+    /// Already applied.
+    Skip,
+    /// New: apply it.
+    Apply,
+    /// The stream was recreated: read it again from its start.
+    Restart,
+}
+
+/// What the follower expects of the first delivery after resuming.
+enum Expect {
+    /// The batch at the stored offset (earlier offsets are passed over).
+    Stored(LastBatch),
+    /// Anything: reading from the start, or resumed.
+    Anything,
+}
+
+impl Follower {
+    /// Follows the stream until `stop` fires, reconnecting (with backoff) whenever the broker
+    /// or the file fails; what was committed before stays.
+    pub(crate) async fn run(self, stop: CancellationToken) {
+        let mut pacer = Pacer::new();
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            let name = format!("warren-producer serve index {}", self.stream);
+            let Ok(conn) = connect(&self.amqp, &name, &stop).await else {
+                return;
+            };
+            let failed = loop {
+                match self.follow(&conn, &stop, &mut pacer, &mut sweep).await {
+                    Ok(Flow::Stopped) => {
+                        let _ = conn.close(200, "stopping".into()).await;
+                        tracing::info!(stream = %self.stream, "status index stopped");
+                        return;
+                    }
+                    Ok(Flow::Restart) => continue,
+                    Err(error) => break error,
+                }
+            };
+            if let FollowError::Index(_) = failed {
+                self.metrics.failure();
+            }
+            tracing::warn!(stream = %self.stream, error = %failed, "status index stopped following; resuming from its stored offset");
+            let _ = conn.close(200, "resuming".into()).await;
+            if !pacer.pause(&stop).await {
+                return;
+            }
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One pass: from the stored offset (or the start) until stopped or failed.
+    async fn follow(
+        &self,
+        conn: &Connection,
+        stop: &CancellationToken,
+        pacer: &mut Pacer,
+        sweep: &mut tokio::time::Interval,
+    ) -> Result<Flow, FollowError> {
+        declare_events_stream(conn, &self.stream).await?;
+        let stored = self.store().progress().last.clone();
+        let expect = match stored {
+            None => Expect::Anything,
+            Some(last) => match stream_end(conn, &self.stream, last.offset).await? {
+                Some(end) if end >= last.offset => Expect::Stored(last),
+                end => {
+                    tracing::warn!(stream = %self.stream, stored = last.offset, end, "the events stream ends before the index's stored offset: it was recreated; reading it from its start");
+                    self.gap(GapReason::Recreated, None).await?;
+                    Expect::Anything
+                }
+            },
+        };
+        let (start, from) = match &expect {
+            Expect::Stored(last) => (
+                AMQPValue::LongLongInt(i64::try_from(last.offset).unwrap_or(i64::MAX)),
+                last.offset.to_string(),
+            ),
+            Expect::Anything => (AMQPValue::LongString("first".into()), "first".to_owned()),
+        };
+        tracing::info!(stream = %self.stream, from = %from, "status index following the events stream");
+        let (channel, mut consumer) = consume(conn, &self.stream, PREFETCH, start).await?;
+        let flow = self.read(&mut consumer, expect, stop, pacer, sweep).await;
+        let _ = channel.close(200, "done".into()).await;
+        flow
+    }
+
+    /// Applies what `consumer` delivers, checking the first delivery against `expect`.
+    async fn read(
+        &self,
+        consumer: &mut Consumer,
+        mut expect: Expect,
+        stop: &CancellationToken,
+        pacer: &mut Pacer,
+        sweep: &mut tokio::time::Interval,
+    ) -> Result<Flow, FollowError> {
+        let mut pending: Vec<(u64, Delivery)> = Vec::new();
+        let mut deadline = Instant::now();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    self.flush(&mut pending).await?;
+                    return Ok(Flow::Stopped);
+                }
+                _ = sweep.tick() => {
+                    self.sweep().await?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
+                    self.flush(&mut pending).await?;
+                    continue;
+                }
+                next = consumer.next() => next,
+            };
+            let delivery = match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => {
+                    self.flush(&mut pending).await?;
+                    return Err(error.into());
+                }
+                None => {
+                    self.flush(&mut pending).await?;
+                    return Err(FollowError::Closed);
+                }
+            };
+            pacer.reset();
+            let offset =
+                offset_of(&delivery).ok_or_else(|| FollowError::NoOffset(self.stream.clone()))?;
+            match self.resume(&delivery, offset, &mut expect).await? {
+                Resume::Skip => continue,
+                Resume::Restart => return Ok(Flow::Restart),
+                Resume::Apply => {}
+            }
+            if pending.is_empty() {
+                deadline = Instant::now() + MAX_WAIT;
+            }
+            pending.push((offset, delivery));
+            if pending.len() >= MAX_DELIVERIES {
+                self.flush(&mut pending).await?;
+            }
+        }
+    }
+
+    /// Checks a delivery against what the stored offset leads to expect: offsets up to the
+    /// stored one were applied (skip them); a batch other than the stored one at its offset
+    /// means a recreated stream; a first offset past it means retention removed events.
+    async fn resume(
+        &self,
+        delivery: &Delivery,
+        offset: u64,
+        expect: &mut Expect,
+    ) -> Result<Resume, FollowError> {
+        let Expect::Stored(last) = &*expect else {
+            return Ok(Resume::Apply);
+        };
+        match offset.cmp(&last.offset) {
+            Ordering::Less => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                Ok(Resume::Skip)
+            }
+            Ordering::Equal if is_batch(delivery, last) => {
+                delivery.ack(BasicAckOptions::default()).await?;
+                *expect = Expect::Anything;
+                Ok(Resume::Skip)
+            }
+            Ordering::Equal => {
+                tracing::warn!(stream = %self.stream, offset, "another batch is at the index's stored offset: the stream was recreated; reading it from its start");
+                self.gap(GapReason::Recreated, None).await?;
+                Ok(Resume::Restart)
+            }
+            Ordering::Greater => {
+                tracing::warn!(stream = %self.stream, stored = last.offset, resumed = offset, "the events after the index's stored offset were removed by the stream's retention before it read them: the index is incomplete");
+                self.gap(GapReason::Retention, Some(offset)).await?;
+                *expect = Expect::Anything;
+                Ok(Resume::Apply)
+            }
+        }
+    }
+
+    /// Applies the pending deliveries in one transaction, then acks them.
+    async fn flush(&self, pending: &mut Vec<(u64, Delivery)>) -> Result<(), FollowError> {
+        let Some((offset, last)) = pending.last() else {
+            return Ok(());
+        };
+        let offset = *offset;
+        let batches: Vec<Batch> = pending.iter().map(|(o, d)| self.batch(*o, d)).collect();
+        let invalid = batches.iter().filter(|b| b.source.is_empty()).count();
+        let count = batches.len();
+        let horizon = now_ms().saturating_sub(self.retention.as_millis() as u64);
+        let store = self.store.clone();
+        let (applied, newest) = tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            let applied = store.apply(&batches, horizon)?;
+            Ok::<_, rusqlite::Error>((applied, store.progress().last_event_at_ms))
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        self.metrics.committed(&applied, count, invalid, offset);
+        self.metrics.last_event(newest);
+        // Acking only grants credit: nothing is removed from a stream.
+        last.acker.ack(BasicAckOptions { multiple: true }).await?;
+        pending.clear();
+        Ok(())
+    }
+
+    /// A delivery's batch; a worker's heartbeat is no batch (the index does not keep workers
+    /// yet), and a message not in the format is logged and passed over.
+    fn batch(&self, offset: u64, delivery: &Delivery) -> Batch {
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        match read_record(&headers, &delivery.data) {
+            Ok(Record::Heartbeat(heartbeat) | Record::Farewell(heartbeat)) => Batch {
+                offset,
+                source: heartbeat.worker,
+                first_seq: 0,
+                events: Vec::new(),
+            },
+            Ok(Record::Events(events)) => Batch {
+                offset,
+                source: events.first().map(|e| e.source.clone()).unwrap_or_default(),
+                first_seq: events.first().map_or(0, |e| e.seq),
+                events,
+            },
+            Err(error) => {
+                tracing::warn!(stream = %self.stream, offset, %error, "passing over a stream message that is not a batch of events");
+                Batch {
+                    offset,
+                    source: String::new(),
+                    first_seq: 0,
+                    events: Vec::new(),
+                }
+            }
+        }
+    }
+
+    async fn gap(&self, reason: GapReason, resumed: Option<u64>) -> Result<(), FollowError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            store.record_gap(reason, resumed, now_ms())
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        self.metrics.gap(reason);
+        self.metrics.incomplete(true);
+        Ok(())
+    }
+
+    /// Deletes the tasks that ended longer than the retention ago.
+    async fn sweep(&self) -> Result<(), FollowError> {
+        let before = now_ms().saturating_sub(self.retention.as_millis() as u64);
+        loop {
+            let store = self.store.clone();
+            let changes = tokio::task::spawn_blocking(move || {
+                let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+                store.sweep(before, SWEEP_CHUNK)
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+            let deleted: i64 = changes.values().map(|d| -d).sum();
+            self.metrics.deleted(&changes);
+            if deleted > 0 {
+                tracing::info!(stream = %self.stream, deleted, "deleted ended tasks past the index retention");
+            }
+            if deleted < SWEEP_CHUNK as i64 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Whether `delivery` is the batch `last` describes.
+fn is_batch(delivery: &Delivery, last: &LastBatch) -> bool {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let source = header_string(&headers, warren_common::events::SOURCE_HEADER).unwrap_or_default();
+    let first = header_u64(&headers, warren_common::events::FIRST_SEQ_HEADER)
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    (source.as_str(), first) == (last.source.as_str(), last.first_seq)
+}
+
+fn offset_of(delivery: &Delivery) -> Option<u64> {
+    let headers = delivery.properties.headers().as_ref()?;
+    header_u64(headers, OFFSET_HEADER).ok().flatten()
+}
+
+/// A consumer of `stream` from `start` (an `x-stream-offset` value).
+async fn consume(
+    conn: &Connection,
+    stream: &str,
+    prefetch: u16,
+    start: AMQPValue,
+) -> Result<(Channel, Consumer), lapin::Error> {
+    let channel = conn.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert("x-stream-offset".into(), start);
+    let consumer = channel
+        .basic_consume(
+            stream.into(),
+            "warren-index".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+/// The highest offset of the stream, read from its last chunk until one at least `want` is
+/// seen or none comes for [`PROBE_IDLE`]; none for an empty stream.
+async fn stream_end(
+    conn: &Connection,
+    stream: &str,
+    want: u64,
+) -> Result<Option<u64>, lapin::Error> {
+    let (channel, mut consumer) =
+        consume(conn, stream, 100, AMQPValue::LongString("last".into())).await?;
+    let mut end = None;
+    while end < Some(want) {
+        match tokio::time::timeout(PROBE_IDLE, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                end = end.max(offset_of(&delivery));
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Ok(Some(Err(error))) => return Err(error),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = channel.close(200, "found the end".into()).await;
+    Ok(end)
+}

@@ -1,0 +1,430 @@
+//! The index file, as its one writer sees it: a row per task holding its status and the rank
+//! of the event that decided it, task counts per queue and state kept in the same
+//! transactions, how far into the stream the index has read, and the gaps it found there.
+//! Every change, including the stream offset it covers, commits in one transaction, so the
+//! file is always a consistent snapshot of the stream up to its stored offset.
+
+use super::merge::{supersedes, Position, Rank, State};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use std::collections::HashMap;
+use std::path::Path;
+use warren_common::events::{EventKind, Stamped};
+
+/// The file format; a file of another version is refused rather than misread.
+const VERSION: i64 = 1;
+
+/// The tables and indexes (created if missing): see `schema.sql`.
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// Why the index cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// SQLite failed (the file cannot be created, read or written).
+    #[error("status index: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file was made by another version of Warren.
+    #[error("the status index file has format version {found}, not {VERSION}: delete it (the index is rebuilt from the events stream) or use the matching Warren")]
+    Version {
+        /// The version found.
+        found: i64,
+    },
+    /// The index's metrics could not be registered (the registry already holds them).
+    #[error("cannot register the status index metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+    /// The file indexes another stream.
+    #[error("the status index file follows the events stream `{indexed}`, not `{given}`: use another file for another stream")]
+    OtherStream {
+        /// The stream the file follows.
+        indexed: String,
+        /// The stream asked for.
+        given: String,
+    },
+}
+
+/// Where the index stands in the stream, as committed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    pub(crate) epoch: u64,
+    /// The last offset applied in this epoch, with the identity of its batch.
+    pub(crate) last: Option<LastBatch>,
+    /// The newest `at_ms` of the events applied.
+    pub(crate) last_event_at_ms: Option<u64>,
+}
+
+/// The last batch applied: its offset and what identifies it when read again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct LastBatch {
+    pub(crate) offset: u64,
+    pub(crate) source: String,
+    pub(crate) first_seq: u64,
+}
+
+/// One message of the stream, read.
+#[derive(Clone, Debug)]
+pub(crate) struct Batch {
+    /// Its `x-stream-offset`.
+    pub(crate) offset: u64,
+    /// Its source and first sequence number (empty and 0 for a batch not in the format).
+    pub(crate) source: String,
+    pub(crate) first_seq: u64,
+    /// Its events (none for a batch not in the format: it is passed over).
+    pub(crate) events: Vec<Stamped>,
+}
+
+/// Why the index may miss events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GapReason {
+    /// The stream's retention removed events the index had not read.
+    Retention,
+    /// The stream was deleted and declared again.
+    Recreated,
+}
+
+impl GapReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            GapReason::Retention => "retention",
+            GapReason::Recreated => "recreated",
+        }
+    }
+}
+
+/// Changes of the task counts, per queue and state.
+pub(crate) type CountChanges = HashMap<(String, State), i64>;
+
+/// What applying some batches did.
+#[derive(Debug, Default)]
+pub(crate) struct Applied {
+    /// Events that changed a task's status.
+    pub(crate) applied: u64,
+    /// Events outranked by the status already indexed (or applied again).
+    pub(crate) superseded: u64,
+    /// Events of tasks not indexed, older than the index's retention: not indexed.
+    pub(crate) outdated: u64,
+    pub(crate) counts: CountChanges,
+}
+
+/// The index file, opened for writing.
+pub(crate) struct Store {
+    conn: Connection,
+    progress: Progress,
+}
+
+/// The stored rank and status of a task, as the merge needs them.
+struct Stored {
+    rank: Rank,
+    state: State,
+    queue: String,
+    started_at_ms: Option<u64>,
+}
+
+impl Store {
+    /// Opens (creating if need be) the index file at `path` for the events stream `stream`.
+    pub(crate) fn open(path: &Path, stream: &str) -> Result<Store, IndexError> {
+        Store::init(Connection::open(path)?, stream)
+    }
+
+    /// An index in memory, for tests.
+    #[cfg(test)]
+    pub(crate) fn in_memory(stream: &str) -> Result<Store, IndexError> {
+        Store::init(Connection::open_in_memory()?, stream)
+    }
+
+    fn init(conn: Connection, stream: &str) -> Result<Store, IndexError> {
+        // WAL: readers never wait for the writer. NORMAL: a power loss can lose the last
+        // transactions, never consistency, and the index then reads them again.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let fresh = found == 0;
+        if !fresh && found != VERSION {
+            return Err(IndexError::Version { found });
+        }
+        conn.execute_batch(SCHEMA)?;
+        if fresh {
+            conn.pragma_update(None, "user_version", VERSION)?;
+        }
+        conn.execute(
+            "INSERT INTO progress (only, stream, epoch) VALUES (1, ?1, 0) ON CONFLICT DO NOTHING",
+            [stream],
+        )?;
+        let indexed: String = conn.query_row("SELECT stream FROM progress", [], |r| r.get(0))?;
+        if indexed != stream {
+            return Err(IndexError::OtherStream {
+                indexed,
+                given: stream.to_owned(),
+            });
+        }
+        let progress = read_progress(&conn)?;
+        Ok(Store { conn, progress })
+    }
+
+    /// Where the index stands.
+    pub(crate) fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// The connection, for queries.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Applies `batches` (in stream order) in one transaction that also stores the last one's
+    /// offset. Events of tasks not indexed whose `at_ms` is before `horizon_ms` are left out:
+    /// retention would delete them.
+    pub(crate) fn apply(
+        &mut self,
+        batches: &[Batch],
+        horizon_ms: u64,
+    ) -> rusqlite::Result<Applied> {
+        let Some(last) = batches.last() else {
+            return Ok(Applied::default());
+        };
+        let epoch = self.progress.epoch;
+        let mut applied = Applied::default();
+        let mut newest = self.progress.last_event_at_ms;
+        let tx = self.conn.transaction()?;
+        for batch in batches {
+            for event in &batch.events {
+                let rank = Rank::of(event, epoch, batch.offset);
+                apply_event(&tx, event, rank, horizon_ms, &mut applied)?;
+                newest = newest.max(Some(event.event.at_ms));
+            }
+        }
+        change_counts(&tx, &applied.counts)?;
+        tx.prepare_cached(
+            "UPDATE progress SET stream_offset = ?1, batch_source = ?2, batch_first_seq = ?3,
+             last_event_at_ms = ?4",
+        )?
+        .execute(params![last.offset, last.source, last.first_seq, newest])?;
+        tx.commit()?;
+        self.progress.last = Some(LastBatch {
+            offset: last.offset,
+            source: last.source.clone(),
+            first_seq: last.first_seq,
+        });
+        self.progress.last_event_at_ms = newest;
+        Ok(applied)
+    }
+
+    /// Records that events may be missing from the index. For a recreated stream, the index
+    /// starts a new epoch and reads the stream again from its start.
+    pub(crate) fn record_gap(
+        &mut self,
+        reason: GapReason,
+        resumed_offset: Option<u64>,
+        now_ms: u64,
+    ) -> rusqlite::Result<()> {
+        let stored = self.progress.last.as_ref().map_or(0, |l| l.offset);
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO gaps (reason, since_ms, detected_at_ms, stored_offset, resumed_offset)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                reason.as_str(),
+                self.progress.last_event_at_ms,
+                now_ms,
+                stored,
+                resumed_offset
+            ],
+        )?;
+        if reason == GapReason::Recreated {
+            tx.execute(
+                "UPDATE progress SET epoch = epoch + 1, stream_offset = NULL,
+                 batch_source = NULL, batch_first_seq = NULL",
+                [],
+            )?;
+        }
+        tx.commit()?;
+        if reason == GapReason::Recreated {
+            self.progress.epoch += 1;
+            self.progress.last = None;
+        }
+        Ok(())
+    }
+
+    /// Deletes up to `limit` tasks that ended before `before_ms`, keeping the counts right.
+    pub(crate) fn sweep(&mut self, before_ms: u64, limit: usize) -> rusqlite::Result<CountChanges> {
+        let tx = self.conn.transaction()?;
+        let mut counts = CountChanges::new();
+        {
+            let mut delete = tx.prepare_cached(
+                "DELETE FROM tasks WHERE id IN
+                 (SELECT id FROM tasks WHERE ended_at_ms < ?1 LIMIT ?2)
+                 RETURNING queue, state",
+            )?;
+            let mut rows = delete.query(params![before_ms, limit as u64])?;
+            while let Some(row) = rows.next()? {
+                let queue: String = row.get(0)?;
+                let state = state_column(row, 1)?;
+                *counts.entry((queue, state)).or_default() -= 1;
+            }
+        }
+        change_counts(&tx, &counts)?;
+        tx.commit()?;
+        Ok(counts)
+    }
+}
+
+/// Applies one event: it becomes the task's status if it outranks the stored one.
+fn apply_event(
+    tx: &Transaction<'_>,
+    stamped: &Stamped,
+    rank: Rank,
+    horizon_ms: u64,
+    applied: &mut Applied,
+) -> rusqlite::Result<()> {
+    let event = &stamped.event;
+    let stored = stored(tx, &event.id)?;
+    match &stored {
+        None if event.at_ms < horizon_ms => {
+            applied.outdated += 1;
+            return Ok(());
+        }
+        Some(s) if !supersedes(&rank, Some(&s.rank)) => {
+            // A run's late `started` still tells when the run began.
+            if event.event == EventKind::Started
+                && rank.same_run(&s.rank)
+                && s.started_at_ms.is_none()
+            {
+                tx.prepare_cached("UPDATE tasks SET started_at_ms = ?2 WHERE id = ?1")?
+                    .execute(params![event.id, event.at_ms])?;
+            }
+            applied.superseded += 1;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let state = State::after(event.event);
+    let started_at_ms = match &stored {
+        _ if event.event == EventKind::Started => Some(event.at_ms),
+        Some(s) if s.rank.same_run(&rank) => s.started_at_ms,
+        _ => None,
+    };
+    let ended_at_ms = state.is_ended().then_some(event.at_ms);
+    let (error_kind, error_reason) = match &event.error {
+        Some(e) => (Some(e.kind.as_ref()), Some(e.reason.as_ref())),
+        None => (None, None),
+    };
+    tx.prepare_cached(
+        "INSERT INTO tasks (id, task, queue, state, attempt, delivery_count, worker,
+            updated_at_ms, started_at_ms, ended_at_ms, retry_at_ms, error_kind, error_reason,
+            rank_attempt, rank_delivery_count, rank_phase,
+            position_epoch, position_offset, position_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+         ON CONFLICT (id) DO UPDATE SET task = ?2, queue = ?3, state = ?4, attempt = ?5,
+            delivery_count = ?6, worker = ?7, updated_at_ms = ?8, started_at_ms = ?9,
+            ended_at_ms = ?10, retry_at_ms = ?11, error_kind = ?12, error_reason = ?13,
+            rank_attempt = ?14, rank_delivery_count = ?15, rank_phase = ?16,
+            position_epoch = ?17, position_offset = ?18, position_seq = ?19",
+    )?
+    .execute(params![
+        event.id,
+        event.task,
+        event.queue,
+        state.as_str(),
+        event.attempt,
+        event.delivery_count,
+        stamped.source,
+        event.at_ms,
+        started_at_ms,
+        ended_at_ms,
+        event.retry_at_ms,
+        error_kind,
+        error_reason,
+        rank.attempt,
+        rank.delivery_count,
+        rank.phase,
+        rank.position.epoch,
+        rank.position.offset,
+        rank.position.seq,
+    ])?;
+    if let Some(s) = stored {
+        *applied.counts.entry((s.queue, s.state)).or_default() -= 1;
+    }
+    *applied
+        .counts
+        .entry((event.queue.to_string(), state))
+        .or_default() += 1;
+    applied.applied += 1;
+    Ok(())
+}
+
+fn stored(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Stored>> {
+    tx.prepare_cached(
+        "SELECT rank_attempt, rank_delivery_count, rank_phase, position_epoch, position_offset,
+            position_seq, state, queue, started_at_ms
+         FROM tasks WHERE id = ?1",
+    )?
+    .query_row([id], |r| {
+        Ok(Stored {
+            rank: Rank {
+                attempt: r.get(0)?,
+                delivery_count: r.get(1)?,
+                phase: r.get(2)?,
+                position: Position {
+                    epoch: r.get(3)?,
+                    offset: r.get(4)?,
+                    seq: r.get(5)?,
+                },
+            },
+            state: state_column(r, 6)?,
+            queue: r.get(7)?,
+            started_at_ms: r.get(8)?,
+        })
+    })
+    .optional()
+}
+
+/// A state column, refusing a name this version does not know.
+pub(crate) fn state_column(row: &rusqlite::Row<'_>, index: usize) -> rusqlite::Result<State> {
+    let name: String = row.get(index)?;
+    State::parse(&name).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            index,
+            rusqlite::types::Type::Text,
+            format!("unknown state `{name}`").into(),
+        )
+    })
+}
+
+fn change_counts(tx: &Transaction<'_>, counts: &CountChanges) -> rusqlite::Result<()> {
+    let mut change = tx.prepare_cached(
+        "INSERT INTO counts (queue, state, tasks) VALUES (?1, ?2, ?3)
+         ON CONFLICT (queue, state) DO UPDATE SET tasks = tasks + excluded.tasks",
+    )?;
+    for ((queue, state), delta) in counts {
+        if *delta != 0 {
+            change.execute(params![queue, state.as_str(), delta])?;
+        }
+    }
+    // The table holds what is there: the same tasks, however batched, give the same rows.
+    tx.prepare_cached("DELETE FROM counts WHERE tasks = 0")?
+        .execute([])?;
+    Ok(())
+}
+
+fn read_progress(conn: &Connection) -> rusqlite::Result<Progress> {
+    conn.query_row(
+        "SELECT epoch, stream_offset, batch_source, batch_first_seq, last_event_at_ms
+         FROM progress",
+        [],
+        |r| {
+            let offset: Option<u64> = r.get(1)?;
+            let last = match offset {
+                Some(offset) => Some(LastBatch {
+                    offset,
+                    source: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    first_seq: r.get::<_, Option<u64>>(3)?.unwrap_or(0),
+                }),
+                None => None,
+            };
+            Ok(Progress {
+                epoch: r.get(0)?,
+                last,
+                last_event_at_ms: r.get(4)?,
+            })
+        },
+    )
+}
