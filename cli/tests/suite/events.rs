@@ -224,10 +224,14 @@ async fn no_task_is_acked_before_its_ending_is_recorded() {
     assert_eq!(report.totals.succeeded, 3);
     // They ran, but with no event recorded none was acked: the broker has them all back
     // (once it has handled the closed connection).
-    wait_until(Duration::from_secs(5), "the three tasks back in the queue", || {
-        let (conn, queue) = (&conn, &queue);
-        async move { ready_count(conn, queue).await == 3 }
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the three tasks back in the queue",
+        || {
+            let (conn, queue) = (&conn, &queue);
+            async move { ready_count(conn, queue).await == 3 }
+        },
+    )
     .await;
 
     // Once events can be recorded, the tasks run again and are acked.

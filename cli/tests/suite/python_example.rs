@@ -42,21 +42,48 @@ async fn run(program: &Path, args: &[&str]) -> std::io::Result<Output> {
 }
 
 /// The virtualenv's python with the example's requirements installed, or why there is none.
+///
+/// Tests run in processes of their own, several at once: each builds a missing virtualenv in
+/// a directory of its own and renames it into place when it is complete, so that none uses
+/// one another is still creating.
 async fn example_python() -> Result<PathBuf, String> {
-    let venv = target_dir().join("venv-pika");
+    // Named after its requirements, so that changing them makes a new one.
+    let requirements = std::fs::read(workspace().join("examples/python/requirements.txt"))
+        .map_err(|e| format!("examples/python/requirements.txt: {e}"))?;
+    let stamp = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        requirements.hash(&mut hasher);
+        hasher.finish()
+    };
+    let venv = target_dir().join(format!("venv-pika-{stamp:016x}"));
     let python = venv.join("bin").join("python");
     if !python.exists() {
-        let venv_arg = venv.to_str().ok_or("target path is not UTF-8")?;
-        let created = run(Path::new("python3"), &["-m", "venv", venv_arg])
-            .await
-            .map_err(|e| format!("python3 is unavailable: {e}"))?;
-        if !created.status.success() || !python.exists() {
-            let _ = std::fs::remove_dir_all(&venv);
-            return Err(format!(
-                "python3 -m venv failed: {}",
-                String::from_utf8_lossy(&created.stderr)
-            ));
+        let building = target_dir().join(format!("venv-pika.{}", std::process::id()));
+        let built = create_venv(&building).await;
+        // Whoever renames first wins; the others use theirs and drop their own.
+        if built.is_ok() && std::fs::rename(&building, &venv).is_err() && !python.exists() {
+            let _ = std::fs::remove_dir_all(&building);
+            return Err("could not move the new virtualenv into place".into());
         }
+        let _ = std::fs::remove_dir_all(&building);
+        built?;
+    }
+    Ok(python)
+}
+
+/// Creates a virtualenv at `venv` with the examples' requirements.
+async fn create_venv(venv: &Path) -> Result<(), String> {
+    let python = venv.join("bin").join("python");
+    let venv_arg = venv.to_str().ok_or("target path is not UTF-8")?;
+    let created = run(Path::new("python3"), &["-m", "venv", venv_arg])
+        .await
+        .map_err(|e| format!("python3 is unavailable: {e}"))?;
+    if !created.status.success() || !python.exists() {
+        return Err(format!(
+            "python3 -m venv failed: {}",
+            String::from_utf8_lossy(&created.stderr)
+        ));
     }
     let requirements = workspace().join("examples/python/requirements.txt");
     let pip = [
@@ -74,7 +101,7 @@ async fn example_python() -> Result<PathBuf, String> {
         "pip install -r examples/python/requirements.txt failed: {}",
         String::from_utf8_lossy(&installed.stderr)
     );
-    Ok(python)
+    Ok(())
 }
 
 /// Runs `examples/python/<script>` against the test broker.
