@@ -356,3 +356,80 @@ async fn unroutable_py_lists_and_moves_a_task_whose_queue_was_gone() {
     assert_eq!(ids, [Some(id.as_str().into())], "{moved}");
     delete_queues(&conn, &queue).await;
 }
+
+/// events.py reads the events stream knowing only docs/wire-format.md §11: each task's
+/// ending with its source and sequence number, and the worker's heartbeats and farewell.
+#[tokio::test]
+async fn events_py_reads_the_events_stream_by_the_documented_format() {
+    let python = match example_python().await {
+        Ok(python) => python,
+        Err(why) => {
+            skip_or_fail("the pika examples", &why);
+            return;
+        }
+    };
+    let queue = unique_queue("python-events");
+    let stream = format!("{queue}.events");
+    let mut config = test_config(&queue);
+    config.events_stream = Some(stream.clone());
+    let worker_id = config.worker_id.clone();
+    let seen: Seen = Default::default();
+    let worker = TestWorker::start(recording_registry(&seen), config).await;
+    let publisher = publisher(&queue).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let options = warren_producer::TaskOptions::new().codec(warren_common::Codec::Json);
+        let id = publisher.publish(TASK, &json!({ "n": n }), &options).await;
+        ids.push(id.expect("published").to_string());
+    }
+    wait_until(Duration::from_secs(10), "the three tasks", || {
+        let done = seen.lock().unwrap().len() == 3;
+        async move { done }
+    })
+    .await;
+    let report = worker.stop().await;
+    assert_eq!(report.totals.succeeded, 3);
+
+    let output = script(&python, "events.py", &[&stream, "--idle", "2"]).await;
+    let lines = succeeded(&output, "events.py");
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let events: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r.get("event").is_some())
+        .collect();
+    let mut succeeded_ids: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "succeeded")
+        .map(|e| e["id"].as_str().expect("an id"))
+        .collect();
+    succeeded_ids.sort();
+    ids.sort();
+    assert_eq!(succeeded_ids, ids);
+    for (n, event) in events.iter().enumerate() {
+        assert_eq!(event["source"], worker_id.as_str());
+        assert_eq!(
+            event["seq"], n as u64,
+            "one source numbers its events from 0"
+        );
+        assert_eq!(event["queue"], queue.as_str());
+        assert_eq!(event["task"], TASK);
+    }
+    let farewell = records
+        .iter()
+        .find(|r| r["record"] == "farewell")
+        .expect("the worker said farewell");
+    assert_eq!(farewell["worker"], worker_id.as_str());
+    assert_eq!(farewell["counts"]["succeeded"], 3);
+
+    let missing = script(&python, "events.py", &["no.such.stream", "--idle", "1"]).await;
+    assert_eq!(missing.status.code(), Some(6));
+    let conn = raw_connection().await;
+    delete_queues(&conn, &queue).await;
+    let channel = conn.create_channel().await.unwrap();
+    let _ = channel
+        .queue_delete(stream.as_str().into(), Default::default())
+        .await;
+}
