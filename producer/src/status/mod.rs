@@ -14,6 +14,7 @@ mod merge;
 mod metrics;
 pub(crate) mod query;
 mod store;
+pub(crate) mod workers;
 
 pub use merge::State;
 pub use store::IndexError;

@@ -5,7 +5,8 @@
 use super::merge::State;
 use super::query::{self, Filter};
 use super::store::{Batch, GapReason, Store};
-use warren_common::events::{Event, EventError, EventKind, Stamped};
+use super::workers::{self, Liveness, Presence, WorkerStatus};
+use warren_common::events::{Event, EventError, EventKind, Heartbeat, Stamped};
 
 /// An event of task `id` from `source` (its `seq`), of attempt `attempt` and delivery count
 /// `dc`, recorded at `at_ms`.
@@ -37,6 +38,7 @@ fn batch(offset: u64, events: Vec<Stamped>) -> Batch {
         source: events[0].source.clone(),
         first_seq: events[0].seq,
         events,
+        presence: None,
     }
 }
 
@@ -93,10 +95,14 @@ use EventKind::*;
 fn an_ending_that_arrives_before_its_start_stays_the_status() {
     let mut index = store();
     index
-        .apply(&[batch(1, vec![event("w2", 0, Succeeded, "a", 1, 0)])], 0)
+        .apply(
+            &[batch(1, vec![event("w2", 0, Succeeded, "a", 1, 0)])],
+            0,
+            0,
+        )
         .unwrap();
     index
-        .apply(&[batch(2, vec![event("w1", 7, Started, "a", 1, 0)])], 0)
+        .apply(&[batch(2, vec![event("w1", 7, Started, "a", 1, 0)])], 0, 0)
         .unwrap();
     assert_eq!(state(&index, "a"), Some(State::Succeeded));
     let (status, _) = query::get(index.connection(), "a").unwrap();
@@ -118,17 +124,17 @@ fn a_rerun_with_a_higher_delivery_count_replaces_the_earlier_run() {
     let rerun_end = batch(3, vec![event("w2", 1, DeadLettered, "a", 1, 1)]);
     let mut index = store();
     index
-        .apply(&[first_run.clone(), rerun_start.clone()], 0)
+        .apply(&[first_run.clone(), rerun_start.clone()], 0, 0)
         .unwrap();
     assert_eq!(state(&index, "a"), Some(State::Running));
-    index.apply(std::slice::from_ref(&rerun_end), 0).unwrap();
+    index.apply(std::slice::from_ref(&rerun_end), 0, 0).unwrap();
     assert_eq!(state(&index, "a"), Some(State::DeadLettered));
 
     // The rerun's events first, the earlier run's success last: the same status.
     let mut reordered = store();
     for (offset, mut b) in [(1, rerun_end), (2, rerun_start), (3, first_run)] {
         b.offset = offset;
-        reordered.apply(&[b], 0).unwrap();
+        reordered.apply(&[b], 0, 0).unwrap();
     }
     assert_eq!(state(&reordered, "a"), Some(State::DeadLettered));
     assert_counts_right(&reordered);
@@ -140,16 +146,20 @@ fn a_retry_then_a_success_ends_succeeded_in_any_order() {
     let started = event("w2", 0, Started, "a", 2, 0);
     let succeeded = event("w2", 1, Succeeded, "a", 2, 0);
     let mut index = store();
-    index.apply(&[batch(1, vec![retrying.clone()])], 0).unwrap();
+    index
+        .apply(&[batch(1, vec![retrying.clone()])], 0, 0)
+        .unwrap();
     let (status, _) = query::get(index.connection(), "a").unwrap();
     let status = status.unwrap();
     assert_eq!(status.state, State::Retrying);
     assert_eq!(status.retry_at_ms, Some(9_000));
     assert_eq!(status.error, Some(("error".into(), "Retrying".into())));
-    index.apply(&[batch(2, vec![started.clone()])], 0).unwrap();
+    index
+        .apply(&[batch(2, vec![started.clone()])], 0, 0)
+        .unwrap();
     assert_eq!(state(&index, "a"), Some(State::Running));
     index
-        .apply(&[batch(3, vec![succeeded.clone()])], 0)
+        .apply(&[batch(3, vec![succeeded.clone()])], 0, 0)
         .unwrap();
     let (status, _) = query::get(index.connection(), "a").unwrap();
     let status = status.unwrap();
@@ -164,7 +174,7 @@ fn a_retry_then_a_success_ends_succeeded_in_any_order() {
         let mut index = store();
         for (offset, e) in order.into_iter().enumerate() {
             index
-                .apply(&[batch(offset as u64, vec![e.clone()])], 0)
+                .apply(&[batch(offset as u64, vec![e.clone()])], 0, 0)
                 .unwrap();
         }
         assert_eq!(state(&index, "a"), Some(State::Succeeded), "{order:?}");
@@ -193,10 +203,10 @@ fn a_batch_applied_again_changes_nothing() {
             ],
         ),
     ];
-    index.apply(&batches, 0).unwrap();
+    index.apply(&batches, 0, 0).unwrap();
     let before = snapshot(&index);
     for again in [&batches[1], &batches[0], &batches[2], &batches[0]] {
-        let applied = index.apply(std::slice::from_ref(again), 0).unwrap();
+        let applied = index.apply(std::slice::from_ref(again), 0, 0).unwrap();
         assert_eq!(applied.applied, 0);
         assert_eq!(applied.superseded, again.events.len() as u64);
         assert_eq!(snapshot(&index), before);
@@ -223,6 +233,7 @@ fn equal_ranks_from_different_workers_go_by_stream_position() {
                 batch(2, vec![second.clone()]),
             ],
             0,
+            0,
         )
         .unwrap();
     assert_eq!(
@@ -230,7 +241,7 @@ fn equal_ranks_from_different_workers_go_by_stream_position() {
         Some(State::Retrying),
         "the later in the stream"
     );
-    index.apply(&[batch(1, vec![first])], 0).unwrap();
+    index.apply(&[batch(1, vec![first])], 0, 0).unwrap();
     assert_eq!(
         state(&index, "a"),
         Some(State::Retrying),
@@ -246,7 +257,7 @@ fn retention_deletes_ended_tasks_and_keeps_the_counts_right() {
         let kind = if n % 2 == 0 { Succeeded } else { Started };
         events.push(event("w1", n, kind, &format!("t{n}"), 1, 0));
     }
-    index.apply(&[batch(1, events)], 0).unwrap();
+    index.apply(&[batch(1, events)], 0, 0).unwrap();
     // Ended at 1_000, 1_002, 1_004, ...: the three before 1_005 go.
     let changes = index.sweep(1_005, 2).unwrap();
     assert_eq!(changes.values().sum::<i64>(), -2, "at most the chunk");
@@ -268,6 +279,7 @@ fn retention_deletes_ended_tasks_and_keeps_the_counts_right() {
         .apply(
             &[batch(2, vec![event("w2", 0, Started, "t0", 1, 0)])],
             1_001,
+            0,
         )
         .unwrap();
     assert_eq!(applied.outdated, 1);
@@ -282,7 +294,7 @@ fn listings_filter_and_page_newest_first() {
         let kind = [Succeeded, Started, DeadLettered][n as usize % 3];
         events.push(event("w1", n, kind, &format!("t{n}"), 1, 0));
     }
-    index.apply(&[batch(1, events)], 0).unwrap();
+    index.apply(&[batch(1, events)], 0, 0).unwrap();
     let list = |filter: Filter| query::list(index.connection(), &filter).unwrap();
     let ids = |page: &query::Page| page.tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
     let succeeded = list(Filter {
@@ -327,7 +339,7 @@ fn listings_filter_and_page_newest_first() {
 fn a_gap_marks_the_index_incomplete_and_a_recreated_stream_starts_an_epoch() {
     let mut index = store();
     index
-        .apply(&[batch(40, vec![event("w1", 0, Started, "a", 1, 0)])], 0)
+        .apply(&[batch(40, vec![event("w1", 0, Started, "a", 1, 0)])], 0, 0)
         .unwrap();
     let (_, fresh) = query::get(index.connection(), "a").unwrap();
     assert_eq!(fresh.incomplete_since_ms, None);
@@ -344,8 +356,152 @@ fn a_gap_marks_the_index_incomplete_and_a_recreated_stream_starts_an_epoch() {
     assert!(index.progress().last.is_none());
     // Offsets start again at 0 in the new epoch, and still come later.
     index
-        .apply(&[batch(0, vec![event("w3", 0, Started, "a", 1, 0)])], 0)
+        .apply(&[batch(0, vec![event("w3", 0, Started, "a", 1, 0)])], 0, 0)
         .unwrap();
     let (status, _) = query::get(index.connection(), "a").unwrap();
     assert_eq!(status.unwrap().worker, "w3");
+}
+
+/// A heartbeat (a farewell if `farewell`) of `worker` at `offset`, sent at `at_ms` with an
+/// interval of 100 ms, listing `running`.
+fn heartbeat(offset: u64, worker: &str, at_ms: u64, running: &[&str], farewell: bool) -> Batch {
+    let heartbeat = Heartbeat {
+        worker: worker.into(),
+        host: "h".into(),
+        pid: 7,
+        version: "0".into(),
+        queues: vec!["q".into()],
+        concurrency: 2,
+        prefetch: 4,
+        running: running.iter().map(|s| s.to_string()).collect(),
+        counts: Default::default(),
+        started_at_ms: 500,
+        at_ms,
+        interval_ms: 100,
+    };
+    Batch {
+        offset,
+        source: worker.into(),
+        first_seq: 0,
+        events: Vec::new(),
+        presence: Some(Presence {
+            heartbeat,
+            farewell,
+        }),
+    }
+}
+
+fn worker(store: &Store, id: &str) -> Option<WorkerStatus> {
+    workers::list(store.connection())
+        .unwrap()
+        .into_iter()
+        .find(|w| w.heartbeat.worker == id)
+}
+
+/// Every row of the workers table, as text.
+fn workers_snapshot(store: &Store) -> Vec<String> {
+    workers::list(store.connection())
+        .unwrap()
+        .iter()
+        .map(|w| format!("{w:?}"))
+        .collect()
+}
+
+#[test]
+fn a_farewell_makes_its_workers_running_tasks_lost_until_they_run_again() {
+    let mut index = store();
+    let started = batch(2, vec![event("w1", 0, Started, "a", 1, 0)]);
+    let hello = heartbeat(1, "w1", 1_000, &[], false);
+    index
+        .apply(&[hello.clone(), started.clone()], 0, 5_000)
+        .unwrap();
+    let w1 = worker(&index, "w1").unwrap();
+    assert_eq!(w1.status, Liveness::Alive);
+    assert_eq!(w1.heartbeat.queues, ["q"]);
+    assert_eq!(w1.heard_at_ms, 5_000);
+    assert_eq!(state(&index, "a"), Some(State::Running));
+
+    let farewell = heartbeat(3, "w1", 1_050, &["a"], true);
+    index
+        .apply(std::slice::from_ref(&farewell), 0, 5_050)
+        .unwrap();
+    let w1 = worker(&index, "w1").unwrap();
+    assert_eq!(w1.status, Liveness::Gone);
+    assert_eq!(w1.gone_reason.as_deref(), Some("farewell"));
+    assert_eq!(state(&index, "a"), Some(State::Lost));
+    assert_counts_right(&index);
+
+    // The same records again, in any grouping: nothing changes.
+    let before = (snapshot(&index), workers_snapshot(&index));
+    index.apply(&[hello, started, farewell], 0, 5_060).unwrap();
+    assert_eq!((snapshot(&index), workers_snapshot(&index)), before);
+
+    // Its redelivery to another worker decides the task again.
+    let rerun = batch(4, vec![event("w2", 0, Started, "a", 1, 1)]);
+    index.apply(&[rerun], 0, 5_100).unwrap();
+    assert_eq!(state(&index, "a"), Some(State::Running));
+    let end = batch(5, vec![event("w2", 1, Succeeded, "a", 1, 1)]);
+    index.apply(&[end], 0, 5_200).unwrap();
+    assert_eq!(state(&index, "a"), Some(State::Succeeded));
+    assert_counts_right(&index);
+}
+
+#[test]
+fn a_worker_silent_for_three_intervals_is_gone_until_heard_again() {
+    let mut index = store();
+    let hello = heartbeat(1, "w1", 1_000, &["a"], false);
+    let started = batch(2, vec![event("w1", 0, Started, "a", 1, 0)]);
+    index.apply(&[hello, started], 0, 5_000).unwrap();
+    // By the index's clock: 300 ms (three intervals) after it received the heartbeat.
+    let (counts, silent) = index.check_workers(5_300, 0).unwrap();
+    assert!(silent.is_empty() && counts.is_empty());
+    let (counts, silent) = index.check_workers(5_301, 0).unwrap();
+    assert_eq!(silent, ["w1"]);
+    assert_eq!(counts[&("q".to_owned(), State::Lost)], 1);
+    assert_eq!(state(&index, "a"), Some(State::Lost));
+    assert_eq!(
+        worker(&index, "w1").unwrap().gone_reason.as_deref(),
+        Some("silent")
+    );
+    assert_counts_right(&index);
+
+    // Heard again: alive, and its task is running again.
+    index
+        .apply(&[heartbeat(3, "w1", 2_000, &["a"], false)], 0, 6_000)
+        .unwrap();
+    assert_eq!(worker(&index, "w1").unwrap().status, Liveness::Alive);
+    assert_eq!(state(&index, "a"), Some(State::Running));
+    assert_counts_right(&index);
+
+    // Gone workers are forgotten after a while; their lost tasks stay lost.
+    index.check_workers(7_000, 0).unwrap();
+    index.check_workers(8_000, 7_001).unwrap();
+    assert_eq!(worker(&index, "w1"), None);
+    assert_eq!(state(&index, "a"), Some(State::Lost));
+}
+
+#[test]
+fn an_index_catching_up_judges_silence_by_the_streams_own_times() {
+    let mut index = store();
+    // Read long after they were written: the index received both heartbeats just now, but
+    // w1's last one is 1 s older (by the stream) than w2's.
+    let backlog = [
+        heartbeat(1, "w1", 1_000, &["a"], false),
+        batch(2, vec![event("w1", 0, Started, "a", 1, 0)]),
+        heartbeat(3, "w2", 2_000, &[], false),
+    ];
+    index.apply(&backlog, 0, 90_000).unwrap();
+    assert_eq!(worker(&index, "w1").unwrap().status, Liveness::Gone);
+    assert_eq!(worker(&index, "w2").unwrap().status, Liveness::Alive);
+    assert_eq!(state(&index, "a"), Some(State::Lost));
+    // A start read for a worker already gone is lost from the outset.
+    index
+        .apply(
+            &[batch(4, vec![event("w1", 1, Started, "b", 1, 0)])],
+            0,
+            90_001,
+        )
+        .unwrap();
+    assert_eq!(state(&index, "b"), Some(State::Lost));
+    assert_counts_right(&index);
 }
