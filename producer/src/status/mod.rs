@@ -69,7 +69,8 @@ impl StatusIndex {
         registry: &prometheus::Registry,
         stop: CancellationToken,
     ) -> Result<StatusIndex, IndexError> {
-        let store = Store::open(&config.path, &config.stream)?;
+        let mut store = Store::open(&config.path, &config.stream)?;
+        store.resume_workers(warren_common::now_ms())?;
         let metrics = IndexMetrics::new(registry).map_err(IndexError::Metrics)?;
         restore_metrics(&store, &metrics)?;
         let readers = Readers::new(&config.path);

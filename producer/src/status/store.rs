@@ -236,6 +236,17 @@ impl Store {
         Ok(applied)
     }
 
+    /// Counts the silence of the alive workers from `now_ms`, when the index opens: it
+    /// could not hear them while it was not running, and reads what they sent meanwhile
+    /// (judged by the stream's clock) before its own clock can find them silent.
+    pub(crate) fn resume_workers(&mut self, now_ms: u64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE workers SET heard_at_ms = max(heard_at_ms, ?1) WHERE status = 'alive'",
+            [now_ms],
+        )?;
+        Ok(())
+    }
+
     /// Marks gone the workers silent for their intervals by `now_ms` (the index's clock) or
     /// the stream's clock, and deletes those gone before `forget_before_ms`.
     pub(crate) fn check_workers(

@@ -505,3 +505,18 @@ fn an_index_catching_up_judges_silence_by_the_streams_own_times() {
     assert_eq!(state(&index, "b"), Some(State::Lost));
     assert_counts_right(&index);
 }
+
+#[test]
+fn a_reopened_index_counts_silence_from_its_restart() {
+    let mut index = store();
+    index
+        .apply(&[heartbeat(1, "w1", 1_000, &[], false)], 0, 5_000)
+        .unwrap();
+    // Down for a minute: not silence the index heard; the stream tells what happened.
+    index.resume_workers(65_000).unwrap();
+    let (_, silent) = index.check_workers(65_300, 0).unwrap();
+    assert!(silent.is_empty());
+    assert_eq!(worker(&index, "w1").unwrap().heard_at_ms, 65_000);
+    let (_, silent) = index.check_workers(65_301, 0).unwrap();
+    assert_eq!(silent, ["w1"]);
+}

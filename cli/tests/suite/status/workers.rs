@@ -11,7 +11,8 @@ use std::time::Duration;
 use warren_cli::demo;
 use warren_tests::*;
 
-/// Starts the stock `warren-worker` as `id`, recording events with 200 ms heartbeats.
+/// Starts the stock `warren-worker` as `id`, recording events with 200 ms heartbeats, and
+/// waits until it is ready.
 async fn worker(names: &Names, id: &str) -> WorkerProcess {
     let args = [
         "--queue",
@@ -23,7 +24,15 @@ async fn worker(names: &Names, id: &str) -> WorkerProcess {
         "--heartbeat-interval",
         "200ms",
     ];
-    WorkerProcess::start(&args, &amqp_url()).await
+    let process = WorkerProcess::start(&args, &amqp_url()).await;
+    // Ready: its queue is declared and consumed, so a task published now is routed.
+    wait_until(
+        Duration::from_secs(30),
+        "the worker to be ready",
+        || async { process.readiness().await == 200 },
+    )
+    .await;
+    process
 }
 
 /// `warren-producer workers` against `serve`: its JSON answer, and its text.
