@@ -10,7 +10,7 @@
 
 use super::metrics::IndexMetrics;
 use super::store::{Batch, GapReason, LastBatch, Store};
-use super::workers::Presence;
+use super::workers::{self, Presence};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -275,13 +275,15 @@ impl Follower {
         let count = batches.len();
         let horizon = now_ms().saturating_sub(self.retention.as_millis() as u64);
         let store = self.store.clone();
-        let (applied, newest) = tokio::task::spawn_blocking(move || {
+        let (applied, newest, workers) = tokio::task::spawn_blocking(move || {
             let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
             let applied = store.apply(&batches, horizon, now_ms())?;
-            Ok::<_, rusqlite::Error>((applied, store.progress().last_event_at_ms))
+            let workers = workers::count(store.connection())?;
+            Ok::<_, rusqlite::Error>((applied, store.progress().last_event_at_ms, workers))
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        self.metrics.workers(workers);
         self.metrics.committed(&applied, count, invalid, offset);
         self.metrics.last_event(newest);
         // Acking only grants credit: nothing is removed from a stream.
@@ -336,13 +338,15 @@ impl Follower {
         let store = self.store.clone();
         let now = now_ms();
         let forget = now.saturating_sub(GONE_KEPT.as_millis() as u64);
-        let (counts, silent) = tokio::task::spawn_blocking(move || {
+        let ((counts, silent), workers) = tokio::task::spawn_blocking(move || {
             let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-            store.check_workers(now, forget)
+            let checked = store.check_workers(now, forget)?;
+            Ok::<_, rusqlite::Error>((checked, workers::count(store.connection())?))
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         self.metrics.count(&counts);
+        self.metrics.workers(workers);
         for worker in silent {
             tracing::info!(stream = %self.stream, worker = %worker, "worker silent for its heartbeat intervals: gone, its running tasks lost");
         }

@@ -106,6 +106,7 @@ fn restore_metrics(store: &Store, metrics: &IndexMetrics) -> rusqlite::Result<()
     }
     let gaps: i64 = conn.query_row("SELECT count(*) FROM gaps", [], |r| r.get(0))?;
     metrics.incomplete(gaps > 0);
+    metrics.workers(workers::count(conn)?);
     let progress = store.progress();
     if let Some(last) = &progress.last {
         metrics.committed(&Default::default(), 0, 0, last.offset);

@@ -155,6 +155,15 @@ pub(crate) fn forget(tx: &Transaction<'_>, before_ms: u64) -> rusqlite::Result<u
         .execute([before_ms])
 }
 
+/// How many workers are alive, and how many gone.
+pub(crate) fn count(conn: &rusqlite::Connection) -> rusqlite::Result<(i64, i64)> {
+    conn.prepare_cached(
+        "SELECT count(*) FILTER (WHERE status = 'alive'), count(*) FILTER (WHERE status = 'gone')
+         FROM workers",
+    )?
+    .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+}
+
 /// Moves the tasks whose deciding event is a `started` of `worker` to `lost` if it is gone,
 /// back to `running` if it is alive.
 fn set_lost(

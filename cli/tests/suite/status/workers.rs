@@ -165,6 +165,13 @@ async fn a_task_whose_worker_is_killed_is_lost_until_another_worker_runs_it() {
         (count(&metrics, "lost"), count(&metrics, "running")),
         (1.0, 0.0)
     );
+    let workers = |metrics: &std::collections::BTreeMap<String, f64>, status| {
+        sample(metrics, "warren_index_workers", &[("status", status)])
+    };
+    assert_eq!(
+        (workers(&metrics, "alive"), workers(&metrics, "gone")),
+        (0.0, 1.0)
+    );
 
     // Another worker gets the redelivery: the task runs again and succeeds.
     let second = format!("{}-second", names.queue);
@@ -178,6 +185,10 @@ async fn a_task_whose_worker_is_killed_is_lost_until_another_worker_runs_it() {
     assert_eq!(
         (count(&metrics, "lost"), count(&metrics, "succeeded")),
         (0.0, 1.0)
+    );
+    assert_eq!(
+        (workers(&metrics, "alive"), workers(&metrics, "gone")),
+        (1.0, 1.0)
     );
     rescuer.signal("TERM");
     assert!(rescuer.child.wait().await.unwrap().success());
