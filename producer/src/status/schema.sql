@@ -76,4 +76,5 @@ CREATE TABLE IF NOT EXISTS workers (
     gone_reason TEXT,
     gone_at_ms INTEGER
 );
-CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks (worker, state);
+-- Only the tasks a worker's status can move between `running` and `lost`.
+CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks (worker) WHERE state IN ('running', 'lost');

@@ -172,15 +172,23 @@ fn set_lost(
     liveness: Liveness,
     counts: &mut CountChanges,
 ) -> rusqlite::Result<()> {
-    let (from, to) = match liveness {
-        Liveness::Gone => (State::Running, State::Lost),
-        Liveness::Alive => (State::Lost, State::Running),
+    // The states are written out so that SQLite uses the partial index `tasks_by_worker`.
+    let (from, to, sql) = match liveness {
+        Liveness::Gone => (
+            State::Running,
+            State::Lost,
+            "UPDATE tasks SET state = 'lost' WHERE worker = ?1 AND state = 'running'
+             AND state IN ('running', 'lost') AND rank_phase = 0 RETURNING queue",
+        ),
+        Liveness::Alive => (
+            State::Lost,
+            State::Running,
+            "UPDATE tasks SET state = 'running' WHERE worker = ?1 AND state = 'lost'
+             AND state IN ('running', 'lost') AND rank_phase = 0 RETURNING queue",
+        ),
     };
-    let mut moved = tx.prepare_cached(
-        "UPDATE tasks SET state = ?3 WHERE worker = ?1 AND state = ?2 AND rank_phase = 0
-         RETURNING queue",
-    )?;
-    let mut rows = moved.query(params![worker, from.as_str(), to.as_str()])?;
+    let mut moved = tx.prepare_cached(sql)?;
+    let mut rows = moved.query([worker])?;
     while let Some(row) = rows.next()? {
         let queue: String = row.get(0)?;
         *counts.entry((queue.clone(), from)).or_default() -= 1;
