@@ -183,7 +183,7 @@ fn filter(query: &str) -> Result<Filter, FieldError> {
                     FieldError::new(
                         "state",
                         format!(
-                            "`{value}` is not a state: running, retrying, succeeded, \
+                            "`{value}` is not a state: running, lost, retrying, succeeded, \
                              dead_lettered or expired"
                         ),
                     )

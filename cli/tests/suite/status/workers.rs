@@ -145,6 +145,7 @@ async fn a_task_whose_worker_is_killed_is_lost_until_another_worker_runs_it() {
 
     serve.wait_for_state(&id, "lost").await;
     assert_eq!(cli_state(&serve, &names, &id).await, "lost");
+    assert_eq!(serve.list_ids("state=lost").await, vec![id.clone()]);
     let gone = listed(&serve, &first).await;
     assert_eq!(
         (gone["status"].as_str(), gone["gone_reason"].as_str()),
