@@ -7,6 +7,7 @@ mod publish;
 mod serve;
 mod stats;
 mod tasks;
+mod workers;
 
 use clap::{Parser, Subcommand};
 use std::future::Future;
@@ -61,11 +62,14 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Ask a `serve` with --index what became of tasks: `tasks status ID`, `tasks list`.
     Tasks(tasks::TasksArgs),
+    /// Ask a `serve` with --index which workers it heard from: alive, or gone (drained, or
+    /// silent for three heartbeat intervals) within the last hour.
+    Workers(workers::WorkersArgs),
 }
 
 impl Cli {
     /// Whether the command does one thing and exits (`publish`, `stats`, `dead-letters`,
-    /// `tasks`), rather than serving until stopped.
+    /// `tasks`, `workers`), rather than serving until stopped.
     pub fn is_one_shot(&self) -> bool {
         !matches!(self.command, Command::Serve(_))
     }
@@ -123,6 +127,7 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
             serve::run(args, &amqp, &cli.exchange, cli.via_exchange, &shutdown).await
         }
         Command::Tasks(args) => tasks::run(args).await,
+        Command::Workers(args) => workers::run(args).await,
     };
     match result.map_err(anyhow::Error::downcast::<Unreachable>) {
         Err(Ok(unreachable)) => {
@@ -147,7 +152,9 @@ mod tests {
             Command::Publish(a) => a.connect.connect_timeout,
             Command::Stats(a) => a.connect.connect_timeout,
             Command::DeadLetters(a) => a.connect.connect_timeout,
-            Command::Serve(_) | Command::Tasks(_) => panic!("no broker connect timeout"),
+            Command::Serve(_) | Command::Tasks(_) | Command::Workers(_) => {
+                panic!("no broker connect timeout")
+            }
         }
     }
 

@@ -12,9 +12,9 @@ use warren_common::process::exit;
 /// Where `serve` listens unless told otherwise (its default `--listen` port).
 const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
 
-/// Arguments of `tasks`.
+/// Which server to ask and how to print its answers (`tasks` and `workers`).
 #[derive(Debug, clap::Args)]
-pub struct TasksArgs {
+pub struct ServerArgs {
     /// The `warren-producer serve` to ask (http:// only); it must run with --index.
     #[arg(long, env = "WARREN_SERVER", default_value = DEFAULT_SERVER, global = true)]
     server: String,
@@ -23,15 +23,22 @@ pub struct TasksArgs {
     auth_token_file: Option<PathBuf>,
     /// Print the server's JSON answer instead of text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(super) json: bool,
+}
+
+/// Arguments of `tasks`.
+#[derive(Debug, clap::Args)]
+pub struct TasksArgs {
+    #[command(flatten)]
+    server: ServerArgs,
     #[command(subcommand)]
     command: TasksCommand,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum TasksCommand {
-    /// Show a task's status: running, retrying, succeeded, dead_lettered, expired, or unknown
-    /// (no event of it has reached the server's index).
+    /// Show a task's status: running, lost (its worker is gone), retrying, succeeded,
+    /// dead_lettered, expired, or unknown (no event of it has reached the server's index).
     Status(StatusArgs),
     /// List tasks, newest change first.
     List(ListArgs),
@@ -46,7 +53,7 @@ struct StatusArgs {
 #[derive(Debug, clap::Args)]
 struct ListArgs {
     /// Only tasks in this state.
-    #[arg(long, value_parser = ["running", "retrying", "succeeded", "dead_lettered", "expired"])]
+    #[arg(long, value_parser = ["running", "lost", "retrying", "succeeded", "dead_lettered", "expired"])]
     state: Option<String>,
     /// Only tasks of this name.
     #[arg(long)]
@@ -68,6 +75,38 @@ struct ListArgs {
 /// Asks the server and prints its answer. Exit codes: 0 answered (an unknown task
 /// included), 1 the server refused the request, 69 the server could not be reached.
 pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
+    let path = match &args.command {
+        TasksCommand::Status(status) => format!("/v1/tasks/{}", encode(&status.id)),
+        TasksCommand::List(list) => format!("/v1/tasks?{}", list.query()),
+    };
+    let status = matches!(args.command, TasksCommand::Status(_));
+    let json = match ask(&args.server, &path, |answer, json| {
+        // An unknown task is a 200; a 404 saying so is taken as the same answer.
+        status && answer.status == 404 && json["state"] == "unknown"
+    })
+    .await?
+    {
+        Ok(json) => json,
+        Err(code) => return Ok(code),
+    };
+    if args.server.json {
+        println!("{json}");
+    } else {
+        match args.command {
+            TasksCommand::Status(_) => print!("{}", status_text(&json)),
+            TasksCommand::List(_) => print!("{}", list_text(&json)),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// GETs `path` from the server: its JSON answer if 200 (or `also_answered`), else the exit
+/// code of a refusal (1, the server's message printed) or of an unreachable server (69).
+pub(super) async fn ask(
+    args: &ServerArgs,
+    path: &str,
+    also_answered: impl Fn(&Answer, &Value) -> bool,
+) -> anyhow::Result<Result<Value, ExitCode>> {
     let token = match &args.auth_token_file {
         None => None,
         Some(path) => Some(
@@ -78,35 +117,20 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     let client = Client::new(&args.server, token)?;
-    let path = match &args.command {
-        TasksCommand::Status(status) => format!("/v1/tasks/{}", encode(&status.id)),
-        TasksCommand::List(list) => format!("/v1/tasks?{}", list.query()),
-    };
-    let answer = match client.get(&path).await {
+    let answer = match client.get(path).await {
         Ok(answer) => answer,
         Err(error @ ClientError::Unreachable(_)) => {
             eprintln!("error: cannot reach the server: {error}");
-            return Ok(ExitCode::from(exit::UNAVAILABLE));
+            return Ok(Err(ExitCode::from(exit::UNAVAILABLE)));
         }
         Err(error) => return Err(error.into()),
     };
     let json: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-    let answered = answer.status == 200
-        || (answer.status == 404
-            && matches!(args.command, TasksCommand::Status(_))
-            && json["state"] == "unknown");
-    if !answered {
-        return Ok(refused(&answer, &json));
-    }
-    if args.json {
-        println!("{json}");
+    if answer.status == 200 || also_answered(&answer, &json) {
+        Ok(Ok(json))
     } else {
-        match args.command {
-            TasksCommand::Status(_) => print!("{}", status_text(&json)),
-            TasksCommand::List(_) => print!("{}", list_text(&json)),
-        }
+        Ok(Err(refused(&answer, &json)))
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 impl ListArgs {
@@ -138,7 +162,7 @@ fn refused(answer: &Answer, json: &Value) -> ExitCode {
 }
 
 /// Text of a JSON field: strings bare, null as `-`.
-fn text(value: &Value) -> String {
+pub(super) fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Null => "-".to_owned(),
@@ -184,15 +208,25 @@ fn list_text(json: &Value) -> String {
         .iter()
         .map(|t| ["id", "state", "task", "queue", "attempt", "updated_at"].map(|f| text(&t[f])))
         .collect();
-    let header = ["ID", "STATE", "TASK", "QUEUE", "ATTEMPT", "UPDATED"].map(str::to_owned);
+    let header = ["ID", "STATE", "TASK", "QUEUE", "ATTEMPT", "UPDATED"];
+    let mut out = table(header, &rows);
+    if let Some(cursor) = json["next_cursor"].as_str() {
+        out.push_str(&format!("more: --cursor {cursor}\n"));
+    }
+    out + &index_note(json)
+}
+
+/// Rows under a header, in columns as wide as their widest cell.
+pub(super) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let header = header.map(str::to_owned);
     let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
+    for row in std::iter::once(&header).chain(rows) {
         let cells: Vec<String> = row
             .iter()
             .zip(widths)
@@ -201,14 +235,11 @@ fn list_text(json: &Value) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
-    if let Some(cursor) = json["next_cursor"].as_str() {
-        out.push_str(&format!("more: --cursor {cursor}\n"));
-    }
-    out + &index_note(json)
+    out
 }
 
 /// A warning when the server's index may miss events.
-fn index_note(json: &Value) -> String {
+pub(super) fn index_note(json: &Value) -> String {
     match json["index"]["incomplete_since"].as_str() {
         Some(since) => format!(
             "note: this server's index may miss events from {since} on (see its \

@@ -190,6 +190,7 @@ fn check_binary_flags(doc: &str, line: usize, words: &[&str]) {
                 "purge",
                 "tasks",
                 "status",
+                "workers",
             ]
             .contains(w)
         })

@@ -5,6 +5,7 @@
 //! one built from the stream's start; a stream cut by retention or recreated is reported.
 
 mod restart;
+mod workers;
 
 use crate::binary;
 use crate::http_ingest::openapi::Spec;

@@ -1,8 +1,8 @@
 //! The HTTP ingest behind `warren-producer serve`: services in any language publish tasks
 //! with `POST /v1/tasks` and `POST /v1/tasks:batch`, and get `202` only for tasks the broker
 //! confirmed; with a status index (the `status` feature), `GET /v1/tasks/{id}` and
-//! `GET /v1/tasks` answer what became of them. The same listener serves `/metrics`,
-//! `/healthz` and `/readyz`.
+//! `GET /v1/tasks` answer what became of them, and `GET /v1/workers` who runs them. The same
+//! listener serves `/metrics`, `/healthz` and `/readyz`.
 //!
 //! The server starts answering at once; the publisher connects in the background, and until
 //! it has (and whenever it cannot publish) `/v1` answers 503 and `/readyz` fails. The API is
@@ -21,6 +21,8 @@ mod server;
 #[cfg(feature = "status")]
 mod status;
 mod time;
+#[cfg(feature = "status")]
+mod workers;
 
 pub use auth::BearerToken;
 pub use request::read_task_body;
@@ -179,11 +181,15 @@ pub async fn serve_ingest(
 
 /// The read routes: the status index's, or answers that there is none.
 #[cfg(feature = "status")]
-use status as reads;
+mod reads {
+    pub(crate) use super::status::{get_task, list_tasks};
+    pub(crate) use super::workers::list_workers;
+}
 #[cfg(not(feature = "status"))]
 mod reads {
     pub(crate) use super::handlers::no_index as get_task;
     pub(crate) use super::handlers::no_index as list_tasks;
+    pub(crate) use super::handlers::no_index as list_workers;
 }
 
 fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpMetrics) -> Router {
@@ -198,6 +204,7 @@ fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpM
         .route_layer(from_fn_with_state(body_limits, body::read_within_limits))
         .route("/v1/tasks", get(reads::list_tasks))
         .route("/v1/tasks/{id}", get(reads::get_task))
+        .route("/v1/workers", get(reads::list_workers))
         // Added last, so it runs first: nothing of an unauthorised body is read.
         .route_layer(from_fn_with_state(
             config.auth_token.clone(),

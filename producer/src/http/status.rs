@@ -147,7 +147,7 @@ pub(crate) async fn list_tasks(
     .into_response())
 }
 
-fn index(app: &AppState) -> Result<Arc<Readers>, ApiError> {
+pub(super) fn index(app: &AppState) -> Result<Arc<Readers>, ApiError> {
     app.index.clone().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -156,7 +156,7 @@ fn index(app: &AppState) -> Result<Arc<Readers>, ApiError> {
     })
 }
 
-fn unreadable(error: rusqlite::Error) -> ApiError {
+pub(super) fn unreadable(error: rusqlite::Error) -> ApiError {
     tracing::error!(%error, "cannot read the status index");
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -183,7 +183,7 @@ fn filter(query: &str) -> Result<Filter, FieldError> {
                     FieldError::new(
                         "state",
                         format!(
-                            "`{value}` is not a state: running, retrying, succeeded, \
+                            "`{value}` is not a state: running, lost, retrying, succeeded, \
                              dead_lettered or expired"
                         ),
                     )
@@ -247,7 +247,7 @@ fn status_body(status: TaskStatus) -> StatusBody {
     }
 }
 
-fn index_body(fresh: Freshness) -> IndexBody {
+pub(super) fn index_body(fresh: Freshness) -> IndexBody {
     IndexBody {
         incomplete_since: fresh.incomplete_since_ms.map(rfc3339),
         events_until: fresh.last_event_at_ms.map(rfc3339),
@@ -255,7 +255,7 @@ fn index_body(fresh: Freshness) -> IndexBody {
 }
 
 /// Milliseconds since the epoch as an RFC 3339 UTC time with milliseconds.
-fn rfc3339(ms: u64) -> String {
+pub(super) fn rfc3339(ms: u64) -> String {
     let time = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
         .unwrap_or_default();
     time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -10,6 +10,7 @@
 
 use super::metrics::IndexMetrics;
 use super::store::{Batch, GapReason, LastBatch, Store};
+use super::workers::{self, Presence};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use warren_common::events::{declare_events_stream, read_record, Record};
+use warren_common::events::{declare_events_stream, read_record, Heartbeat, Record};
 use warren_common::{connect, header_string, header_u64, now_ms, Amqp, Pacer};
 
 /// Most deliveries applied in one transaction.
@@ -33,6 +34,10 @@ const PREFETCH: u16 = 2 * MAX_DELIVERIES as u16;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// Most tasks deleted in one transaction (the writer holds the file meanwhile).
 const SWEEP_CHUNK: usize = 10_000;
+/// How often the follower looks for workers gone silent.
+const LIVENESS_CHECK: Duration = Duration::from_millis(250);
+/// How long a gone worker stays listed.
+const GONE_KEPT: Duration = Duration::from_secs(3600);
 /// How long the follower waits for the stream's last messages when looking for its end.
 const PROBE_IDLE: Duration = Duration::from_secs(2);
 /// The offset header of a stream delivery.
@@ -171,6 +176,8 @@ impl Follower {
     ) -> Result<Flow, FollowError> {
         let mut pending: Vec<(u64, Delivery)> = Vec::new();
         let mut deadline = Instant::now();
+        let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 biased;
@@ -180,6 +187,10 @@ impl Follower {
                 }
                 _ = sweep.tick() => {
                     self.sweep().await?;
+                    continue;
+                }
+                _ = liveness.tick() => {
+                    self.check_workers().await?;
                     continue;
                 }
                 _ = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
@@ -264,13 +275,15 @@ impl Follower {
         let count = batches.len();
         let horizon = now_ms().saturating_sub(self.retention.as_millis() as u64);
         let store = self.store.clone();
-        let (applied, newest) = tokio::task::spawn_blocking(move || {
+        let (applied, newest, workers) = tokio::task::spawn_blocking(move || {
             let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-            let applied = store.apply(&batches, horizon)?;
-            Ok::<_, rusqlite::Error>((applied, store.progress().last_event_at_ms))
+            let applied = store.apply(&batches, horizon, now_ms())?;
+            let workers = workers::count(store.connection())?;
+            Ok::<_, rusqlite::Error>((applied, store.progress().last_event_at_ms, workers))
         })
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        self.metrics.workers(workers);
         self.metrics.committed(&applied, count, invalid, offset);
         self.metrics.last_event(newest);
         // Acking only grants credit: nothing is removed from a stream.
@@ -279,22 +292,19 @@ impl Follower {
         Ok(())
     }
 
-    /// A delivery's batch; a worker's heartbeat is no batch (the index does not keep workers
-    /// yet), and a message not in the format is logged and passed over.
+    /// A delivery's batch: events, or a worker's heartbeat or farewell; a message not in the
+    /// format is logged and passed over.
     fn batch(&self, offset: u64, delivery: &Delivery) -> Batch {
         let headers = delivery.properties.headers().clone().unwrap_or_default();
         match read_record(&headers, &delivery.data) {
-            Ok(Record::Heartbeat(heartbeat) | Record::Farewell(heartbeat)) => Batch {
-                offset,
-                source: heartbeat.worker,
-                first_seq: 0,
-                events: Vec::new(),
-            },
+            Ok(Record::Heartbeat(heartbeat)) => presence(offset, heartbeat, false),
+            Ok(Record::Farewell(heartbeat)) => presence(offset, heartbeat, true),
             Ok(Record::Events(events)) => Batch {
                 offset,
                 source: events.first().map(|e| e.source.clone()).unwrap_or_default(),
                 first_seq: events.first().map_or(0, |e| e.seq),
                 events,
+                presence: None,
             },
             Err(error) => {
                 tracing::warn!(stream = %self.stream, offset, %error, "passing over a stream message that is not a batch of events");
@@ -303,6 +313,7 @@ impl Follower {
                     source: String::new(),
                     first_seq: 0,
                     events: Vec::new(),
+                    presence: None,
                 }
             }
         }
@@ -318,6 +329,27 @@ impl Follower {
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         self.metrics.gap(reason);
         self.metrics.incomplete(true);
+        Ok(())
+    }
+
+    /// Marks gone the workers silent for their intervals (their running tasks become lost)
+    /// and forgets those gone for [`GONE_KEPT`].
+    async fn check_workers(&self) -> Result<(), FollowError> {
+        let store = self.store.clone();
+        let now = now_ms();
+        let forget = now.saturating_sub(GONE_KEPT.as_millis() as u64);
+        let ((counts, silent), workers) = tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            let checked = store.check_workers(now, forget)?;
+            Ok::<_, rusqlite::Error>((checked, workers::count(store.connection())?))
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        self.metrics.count(&counts);
+        self.metrics.workers(workers);
+        for worker in silent {
+            tracing::info!(stream = %self.stream, worker = %worker, "worker silent for its heartbeat intervals: gone, its running tasks lost");
+        }
         Ok(())
     }
 
@@ -341,6 +373,20 @@ impl Follower {
                 return Ok(());
             }
         }
+    }
+}
+
+/// The batch of a heartbeat (a farewell if `farewell`).
+fn presence(offset: u64, heartbeat: Heartbeat, farewell: bool) -> Batch {
+    Batch {
+        offset,
+        source: heartbeat.worker.clone(),
+        first_seq: 0,
+        events: Vec::new(),
+        presence: Some(Presence {
+            heartbeat,
+            farewell,
+        }),
     }
 }
 

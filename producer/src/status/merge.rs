@@ -13,6 +13,9 @@ use warren_common::events::{EventKind, Stamped};
 pub enum State {
     /// A worker is running it (its latest event is a `started`).
     Running,
+    /// Its latest event is a `started` of a worker now gone (farewell or silent): it waits
+    /// for its redelivery, whose events decide it again. Derived, never recorded.
+    Lost,
     /// An attempt failed and another is due at `retry_at`.
     Retrying,
     /// Its handler succeeded.
@@ -27,8 +30,9 @@ pub enum State {
 
 impl State {
     /// The states the index stores (all but `unknown`).
-    pub const INDEXED: [State; 5] = [
+    pub const INDEXED: [State; 6] = [
         State::Running,
+        State::Lost,
         State::Retrying,
         State::Succeeded,
         State::DeadLettered,
@@ -50,6 +54,7 @@ impl State {
     pub fn as_str(self) -> &'static str {
         match self {
             State::Running => "running",
+            State::Lost => "lost",
             State::Retrying => "retrying",
             State::Succeeded => "succeeded",
             State::DeadLettered => "dead_lettered",

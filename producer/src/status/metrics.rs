@@ -17,6 +17,7 @@ pub(crate) struct IndexMetrics {
     gaps: IntCounterVec,
     incomplete: IntGauge,
     tasks: IntGaugeVec,
+    workers: IntGaugeVec,
     deleted: IntCounter,
     failures: IntCounter,
 }
@@ -71,6 +72,14 @@ impl IndexMetrics {
                 ),
                 &["queue", "state"],
             )?,
+            workers: IntGaugeVec::new(
+                Opts::new(
+                    "warren_index_workers",
+                    "Workers in the status index, by status: alive, or gone (drained, or silent \
+                     for three heartbeat intervals) within the last hour.",
+                ),
+                &["status"],
+            )?,
             deleted: IntCounter::new(
                 "warren_index_deleted_total",
                 "Ended tasks deleted from the status index by its retention.",
@@ -88,6 +97,7 @@ impl IndexMetrics {
         registry.register(Box::new(metrics.gaps.clone()))?;
         registry.register(Box::new(metrics.incomplete.clone()))?;
         registry.register(Box::new(metrics.tasks.clone()))?;
+        registry.register(Box::new(metrics.workers.clone()))?;
         registry.register(Box::new(metrics.deleted.clone()))?;
         registry.register(Box::new(metrics.failures.clone()))?;
         Ok(metrics)
@@ -132,6 +142,12 @@ impl IndexMetrics {
         self.tasks
             .with_label_values(&[queue, state.as_str()])
             .set(tasks);
+    }
+
+    /// The workers indexed, alive and gone.
+    pub(crate) fn workers(&self, (alive, gone): (i64, i64)) {
+        self.workers.with_label_values(&["alive"]).set(alive);
+        self.workers.with_label_values(&["gone"]).set(gone);
     }
 
     /// A gap found.

@@ -14,6 +14,7 @@ mod merge;
 mod metrics;
 pub(crate) mod query;
 mod store;
+pub(crate) mod workers;
 
 pub use merge::State;
 pub use store::IndexError;
@@ -68,7 +69,8 @@ impl StatusIndex {
         registry: &prometheus::Registry,
         stop: CancellationToken,
     ) -> Result<StatusIndex, IndexError> {
-        let store = Store::open(&config.path, &config.stream)?;
+        let mut store = Store::open(&config.path, &config.stream)?;
+        store.resume_workers(warren_common::now_ms())?;
         let metrics = IndexMetrics::new(registry).map_err(IndexError::Metrics)?;
         restore_metrics(&store, &metrics)?;
         let readers = Readers::new(&config.path);
@@ -104,6 +106,7 @@ fn restore_metrics(store: &Store, metrics: &IndexMetrics) -> rusqlite::Result<()
     }
     let gaps: i64 = conn.query_row("SELECT count(*) FROM gaps", [], |r| r.get(0))?;
     metrics.incomplete(gaps > 0);
+    metrics.workers(workers::count(conn)?);
     let progress = store.progress();
     if let Some(last) = &progress.last {
         metrics.committed(&Default::default(), 0, 0, last.offset);

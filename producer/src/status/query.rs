@@ -123,7 +123,7 @@ fn status(row: &Row<'_>) -> rusqlite::Result<TaskStatus> {
     })
 }
 
-fn freshness(conn: &Connection) -> rusqlite::Result<Freshness> {
+pub(crate) fn freshness(conn: &Connection) -> rusqlite::Result<Freshness> {
     conn.query_row(
         "SELECT (SELECT min(coalesce(since_ms, 0)) FROM gaps),
                 (SELECT last_event_at_ms FROM progress)",

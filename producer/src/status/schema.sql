@@ -52,3 +52,29 @@ CREATE TABLE IF NOT EXISTS gaps (
     stored_offset INTEGER NOT NULL,
     resumed_offset INTEGER
 );
+-- `workers` holds one row per worker heard from (its heartbeats and farewell, §11.7): the
+-- last heartbeat's fields, where it was in the stream, when the index received it (by the
+-- index's clock) and whether the worker is alive or gone. A task whose deciding event is a
+-- `started` of a gone worker has the state `lost` (docs/status.md).
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    version TEXT NOT NULL,
+    queues TEXT NOT NULL,
+    concurrency INTEGER NOT NULL,
+    prefetch INTEGER NOT NULL,
+    running TEXT NOT NULL,
+    counts TEXT NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    interval_ms INTEGER NOT NULL,
+    heard_at_ms INTEGER NOT NULL,
+    position_epoch INTEGER NOT NULL,
+    position_offset INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    gone_reason TEXT,
+    gone_at_ms INTEGER
+);
+-- Only the tasks a worker's status can move between `running` and `lost`.
+CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks (worker) WHERE state IN ('running', 'lost');

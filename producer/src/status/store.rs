@@ -5,6 +5,7 @@
 //! file is always a consistent snapshot of the stream up to its stored offset.
 
 use super::merge::{supersedes, Position, Rank, State};
+use super::workers::{self, Presence};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::HashMap;
 use std::path::Path;
@@ -69,6 +70,8 @@ pub(crate) struct Batch {
     pub(crate) first_seq: u64,
     /// Its events (none for a batch not in the format: it is passed over).
     pub(crate) events: Vec<Stamped>,
+    /// A worker's heartbeat or farewell instead of events.
+    pub(crate) presence: Option<Presence>,
 }
 
 /// Why the index may miss events.
@@ -108,6 +111,9 @@ pub(crate) struct Applied {
 pub(crate) struct Store {
     conn: Connection,
     progress: Progress,
+    /// The newest `at_ms` read from the stream, heartbeats included: the stream's clock that
+    /// judges the silence of workers while the index catches up.
+    stream_now_ms: u64,
 }
 
 /// The stored rank and status of a task, as the merge needs them.
@@ -157,7 +163,14 @@ impl Store {
             });
         }
         let progress = read_progress(&conn)?;
-        Ok(Store { conn, progress })
+        let heard: Option<u64> =
+            conn.query_row("SELECT max(at_ms) FROM workers", [], |r| r.get(0))?;
+        let stream_now_ms = heard.max(progress.last_event_at_ms).unwrap_or(0);
+        Ok(Store {
+            conn,
+            progress,
+            stream_now_ms,
+        })
     }
 
     /// Where the index stands.
@@ -172,11 +185,13 @@ impl Store {
 
     /// Applies `batches` (in stream order) in one transaction that also stores the last one's
     /// offset. Events of tasks not indexed whose `at_ms` is before `horizon_ms` are left out:
-    /// retention would delete them.
+    /// retention would delete them. Heartbeats are received at `now_ms` (the index's clock);
+    /// workers silent for their intervals by the stream's clock are then gone.
     pub(crate) fn apply(
         &mut self,
         batches: &[Batch],
         horizon_ms: u64,
+        now_ms: u64,
     ) -> rusqlite::Result<Applied> {
         let Some(last) = batches.last() else {
             return Ok(Applied::default());
@@ -184,6 +199,7 @@ impl Store {
         let epoch = self.progress.epoch;
         let mut applied = Applied::default();
         let mut newest = self.progress.last_event_at_ms;
+        let mut stream_now_ms = self.stream_now_ms;
         let tx = self.conn.transaction()?;
         for batch in batches {
             for event in &batch.events {
@@ -191,7 +207,18 @@ impl Store {
                 apply_event(&tx, event, rank, horizon_ms, &mut applied)?;
                 newest = newest.max(Some(event.event.at_ms));
             }
+            if let Some(presence) = &batch.presence {
+                let position = Position {
+                    epoch,
+                    offset: batch.offset,
+                    seq: 0,
+                };
+                workers::apply(&tx, presence, position, now_ms, &mut applied.counts)?;
+                stream_now_ms = stream_now_ms.max(presence.heartbeat.at_ms);
+            }
         }
+        stream_now_ms = stream_now_ms.max(newest.unwrap_or(0));
+        workers::mark_silent(&tx, now_ms, stream_now_ms, &mut applied.counts)?;
         change_counts(&tx, &applied.counts)?;
         tx.prepare_cached(
             "UPDATE progress SET stream_offset = ?1, batch_source = ?2, batch_first_seq = ?3,
@@ -205,7 +232,35 @@ impl Store {
             first_seq: last.first_seq,
         });
         self.progress.last_event_at_ms = newest;
+        self.stream_now_ms = stream_now_ms;
         Ok(applied)
+    }
+
+    /// Counts the silence of the alive workers from `now_ms`, when the index opens: it
+    /// could not hear them while it was not running, and reads what they sent meanwhile
+    /// (judged by the stream's clock) before its own clock can find them silent.
+    pub(crate) fn resume_workers(&mut self, now_ms: u64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE workers SET heard_at_ms = max(heard_at_ms, ?1) WHERE status = 'alive'",
+            [now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Marks gone the workers silent for their intervals by `now_ms` (the index's clock) or
+    /// the stream's clock, and deletes those gone before `forget_before_ms`.
+    pub(crate) fn check_workers(
+        &mut self,
+        now_ms: u64,
+        forget_before_ms: u64,
+    ) -> rusqlite::Result<(CountChanges, Vec<String>)> {
+        let mut counts = CountChanges::new();
+        let tx = self.conn.transaction()?;
+        let silent = workers::mark_silent(&tx, now_ms, self.stream_now_ms, &mut counts)?;
+        workers::forget(&tx, forget_before_ms)?;
+        change_counts(&tx, &counts)?;
+        tx.commit()?;
+        Ok((counts, silent))
     }
 
     /// Records that events may be missing from the index. For a recreated stream, the index
@@ -296,7 +351,10 @@ fn apply_event(
         }
         _ => {}
     }
-    let state = State::after(event.event);
+    let state = match State::after(event.event) {
+        State::Running if workers::is_gone(tx, &stamped.source)? => State::Lost,
+        state => state,
+    };
     let started_at_ms = match &stored {
         _ if event.event == EventKind::Started => Some(event.at_ms),
         Some(s) if s.rank.same_run(&rank) => s.started_at_ms,

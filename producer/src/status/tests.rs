@@ -1,6 +1,9 @@
 //! The merge rule (docs/wire-format.md §11.6) applied to an index in memory: events of one
 //! task in any order end in the same status, a batch applied twice changes nothing, and the
-//! counts per queue and state always equal the rows.
+//! counts per queue and state always equal the rows. The workers table and the `lost` state
+//! are in [`workers`].
+
+mod workers;
 
 use super::merge::State;
 use super::query::{self, Filter};
@@ -37,6 +40,7 @@ fn batch(offset: u64, events: Vec<Stamped>) -> Batch {
         source: events[0].source.clone(),
         first_seq: events[0].seq,
         events,
+        presence: None,
     }
 }
 
@@ -93,10 +97,14 @@ use EventKind::*;
 fn an_ending_that_arrives_before_its_start_stays_the_status() {
     let mut index = store();
     index
-        .apply(&[batch(1, vec![event("w2", 0, Succeeded, "a", 1, 0)])], 0)
+        .apply(
+            &[batch(1, vec![event("w2", 0, Succeeded, "a", 1, 0)])],
+            0,
+            0,
+        )
         .unwrap();
     index
-        .apply(&[batch(2, vec![event("w1", 7, Started, "a", 1, 0)])], 0)
+        .apply(&[batch(2, vec![event("w1", 7, Started, "a", 1, 0)])], 0, 0)
         .unwrap();
     assert_eq!(state(&index, "a"), Some(State::Succeeded));
     let (status, _) = query::get(index.connection(), "a").unwrap();
@@ -118,17 +126,17 @@ fn a_rerun_with_a_higher_delivery_count_replaces_the_earlier_run() {
     let rerun_end = batch(3, vec![event("w2", 1, DeadLettered, "a", 1, 1)]);
     let mut index = store();
     index
-        .apply(&[first_run.clone(), rerun_start.clone()], 0)
+        .apply(&[first_run.clone(), rerun_start.clone()], 0, 0)
         .unwrap();
     assert_eq!(state(&index, "a"), Some(State::Running));
-    index.apply(std::slice::from_ref(&rerun_end), 0).unwrap();
+    index.apply(std::slice::from_ref(&rerun_end), 0, 0).unwrap();
     assert_eq!(state(&index, "a"), Some(State::DeadLettered));
 
     // The rerun's events first, the earlier run's success last: the same status.
     let mut reordered = store();
     for (offset, mut b) in [(1, rerun_end), (2, rerun_start), (3, first_run)] {
         b.offset = offset;
-        reordered.apply(&[b], 0).unwrap();
+        reordered.apply(&[b], 0, 0).unwrap();
     }
     assert_eq!(state(&reordered, "a"), Some(State::DeadLettered));
     assert_counts_right(&reordered);
@@ -140,16 +148,20 @@ fn a_retry_then_a_success_ends_succeeded_in_any_order() {
     let started = event("w2", 0, Started, "a", 2, 0);
     let succeeded = event("w2", 1, Succeeded, "a", 2, 0);
     let mut index = store();
-    index.apply(&[batch(1, vec![retrying.clone()])], 0).unwrap();
+    index
+        .apply(&[batch(1, vec![retrying.clone()])], 0, 0)
+        .unwrap();
     let (status, _) = query::get(index.connection(), "a").unwrap();
     let status = status.unwrap();
     assert_eq!(status.state, State::Retrying);
     assert_eq!(status.retry_at_ms, Some(9_000));
     assert_eq!(status.error, Some(("error".into(), "Retrying".into())));
-    index.apply(&[batch(2, vec![started.clone()])], 0).unwrap();
+    index
+        .apply(&[batch(2, vec![started.clone()])], 0, 0)
+        .unwrap();
     assert_eq!(state(&index, "a"), Some(State::Running));
     index
-        .apply(&[batch(3, vec![succeeded.clone()])], 0)
+        .apply(&[batch(3, vec![succeeded.clone()])], 0, 0)
         .unwrap();
     let (status, _) = query::get(index.connection(), "a").unwrap();
     let status = status.unwrap();
@@ -164,7 +176,7 @@ fn a_retry_then_a_success_ends_succeeded_in_any_order() {
         let mut index = store();
         for (offset, e) in order.into_iter().enumerate() {
             index
-                .apply(&[batch(offset as u64, vec![e.clone()])], 0)
+                .apply(&[batch(offset as u64, vec![e.clone()])], 0, 0)
                 .unwrap();
         }
         assert_eq!(state(&index, "a"), Some(State::Succeeded), "{order:?}");
@@ -193,10 +205,10 @@ fn a_batch_applied_again_changes_nothing() {
             ],
         ),
     ];
-    index.apply(&batches, 0).unwrap();
+    index.apply(&batches, 0, 0).unwrap();
     let before = snapshot(&index);
     for again in [&batches[1], &batches[0], &batches[2], &batches[0]] {
-        let applied = index.apply(std::slice::from_ref(again), 0).unwrap();
+        let applied = index.apply(std::slice::from_ref(again), 0, 0).unwrap();
         assert_eq!(applied.applied, 0);
         assert_eq!(applied.superseded, again.events.len() as u64);
         assert_eq!(snapshot(&index), before);
@@ -223,6 +235,7 @@ fn equal_ranks_from_different_workers_go_by_stream_position() {
                 batch(2, vec![second.clone()]),
             ],
             0,
+            0,
         )
         .unwrap();
     assert_eq!(
@@ -230,7 +243,7 @@ fn equal_ranks_from_different_workers_go_by_stream_position() {
         Some(State::Retrying),
         "the later in the stream"
     );
-    index.apply(&[batch(1, vec![first])], 0).unwrap();
+    index.apply(&[batch(1, vec![first])], 0, 0).unwrap();
     assert_eq!(
         state(&index, "a"),
         Some(State::Retrying),
@@ -246,7 +259,7 @@ fn retention_deletes_ended_tasks_and_keeps_the_counts_right() {
         let kind = if n % 2 == 0 { Succeeded } else { Started };
         events.push(event("w1", n, kind, &format!("t{n}"), 1, 0));
     }
-    index.apply(&[batch(1, events)], 0).unwrap();
+    index.apply(&[batch(1, events)], 0, 0).unwrap();
     // Ended at 1_000, 1_002, 1_004, ...: the three before 1_005 go.
     let changes = index.sweep(1_005, 2).unwrap();
     assert_eq!(changes.values().sum::<i64>(), -2, "at most the chunk");
@@ -268,6 +281,7 @@ fn retention_deletes_ended_tasks_and_keeps_the_counts_right() {
         .apply(
             &[batch(2, vec![event("w2", 0, Started, "t0", 1, 0)])],
             1_001,
+            0,
         )
         .unwrap();
     assert_eq!(applied.outdated, 1);
@@ -282,7 +296,7 @@ fn listings_filter_and_page_newest_first() {
         let kind = [Succeeded, Started, DeadLettered][n as usize % 3];
         events.push(event("w1", n, kind, &format!("t{n}"), 1, 0));
     }
-    index.apply(&[batch(1, events)], 0).unwrap();
+    index.apply(&[batch(1, events)], 0, 0).unwrap();
     let list = |filter: Filter| query::list(index.connection(), &filter).unwrap();
     let ids = |page: &query::Page| page.tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
     let succeeded = list(Filter {
@@ -327,7 +341,7 @@ fn listings_filter_and_page_newest_first() {
 fn a_gap_marks_the_index_incomplete_and_a_recreated_stream_starts_an_epoch() {
     let mut index = store();
     index
-        .apply(&[batch(40, vec![event("w1", 0, Started, "a", 1, 0)])], 0)
+        .apply(&[batch(40, vec![event("w1", 0, Started, "a", 1, 0)])], 0, 0)
         .unwrap();
     let (_, fresh) = query::get(index.connection(), "a").unwrap();
     assert_eq!(fresh.incomplete_since_ms, None);
@@ -344,7 +358,7 @@ fn a_gap_marks_the_index_incomplete_and_a_recreated_stream_starts_an_epoch() {
     assert!(index.progress().last.is_none());
     // Offsets start again at 0 in the new epoch, and still come later.
     index
-        .apply(&[batch(0, vec![event("w3", 0, Started, "a", 1, 0)])], 0)
+        .apply(&[batch(0, vec![event("w3", 0, Started, "a", 1, 0)])], 0, 0)
         .unwrap();
     let (status, _) = query::get(index.connection(), "a").unwrap();
     assert_eq!(status.unwrap().worker, "w3");

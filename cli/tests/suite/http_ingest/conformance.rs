@@ -95,7 +95,19 @@ async fn every_documented_answer_is_produced_as_documented() {
     assert_eq!(client.get("/v1/tasks/%FF").await.status, 400);
     assert_eq!(client.get("/v1/tasks?state=succeeded").await.status, 200);
     assert_eq!(client.get("/v1/tasks?state=done").await.status, 400);
-    for path in ["/v1/tasks", "/v1/tasks/spec-task"] {
+    let heartbeat = json!({"worker": "spec-worker", "host": "h", "pid": 1, "version": "0",
+        "queues": [queue], "concurrency": 1, "prefetch": 1, "running": [], "counts": {},
+        "started_at_ms": warren_common::now_ms(), "at_ms": warren_common::now_ms(),
+        "interval_ms": 60_000});
+    record_heartbeat(&stream, &heartbeat).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the index to apply the heartbeat",
+        || async { client.get("/v1/workers").await.json["workers"][0]["id"] == "spec-worker" },
+    )
+    .await;
+    assert_eq!(client.get("/v1/workers?status=alive").await.status, 400);
+    for path in ["/v1/tasks", "/v1/tasks/spec-task", "/v1/workers"] {
         assert_eq!(client.without_token().get(path).await.status, 401);
         assert_eq!(down_client.get(path).await.status, 501);
     }

@@ -372,6 +372,46 @@ pub async fn record_batches(stream: &str, source: &str, first_seq: u64, batches:
     let _ = conn.close(200, "recorded".into()).await;
 }
 
+/// Records a worker's heartbeat (`heartbeat`, its JSON) in the events stream `stream`.
+pub async fn record_heartbeat(stream: &str, heartbeat: &Value) {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    use warren_common::events::{HEARTBEAT, RECORD_HEADER, SOURCE_HEADER};
+    let conn = warren_tests::raw_connection().await;
+    warren_common::events::declare_events_stream(&conn, stream)
+        .await
+        .expect("the events stream is declared");
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut headers = FieldTable::default();
+    let source = heartbeat["worker"].as_str().unwrap_or_default();
+    headers.insert(SOURCE_HEADER.into(), AMQPValue::LongString(source.into()));
+    headers.insert(
+        RECORD_HEADER.into(),
+        AMQPValue::LongString(HEARTBEAT.into()),
+    );
+    let properties = lapin::BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_headers(headers);
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            stream.into(),
+            BasicPublishOptions::default(),
+            heartbeat.to_string().as_bytes(),
+            properties,
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(confirm.is_ack(), "the heartbeat is confirmed");
+    let _ = conn.close(200, "recorded".into()).await;
+}
+
 /// Deletes the events stream `stream`.
 pub async fn delete_stream(conn: &lapin::Connection, stream: &str) {
     let channel = conn.create_channel().await.unwrap();
