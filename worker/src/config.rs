@@ -377,13 +377,17 @@ pub mod defaults {
 
     /// `host-pid`.
     pub fn worker_id() -> String {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        let host = hostname().unwrap_or_else(|| "worker".to_owned());
+        format!("{host}-{}", std::process::id())
+    }
+
+    /// The machine's host name, if it has one.
+    pub(crate) fn hostname() -> Option<String> {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
             .ok()
             .or_else(|| std::env::var("HOSTNAME").ok())
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "worker".to_owned());
-        format!("{host}-{}", std::process::id())
     }
 }
 

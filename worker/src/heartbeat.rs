@@ -75,7 +75,7 @@ pub(crate) fn heartbeat(shared: &Shared, started_at_ms: u64) -> Heartbeat {
     .collect();
     Heartbeat {
         worker: config.worker_id.clone(),
-        host: hostname(),
+        host: crate::defaults::hostname().unwrap_or_default(),
         pid: std::process::id(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         queues: config.queues.clone(),
@@ -126,13 +126,4 @@ pub(crate) async fn farewell(shared: &Shared, publisher: &Publisher, started_at_
         Ok(Err(error)) => tracing::warn!(%error, "could not say farewell"),
         Err(_) => tracing::warn!(timeout = ?WAIT, "could not say farewell in time"),
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_default()
 }

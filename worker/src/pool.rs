@@ -159,10 +159,10 @@ impl Worker {
             let events = self.record_events(&publisher);
             let session = self.run_session(&conn, &publisher, &shutdown.drain).await;
             self.shared.metrics.connected.set(0);
-            let (conn, publisher) = (conn, Links { publisher, events });
+            let links = Links { publisher, events };
             if shutdown.drain.is_cancelled() || session.fatal.is_some() {
                 ackers.extend(session.ackers);
-                connections = Some((conn, publisher));
+                connections = Some((conn, links));
                 fatal = session.fatal;
                 break;
             }
@@ -175,7 +175,7 @@ impl Worker {
                 None => true,
             });
             let wait = self.shared.config.shutdown_timeout;
-            ackers.push(tokio::spawn(retire(session.ackers, conn, publisher, wait)));
+            ackers.push(tokio::spawn(retire(session.ackers, conn, links, wait)));
         }
         self.health.set(Readiness::Draining);
         let report = self
@@ -441,7 +441,7 @@ struct Links {
 async fn retire(
     ackers: Vec<JoinHandle<u64>>,
     conn: lapin::Connection,
-    publisher: Links,
+    links: Links,
     wait: Duration,
 ) -> u64 {
     let mut lost = 0;
@@ -451,7 +451,7 @@ async fn retire(
         }
     };
     let _ = tokio::time::timeout(wait, settle).await;
-    close(conn, publisher, "session ended").await;
+    close(conn, links, "session ended").await;
     lost
 }
 
