@@ -70,6 +70,31 @@ async fn read_events(stream: &str, done: impl Fn(&[Stamped]) -> bool) -> Vec<Sta
     read_stream(stream, |seen| done(&seen.events)).await.events
 }
 
+/// Declares, in the events stream's place, a queue that refuses every publish: the worker
+/// finds it there (it declares the stream only if nothing has that name) and cannot record
+/// anything.
+async fn declare_refusing(channel: &lapin::Channel, stream: &str) {
+    let mut refusing = FieldTable::default();
+    refusing.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    refusing.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    channel
+        .queue_declare(stream.into(), Default::default(), refusing)
+        .await
+        .unwrap();
+}
+
+/// Deletes the test's queues and its events stream.
+async fn delete_all(conn: &lapin::Connection, queue: &str, stream: &str) {
+    delete_queues(conn, queue).await;
+    let channel = conn.create_channel().await.unwrap();
+    let _ = channel
+        .queue_delete(stream.into(), Default::default())
+        .await;
+}
+
 #[tokio::test]
 async fn each_tasks_transitions_are_on_the_events_stream_in_order() {
     let queue = unique_queue("events");
@@ -176,12 +201,7 @@ async fn each_tasks_transitions_are_on_the_events_stream_in_order() {
         (3, 1, 2)
     );
     assert!(seen.heartbeats.iter().all(|h| h.worker == worker_id));
-    let conn = raw_connection().await;
-    delete_queues(&conn, &queue).await;
-    let channel = conn.create_channel().await.unwrap();
-    let _ = channel
-        .queue_delete(stream.as_str().into(), Default::default())
-        .await;
+    delete_all(&raw_connection().await, &queue, &stream).await;
 }
 
 #[tokio::test]
@@ -189,19 +209,8 @@ async fn no_task_is_acked_before_its_ending_is_recorded() {
     let queue = unique_queue("events-held");
     let stream = format!("{queue}.events");
     let conn = raw_connection().await;
-    // A queue in the stream's place that refuses every publish: the worker finds it there
-    // (it declares the stream only if nothing has that name) and cannot record anything.
     let channel = conn.create_channel().await.unwrap();
-    let mut refusing = FieldTable::default();
-    refusing.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
-    refusing.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    channel
-        .queue_declare(stream.as_str().into(), Default::default(), refusing)
-        .await
-        .unwrap();
+    declare_refusing(&channel, &stream).await;
     let mut config = test_config(&queue);
     config.events_stream = Some(stream.clone());
     config.shutdown_timeout = Duration::from_secs(1);
@@ -258,10 +267,7 @@ async fn no_task_is_acked_before_its_ending_is_recorded() {
     let report = worker.stop().await;
     assert_eq!(report.totals.succeeded, 3);
     assert_eq!(ready_count(&conn, &queue).await, 0);
-    delete_queues(&conn, &queue).await;
-    let _ = channel
-        .queue_delete(stream.as_str().into(), Default::default())
-        .await;
+    delete_all(&conn, &queue, &stream).await;
 }
 
 #[tokio::test]
@@ -270,16 +276,7 @@ async fn when_events_cannot_be_recorded_the_worker_gives_its_tasks_back_and_wait
     let stream = format!("{queue}.events");
     let conn = raw_connection().await;
     let channel = conn.create_channel().await.unwrap();
-    let mut refusing = FieldTable::default();
-    refusing.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
-    refusing.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
-    channel
-        .queue_declare(stream.as_str().into(), Default::default(), refusing)
-        .await
-        .unwrap();
+    declare_refusing(&channel, &stream).await;
     let mut config = test_config(&queue);
     config.events_stream = Some(stream.clone());
     config.events_timeout = Duration::from_secs(1);
@@ -361,8 +358,5 @@ async fn when_events_cannot_be_recorded_the_worker_gives_its_tasks_back_and_wait
     let report = worker.stop().await;
     assert_eq!(report.totals.succeeded, 6);
     assert_eq!(ready_count(&conn, &queue).await, 0);
-    delete_queues(&conn, &queue).await;
-    let _ = channel
-        .queue_delete(stream.as_str().into(), Default::default())
-        .await;
+    delete_all(&conn, &queue, &stream).await;
 }
