@@ -9,6 +9,7 @@ mod consume;
 mod heartbeat;
 mod metrics;
 mod outcome;
+mod output;
 mod pool;
 mod rate_limit;
 mod registry;

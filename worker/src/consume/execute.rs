@@ -5,6 +5,7 @@
 use crate::consume::isolation::{self, Mode, Verdict};
 use crate::metrics::TaskMetrics;
 use crate::outcome::{Failure, Outcome, ReasonKind};
+use crate::output::Output;
 use crate::registry::{Entry, HandlerResult, TaskContext};
 use crate::Shared;
 use futures::future::BoxFuture;
@@ -99,6 +100,9 @@ pub(crate) fn admit<'a>(
     Ok((envelope, entry))
 }
 
+/// What an attempt came to: the delivery's fate, and the handler's result if it succeeded.
+pub(crate) type Ran = (Outcome, Option<Output>);
+
 /// Admits a delivery and runs its handler to its end, in one go: for runs alone and the
 /// testing API, which wait for each task anyway. The consume loop goes through the same steps
 /// one at a time ([`crate::consume::delivery`]), so that a handler finished on its first poll
@@ -110,16 +114,16 @@ pub(crate) async fn run(
     envelope: Result<Envelope, EnvelopeError>,
     metrics: &TaskMetrics,
     mode: Mode,
-) -> Outcome {
+) -> Ran {
     let task = envelope.as_ref().map_or("", |e| e.task.as_str());
     let entry = shared.registry.get(task);
     let (envelope, entry) = match admit(shared, delivery, envelope, entry, mode) {
         Ok(admitted) => admitted,
-        Err(refused) => return refused,
+        Err(refused) => return (refused, None),
     };
     match Handler::start(shared, queue, delivery, envelope, entry, metrics) {
         Ok(handler) => handler.finish(shared, metrics).await,
-        Err(outcome) => outcome,
+        Err(outcome) => (outcome, None),
     }
 }
 
@@ -205,11 +209,7 @@ impl Handler {
     /// Polls a handler that runs inline once, with a waker that does nothing: a handler
     /// still waiting is polled again (with its own waker) by whoever runs [`finish`](Self::finish).
     /// Most short tasks end here, with no future, allocation or wake-up of their own.
-    pub(crate) fn poll_once(
-        mut self,
-        shared: &Shared,
-        metrics: &TaskMetrics,
-    ) -> Result<Outcome, Self> {
+    pub(crate) fn poll_once(mut self, shared: &Shared, metrics: &TaskMetrics) -> Result<Ran, Self> {
         if self.attempt.spawn {
             return Err(self);
         }
@@ -224,7 +224,7 @@ impl Handler {
     }
 
     /// Runs the handler to its end, within its timeout.
-    pub(crate) async fn finish(self, shared: &Shared, metrics: &TaskMetrics) -> Outcome {
+    pub(crate) async fn finish(self, shared: &Shared, metrics: &TaskMetrics) -> Ran {
         let Handler { future, attempt } = self;
         let deadline = attempt.started + attempt.timeout;
         let handler = AssertUnwindSafe(future).catch_unwind();
@@ -246,13 +246,13 @@ impl Handler {
 
 impl Attempt {
     /// The outcome of the attempt, counted in the task's metrics.
-    fn conclude(self, shared: &Shared, metrics: &TaskMetrics, ended: Ended) -> Outcome {
+    fn conclude(self, shared: &Shared, metrics: &TaskMetrics, ended: Ended) -> Ran {
         metrics
             .duration
             .observe(self.started.elapsed().as_secs_f64());
         let mut asked = None;
         let failure = match ended {
-            Ok(Ok(Ok(()))) => return Outcome::Ack,
+            Ok(Ok(Ok(output))) => return (Outcome::Ack, Some(output)),
             Ok(Ok(Err(error))) => {
                 asked = error.retry_delay();
                 error.into_failure()
@@ -268,15 +268,17 @@ impl Attempt {
         };
         metrics.failed(failure.kind);
         let retry = &shared.config.retry;
-        Outcome::after_failure(
-            failure,
-            self.number,
-            self.max_attempts,
-            |attempt| match asked {
-                Some(delay) => delay.min(warren_common::delay::max_delay()),
-                None => retry.delay_after(attempt),
-            },
-        )
+        let outcome =
+            Outcome::after_failure(
+                failure,
+                self.number,
+                self.max_attempts,
+                |attempt| match asked {
+                    Some(delay) => delay.min(warren_common::delay::max_delay()),
+                    None => retry.delay_after(attempt),
+                },
+            );
+        (outcome, None)
     }
 }
 
