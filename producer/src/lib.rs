@@ -9,7 +9,7 @@ pub mod defaults;
 mod http;
 #[cfg(feature = "scheduler")]
 pub mod scheduler;
-#[cfg(feature = "status")]
+#[cfg(any(feature = "status", feature = "status-client"))]
 pub mod status;
 
 pub use dead_letters::{

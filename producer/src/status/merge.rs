@@ -1,3 +1,4 @@
+#![cfg_attr(not(feature = "status"), allow(dead_code))]
 //! The merge rule (docs/wire-format.md §11.6): which of a task's events decides its status,
 //! whatever order they arrive in. Events are ranked, never by a clock: by attempt, then
 //! delivery count, then phase (a run's `started` before its ending), then by where they are
