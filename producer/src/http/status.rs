@@ -33,7 +33,7 @@ pub(crate) async fn get_task(
         .read(move |conn| query::get(conn, &key))
         .await
         .map_err(unreadable)?;
-    let index = index_body(fresh);
+    let index = index_body(fresh, &readers);
     let answer = match found {
         Some(status) => TaskStatus {
             index: Some(index),
@@ -62,7 +62,7 @@ pub(crate) async fn list_tasks(
     Ok(Json(TaskList {
         tasks: tasks.into_iter().map(status_body).collect(),
         next_cursor: next.map(|c| c.encode()),
-        index: index_body(freshness),
+        index: index_body(freshness, &readers),
     })
     .into_response())
 }
@@ -169,10 +169,11 @@ fn status_body(status: IndexedStatus) -> TaskStatus {
     }
 }
 
-pub(super) fn index_body(fresh: Freshness) -> IndexState {
+pub(super) fn index_body(fresh: Freshness, readers: &Readers) -> IndexState {
     IndexState {
         incomplete_since: fresh.incomplete_since_ms.map(Timestamp::from_millis),
         events_until: fresh.last_event_at_ms.map(Timestamp::from_millis),
+        caught_up: readers.caught_up(),
     }
 }
 

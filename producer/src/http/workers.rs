@@ -27,7 +27,7 @@ pub(crate) async fn list_workers(
         .map_err(unreadable)?;
     Ok(Json(WorkerList {
         workers: found.into_iter().map(worker_body).collect(),
-        index: index_body(freshness),
+        index: index_body(freshness, &readers),
     })
     .into_response())
 }

@@ -135,6 +135,10 @@ pub struct IndexState {
     pub incomplete_since: Option<Timestamp>,
     /// The newest event time applied (none: no event yet).
     pub events_until: Option<Timestamp>,
+    /// Whether the index has applied the events stream up to where it ended when the index
+    /// (re)connected; false while it catches up on a backlog (after a restart, or reading
+    /// the stream from its start), when statuses can be far behind.
+    pub caught_up: bool,
 }
 
 /// A page of statuses, newest change first (`GET /v1/tasks`).

@@ -101,6 +101,7 @@ impl StatusIndex {
         restore_metrics(&store, &metrics)?;
         let readers = Readers::new(&config.path);
         let follower = Follower {
+            readers: readers.clone(),
             amqp,
             stream: config.stream.clone(),
             store: Arc::new(Mutex::new(store)),

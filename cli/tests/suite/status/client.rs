@@ -37,6 +37,12 @@ async fn the_rust_client_and_tasks_wait_report_each_ending() {
 
     // The Rust client waits for the sleeping task, which ends after it asked.
     let client = StatusClient::new(&serve.url, Some(TOKEN.into())).unwrap();
+    wait_until(Duration::from_secs(60), "the index to catch up", || async {
+        client.task("any").await.unwrap().index.unwrap().caught_up
+    })
+    .await;
+    let metrics = serve.metrics().await;
+    assert_eq!(sample(&metrics, "warren_index_caught_up", &[]), 1.0);
     let done = client.wait(&sleep, Duration::from_secs(60)).await.unwrap();
     assert_eq!(done.state, State::Succeeded);
     assert_eq!(done.worker.as_deref(), Some(worker_id.as_str()));
