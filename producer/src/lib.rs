@@ -13,7 +13,8 @@ pub mod scheduler;
 pub mod status;
 
 pub use dead_letters::{
-    DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection, BROKER_KIND_PREFIX,
+    DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection,
+    BROKER_DEAD_LETTER_DELIVERY_COUNT, BROKER_KIND_PREFIX,
 };
 #[cfg(feature = "http")]
 #[doc(hidden)]
