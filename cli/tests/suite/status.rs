@@ -7,6 +7,7 @@
 mod broker;
 mod client;
 mod restart;
+mod volume;
 mod workers;
 
 use crate::binary;
