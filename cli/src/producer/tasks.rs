@@ -244,15 +244,22 @@ pub(super) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> 
     out
 }
 
-/// A warning when the server's index may miss events.
+/// A warning when the server's index may miss events, or is catching up on a backlog.
 pub(super) fn index_note(json: &Value) -> String {
-    match json["index"]["incomplete_since"].as_str() {
+    let mut note = match json["index"]["incomplete_since"].as_str() {
         Some(since) => format!(
             "note: this server's index may miss events from {since} on (see its \
              warren_index_gaps_total)\n"
         ),
         None => String::new(),
+    };
+    if json["index"]["caught_up"] == false {
+        note.push_str(
+            "note: this server's index is catching up on the events stream: statuses may be \
+             far behind\n",
+        );
     }
+    note
 }
 
 #[cfg(test)]
@@ -282,6 +289,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("may miss events from 2026-01-01"), "{text}");
+        assert!(!text.contains("catching up"), "{text}");
+        let behind = json!({"id": "c", "state": "unknown", "index": {"caught_up": false}});
+        assert!(status_text(&behind).contains("is catching up"));
     }
 
     #[test]

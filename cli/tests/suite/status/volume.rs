@@ -2,7 +2,8 @@
 //! across three stock `warren-worker`s recording events, followed by `serve --index`. While
 //! they run, no sampled task's state goes backwards and the succeeded count never falls; at
 //! the end every id is `succeeded` in the index, exactly once, and the workers ran each task
-//! exactly once.
+//! exactly once. A second index built from the stream's start says it has caught up only
+//! once it holds every one of them.
 
 use super::workers::worker;
 use super::{Names, Serve};
@@ -108,6 +109,29 @@ async fn thousands_of_tasks_across_three_workers_all_end_succeeded_and_never_go_
         ran += sample(&scraped, "warren_tasks_succeeded_total", &[]);
     }
     assert_eq!(ran, tasks as f64, "each task ran exactly once");
+    assert!(
+        metrics.contains_key("warren_index_lag_seconds"),
+        "the lag is reported"
+    );
+    assert_eq!(sample(&metrics, "warren_index_caught_up", &[]), 1.0);
+
+    // A new index reads the whole backlog: once it says it caught up, it has every task.
+    let rebuilt = Serve::start(&names, &names.index("rebuilt.db")).await;
+    let caught_up = || async {
+        let answer = rebuilt.status("any").await;
+        answer["index"]["caught_up"] == true
+    };
+    wait_until(
+        Duration::from_secs(120),
+        "the new index to catch up",
+        caught_up,
+    )
+    .await;
+    let listed = rebuilt
+        .list_ids(&format!("queue={}&state=succeeded&limit=1000", names.queue))
+        .await;
+    assert_eq!(listed.len(), tasks, "caught up means every task is in");
+    rebuilt.stop().await;
 
     for mut worker in workers {
         worker.signal("TERM");
