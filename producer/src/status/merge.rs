@@ -1,9 +1,11 @@
-#![cfg_attr(not(feature = "status"), allow(dead_code))]
 //! The merge rule (docs/wire-format.md §11.6): which of a task's events decides its status,
 //! whatever order they arrive in. Events are ranked, never by a clock: by attempt, then
 //! delivery count, then phase (a run's `started` before its ending), then by where they are
 //! in the stream. The highest-ranked event seen is the task's status; so applying an event
 //! twice, or a batch again, changes nothing.
+//!
+//! The status client (`status-client` without `status`) uses only [`State`].
+#![cfg_attr(not(feature = "status"), allow(dead_code))]
 
 use serde::{Deserialize, Serialize};
 use warren_common::events::{EventKind, Stamped};
