@@ -22,6 +22,30 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The writer of broker dead letters' events, shared by the passes of one
 /// [`super::DeadLetterQueue`]; its sender stops when the last clone is dropped.
+/// The `dead_lettered` event of `dead` (whose kind reads `kind`), if the broker wrote it and
+/// it names its task.
+fn broker_event<'a>(dead: &'a DeadLetter, kind: &'a str) -> Option<Event<'a>> {
+    if !dead.is_from_broker() {
+        return None;
+    }
+    let record = &dead.record;
+    Some(Event {
+        at_ms: record.last_failure_ms.unwrap_or_else(warren_common::now_ms),
+        attempt: Some(u32::try_from(record.attempts).unwrap_or(u32::MAX)),
+        delivery_count: Some(BROKER_DEAD_LETTER_DELIVERY_COUNT),
+        error: Some(EventError {
+            kind: Cow::Borrowed(kind),
+            reason: Cow::Borrowed(&record.reason),
+        }),
+        ..Event::new(
+            EventKind::DeadLettered,
+            dead.id.as_deref()?,
+            dead.task.as_deref().unwrap_or(""),
+            record.original_queue.as_deref().unwrap_or(""),
+        )
+    })
+}
+
 #[derive(Clone)]
 pub(super) struct BrokerEvents {
     log: EventLog,
@@ -67,27 +91,8 @@ impl BrokerEvents {
 
     /// Records the ending of `dead` if the broker dead-lettered it; the ticket to wait for.
     pub(super) fn record(&self, dead: &DeadLetter) -> Option<Ticket> {
-        if !dead.is_from_broker() {
-            return None;
-        }
-        let record = &dead.record;
-        let kind = record.kind.to_string();
-        let event = Event {
-            at_ms: record.last_failure_ms.unwrap_or_else(warren_common::now_ms),
-            attempt: Some(u32::try_from(record.attempts).unwrap_or(u32::MAX)),
-            delivery_count: Some(BROKER_DEAD_LETTER_DELIVERY_COUNT),
-            error: Some(EventError {
-                kind: Cow::Borrowed(&kind),
-                reason: Cow::Borrowed(&record.reason),
-            }),
-            ..Event::new(
-                EventKind::DeadLettered,
-                dead.id.as_deref()?,
-                dead.task.as_deref().unwrap_or(""),
-                record.original_queue.as_deref().unwrap_or(""),
-            )
-        };
-        Some(self.log.record(&event))
+        let kind = dead.record.kind.to_string();
+        Some(self.log.record(&broker_event(dead, &kind)?))
     }
 
     /// Waits until the event of `ticket` (and every one before it) is confirmed.
@@ -98,5 +103,59 @@ impl BrokerEvents {
                 stream: self.log.stream().to_owned(),
                 timeout: CONFIRM_TIMEOUT,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{AMQPValue, FieldArray, FieldTable};
+    use lapin::BasicProperties;
+    use warren_common::{headers, int_value, text_value};
+
+    fn dead_letter(headers: FieldTable) -> DeadLetter {
+        let props = BasicProperties::default()
+            .with_message_id("t-1".into())
+            .with_type("demo.crash".into())
+            .with_headers(headers);
+        DeadLetter::from_message(&props, b"{}")
+    }
+
+    #[test]
+    fn only_the_brokers_dead_letters_get_an_event_that_outranks_every_run() {
+        let mut death = FieldTable::default();
+        death.insert("reason".into(), text_value("delivery_limit"));
+        death.insert("queue".into(), text_value("work"));
+        death.insert("count".into(), AMQPValue::LongLongInt(1));
+        let mut table = FieldTable::default();
+        let deaths = FieldArray::from(vec![AMQPValue::FieldTable(death)]);
+        table.insert(headers::X_DEATH.into(), AMQPValue::FieldArray(deaths));
+        table.insert(headers::ATTEMPT.into(), int_value(2));
+        let broker = dead_letter(table);
+        let kind = broker.record.kind.to_string();
+        let event = broker_event(&broker, &kind).expect("a broker dead letter");
+        assert_eq!(event.event, EventKind::DeadLettered);
+        assert_eq!(
+            (&*event.id, &*event.task, &*event.queue),
+            ("t-1", "demo.crash", "work")
+        );
+        assert_eq!(event.attempt, Some(2));
+        assert_eq!(
+            event.delivery_count,
+            Some(BROKER_DEAD_LETTER_DELIVERY_COUNT)
+        );
+        let error = event.error.expect("an error");
+        assert_eq!(error.kind, "broker:delivery_limit");
+        assert!(error.reason.contains("delivery_limit"), "{}", error.reason);
+
+        let mut table = FieldTable::default();
+        table.insert(headers::DEAD_KIND.into(), text_value("retries_exhausted"));
+        table.insert(headers::DEAD_REASON.into(), text_value("boom"));
+        let worker = dead_letter(table);
+        let kind = worker.record.kind.to_string();
+        assert!(
+            broker_event(&worker, &kind).is_none(),
+            "the worker recorded it"
+        );
     }
 }
