@@ -290,6 +290,14 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("retry at"));
+        assert!(!text.contains("result"), "{text}");
+        let succeeded = json!({"id": "c", "state": "succeeded", "result": {"size": [1, 2]},
+            "index": {"incomplete_since": null}});
+        let text = status_text(&succeeded);
+        assert!(text.contains("result         {\"size\":[1,2]}\n"), "{text}");
+        let left_out = json!({"id": "d", "state": "succeeded", "result_error": "too big",
+            "index": {"incomplete_since": null}});
+        assert!(status_text(&left_out).contains("result         left out: too big\n"));
         let unknown = json!({"id": "b", "state": "unknown", "task": null,
             "index": {"incomplete_since": "2026-01-01T00:00:00.000Z"}});
         let text = status_text(&unknown);
