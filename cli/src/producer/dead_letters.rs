@@ -92,6 +92,8 @@ struct ReplayArgs {
     /// Run replayed tasks as attempt 1, with their full retry budget again.
     #[arg(long)]
     reset_attempts: bool,
+    #[command(flatten)]
+    events: super::events::PublishedEventsArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,6 +146,13 @@ pub async fn run(
     };
     let connecting = Publisher::connect(config, &shutdown.drain);
     let publisher = args.connect.bound(amqp, connecting).await??;
+    let publisher = match &args.command {
+        DeadLettersCommand::Replay(a) => match a.events.config() {
+            Some(events) => publisher.with_events(events),
+            None => publisher,
+        },
+        _ => publisher,
+    };
     let opened = DeadLetterQueue::open(&publisher, queue, exchange).await;
     let result = match opened.map(|dlq| dlq.with_max_age(args.dead_letter_max_age)) {
         Ok(dlq) => match args.command {

@@ -3,6 +3,7 @@
 
 mod client;
 mod dead_letters;
+pub mod events;
 mod publish;
 mod serve;
 mod stats;

@@ -6,7 +6,11 @@ use super::link::{LinkError, Linker};
 use super::metrics::ProducerMetrics;
 use super::options::TaskOptions;
 use super::PublishError;
-use crate::{delay, Amqp, ConnectError, Envelope, Health, QueueSpec, Task, TaskId, Topology};
+use crate::events::{Published, PublishedEvents, Recorder};
+use crate::{
+    delay, replay_count, Amqp, Claimed, ConnectError, Envelope, Health, QueueSpec, Task, TaskId,
+    Topology,
+};
 use futures::{stream, Stream, StreamExt};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
@@ -60,10 +64,13 @@ impl Default for PublisherConfig {
 }
 
 /// Publishes tasks with confirms, reconnecting when the broker is lost. Cheap to clone;
-/// clones share the connection.
+/// clones share the connection. With [`with_events`](Self::with_events), it also records a
+/// `published` event for each task.
 #[derive(Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
+    /// Where `published` events go, if they are recorded.
+    events: Option<Arc<Recorder>>,
 }
 
 struct Inner {
@@ -110,6 +117,7 @@ impl Publisher {
                 delays_declared,
                 known_queues: Mutex::default(),
             }),
+            events: None,
         })
     }
 
@@ -141,7 +149,55 @@ impl Publisher {
         };
         Ok(Publisher {
             inner: Arc::new(inner),
+            events: None,
         })
+    }
+
+    /// This publisher, also recording a `published` event for each task it publishes
+    /// (docs/wire-format.md §11.4) into the events stream `events` names, which it declares
+    /// if missing. The events are sent in batches on the publisher's connection; a publish
+    /// does not wait for its event's confirm. Call from within a Tokio runtime.
+    pub fn with_events(mut self, events: PublishedEvents) -> Publisher {
+        let sender = Publisher {
+            inner: self.inner.clone(),
+            events: None,
+        };
+        self.events = Some(Arc::new(Recorder::start(sender, events)));
+        self
+    }
+
+    /// The events stream `published` events go to, if they are recorded.
+    pub fn events_stream(&self) -> Option<&str> {
+        self.events.as_deref().map(Recorder::stream)
+    }
+
+    /// Records a `published` event for a message published as it is (e.g. a dead letter
+    /// replayed) to `queue`, if this publisher records events: its id, task name, attempt,
+    /// replays and content type are read from `properties`. Nothing for a message without an
+    /// id.
+    pub fn record_published(&self, queue: &str, body: &[u8], properties: &BasicProperties) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        let claimed = Claimed::from_properties(properties);
+        let Some(id) = claimed.id else {
+            return;
+        };
+        events.record(Published {
+            id,
+            task: claimed.task.unwrap_or(""),
+            queue,
+            attempt: claimed.attempt.unwrap_or(1),
+            replays: replay_count(properties),
+            body,
+            content_type: properties.content_type().as_ref().map(|t| t.as_str()),
+        });
+    }
+
+    /// Declares the events stream `stream` on the publisher's connection.
+    pub(crate) async fn declare_events_stream(&self, stream: &str) -> Result<(), PublishError> {
+        let link = self.link("").await?;
+        Ok(crate::events::declare_events_stream(&link.conn, stream).await?)
     }
 
     /// The publisher's readiness (connected, reconnecting, blocked), for an admin server.
@@ -213,6 +269,17 @@ impl Publisher {
                 self.publish_raw(&exchange, &key, &body, properties, &envelope.id)
                     .await?;
             }
+        }
+        if let Some(events) = &self.events {
+            events.record(Published {
+                id: &envelope.id,
+                task: &envelope.task,
+                queue,
+                attempt: envelope.attempt,
+                replays: 0,
+                body: &body,
+                content_type: Some(envelope.codec.content_type()),
+            });
         }
         Ok(envelope.id)
     }
@@ -413,8 +480,17 @@ impl Publisher {
         Ok(())
     }
 
-    /// Waits for every outstanding confirm, then closes the channel and connection.
+    /// Waits for every outstanding confirm (the `published` events' too, at most the
+    /// confirm timeout), then closes the channel and connection.
     pub async fn close(&self) {
+        if let Some(events) = &self.events {
+            if !events.flush(self.inner.config.confirm_timeout).await {
+                tracing::warn!(
+                    stream = events.stream(),
+                    "closing before every published event was confirmed; some may be missing"
+                );
+            }
+        }
         self.inner.link.close().await;
     }
 }

@@ -19,6 +19,7 @@ use axum::Json;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::sync::Arc;
+use warren_common::events::PayloadCopy;
 
 /// A task's status, as answered.
 #[derive(Debug, Serialize)]
@@ -35,6 +36,8 @@ pub(crate) struct StatusBody {
     ended_at: Option<String>,
     retry_at: Option<String>,
     error: Option<LastError>,
+    replays: u32,
+    published_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +60,8 @@ pub(crate) struct IndexBody {
 struct Found {
     #[serde(flatten)]
     status: StatusBody,
+    /// The copy of the payload its `published` event carried.
+    payload: Option<PayloadCopy>,
     index: IndexBody,
 }
 
@@ -75,6 +80,9 @@ struct Unknown {
     ended_at: Option<String>,
     retry_at: Option<String>,
     error: Option<LastError>,
+    replays: Option<u32>,
+    published_at: Option<String>,
+    payload: Option<PayloadCopy>,
     index: IndexBody,
 }
 
@@ -100,7 +108,8 @@ pub(crate) async fn get_task(
         .map_err(unreadable)?;
     let index = index_body(fresh);
     Ok(match found {
-        Some(status) => Json(Found {
+        Some(mut status) => Json(Found {
+            payload: payload_copy(status.payload.take()),
             status: status_body(status),
             index,
         })
@@ -118,6 +127,9 @@ pub(crate) async fn get_task(
             ended_at: None,
             retry_at: None,
             error: None,
+            replays: None,
+            published_at: None,
+            payload: None,
             index,
         })
         .into_response(),
@@ -244,7 +256,14 @@ fn status_body(status: TaskStatus) -> StatusBody {
         error: status
             .error
             .map(|(kind, reason)| LastError { kind, reason }),
+        replays: status.replays.unwrap_or(0),
+        published_at: status.published_at_ms.map(rfc3339),
     }
+}
+
+/// The payload's copy the index stored (JSON it wrote itself; anything else is left out).
+fn payload_copy(stored: Option<String>) -> Option<PayloadCopy> {
+    serde_json::from_str(&stored?).ok()
 }
 
 pub(super) fn index_body(fresh: Freshness) -> IndexBody {

@@ -27,6 +27,12 @@ pub(crate) struct TaskStatus {
     pub(crate) retry_at_ms: Option<u64>,
     /// The last error's kind and reason.
     pub(crate) error: Option<(String, String)>,
+    /// Replays from the dead letters (`x-warren-replays`) of the deciding event.
+    pub(crate) replays: Option<u32>,
+    /// When its `published` event was recorded, if one was read.
+    pub(crate) published_at_ms: Option<u64>,
+    /// The payload's copy in its `published` event, as JSON.
+    pub(crate) payload: Option<String>,
 }
 
 /// How complete and how fresh the index is.
@@ -102,7 +108,8 @@ pub(crate) struct Page {
 }
 
 const COLUMNS: &str = "id, state, task, queue, attempt, delivery_count, worker, updated_at_ms,
-    started_at_ms, ended_at_ms, retry_at_ms, error_kind, error_reason";
+    started_at_ms, ended_at_ms, retry_at_ms, error_kind, error_reason, replays, published_at_ms,
+    payload";
 
 fn status(row: &Row<'_>) -> rusqlite::Result<TaskStatus> {
     let kind: Option<String> = row.get(11)?;
@@ -120,6 +127,9 @@ fn status(row: &Row<'_>) -> rusqlite::Result<TaskStatus> {
         ended_at_ms: row.get(9)?,
         retry_at_ms: row.get(10)?,
         error: kind.map(|k| (k, reason.unwrap_or_default())),
+        replays: row.get(13)?,
+        published_at_ms: row.get(14)?,
+        payload: row.get(15)?,
     })
 }
 

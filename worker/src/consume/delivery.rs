@@ -39,7 +39,9 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span};
 use warren_common::events::{Event, EventError, EventKind, Ticket};
 use warren_common::Publisher;
-use warren_common::{delay, header_u64, headers, now_ms, Claimed, Envelope, EnvelopeError};
+use warren_common::{
+    delay, header_u64, headers, now_ms, replay_count, Claimed, Envelope, EnvelopeError,
+};
 
 /// What every delivery of one consume loop borrows.
 #[derive(Clone, Copy)]
@@ -452,6 +454,9 @@ pub(crate) fn record_event(
     let claimed = Claimed::from_properties(&delivery.properties);
     let mut event = Event::new(kind, claimed.id?, claimed.task.unwrap_or(""), queue);
     event.attempt = claimed.attempt;
+    // Replays from the dead letters rank first (docs/wire-format.md §11.6).
+    let replays = replay_count(&delivery.properties);
+    event.replays = (replays > 0).then_some(replays);
     // The broker writes the count from the first return on (quorum queues); a delivery
     // never returned has none. A classic queue's redelivery says only that it came back.
     event.delivery_count = delivery
