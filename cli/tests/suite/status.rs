@@ -4,6 +4,7 @@
 //! alike (every answer checked against docs/openapi.yaml); a killed index resumes and equals
 //! one built from the stream's start; a stream cut by retention or recreated is reported.
 
+mod published;
 mod restart;
 mod workers;
 
@@ -68,9 +69,15 @@ struct Serve {
 
 impl Serve {
     async fn start(names: &Names, index: &Path) -> Serve {
+        Serve::start_with(names, index, &[]).await
+    }
+
+    /// Started with `args` besides.
+    async fn start_with(names: &Names, index: &Path, args: &[&str]) -> Serve {
         let mut child = serve_command(&names.queue, "127.0.0.1:0", &names.token_file)
             .args(["--events-stream", &names.stream, "--index"])
             .arg(index)
+            .args(args)
             .spawn()
             .expect("warren-producer serve starts");
         let lines = capture_lines(child.stderr.take().expect("stderr is piped"));
