@@ -37,8 +37,9 @@ pub struct TasksArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum TasksCommand {
-    /// Show a task's status: running, lost (its worker is gone), retrying, succeeded,
-    /// dead_lettered, expired, or unknown (no event of it has reached the server's index).
+    /// Show a task's status: published (queued, not started), running, lost (its worker is
+    /// gone), retrying, succeeded, dead_lettered, expired, or unknown (no event of it has
+    /// reached the server's index); with its payload's copy, if its publisher recorded one.
     Status(StatusArgs),
     /// List tasks, newest change first.
     List(ListArgs),
@@ -53,7 +54,7 @@ struct StatusArgs {
 #[derive(Debug, clap::Args)]
 struct ListArgs {
     /// Only tasks in this state.
-    #[arg(long, value_parser = ["running", "lost", "retrying", "succeeded", "dead_lettered", "expired"])]
+    #[arg(long, value_parser = ["published", "running", "lost", "retrying", "succeeded", "dead_lettered", "expired"])]
     state: Option<String>,
     /// Only tasks of this name.
     #[arg(long)]

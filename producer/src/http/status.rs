@@ -195,8 +195,8 @@ fn filter(query: &str) -> Result<Filter, FieldError> {
                     FieldError::new(
                         "state",
                         format!(
-                            "`{value}` is not a state: running, lost, retrying, succeeded, \
-                             dead_lettered or expired"
+                            "`{value}` is not a state: published, running, lost, retrying, \
+                             succeeded, dead_lettered or expired"
                         ),
                     )
                 })?);
