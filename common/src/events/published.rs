@@ -9,11 +9,13 @@
 
 use super::{Event, EventKind, EventLog, Ticket};
 use crate::connect::Pacer;
-use crate::Publisher;
+use crate::{replay_count, Claimed, Publisher};
 use base64::Engine;
+use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -165,6 +167,48 @@ fn default_source() -> String {
         .unwrap_or_else(|| "localhost".to_owned());
     let n = PUBLISHERS.fetch_add(1, Ordering::Relaxed);
     format!("publisher-{host}-{}-{n}", std::process::id())
+}
+
+/// Recording `published` events, the part of [`Publisher`]'s API that configures and feeds
+/// them (its `publish` records through [`Recorder::record`] too).
+impl Publisher {
+    /// This publisher, also recording a `published` event for each task it publishes
+    /// (docs/wire-format.md §11.4) into the events stream `events` names, which it declares
+    /// if missing. The events are sent in batches on the publisher's connection; a publish
+    /// does not wait for its event's confirm. Call from within a Tokio runtime.
+    pub fn with_events(mut self, events: PublishedEvents) -> Publisher {
+        let sender = self.without_events();
+        self.events = Some(Arc::new(Recorder::start(sender, events)));
+        self
+    }
+
+    /// The events stream `published` events go to, if they are recorded.
+    pub fn events_stream(&self) -> Option<&str> {
+        self.events.as_deref().map(Recorder::stream)
+    }
+
+    /// Records a `published` event for a message published as it is (e.g. a dead letter
+    /// replayed) to `queue`, if this publisher records events: its id, task name, attempt,
+    /// replays and content type are read from `properties`. Nothing for a message without an
+    /// id.
+    pub fn record_published(&self, queue: &str, body: &[u8], properties: &BasicProperties) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        let claimed = Claimed::from_properties(properties);
+        let Some(id) = claimed.id else {
+            return;
+        };
+        events.record(Published {
+            id,
+            task: claimed.task.unwrap_or(""),
+            queue,
+            attempt: claimed.attempt.unwrap_or(1),
+            replays: replay_count(properties),
+            body,
+            content_type: properties.content_type().as_ref().map(|t| t.as_str()),
+        });
+    }
 }
 
 /// A publisher's side of its `published` events: the log they go to and the flusher that

@@ -6,11 +6,8 @@ use super::link::{LinkError, Linker};
 use super::metrics::ProducerMetrics;
 use super::options::TaskOptions;
 use super::PublishError;
-use crate::events::{Published, PublishedEvents, Recorder};
-use crate::{
-    delay, replay_count, Amqp, Claimed, ConnectError, Envelope, Health, QueueSpec, Task, TaskId,
-    Topology,
-};
+use crate::events::{Published, Recorder};
+use crate::{delay, Amqp, ConnectError, Envelope, Health, QueueSpec, Task, TaskId, Topology};
 use futures::{stream, Stream, StreamExt};
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation};
@@ -69,8 +66,8 @@ impl Default for PublisherConfig {
 #[derive(Clone)]
 pub struct Publisher {
     inner: Arc<Inner>,
-    /// Where `published` events go, if they are recorded.
-    events: Option<Arc<Recorder>>,
+    /// Where `published` events go, if they are recorded (`events::published`).
+    pub(crate) events: Option<Arc<Recorder>>,
 }
 
 struct Inner {
@@ -153,45 +150,12 @@ impl Publisher {
         })
     }
 
-    /// This publisher, also recording a `published` event for each task it publishes
-    /// (docs/wire-format.md §11.4) into the events stream `events` names, which it declares
-    /// if missing. The events are sent in batches on the publisher's connection; a publish
-    /// does not wait for its event's confirm. Call from within a Tokio runtime.
-    pub fn with_events(mut self, events: PublishedEvents) -> Publisher {
-        let sender = Publisher {
+    /// The same publisher without its `published` events: what sends them.
+    pub(crate) fn without_events(&self) -> Publisher {
+        Publisher {
             inner: self.inner.clone(),
             events: None,
-        };
-        self.events = Some(Arc::new(Recorder::start(sender, events)));
-        self
-    }
-
-    /// The events stream `published` events go to, if they are recorded.
-    pub fn events_stream(&self) -> Option<&str> {
-        self.events.as_deref().map(Recorder::stream)
-    }
-
-    /// Records a `published` event for a message published as it is (e.g. a dead letter
-    /// replayed) to `queue`, if this publisher records events: its id, task name, attempt,
-    /// replays and content type are read from `properties`. Nothing for a message without an
-    /// id.
-    pub fn record_published(&self, queue: &str, body: &[u8], properties: &BasicProperties) {
-        let Some(events) = &self.events else {
-            return;
-        };
-        let claimed = Claimed::from_properties(properties);
-        let Some(id) = claimed.id else {
-            return;
-        };
-        events.record(Published {
-            id,
-            task: claimed.task.unwrap_or(""),
-            queue,
-            attempt: claimed.attempt.unwrap_or(1),
-            replays: replay_count(properties),
-            body,
-            content_type: properties.content_type().as_ref().map(|t| t.as_str()),
-        });
+        }
     }
 
     /// Declares the events stream `stream` on the publisher's connection.
