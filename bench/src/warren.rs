@@ -8,6 +8,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
+use warren_common::events::PublishedEvents;
 use warren_common::{serve_admin, shutdown_signal, Amqp, Codec, QueueKind, QueueSpec};
 use warren_producer::{Publisher, PublisherConfig, TaskOptions};
 use warren_worker::{Registry, TaskContext, TaskError, Worker, WorkerConfig};
@@ -30,7 +31,31 @@ pub async fn publisher(broker: &Broker, queue: &str) -> anyhow::Result<Publisher
     publisher
         .declare(&QueueSpec::new(queue, QueueKind::Quorum))
         .await?;
-    Ok(publisher)
+    Ok(match published_events()? {
+        Some(events) => publisher.with_events(events),
+        None => publisher,
+    })
+}
+
+/// The `published` events Warren's publisher records, from the environment as
+/// `warren-producer publish` reads it: `WARREN_EVENTS_STREAM` (the workers inherit it too)
+/// and `WARREN_EVENTS_PAYLOAD_BYTES`. None without a stream: the baseline records nothing.
+fn published_events() -> anyhow::Result<Option<PublishedEvents>> {
+    let Some(stream) = std::env::var("WARREN_EVENTS_STREAM")
+        .ok()
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(None);
+    };
+    let events = PublishedEvents::new(stream);
+    Ok(Some(match std::env::var("WARREN_EVENTS_PAYLOAD_BYTES") {
+        Ok(bytes) => events.payload_bytes(
+            bytes
+                .parse()
+                .with_context(|| format!("WARREN_EVENTS_PAYLOAD_BYTES={bytes}"))?,
+        ),
+        Err(_) => events,
+    }))
 }
 
 /// JSON payloads: Warren's `demo.noop` takes any payload, which needs a self-describing

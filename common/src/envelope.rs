@@ -247,6 +247,18 @@ impl<'a> Claimed<'a> {
     }
 }
 
+/// How many times a message was replayed from the dead letters: its `x-warren-replays`
+/// header, 0 when absent or invalid (a count for ranking events, never a reason to refuse a
+/// task).
+pub fn replay_count(props: &BasicProperties) -> u32 {
+    props
+        .headers()
+        .as_ref()
+        .and_then(|table| table.inner().get(headers::REPLAYS))
+        .and_then(|value| int_header(headers::REPLAYS, value).ok().flatten())
+        .map_or(0, saturate)
+}
+
 /// The creation time a task id carries: the Unix milliseconds of a UUIDv7 (RFC 9562), the
 /// default of `x-warren-created-ms`. `None` for any other id.
 pub fn id_time_ms(id: &str) -> Option<u64> {

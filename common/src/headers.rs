@@ -18,6 +18,10 @@ pub const EXPIRES_MS: &str = "x-warren-expires-ms";
 pub const NOT_BEFORE_MS: &str = "x-warren-not-before-ms";
 /// W3C trace context of the publisher (string, optional).
 pub const TRACEPARENT: &str = "traceparent";
+/// How many times the task was replayed from the dead letters (integer, absent: 0). Written
+/// by `dead-letters replay`, kept through retries and isolation, copied into the task's
+/// events: it comes first in their rank (docs/wire-format.md §11.6).
+pub const REPLAYS: &str = "x-warren-replays";
 
 /// The last failure of a task being retried: `<kind>: <reason>`, truncated.
 pub const LAST_ERROR: &str = "x-warren-last-error";

@@ -48,7 +48,8 @@ pub use dead_letter::{
 };
 pub use declare::{inspect_queue, QueueState, TopologyError};
 pub use envelope::{
-    id_time_ms, now_ms, Claimed, Envelope, EnvelopeError, TaskId, DEFAULT_SCHEMA_VERSION,
+    id_time_ms, now_ms, replay_count, Claimed, Envelope, EnvelopeError, TaskId,
+    DEFAULT_SCHEMA_VERSION,
 };
 pub use header_value::{header_string, header_u64, int_value, text_value};
 pub use health::{Health, Readiness};

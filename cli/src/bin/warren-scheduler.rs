@@ -5,6 +5,7 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use warren_cli::producer::events::PublishedEventsArgs;
 use warren_common::process::{exit, run_process, ProcessOptions};
 use warren_common::{serve_admin, AmqpArgs, LogFormat, Shutdown};
 use warren_producer::defaults::scheduler as defaults;
@@ -40,6 +41,8 @@ struct Args {
     /// the workers').
     #[command(flatten)]
     retention: warren_common::Retention,
+    #[command(flatten)]
+    events: PublishedEventsArgs,
     /// Address of the admin HTTP server (/metrics, /healthz, /readyz); port 0 picks one.
     #[arg(long, env = "WARREN_ADMIN_ADDR", default_value = defaults::ADMIN_ADDR)]
     admin_addr: SocketAddr,
@@ -101,6 +104,7 @@ fn configure(args: &Args) -> anyhow::Result<SchedulerConfig> {
     config.lease_retry = args.lease_retry.into();
     config.confirm_timeout = args.confirm_timeout.into();
     config.retention = args.retention;
+    config.events = args.events.config();
     config.validate()?;
     Ok(config)
 }

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use warren_common::events::{PublishedEvents, DEFAULT_PAYLOAD_BYTES};
 use warren_common::{Amqp, Shutdown};
 use warren_producer::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Publisher, PublisherConfig,
@@ -34,7 +35,8 @@ pub struct DeadLettersArgs {
     dead_letter_max_age: Duration,
     /// The workers' events stream (their --events-stream): each dead letter the broker wrote
     /// by itself (a delivery limit) that the command passes over is recorded there as
-    /// `dead_lettered`, so the status index shows how the task ended.
+    /// `dead_lettered`, so the status index shows how the task ended; `replay` also records
+    /// each task it publishes again as `published`.
     #[arg(long, env = "WARREN_EVENTS_STREAM", global = true)]
     events_stream: Option<String>,
     #[command(flatten)]
@@ -97,6 +99,10 @@ struct ReplayArgs {
     /// Run replayed tasks as attempt 1, with their full retry budget again.
     #[arg(long)]
     reset_attempts: bool,
+    /// With --events-stream: copy at most this many bytes of each replayed task's payload
+    /// into its `published` event; 0 copies none.
+    #[arg(long, env = "WARREN_EVENTS_PAYLOAD_BYTES", default_value_t = DEFAULT_PAYLOAD_BYTES)]
+    events_payload_bytes: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +155,14 @@ pub async fn run(
     };
     let connecting = Publisher::connect(config, &shutdown.drain);
     let publisher = args.connect.bound(amqp, connecting).await??;
+    // A replay publishes tasks again: with the events stream, each is recorded `published`.
+    let publisher = match (&args.command, &args.events_stream) {
+        (DeadLettersCommand::Replay(a), Some(stream)) => {
+            let events = PublishedEvents::new(stream.clone()).payload_bytes(a.events_payload_bytes);
+            publisher.with_events(events)
+        }
+        _ => publisher,
+    };
     let opened = open(&publisher, queue, exchange, &args).await;
     let result = match opened {
         Ok(dlq) => match args.command {
@@ -365,6 +379,7 @@ mod tests {
             content_type: None,
             payload_bytes: 0,
             payload_preview: String::new(),
+            replays: 0,
         }
     }
 

@@ -2,6 +2,7 @@
 //! ask it what became of tasks.
 
 mod dead_letters;
+pub mod events;
 mod publish;
 mod serve;
 mod stats;

@@ -73,6 +73,8 @@ pub struct PublishArgs {
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     confirm_timeout: Duration,
     #[command(flatten)]
+    events: super::events::PublishedEventsArgs,
+    #[command(flatten)]
     pub(super) connect: super::ConnectTimeout,
 }
 
@@ -102,6 +104,10 @@ pub async fn run(
     };
     let connecting = Publisher::connect(config, &shutdown.drain);
     let publisher = args.connect.bound(amqp, connecting).await??;
+    let publisher = match args.events.config() {
+        Some(events) => publisher.with_events(events),
+        None => publisher,
+    };
     publisher
         .declare(
             &QueueSpec::new(&args.queue, args.queue_type)

@@ -1,6 +1,7 @@
 //! `warren-producer serve`: the HTTP ingest (see `warren_producer::serve_ingest` and
 //! `docs/openapi.yaml`), on one listener with `/metrics`, `/healthz` and `/readyz`; with
-//! `--events-stream` and `--index`, also the status index and `GET /v1/tasks`.
+//! `--events-stream`, a `published` event of each task accepted, and with `--index` too, the
+//! status index and `GET /v1/tasks`.
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -68,10 +69,11 @@ pub struct ServeArgs {
     #[arg(long, env = "WARREN_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_connections: usize,
-    /// The events stream the workers record into (their --events-stream), followed into the
-    /// status index; needs --index.
-    #[arg(long, env = "WARREN_EVENTS_STREAM", requires = "index")]
-    events_stream: Option<String>,
+    /// --events-stream: the events stream the workers record into (their --events-stream).
+    /// The ingest records a `published` event of each task it accepts there, and --index
+    /// follows it.
+    #[command(flatten)]
+    events: super::events::PublishedEventsArgs,
     /// The status index: an SQLite file (created if missing; one per replica, never shared)
     /// that follows --events-stream and answers GET /v1/tasks/{id} and GET /v1/tasks.
     #[arg(long, env = "WARREN_INDEX", requires = "events_stream")]
@@ -127,7 +129,9 @@ pub async fn run(
             idle_timeout: args.idle_timeout.into(),
             max_connections: args.max_connections,
         },
+        events: args.events.config(),
         index: args
+            .events
             .events_stream
             .zip(args.index)
             .map(|(stream, path)| IndexConfig {

@@ -40,8 +40,9 @@ pub struct TasksArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum TasksCommand {
-    /// Show a task's status: running, lost (its worker is gone), retrying, succeeded,
-    /// dead_lettered, expired, or unknown (no event of it has reached the server's index).
+    /// Show a task's status: published (queued, not started), running, lost (its worker is
+    /// gone), retrying, succeeded, dead_lettered, expired, or unknown (no event of it has
+    /// reached the server's index); with its payload's copy, if its publisher recorded one.
     Status(StatusArgs),
     /// List tasks, newest change first.
     List(ListArgs),
@@ -59,7 +60,7 @@ struct StatusArgs {
 #[derive(Debug, clap::Args)]
 struct ListArgs {
     /// Only tasks in this state.
-    #[arg(long, value_parser = ["running", "lost", "retrying", "succeeded", "dead_lettered", "expired"])]
+    #[arg(long, value_parser = ["published", "running", "lost", "retrying", "succeeded", "dead_lettered", "expired"])]
     state: Option<String>,
     /// Only tasks of this name.
     #[arg(long)]
@@ -193,7 +194,11 @@ pub(super) fn status_text(json: &Value) -> String {
         line("queue", text(&json["queue"]));
         line("attempt", text(&json["attempt"]));
         line("delivery count", text(&json["delivery_count"]));
+        if json["replays"].as_u64().is_some_and(|n| n > 0) {
+            line("replays", text(&json["replays"]));
+        }
         line("worker", text(&json["worker"]));
+        line("published", text(&json["published_at"]));
         line("updated", text(&json["updated_at"]));
         line("started", text(&json["started_at"]));
         line("ended", text(&json["ended_at"]));
@@ -213,8 +218,26 @@ pub(super) fn status_text(json: &Value) -> String {
                 format!("left out: {}", text(&json["result_error"])),
             );
         }
+        if let Some(payload) = payload_text(&json["payload"]) {
+            line("payload", payload);
+        }
     }
     out + &index_note(json)
+}
+
+/// The copy of the payload a `published` event carried: its JSON, text or base64, and its
+/// size when cut.
+fn payload_text(copy: &Value) -> Option<String> {
+    let shown = match (&copy["json"], &copy["text"], &copy["base64"]) {
+        (Value::Null, Value::Null, Value::Null) => return None,
+        (Value::Null, Value::Null, base64) => format!("base64 {}", text(base64)),
+        (Value::Null, prefix, _) => text(prefix),
+        (json, _, _) => json.to_string(),
+    };
+    Some(match copy["cut"].as_bool() {
+        Some(true) => format!("{shown}… (cut; {} bytes in all)", text(&copy["size"])),
+        _ => shown,
+    })
 }
 
 fn list_text(json: &Value) -> String {
@@ -298,6 +321,17 @@ mod tests {
         let left_out = json!({"id": "d", "state": "succeeded", "result_error": "too big",
             "index": {"incomplete_since": null}});
         assert!(status_text(&left_out).contains("result         left out: too big\n"));
+        let published = json!({"id": "c", "state": "published", "published_at": "2026-01-01T00:00:00.000Z",
+            "payload": {"size": 9, "json": {"ms": 10}}, "index": {}});
+        let text = status_text(&published);
+        assert!(text.contains("payload        {\"ms\":10}\n"), "{text}");
+        let cut = json!({"state": "published", "payload": {"size": 90, "cut": true, "text": "{\"a"},
+            "index": {}});
+        let text = status_text(&cut);
+        assert!(
+            text.contains("payload        {\"a… (cut; 90 bytes in all)\n"),
+            "{text}"
+        );
         let unknown = json!({"id": "b", "state": "unknown", "task": null,
             "index": {"incomplete_since": "2026-01-01T00:00:00.000Z"}});
         let text = status_text(&unknown);

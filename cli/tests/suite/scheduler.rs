@@ -2,6 +2,7 @@
 //! standby takes over within seconds of the leader's death, ticks are published once with
 //! deterministic ids, and the missed-tick policies hold across a failover and a restart.
 
+mod published;
 mod replica;
 mod state;
 

@@ -6,6 +6,7 @@
 
 mod broker;
 mod client;
+mod published;
 mod restart;
 mod volume;
 mod workers;
@@ -71,9 +72,15 @@ struct Serve {
 
 impl Serve {
     async fn start(names: &Names, index: &Path) -> Serve {
+        Serve::start_with(names, index, &[]).await
+    }
+
+    /// Started with `args` besides.
+    async fn start_with(names: &Names, index: &Path, args: &[&str]) -> Serve {
         let mut child = serve_command(&names.queue, "127.0.0.1:0", &names.token_file)
             .args(["--events-stream", &names.stream, "--index"])
             .arg(index)
+            .args(args)
             .spawn()
             .expect("warren-producer serve starts");
         let lines = capture_lines(child.stderr.take().expect("stderr is piped"));
@@ -152,10 +159,16 @@ impl Serve {
     /// Stops it as an orchestrator would (SIGTERM) and waits for it.
     async fn stop(mut self) {
         sigterm(&self.child);
-        let status = tokio::time::timeout(Duration::from_secs(20), self.child.wait())
-            .await
-            .expect("serve stops within 20 s")
-            .expect("serve runs");
+        let waited = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+        let Ok(status) = waited else {
+            let lines = self.lines.lock().unwrap();
+            let last = &lines[lines.len().saturating_sub(20)..];
+            panic!(
+                "serve did not stop within 20 s; its last lines:\n{}",
+                last.join("\n")
+            );
+        };
+        let status = status.expect("serve runs");
         assert!(status.success(), "{status:?}");
     }
 }

@@ -5,11 +5,15 @@
 //! per line, from one source with consecutive sequence numbers) or a worker's [`Heartbeat`].
 //! Writing to the stream is `log`'s: a process records events into its [`EventLog`], which
 //! batches them, and a recorded event's [`Ticket`] says when the broker has confirmed it, so
-//! that a worker can ack a task only once its ending is on the stream.
+//! that a worker can ack a task only once its ending is on the stream. Publishers record
+//! `published` events through `published`.
 
 mod log;
+mod published;
 
 pub use log::{declare_events_stream, send_heartbeat, EventLog, Ticket};
+pub use published::{PayloadCopy, PublishedEvents, DEFAULT_PAYLOAD_BYTES};
+pub(crate) use published::{Published, Recorder};
 
 use lapin::types::FieldTable;
 use serde::{Deserialize, Serialize};
@@ -99,6 +103,8 @@ pub fn read_record(headers: &FieldTable, body: &[u8]) -> Result<Record, BatchErr
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// A publisher published it (or `dead-letters replay` replayed it): it is queued.
+    Published,
     /// A worker started running it and it did not finish at once (a task that finishes on
     /// its handler's first poll records only its ending, which says the same).
     Started,
@@ -116,6 +122,7 @@ impl EventKind {
     /// The name written in a record.
     pub fn as_str(self) -> &'static str {
         match self {
+            EventKind::Published => "published",
             EventKind::Started => "started",
             EventKind::Succeeded => "succeeded",
             EventKind::Retrying => "retrying",
@@ -184,9 +191,13 @@ pub struct Event<'a> {
     pub queue: Cow<'a, str>,
     /// When, by the recording process's clock (for people: never to order events).
     pub at_ms: u64,
-    /// The attempt (`x-warren-attempt`, from 1); absent on `published`.
+    /// The attempt (`x-warren-attempt`, from 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// How many times the task was replayed from the dead letters (`x-warren-replays`);
+    /// absent when never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replays: Option<u32>,
     /// How many times the broker had returned this delivery: its `x-delivery-count`, or 0 on
     /// a first delivery; absent on a redelivery whose queue does not count (a classic queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -205,6 +216,9 @@ pub struct Event<'a> {
     /// serializable); the task succeeded all the same.
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     pub result_error: Option<Cow<'a, str>>,
+    /// A copy of the payload, at most the publisher's configured size (`published`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<PayloadCopy>,
 }
 
 impl<'a> Event<'a> {
@@ -225,6 +239,10 @@ impl<'a> Event<'a> {
         if let Some(attempt) = self.attempt {
             out.extend_from_slice(b",\"attempt\":");
             write_u64(out, attempt.into());
+        }
+        if let Some(replays) = self.replays {
+            out.extend_from_slice(b",\"replays\":");
+            write_u64(out, replays.into());
         }
         if let Some(count) = self.delivery_count {
             out.extend_from_slice(b",\"delivery_count\":");
@@ -249,6 +267,12 @@ impl<'a> Event<'a> {
             out.extend_from_slice(b",\"result_error\":");
             write_str(out, error);
         }
+        if let Some(payload) = &self.payload {
+            // Publishers only (workers record none): serde's speed is enough.
+            out.extend_from_slice(b",\"payload\":");
+            // Writing to a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *out, payload);
+        }
         out.push(b'}');
     }
 
@@ -261,11 +285,13 @@ impl<'a> Event<'a> {
             queue: Cow::Borrowed(queue),
             at_ms: crate::now_ms(),
             attempt: None,
+            replays: None,
             delivery_count: None,
             error: None,
             retry_at_ms: None,
             result: None,
             result_error: None,
+            payload: None,
         }
     }
 }
@@ -374,6 +400,7 @@ impl Event<'_> {
             queue: own(self.queue),
             at_ms: self.at_ms,
             attempt: self.attempt,
+            replays: self.replays,
             delivery_count: self.delivery_count,
             error: self.error.map(|e| EventError {
                 kind: own(e.kind),
@@ -382,6 +409,7 @@ impl Event<'_> {
             retry_at_ms: self.retry_at_ms,
             result: self.result.map(RawJson::into_owned),
             result_error: self.result_error.map(own),
+            payload: self.payload,
         }
     }
 }
@@ -423,6 +451,8 @@ mod tests {
         full.attempt = Some(u32::MAX);
         full.delivery_count = Some(u64::MAX);
         full.retry_at_ms = Some(0);
+        full.replays = Some(2);
+        full.payload = PayloadCopy::of(b"{\"a\": \"\xc3\xa9\"}", None, 100);
         full.error = Some(EventError {
             kind: "expired".into(),
             reason: "line\nbreak\ttab \u{7f}".into(),

@@ -6,6 +6,7 @@ use super::link::{LinkError, Linker};
 use super::metrics::ProducerMetrics;
 use super::options::TaskOptions;
 use super::PublishError;
+use crate::events::{Published, Recorder};
 use crate::{delay, Amqp, ConnectError, Envelope, Health, QueueSpec, Task, TaskId, Topology};
 use futures::{stream, Stream, StreamExt};
 use lapin::options::BasicPublishOptions;
@@ -60,10 +61,13 @@ impl Default for PublisherConfig {
 }
 
 /// Publishes tasks with confirms, reconnecting when the broker is lost. Cheap to clone;
-/// clones share the connection.
+/// clones share the connection. With [`with_events`](Self::with_events), it also records a
+/// `published` event for each task.
 #[derive(Clone)]
 pub struct Publisher {
     pub(super) inner: Arc<Inner>,
+    /// Where `published` events go, if they are recorded (`events::published`).
+    pub(crate) events: Option<Arc<Recorder>>,
 }
 
 pub(super) struct Inner {
@@ -113,6 +117,7 @@ impl Publisher {
                 known_queues: Mutex::default(),
                 replies: Default::default(),
             }),
+            events: None,
         })
     }
 
@@ -145,7 +150,22 @@ impl Publisher {
         };
         Ok(Publisher {
             inner: Arc::new(inner),
+            events: None,
         })
+    }
+
+    /// The same publisher without its `published` events: what sends them.
+    pub(crate) fn without_events(&self) -> Publisher {
+        Publisher {
+            inner: self.inner.clone(),
+            events: None,
+        }
+    }
+
+    /// Declares the events stream `stream` on the publisher's connection.
+    pub(crate) async fn declare_events_stream(&self, stream: &str) -> Result<(), PublishError> {
+        let link = self.link("").await?;
+        Ok(crate::events::declare_events_stream(&link.conn, stream).await?)
     }
 
     /// The publisher's readiness (connected, reconnecting, blocked), for an admin server.
@@ -213,7 +233,7 @@ impl Publisher {
         if let Some(priority) = options.priority {
             properties = properties.with_priority(priority.min(9));
         }
-        match options.delay.filter(|d| delay::delay_seconds(*d) > 0) {
+        let published = match options.delay.filter(|d| delay::delay_seconds(*d) > 0) {
             None => {
                 let config = &self.inner.config;
                 let exchange = if config.via_exchange {
@@ -232,7 +252,20 @@ impl Publisher {
                 self.publish_on(&exchange, &key, body, properties, &envelope.id, on)
                     .await
             }
+        };
+        published?;
+        if let Some(events) = &self.events {
+            events.record(Published {
+                id: &envelope.id,
+                task: &envelope.task,
+                queue,
+                attempt: envelope.attempt,
+                replays: 0,
+                body,
+                content_type: Some(envelope.codec.content_type()),
+            });
         }
+        Ok(())
     }
 
     /// Publishes a typed task under its [`Task::NAME`] with default options, and returns its
@@ -450,8 +483,17 @@ impl Publisher {
         Ok(())
     }
 
-    /// Waits for every outstanding confirm, then closes the channel and connection.
+    /// Waits for every outstanding confirm (the `published` events' too, at most the
+    /// confirm timeout), then closes the channel and connection.
     pub async fn close(&self) {
+        if let Some(events) = &self.events {
+            if !events.flush(self.inner.config.confirm_timeout).await {
+                tracing::warn!(
+                    stream = events.stream(),
+                    "closing before every published event was confirmed; some may be missing"
+                );
+            }
+        }
         self.inner.link.close().await;
     }
 }

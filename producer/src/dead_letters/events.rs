@@ -33,6 +33,8 @@ fn broker_event<'a>(dead: &'a DeadLetter, kind: &'a str) -> Option<Event<'a>> {
         at_ms: record.last_failure_ms.unwrap_or_else(warren_common::now_ms),
         attempt: Some(u32::try_from(record.attempts).unwrap_or(u32::MAX)),
         delivery_count: Some(BROKER_DEAD_LETTER_DELIVERY_COUNT),
+        // Its rank's first field (§11.6): a dead letter of a replayed run outranks that run.
+        replays: (dead.replays > 0).then_some(dead.replays),
         error: Some(EventError {
             kind: Cow::Borrowed(kind),
             reason: Cow::Borrowed(&record.reason),

@@ -48,8 +48,10 @@ pub(super) fn put_back_properties(
 }
 
 /// The properties of a replayed task: the dead letter's own, persistent, without the
-/// dead-letter and broker headers and without `expiration` (left by putting back), and with
-/// the attempt number it runs as: 1 with `reset`, else the one after the last one made.
+/// dead-letter and broker headers and without `expiration` (left by putting back), with
+/// the attempt number it runs as (1 with `reset`, else the one after the last one made), and
+/// its replays (`x-warren-replays`) counted one more: the replay's events outrank those of
+/// the runs before it (docs/wire-format.md §11.6).
 pub(super) fn replay_properties(
     props: &BasicProperties,
     dead: &DeadLetter,
@@ -63,6 +65,8 @@ pub(super) fn replay_properties(
         dead.record.attempts.saturating_add(1)
     };
     headers.insert(headers::ATTEMPT.into(), int_value(attempt));
+    let replays = warren_common::replay_count(props).saturating_add(1);
+    headers.insert(headers::REPLAYS.into(), int_value(replays.into()));
     copied(props, headers)
 }
 
@@ -129,6 +133,11 @@ mod tests {
         let replayed = replay_properties(&props, &dead, true);
         let table = replayed.headers().as_ref().unwrap();
         assert_eq!(header_u64(table, headers::ATTEMPT).unwrap(), Some(1));
+        assert_eq!(header_u64(table, headers::REPLAYS).unwrap(), Some(1));
+        // A second replay counts on.
+        let again = replay_properties(&replayed, &dead, true);
+        let table = again.headers().as_ref().unwrap();
+        assert_eq!(header_u64(table, headers::REPLAYS).unwrap(), Some(2));
     }
 
     #[test]

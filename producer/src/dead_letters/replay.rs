@@ -119,8 +119,12 @@ impl DeadLetterQueue {
         let id = dead.id.as_deref().unwrap_or("");
         let published = self
             .publisher
-            .publish_raw(&self.exchange, queue, &delivery.data, props, id)
+            .publish_raw(&self.exchange, queue, &delivery.data, props.clone(), id)
             .await;
+        if published.is_ok() {
+            self.publisher
+                .record_published(queue, &delivery.data, &props);
+        }
         (delivery, published)
     }
 

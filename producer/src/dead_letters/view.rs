@@ -40,6 +40,14 @@ pub struct DeadLetter {
     pub payload_bytes: usize,
     /// The start of the payload: text as is, binary as hex.
     pub payload_preview: String,
+    /// Times the task was replayed from the dead letters before (`x-warren-replays`); left
+    /// out of the JSON when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replays: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl DeadLetter {
@@ -54,6 +62,7 @@ impl DeadLetter {
             content_type: props.content_type().as_ref().map(|s| s.as_str().to_owned()),
             payload_bytes: body.len(),
             payload_preview: preview(body),
+            replays: warren_common::replay_count(props),
         }
     }
 

@@ -15,6 +15,7 @@ use crate::{PublishError, Publisher, PublisherConfig};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use warren_common::events::PublishedEvents;
 use warren_common::{Health, QueueSpec, Readiness};
 
 /// How often the server's readiness is brought in line with the publisher's.
@@ -47,6 +48,7 @@ impl Broker {
     /// recorded and fires `failed`.
     pub(crate) fn start(
         config: PublisherConfig,
+        events: Option<PublishedEvents>,
         spec: QueueSpec,
         health: Health,
         stop: CancellationToken,
@@ -64,7 +66,7 @@ impl Broker {
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                () = task.keep_connected(config, spec, failed) => {}
+                () = task.keep_connected(config, events, spec, failed) => {}
             }
         });
         broker
@@ -73,6 +75,7 @@ impl Broker {
     async fn keep_connected(
         &self,
         mut config: PublisherConfig,
+        events: Option<PublishedEvents>,
         spec: QueueSpec,
         failed: CancellationToken,
     ) {
@@ -105,6 +108,10 @@ impl Broker {
                 }
             }
         }
+        let publisher = match events {
+            Some(events) => publisher.with_events(events),
+            None => publisher,
+        };
         let _ = self.inner.publisher.set(publisher.clone());
         tracing::info!(queue = %spec.name, "connected; accepting tasks");
         follow(&publisher, &spec, &self.inner.health).await;

@@ -66,6 +66,9 @@ pub struct IngestConfig {
     pub connections: ConnectionLimits,
     /// Registry for the producer's and the server's metrics, served on `/metrics`.
     pub registry: prometheus::Registry,
+    /// Record a `published` event for each task accepted (docs/wire-format.md §11.4); none:
+    /// record nothing.
+    pub events: Option<warren_common::events::PublishedEvents>,
     /// The status index to keep and answer `GET /v1/tasks` from; none: those answer 501.
     #[cfg(feature = "status")]
     pub index: Option<crate::status::IndexConfig>,
@@ -87,6 +90,7 @@ impl IngestConfig {
             max_wait: defaults::MAX_WAIT,
             connections: ConnectionLimits::default(),
             registry: prometheus::Registry::new(),
+            events: None,
             #[cfg(feature = "status")]
             index: None,
         }
@@ -136,6 +140,7 @@ pub async fn serve_ingest(
     let failed = CancellationToken::new();
     let broker = Broker::start(
         config.publisher.clone(),
+        config.events.clone(),
         spec,
         health.clone(),
         stop.clone(),

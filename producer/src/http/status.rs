@@ -60,7 +60,14 @@ pub(crate) async fn list_tasks(
         .await
         .map_err(unreadable)?;
     Ok(Json(TaskList {
-        tasks: tasks.into_iter().map(status_body).collect(),
+        // Payload copies are for one task's answer; a page of them would be large.
+        tasks: tasks
+            .into_iter()
+            .map(|task| TaskStatus {
+                payload: None,
+                ..status_body(task)
+            })
+            .collect(),
         next_cursor: next.map(|c| c.encode()),
         index: index_body(freshness, &readers),
     })
@@ -103,8 +110,8 @@ fn filter(query: &str) -> Result<Filter, FieldError> {
                     FieldError::new(
                         "state",
                         format!(
-                            "`{value}` is not a state: running, lost, retrying, succeeded, \
-                             dead_lettered or expired"
+                            "`{value}` is not a state: published, running, lost, retrying, \
+                             succeeded, dead_lettered or expired"
                         ),
                     )
                 })?);
@@ -171,6 +178,11 @@ fn status_body(status: IndexedStatus) -> TaskStatus {
             .result
             .and_then(|json| serde_json::from_str(&json).ok()),
         result_error: status.result_error,
+        replays: Some(status.replays.unwrap_or(0)),
+        published_at: status.published_at_ms.map(time),
+        payload: status
+            .payload
+            .and_then(|stored| serde_json::from_str(&stored).ok()),
         index: None,
     }
 }

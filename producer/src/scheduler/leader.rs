@@ -56,7 +56,10 @@ pub(crate) async fn lead(
         ..PublisherConfig::default()
     };
     let publisher = match Publisher::on_connection(conn, publisher_config).await {
-        Ok(publisher) => publisher,
+        Ok(publisher) => match &config.events {
+            Some(events) => publisher.with_events(events.clone()),
+            None => publisher,
+        },
         Err(error) => {
             tracing::warn!(%error, "could not publish on the lease connection");
             return Ok(Term::Lost);

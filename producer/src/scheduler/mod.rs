@@ -51,6 +51,9 @@ pub struct SchedulerConfig {
     pub metrics: prometheus::Registry,
     /// Readiness for `/readyz`: ready while connected, as leader or standby.
     pub health: Health,
+    /// Record a `published` event for each task published (docs/wire-format.md §11.4);
+    /// none: record nothing.
+    pub events: Option<warren_common::events::PublishedEvents>,
 }
 
 impl SchedulerConfig {
@@ -68,6 +71,7 @@ impl SchedulerConfig {
             retention: warren_common::Retention::default(),
             metrics: prometheus::Registry::new(),
             health: Health::new(),
+            events: None,
         }
     }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use warren_common::events::PayloadCopy;
 
 /// An instant, written in the API as an RFC 3339 UTC time with milliseconds
 /// (`2026-12-01T09:00:00.123Z`).
@@ -100,6 +101,13 @@ pub struct TaskStatus {
     /// `--max-result-bytes`, or not serializable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result_error: Option<String>,
+    /// Replays from the dead letters of the deciding run (`x-warren-replays`; 0 for none).
+    pub replays: Option<u32>,
+    /// When its `published` event was recorded, if the index read one.
+    pub published_at: Option<Timestamp>,
+    /// The copy of the payload its `published` event carried (`GET /v1/tasks/{id}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<PayloadCopy>,
     /// The answering index's completeness (`GET /v1/tasks/{id}` only; a listing has one for
     /// all its tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,6 +132,9 @@ impl TaskStatus {
             error: None,
             result: None,
             result_error: None,
+            replays: None,
+            published_at: None,
+            payload: None,
             index: Some(index),
         }
     }

@@ -1,7 +1,7 @@
 //! The merge rule (docs/wire-format.md §11.6): which of a task's events decides its status,
-//! whatever order they arrive in. Events are ranked, never by a clock: by attempt, then
-//! delivery count, then phase (a run's `started` before its ending), then by where they are
-//! in the stream. The highest-ranked event seen is the task's status; so applying an event
+//! whatever order they arrive in. Events are ranked, never by a clock: by replays from the
+//! dead letters, then attempt, then delivery count, then phase (`published` before a run's
+//! `started`, before its ending), then by where they are in the stream. The highest-ranked event seen is the task's status; so applying an event
 //! twice, or a batch again, changes nothing.
 //!
 //! The status client (`status-client` without `status`) uses only [`State`].
@@ -14,6 +14,9 @@ use warren_common::events::{EventKind, Stamped};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
+    /// It was published (or replayed) and no run of it is known yet: it is queued, or
+    /// waiting in the delay cascade.
+    Published,
     /// A worker is running it (its latest event is a `started`).
     Running,
     /// Its latest event is a `started` of a worker now gone (farewell or silent): it waits
@@ -33,7 +36,8 @@ pub enum State {
 
 impl State {
     /// The states the index stores (all but `unknown`).
-    pub const INDEXED: [State; 6] = [
+    pub const INDEXED: [State; 7] = [
+        State::Published,
         State::Running,
         State::Lost,
         State::Retrying,
@@ -45,6 +49,7 @@ impl State {
     /// The state an event leaves its task in.
     pub fn after(kind: EventKind) -> State {
         match kind {
+            EventKind::Published => State::Published,
             EventKind::Started => State::Running,
             EventKind::Succeeded => State::Succeeded,
             EventKind::Retrying => State::Retrying,
@@ -56,6 +61,7 @@ impl State {
     /// Its name in the API and in the index file.
     pub fn as_str(self) -> &'static str {
         match self {
+            State::Published => "published",
             State::Running => "running",
             State::Lost => "lost",
             State::Retrying => "retrying",
@@ -103,11 +109,15 @@ pub(crate) struct Position {
 /// An event's rank among its task's events; the field order is the comparison order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Rank {
+    /// `replays`, 0 when absent: a replay from the dead letters outranks everything before
+    /// it, even when it runs as attempt 1 again (`--reset-attempts`).
+    pub(crate) replays: u32,
     /// `attempt`, 0 when absent.
     pub(crate) attempt: u32,
     /// `delivery_count`, 0 when absent.
     pub(crate) delivery_count: u64,
-    /// 0 for `started`, 1 for an ending (`succeeded`, `retrying`, `dead_lettered`, `expired`).
+    /// 0 for `published`, 1 for `started`, 2 for an ending (`succeeded`, `retrying`,
+    /// `dead_lettered`, `expired`).
     pub(crate) phase: u8,
     pub(crate) position: Position,
 }
@@ -117,9 +127,10 @@ impl Rank {
     pub(crate) fn of(event: &Stamped, epoch: u64, offset: u64) -> Rank {
         let e = &event.event;
         Rank {
+            replays: e.replays.unwrap_or(0),
             attempt: e.attempt.unwrap_or(0),
             delivery_count: e.delivery_count.unwrap_or(0),
-            phase: u8::from(e.event != EventKind::Started),
+            phase: phase(e.event),
             position: Position {
                 epoch,
                 offset,
@@ -128,9 +139,23 @@ impl Rank {
         }
     }
 
-    /// Whether this event and `other` belong to the same run (attempt and delivery count).
+    /// Whether this event and `other` belong to the same run (replays, attempt and delivery
+    /// count).
     pub(crate) fn same_run(&self, other: &Rank) -> bool {
-        (self.attempt, self.delivery_count) == (other.attempt, other.delivery_count)
+        (self.replays, self.attempt, self.delivery_count)
+            == (other.replays, other.attempt, other.delivery_count)
+    }
+}
+
+/// An event's phase in its run: `published` before `started` before an ending.
+fn phase(kind: EventKind) -> u8 {
+    match kind {
+        EventKind::Published => 0,
+        EventKind::Started => 1,
+        EventKind::Succeeded
+        | EventKind::Retrying
+        | EventKind::DeadLettered
+        | EventKind::Expired => 2,
     }
 }
 
@@ -146,6 +171,7 @@ mod tests {
 
     fn rank(attempt: u32, delivery_count: u64, phase: u8, offset: u64, seq: u64) -> Rank {
         Rank {
+            replays: 0,
             attempt,
             delivery_count,
             phase,
@@ -159,18 +185,41 @@ mod tests {
 
     #[test]
     fn ranks_compare_attempt_then_delivery_count_then_phase_then_position() {
-        let started = rank(1, 0, 0, 50, 9);
-        let ended = rank(1, 0, 1, 10, 2);
+        let published = rank(1, 0, 0, 60, 0);
+        let started = rank(1, 0, 1, 50, 9);
+        let ended = rank(1, 0, 2, 10, 2);
+        assert!(supersedes(&started, Some(&published)));
+        assert!(!supersedes(&published, Some(&started)), "a late publish");
+        assert!(!supersedes(&published, Some(&ended)));
         assert!(supersedes(&ended, Some(&started)));
         assert!(!supersedes(&started, Some(&ended)), "a late start");
-        let rerun = rank(1, 1, 0, 5, 0);
+        let rerun = rank(1, 1, 1, 5, 0);
         assert!(supersedes(&rerun, Some(&ended)));
-        let next_attempt = rank(2, 0, 0, 1, 0);
+        let next_attempt = rank(2, 0, 1, 1, 0);
         assert!(supersedes(&next_attempt, Some(&rerun)));
         assert!(!supersedes(&ended, Some(&ended)), "the same event again");
-        let later_in_stream = rank(1, 0, 1, 11, 0);
+        let later_in_stream = rank(1, 0, 2, 11, 0);
         assert!(supersedes(&later_in_stream, Some(&ended)));
         assert!(supersedes(&started, None));
+    }
+
+    #[test]
+    fn a_replay_outranks_the_dead_letter_even_as_attempt_one() {
+        let dead = rank(5, 2, 2, 10, 0);
+        let replayed = Rank {
+            replays: 1,
+            ..rank(1, 0, 0, 20, 0)
+        };
+        assert!(supersedes(&replayed, Some(&dead)));
+        let rerun_ended = Rank {
+            replays: 1,
+            ..rank(1, 0, 2, 5, 0)
+        };
+        assert!(supersedes(&rerun_ended, Some(&replayed)), "arrived earlier");
+        assert!(
+            !supersedes(&dead, Some(&rerun_ended)),
+            "the old run read again"
+        );
     }
 
     #[test]
@@ -178,6 +227,6 @@ mod tests {
         for state in State::INDEXED.into_iter().chain([State::Unknown]) {
             assert_eq!(State::parse(state.as_str()), Some(state));
         }
-        assert_eq!(State::parse("published"), None);
+        assert_eq!(State::parse("queued"), None);
     }
 }

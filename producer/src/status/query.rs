@@ -32,6 +32,12 @@ pub(crate) struct TaskStatus {
     /// status, not for listings.
     pub(crate) result: Option<String>,
     pub(crate) result_error: Option<String>,
+    /// Replays from the dead letters (`x-warren-replays`) of the deciding event.
+    pub(crate) replays: Option<u32>,
+    /// When its `published` event was recorded, if one was read.
+    pub(crate) published_at_ms: Option<u64>,
+    /// The payload's copy in its `published` event, as JSON.
+    pub(crate) payload: Option<String>,
 }
 
 /// How complete and how fresh the index is.
@@ -107,7 +113,8 @@ pub(crate) struct Page {
 }
 
 const COLUMNS: &str = "id, state, task, queue, attempt, delivery_count, worker, updated_at_ms,
-    started_at_ms, ended_at_ms, retry_at_ms, error_kind, error_reason";
+    started_at_ms, ended_at_ms, retry_at_ms, error_kind, error_reason, replays, published_at_ms,
+    payload";
 
 fn status(row: &Row<'_>) -> rusqlite::Result<TaskStatus> {
     let kind: Option<String> = row.get(11)?;
@@ -125,6 +132,9 @@ fn status(row: &Row<'_>) -> rusqlite::Result<TaskStatus> {
         ended_at_ms: row.get(9)?,
         retry_at_ms: row.get(10)?,
         error: kind.map(|k| (k, reason.unwrap_or_default())),
+        replays: row.get(13)?,
+        published_at_ms: row.get(14)?,
+        payload: row.get(15)?,
         result: None,
         result_error: None,
     })
@@ -133,8 +143,8 @@ fn status(row: &Row<'_>) -> rusqlite::Result<TaskStatus> {
 /// A task's status with its result.
 fn detail(row: &Row<'_>) -> rusqlite::Result<TaskStatus> {
     Ok(TaskStatus {
-        result: row.get(13)?,
-        result_error: row.get(14)?,
+        result: row.get(16)?,
+        result_error: row.get(17)?,
         ..status(row)?
     })
 }

@@ -1,6 +1,8 @@
--- The status index file (docs/status.md). `tasks` holds one row per task: its status and the
--- rank of the event that decided it (docs/wire-format.md §11.6: attempt, delivery count,
--- phase, then stream position: epoch, offset, sequence number). `counts` holds the tasks per
+-- The status index file (docs/status.md), layout version 2 (`PRAGMA user_version`; store.rs
+-- refuses a file of another). `tasks` holds one row per task: its status and the rank of the
+-- event that decided it (docs/wire-format.md §11.6: replays, attempt, delivery count, phase,
+-- then stream position: epoch, offset, sequence number), and what its `published` event
+-- said (when, and the payload's copy as JSON) whichever event decides it. `counts` holds the tasks per
 -- queue and state, changed in the same transactions. `progress` is where the index is in the
 -- stream (the last batch applied and what identifies it), `gaps` the events it may miss.
 CREATE TABLE IF NOT EXISTS tasks (
@@ -9,6 +11,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     queue TEXT NOT NULL,
     state TEXT NOT NULL,
     attempt INTEGER,
+    replays INTEGER,
     delivery_count INTEGER,
     worker TEXT NOT NULL,
     updated_at_ms INTEGER NOT NULL,
@@ -19,6 +22,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     error_reason TEXT,
     result TEXT,
     result_error TEXT,
+    published_at_ms INTEGER,
+    payload TEXT,
+    rank_replays INTEGER NOT NULL,
     rank_attempt INTEGER NOT NULL,
     rank_delivery_count INTEGER NOT NULL,
     rank_phase INTEGER NOT NULL,

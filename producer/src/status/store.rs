@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use warren_common::events::{EventKind, Stamped};
 
-/// The file format; a file of another version is refused rather than misread.
-const VERSION: i64 = 1;
+/// The file's layout (`PRAGMA user_version`); a file of another is refused rather than
+/// misread. 2: `published` events (replays in the rank, the payload's copy).
+const VERSION: i64 = 2;
 
 /// The tables and indexes (created if missing): see `schema.sql`.
 const SCHEMA: &str = include_str!("schema.sql");
@@ -23,9 +24,11 @@ pub enum IndexError {
     /// SQLite failed (the file cannot be created, read or written).
     #[error("status index: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// The file was made by another version of Warren.
-    #[error("the status index file has format version {found}, not {VERSION}: delete it (the index is rebuilt from the events stream) or use the matching Warren")]
+    /// The file was made by another version of Warren (0: one older than layout versions).
+    #[error("the status index file {file} has layout version {found}, not {VERSION}: delete it (or pass another --index) and the index is rebuilt from the events stream, as far back as the stream keeps events; or use the Warren that made it")]
     Version {
+        /// The file.
+        file: String,
         /// The version found.
         found: i64,
     },
@@ -127,7 +130,13 @@ struct Stored {
 impl Store {
     /// Opens (creating if need be) the index file at `path` for the events stream `stream`.
     pub(crate) fn open(path: &Path, stream: &str) -> Result<Store, IndexError> {
-        Store::init(Connection::open(path)?, stream)
+        Store::init(Connection::open(path)?, stream).map_err(|error| match error {
+            IndexError::Version { found, .. } => IndexError::Version {
+                file: path.display().to_string(),
+                found,
+            },
+            other => other,
+        })
     }
 
     /// An index in memory, for tests.
@@ -143,9 +152,14 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let fresh = found == 0;
+        // Version 0 is a new file, or one from before layout versions (it has tables).
+        let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+        let fresh = found == 0 && tables == 0;
         if !fresh && found != VERSION {
-            return Err(IndexError::Version { found });
+            return Err(IndexError::Version {
+                file: String::new(),
+                found,
+            });
         }
         conn.execute_batch(SCHEMA)?;
         if fresh {
@@ -338,6 +352,14 @@ fn apply_event(
             return Ok(());
         }
         Some(s) if !supersedes(&rank, Some(&s.rank)) => {
+            // A late `published` still tells when, and with which payload.
+            if event.event == EventKind::Published {
+                tx.prepare_cached(
+                    "UPDATE tasks SET published_at_ms = coalesce(published_at_ms, ?2),
+                     payload = coalesce(payload, ?3) WHERE id = ?1",
+                )?
+                .execute(params![event.id, event.at_ms, payload_json(event)])?;
+            }
             // A run's late `started` still tells when the run began.
             if event.event == EventKind::Started
                 && rank.same_run(&s.rank)
@@ -365,19 +387,23 @@ fn apply_event(
         Some(e) => (Some(e.kind.as_ref()), Some(e.reason.as_ref())),
         None => (None, None),
     };
+    let published_at_ms = (event.event == EventKind::Published).then_some(event.at_ms);
     tx.prepare_cached(
         "INSERT INTO tasks (id, task, queue, state, attempt, delivery_count, worker,
             updated_at_ms, started_at_ms, ended_at_ms, retry_at_ms, error_kind, error_reason,
             rank_attempt, rank_delivery_count, rank_phase,
-            position_epoch, position_offset, position_seq, result, result_error)
+            position_epoch, position_offset, position_seq,
+            replays, rank_replays, published_at_ms, payload, result, result_error)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
-            ?19, ?20, ?21)
+            ?19, ?20, ?21, ?22, ?23, ?24, ?25)
          ON CONFLICT (id) DO UPDATE SET task = ?2, queue = ?3, state = ?4, attempt = ?5,
             delivery_count = ?6, worker = ?7, updated_at_ms = ?8, started_at_ms = ?9,
             ended_at_ms = ?10, retry_at_ms = ?11, error_kind = ?12, error_reason = ?13,
             rank_attempt = ?14, rank_delivery_count = ?15, rank_phase = ?16,
-            position_epoch = ?17, position_offset = ?18, position_seq = ?19, result = ?20,
-            result_error = ?21",
+            position_epoch = ?17, position_offset = ?18, position_seq = ?19,
+            replays = ?20, rank_replays = ?21,
+            published_at_ms = coalesce(?22, published_at_ms), payload = coalesce(?23, payload),
+            result = ?24, result_error = ?25",
     )?
     .execute(params![
         event.id,
@@ -399,6 +425,10 @@ fn apply_event(
         rank.position.epoch,
         rank.position.offset,
         rank.position.seq,
+        event.replays,
+        rank.replays,
+        published_at_ms,
+        payload_json(event),
         event.result.as_ref().map(|r| r.get()),
         event.result_error,
     ])?;
@@ -416,12 +446,13 @@ fn apply_event(
 fn stored(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Stored>> {
     tx.prepare_cached(
         "SELECT rank_attempt, rank_delivery_count, rank_phase, position_epoch, position_offset,
-            position_seq, state, queue, started_at_ms
+            position_seq, state, queue, started_at_ms, rank_replays
          FROM tasks WHERE id = ?1",
     )?
     .query_row([id], |r| {
         Ok(Stored {
             rank: Rank {
+                replays: r.get(9)?,
                 attempt: r.get(0)?,
                 delivery_count: r.get(1)?,
                 phase: r.get(2)?,
@@ -437,6 +468,13 @@ fn stored(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Stored>> {
         })
     })
     .optional()
+}
+
+/// The payload's copy a `published` event carries, as the JSON the index stores.
+fn payload_json(event: &warren_common::events::Event<'_>) -> Option<String> {
+    let copy = event.payload.as_ref()?;
+    // A copy read from JSON writes back as JSON.
+    serde_json::to_string(copy).ok()
 }
 
 /// A state column, refusing a name this version does not know.

@@ -3,6 +3,7 @@
 //! counts per queue and state always equal the rows. The workers table and the `lost` state
 //! are in [`workers`].
 
+mod published;
 mod workers;
 
 use super::merge::State;

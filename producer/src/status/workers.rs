@@ -158,19 +158,20 @@ fn set_lost(
     liveness: Liveness,
     counts: &mut CountChanges,
 ) -> rusqlite::Result<()> {
-    // The states are written out so that SQLite uses the partial index `tasks_by_worker`.
+    // The states are written out so that SQLite uses the partial index `tasks_by_worker`;
+    // phase 1 is a `started` (merge.rs).
     let (from, to, sql) = match liveness {
         Liveness::Gone => (
             State::Running,
             State::Lost,
             "UPDATE tasks SET state = 'lost' WHERE worker = ?1 AND state = 'running'
-             AND state IN ('running', 'lost') AND rank_phase = 0 RETURNING queue",
+             AND state IN ('running', 'lost') AND rank_phase = 1 RETURNING queue",
         ),
         Liveness::Alive => (
             State::Lost,
             State::Running,
             "UPDATE tasks SET state = 'running' WHERE worker = ?1 AND state = 'lost'
-             AND state IN ('running', 'lost') AND rank_phase = 0 RETURNING queue",
+             AND state IN ('running', 'lost') AND rank_phase = 1 RETURNING queue",
         ),
     };
     let mut moved = tx.prepare_cached(sql)?;

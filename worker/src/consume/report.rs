@@ -11,7 +11,7 @@ use lapin::message::Delivery;
 use std::borrow::Cow;
 use warren_common::events::{Event, EventError, EventKind, RawJson, Ticket};
 use warren_common::reply::{Reply, ReplyStatus};
-use warren_common::{delay, header_u64, headers, now_ms, Claimed, Publisher};
+use warren_common::{delay, header_u64, headers, now_ms, replay_count, Claimed, Publisher};
 
 /// Records what settling a delivery says happened to its task (it succeeded, will be retried,
 /// or was dead-lettered; a move to run alone, or a return to the queue, ends nothing) and
@@ -91,6 +91,9 @@ fn event<'d>(
     let claimed = Claimed::from_properties(&delivery.properties);
     let mut event = Event::new(kind, claimed.id?, claimed.task.unwrap_or(""), queue);
     event.attempt = claimed.attempt;
+    // Replays from the dead letters rank first (docs/wire-format.md §11.6).
+    let replays = replay_count(&delivery.properties);
+    event.replays = (replays > 0).then_some(replays);
     // The broker writes the count from the first return on (quorum queues); a delivery
     // never returned has none. A classic queue's redelivery says only that it came back.
     event.delivery_count = delivery

@@ -149,13 +149,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn republished_tasks_lose_the_brokers_counters() {
+    fn republished_tasks_lose_the_brokers_counters_and_keep_their_replays() {
         let mut table = FieldTable::default();
         table.insert(headers::X_DELIVERY_COUNT.into(), int_value(3));
         table.insert(headers::ATTEMPT.into(), int_value(1));
+        table.insert(headers::REPLAYS.into(), int_value(2));
         let props = BasicProperties::default()
             .with_headers(table)
             .with_expiration("1000".into());
+        // A move to run alone keeps the replays too: the events of its runs rank by them.
+        let isolated = republished(&props, without_broker_headers(&props));
+        let isolated = isolated.headers().as_ref().unwrap();
+        assert_eq!(header_u64(isolated, headers::REPLAYS).unwrap(), Some(2));
         let failure = Failure::new(crate::outcome::ReasonKind::Error, "x");
         let retried = retry_properties(&props, 2, &failure, std::time::Duration::from_secs(1));
         assert_eq!(retried.expiration(), &None);
@@ -163,6 +168,7 @@ mod tests {
         assert!(!headers.contains_key(headers::X_DELIVERY_COUNT));
         assert_eq!(header_u64(headers, headers::ATTEMPT).unwrap(), Some(2));
         assert!(headers.contains_key(headers::FIRST_FAILURE_MS));
+        assert_eq!(header_u64(headers, headers::REPLAYS).unwrap(), Some(2));
         assert_eq!(
             warren_common::header_string(headers, headers::LAST_ERROR).as_deref(),
             Some("error: x")

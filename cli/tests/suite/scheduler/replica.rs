@@ -88,10 +88,16 @@ pub struct Replica {
 
 impl Replica {
     pub fn start(file: &Path, lease: &str) -> Replica {
+        Replica::start_with(file, lease, &[])
+    }
+
+    /// Started with `args` besides.
+    pub fn start_with(file: &Path, lease: &str, args: &[&str]) -> Replica {
         let mut child = Command::new(binary("warren-scheduler"))
             .arg("--schedule")
             .arg(file)
             .args(["--lease-name", lease, "--admin-addr", "127.0.0.1:0"])
+            .args(args)
             .env("AMQP_URL", amqp_url())
             .env("RUST_LOG", "info,lapin::channel=off")
             .stdout(Stdio::null())
