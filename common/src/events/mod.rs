@@ -110,6 +110,9 @@ pub enum EventKind {
     DeadLettered,
     /// It was dead-lettered because its expiry passed before it could run.
     Expired,
+    /// It was cancelled (the control stream, docs/wire-format.md §12): not run, or its
+    /// handler stopped, and not retried.
+    Cancelled,
 }
 
 impl EventKind {
@@ -121,6 +124,7 @@ impl EventKind {
             EventKind::Retrying => "retrying",
             EventKind::DeadLettered => "dead_lettered",
             EventKind::Expired => "expired",
+            EventKind::Cancelled => "cancelled",
         }
     }
 
@@ -128,7 +132,10 @@ impl EventKind {
     pub fn is_ending(self) -> bool {
         matches!(
             self,
-            EventKind::Succeeded | EventKind::DeadLettered | EventKind::Expired
+            EventKind::Succeeded
+                | EventKind::DeadLettered
+                | EventKind::Expired
+                | EventKind::Cancelled
         )
     }
 }
