@@ -53,7 +53,7 @@ struct StatusArgs {
 #[derive(Debug, clap::Args)]
 struct ListArgs {
     /// Only tasks in this state.
-    #[arg(long, value_parser = ["running", "lost", "retrying", "succeeded", "dead_lettered", "expired"])]
+    #[arg(long, value_parser = ["running", "lost", "retrying", "succeeded", "dead_lettered", "expired", "cancelled"])]
     state: Option<String>,
     /// Only tasks of this name.
     #[arg(long)]

@@ -184,7 +184,7 @@ fn filter(query: &str) -> Result<Filter, FieldError> {
                         "state",
                         format!(
                             "`{value}` is not a state: running, lost, retrying, succeeded, \
-                             dead_lettered or expired"
+                             dead_lettered, expired or cancelled"
                         ),
                     )
                 })?);

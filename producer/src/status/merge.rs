@@ -24,19 +24,22 @@ pub enum State {
     DeadLettered,
     /// It was dead-lettered because its expiry passed before it could run.
     Expired,
+    /// It was cancelled (the control stream): not run, or its handler stopped.
+    Cancelled,
     /// No event of it has reached the index.
     Unknown,
 }
 
 impl State {
     /// The states the index stores (all but `unknown`).
-    pub const INDEXED: [State; 6] = [
+    pub const INDEXED: [State; 7] = [
         State::Running,
         State::Lost,
         State::Retrying,
         State::Succeeded,
         State::DeadLettered,
         State::Expired,
+        State::Cancelled,
     ];
 
     /// The state an event leaves its task in.
@@ -47,6 +50,7 @@ impl State {
             EventKind::Retrying => State::Retrying,
             EventKind::DeadLettered => State::DeadLettered,
             EventKind::Expired => State::Expired,
+            EventKind::Cancelled => State::Cancelled,
         }
     }
 
@@ -59,6 +63,7 @@ impl State {
             State::Succeeded => "succeeded",
             State::DeadLettered => "dead_lettered",
             State::Expired => "expired",
+            State::Cancelled => "cancelled",
             State::Unknown => "unknown",
         }
     }
@@ -75,7 +80,7 @@ impl State {
     pub fn is_ended(self) -> bool {
         matches!(
             self,
-            State::Succeeded | State::DeadLettered | State::Expired
+            State::Succeeded | State::DeadLettered | State::Expired | State::Cancelled
         )
     }
 }
@@ -104,7 +109,8 @@ pub(crate) struct Rank {
     pub(crate) attempt: u32,
     /// `delivery_count`, 0 when absent.
     pub(crate) delivery_count: u64,
-    /// 0 for `started`, 1 for an ending (`succeeded`, `retrying`, `dead_lettered`, `expired`).
+    /// 0 for `started`, 1 for an ending (`succeeded`, `retrying`, `dead_lettered`, `expired`,
+    /// `cancelled`).
     pub(crate) phase: u8,
     pub(crate) position: Position,
 }

@@ -194,7 +194,7 @@ impl Owned {
                             "the broker did not confirm the consumer's cancel; going on");
                     }
                     for delivery in waiting.drain(..) {
-                        deliveries.returned(&mut acks, &delivery);
+                        deliveries.returned(&mut acks, delivery, &mut running);
                     }
                     if let Some(ended) = ended.take() {
                         let _ = ended.send(None);
@@ -213,7 +213,7 @@ impl Owned {
                     (Phase::Taking, Some(Ok(delivery))) => {
                         take(deliveries, delivery, &mut waiting, &mut acks, &mut running);
                     }
-                    (_, Some(Ok(delivery))) => deliveries.returned(&mut acks, &delivery),
+                    (_, Some(Ok(delivery))) => deliveries.returned(&mut acks, delivery, &mut running),
                     (Phase::Taking, end) => {
                         let reason = match end {
                             Some(Err(error)) => format!("consumer of `{}` failed: {error}", deliveries.queue),

@@ -40,6 +40,7 @@ use tracing::{Instrument, Span};
 use warren_common::events::{Event, EventError, EventKind, Ticket};
 use warren_common::Publisher;
 use warren_common::{delay, header_u64, headers, now_ms, Claimed, Envelope, EnvelopeError};
+use warren_common::{headers_without, republished, BROKER_HEADERS};
 
 /// What every delivery of one consume loop borrows.
 #[derive(Clone, Copy)]
@@ -100,11 +101,54 @@ impl<'a> Deliveries<'a> {
         self.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Returns a delivery that was never started to its queue.
-    pub(crate) fn returned(self, acks: &mut Acks<'_>, delivery: &Delivery) {
+    /// Returns a delivery that was never started to its queue: requeued, or, when its queue
+    /// is paused, copied back to it (see [`give_back`](Self::give_back)) in a future added to
+    /// `running`.
+    pub(crate) fn returned(
+        self,
+        acks: &mut Acks<'_>,
+        delivery: Delivery,
+        running: &mut FuturesUnordered<BoxFuture<'a, Settled>>,
+    ) {
+        if self.is_paused() {
+            running.push(self.give_back(delivery).boxed());
+            return;
+        }
         self.metrics.requeued.inc();
         self.metrics.held.dec();
         acks.settle(Settle::Requeue(delivery.delivery_tag));
+    }
+
+    /// Whether this loop's queue is paused through the control stream.
+    fn is_paused(self) -> bool {
+        self.shared
+            .control
+            .as_ref()
+            .is_some_and(|control| control.is_paused(self.queue))
+    }
+
+    /// Gives a delivery that never started back to its paused queue without raising its
+    /// delivery count (a requeue would: a few pauses would dead-letter it as a crash loop):
+    /// publishes a copy (same body, properties and headers but the broker's) with a confirm,
+    /// then acks it. A copy that cannot be published falls back to a requeue.
+    async fn give_back(self, delivery: Delivery) -> Settled {
+        let properties = &delivery.properties;
+        let copy = republished(properties, headers_without(properties, &BROKER_HEADERS));
+        let id = Claimed::from_properties(properties).id.unwrap_or("");
+        let published = self
+            .publisher
+            .publish_raw("", self.queue, &delivery.data, copy, id)
+            .await;
+        self.metrics.requeued.inc();
+        self.metrics.held.dec();
+        match published {
+            Ok(()) => (Settle::Ack(delivery.delivery_tag), None),
+            Err(error) => {
+                tracing::warn!(queue = %self.queue, task_id = id, %error,
+                    "could not give a task back to its paused queue; requeueing it");
+                (Settle::Requeue(delivery.delivery_tag), None)
+            }
+        }
     }
 
     /// Starts one delivery, holding `permit`, and takes it as far as it goes without
@@ -224,7 +268,7 @@ impl<'a> Deliveries<'a> {
         metrics: &'a TaskMetrics,
         hold: Option<SemaphorePermit<'a>>,
     ) -> Stage<'a> {
-        if let Outcome::Ack = outcome {
+        if let Outcome::Ack | Outcome::Cancelled = outcome {
             let settle = Settle::Ack(delivery.delivery_tag);
             record(metrics, &outcome, settle);
             self.metrics.held.dec();
@@ -251,6 +295,9 @@ impl<'a> Deliveries<'a> {
                 } => {
                     // Stopped while waiting for its turn: it never started.
                     let Some((permit, cpu)) = self.turn(limiter, cpu).await else {
+                        if self.is_paused() {
+                            return self.give_back(delivery).await;
+                        }
                         self.metrics.requeued.inc();
                         self.metrics.held.dec();
                         return (Settle::Requeue(delivery.delivery_tag), None);
@@ -406,6 +453,7 @@ pub(crate) fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
         Outcome::Retry { .. } => metrics.retried.inc(),
         Outcome::DeadLetter(failure) => metrics.dead_lettered(failure.kind),
         Outcome::Isolate { .. } => metrics.isolated.inc(),
+        Outcome::Cancelled => {}
     }
 }
 
@@ -434,6 +482,7 @@ pub(crate) fn record_ending(
         }
         Outcome::DeadLetter(failure) => (EventKind::DeadLettered, Some(failure), None),
         Outcome::Isolate { .. } => return None,
+        Outcome::Cancelled => (EventKind::Cancelled, None, None),
     };
     record_event(shared, queue, delivery, kind, failure, retry_at)
 }

@@ -6,7 +6,7 @@ use crate::consume::isolation::{self, Mode, Verdict};
 use crate::metrics::TaskMetrics;
 use crate::outcome::{Failure, Outcome, ReasonKind};
 use crate::registry::{Entry, HandlerResult, TaskContext};
-use crate::Shared;
+use crate::{Cancellation, Shared};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use lapin::message::Delivery;
@@ -90,6 +90,12 @@ pub(crate) fn admit<'a>(
             format!("expired at {expires} ms"),
         ));
     }
+    if let Some(control) = &shared.control {
+        if control.is_cancelled(&envelope.id, envelope.created_ms) {
+            tracing::info!(outcome = "cancelled", "task cancelled before it ran");
+            return Err(Outcome::Cancelled);
+        }
+    }
     let entry = entry.ok_or_else(|| {
         dead(
             ReasonKind::UnknownTask,
@@ -127,6 +133,7 @@ pub(crate) async fn run(
 pub(crate) struct Handler {
     future: BoxFuture<'static, HandlerResult>,
     attempt: Attempt,
+    cancellation: Cancellation,
 }
 
 /// What concluding an attempt needs to know of it.
@@ -173,6 +180,7 @@ impl Handler {
         // broker-held delay or retry backoff.
         let ready = envelope.created_ms.max(envelope.not_before_ms);
         let attempt = envelope.attempt;
+        let cancellation = Cancellation::of(shared, &envelope.id, envelope.created_ms);
         let ctx = TaskContext {
             id: envelope.id,
             task: envelope.task,
@@ -183,6 +191,7 @@ impl Handler {
             created_ms: envelope.created_ms,
             redelivered: delivery.redelivered,
             traceparent: envelope.traceparent,
+            cancellation: cancellation.clone(),
         };
         let future = entry
             .start(ctx, envelope.codec, delivery.data)
@@ -199,7 +208,11 @@ impl Handler {
             number: attempt,
             max_attempts,
         };
-        Ok(Handler { future, attempt })
+        Ok(Handler {
+            future,
+            attempt,
+            cancellation,
+        })
     }
 
     /// Polls a handler that runs inline once, with a waker that does nothing: a handler
@@ -223,13 +236,30 @@ impl Handler {
         Ok(self.attempt.conclude(shared, metrics, ended))
     }
 
-    /// Runs the handler to its end, within its timeout.
+    /// Runs the handler to its end, within its timeout, unless its task is cancelled
+    /// meanwhile (then it is dropped, or aborted when spawned).
     pub(crate) async fn finish(self, shared: &Shared, metrics: &TaskMetrics) -> Outcome {
-        let Handler { future, attempt } = self;
+        let cancellation = self.cancellation.clone();
+        tokio::select! {
+            biased;
+            outcome = self.run(shared, metrics) => outcome,
+            () = cancellation.cancelled() => {
+                tracing::info!(outcome = "cancelled", "task cancelled while running; handler stopped");
+                Outcome::Cancelled
+            }
+        }
+    }
+
+    async fn run(self, shared: &Shared, metrics: &TaskMetrics) -> Outcome {
+        let Handler {
+            future, attempt, ..
+        } = self;
         let deadline = attempt.started + attempt.timeout;
         let handler = AssertUnwindSafe(future).catch_unwind();
         let ended = if attempt.spawn {
             let mut task = tokio::spawn(handler);
+            // Stopped with its task (a cancellation drops this future).
+            let _abort = AbortOnDrop(task.abort_handle());
             match tokio::time::timeout_at(deadline, &mut task).await {
                 Ok(joined) => Ok(joined.unwrap_or_else(|e| Err(Box::new(e.to_string())))),
                 Err(elapsed) => {
@@ -241,6 +271,15 @@ impl Handler {
             tokio::time::timeout_at(deadline, handler).await
         };
         attempt.conclude(shared, metrics, ended)
+    }
+}
+
+/// Aborts a spawned handler when dropped (a no-op once it has finished).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
