@@ -2,6 +2,7 @@
 //! ask it what became of tasks.
 
 mod client;
+mod control;
 mod dead_letters;
 mod publish;
 mod serve;
@@ -60,8 +61,12 @@ enum Command {
     /// Serve the HTTP ingest: publish tasks posted as JSON (see docs/openapi.yaml); with
     /// --index, also keep the status index and answer what became of tasks.
     Serve(serve::ServeArgs),
-    /// Ask a `serve` with --index what became of tasks: `tasks status ID`, `tasks list`.
+    /// Ask a `serve` with --index what became of tasks: `tasks status ID`, `tasks list`;
+    /// cancel one through the control stream: `tasks cancel ID`.
     Tasks(tasks::TasksArgs),
+    /// Pause or resume consuming a queue, through the control stream: `queues pause Q`,
+    /// `queues resume Q`.
+    Queues(control::QueuesArgs),
     /// Ask a `serve` with --index which workers it heard from: alive, or gone (drained, or
     /// silent for three heartbeat intervals) within the last hour.
     Workers(workers::WorkersArgs),
@@ -126,7 +131,8 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             serve::run(args, &amqp, &cli.exchange, cli.via_exchange, &shutdown).await
         }
-        Command::Tasks(args) => tasks::run(args).await,
+        Command::Tasks(args) => tasks::run(args, &amqp, &shutdown).await,
+        Command::Queues(args) => control::queues(args, &amqp, &shutdown).await,
         Command::Workers(args) => workers::run(args).await,
     };
     match result.map_err(anyhow::Error::downcast::<Unreachable>) {
@@ -152,6 +158,7 @@ mod tests {
             Command::Publish(a) => a.connect.connect_timeout,
             Command::Stats(a) => a.connect.connect_timeout,
             Command::DeadLetters(a) => a.connect.connect_timeout,
+            Command::Queues(a) => a.connect().connect_timeout,
             Command::Serve(_) | Command::Tasks(_) | Command::Workers(_) => {
                 panic!("no broker connect timeout")
             }

@@ -42,6 +42,10 @@ enum TasksCommand {
     Status(StatusArgs),
     /// List tasks, newest change first.
     List(ListArgs),
+    /// Cancel a task: written to the control stream over AMQP (not through the server);
+    /// workers following it do not run the task, or stop its handler. Says so when the
+    /// server's index shows the task had already ended.
+    Cancel(super::control::CancelArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,10 +78,17 @@ struct ListArgs {
 
 /// Asks the server and prints its answer. Exit codes: 0 answered (an unknown task
 /// included), 1 the server refused the request, 69 the server could not be reached.
-pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
-    let path = match &args.command {
-        TasksCommand::Status(status) => format!("/v1/tasks/{}", encode(&status.id)),
-        TasksCommand::List(list) => format!("/v1/tasks?{}", list.query()),
+pub async fn run(
+    args: TasksArgs,
+    amqp: &warren_common::Amqp,
+    shutdown: &warren_common::Shutdown,
+) -> anyhow::Result<ExitCode> {
+    let path = match args.command {
+        TasksCommand::Status(ref status) => format!("/v1/tasks/{}", encode(&status.id)),
+        TasksCommand::List(ref list) => format!("/v1/tasks?{}", list.query()),
+        TasksCommand::Cancel(cancel) => {
+            return super::control::cancel(cancel, &args.server, amqp, shutdown).await
+        }
     };
     let status = matches!(args.command, TasksCommand::Status(_));
     let json = match ask(&args.server, &path, |answer, json| {
@@ -95,9 +106,27 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
         match args.command {
             TasksCommand::Status(_) => print!("{}", status_text(&json)),
             TasksCommand::List(_) => print!("{}", list_text(&json)),
+            TasksCommand::Cancel(_) => {}
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ending the server's index shows for task `id` (`succeeded`, `dead_lettered`,
+/// `expired`), if the server answers and shows one: a cancel made now lost the race.
+pub(super) async fn ended_state(args: &ServerArgs, id: &str) -> Option<String> {
+    let token = match &args.auth_token_file {
+        None => None,
+        Some(path) => Some(std::fs::read_to_string(path).ok()?.trim().to_owned()),
+    };
+    let client = Client::new(&args.server, token).ok()?;
+    let answer = client
+        .get(&format!("/v1/tasks/{}", encode(id)))
+        .await
+        .ok()?;
+    let json: Value = serde_json::from_slice(&answer.body).ok()?;
+    let state = json["state"].as_str()?;
+    matches!(state, "succeeded" | "dead_lettered" | "expired").then(|| state.to_owned())
 }
 
 /// GETs `path` from the server: its JSON answer if 200 (or `also_answered`), else the exit
