@@ -66,7 +66,7 @@ async fn read_stream(stream: &str, done: impl Fn(&Seen) -> bool) -> Seen {
 }
 
 /// Reads `stream` from its start until `done` says every event wanted is there.
-async fn read_events(stream: &str, done: impl Fn(&[Stamped]) -> bool) -> Vec<Stamped> {
+pub(crate) async fn read_events(stream: &str, done: impl Fn(&[Stamped]) -> bool) -> Vec<Stamped> {
     read_stream(stream, |seen| done(&seen.events)).await.events
 }
 

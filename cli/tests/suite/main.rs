@@ -7,6 +7,7 @@ mod blocked;
 mod broker_restart;
 mod cluster;
 mod consume_loop;
+mod control;
 mod crash;
 mod dead_letters;
 mod dependencies;

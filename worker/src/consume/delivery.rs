@@ -31,7 +31,7 @@ use futures::FutureExt;
 use governor::DefaultDirectRateLimiter as RateLimiter;
 use lapin::message::Delivery;
 use lapin::options::BasicQosOptions;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,8 @@ pub(crate) struct Deliveries<'a> {
     pub(crate) stop: &'a CancellationToken,
     /// The consume loop's channel.
     pub(crate) channel: &'a lapin::Channel,
+    /// Set when the loop was stopped by a pause of its queue.
+    pub(crate) pausing: &'a AtomicBool,
 }
 
 /// Where a delivery is after taking it as far as it could go without waiting. The delivery
@@ -110,7 +112,7 @@ impl<'a> Deliveries<'a> {
         delivery: Delivery,
         running: &mut FuturesUnordered<BoxFuture<'a, Settled>>,
     ) {
-        if self.is_paused() {
+        if self.pausing.load(Ordering::Acquire) {
             running.push(self.give_back(delivery).boxed());
             return;
         }
@@ -120,7 +122,7 @@ impl<'a> Deliveries<'a> {
     }
 
     /// Whether this loop's queue is paused through the control stream.
-    fn is_paused(self) -> bool {
+    pub(crate) fn is_paused(self) -> bool {
         self.shared
             .control
             .as_ref()
@@ -295,7 +297,7 @@ impl<'a> Deliveries<'a> {
                 } => {
                     // Stopped while waiting for its turn: it never started.
                     let Some((permit, cpu)) = self.turn(limiter, cpu).await else {
-                        if self.is_paused() {
+                        if self.pausing.load(Ordering::Acquire) {
                             return self.give_back(delivery).await;
                         }
                         self.metrics.requeued.inc();
