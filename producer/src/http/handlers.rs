@@ -21,6 +21,8 @@ pub(crate) struct AppState {
     pub(crate) broker: Broker,
     pub(crate) default_queue: Arc<str>,
     pub(crate) max_batch: usize,
+    /// The control stream the control endpoints write to.
+    pub(crate) control_stream: Arc<str>,
     /// Readers of the status index, if the server keeps one.
     #[cfg(feature = "status")]
     pub(crate) index: Option<Arc<crate::status::query::Readers>>,
