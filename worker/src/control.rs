@@ -247,15 +247,24 @@ pub(crate) async fn follow(
     let Some(control) = &shared.control else {
         return;
     };
-    let marker = Sync {
-        source: shared.config.worker_id.clone(),
-        nonce: uuid::Uuid::new_v4().to_string(),
+    let mut progress = Progress {
+        marker: Sync {
+            source: shared.config.worker_id.clone(),
+            nonce: uuid::Uuid::new_v4().to_string(),
+        },
+        sent: false,
+        synced: false,
     };
-    let mut sent = false;
     let mut pacer = Pacer::new();
     while !stop.is_cancelled() && conn.status().connected() {
         let reason = match read(
-            shared, control, conn, publisher, states, &marker, &mut sent, stop,
+            shared,
+            control,
+            conn,
+            publisher,
+            states,
+            &mut progress,
+            stop,
         )
         .await
         {
@@ -273,17 +282,25 @@ pub(crate) async fn follow(
     }
 }
 
+/// Where a session's following of the stream stands, across attempts to read it.
+struct Progress {
+    /// The session's sync marker.
+    marker: Sync,
+    /// Whether the marker is on the stream.
+    sent: bool,
+    /// Whether it was read back: every record written before the session is applied.
+    synced: bool,
+}
+
 /// Declares the stream, writes the session's marker once, and reads records until `stop`
 /// (`Ok`) or the stream is lost (`Err`, why).
-#[allow(clippy::too_many_arguments)]
 async fn read(
     shared: &Shared,
     control: &Control,
     conn: &Connection,
     publisher: &Publisher,
     states: &QueueStates,
-    marker: &Sync,
-    sent: &mut bool,
+    progress: &mut Progress,
     stop: &CancellationToken,
 ) -> Result<(), String> {
     let stream = control.stream.as_str();
@@ -295,11 +312,11 @@ async fn read(
     declare_control_stream(&channel, stream)
         .await
         .map_err(|e| failed("declaring", &e))?;
-    if !*sent {
-        send_record(publisher, stream, &Record::Sync(marker.clone()))
+    if !progress.sent {
+        send_record(publisher, stream, &Record::Sync(progress.marker.clone()))
             .await
             .map_err(|e| failed("writing a sync marker to", &e))?;
-        *sent = true;
+        progress.sent = true;
     }
     let channel = conn
         .create_channel()
@@ -328,9 +345,12 @@ async fn read(
         )
         .await
         .map_err(|e| failed("reading", &e))?;
+    if progress.synced {
+        // Read again after losing it: caught up as before.
+        states.control_synced();
+    }
     let jitter = jitter(&shared.config.worker_id, control.snapshot_interval);
     let mut tick = tokio::time::interval(TICK.min(control.snapshot_interval));
-    let mut synced = false;
     loop {
         tokio::select! {
             biased;
@@ -348,8 +368,8 @@ async fn read(
                 let offset = header_u64(&headers, "x-stream-offset").ok().flatten();
                 match (Record::from_body(&delivery.data), offset) {
                     (Ok(record), Some(offset)) => {
-                        if !synced && record == Record::Sync(marker.clone()) {
-                            synced = true;
+                        if !progress.synced && record == Record::Sync(progress.marker.clone()) {
+                            progress.synced = true;
                             tracing::info!(stream, offset, "control stream read up to the session's start");
                             states.control_synced();
                         }
@@ -362,7 +382,7 @@ async fn read(
                     return Err(failed("reading", &error));
                 }
             }
-            _ = tick.tick(), if synced => {
+            _ = tick.tick(), if progress.synced => {
                 if let Some(snapshot) = control.tick(jitter) {
                     match send_record(publisher, stream, &snapshot).await {
                         Ok(()) => tracing::info!(stream, "control: wrote a snapshot"),
