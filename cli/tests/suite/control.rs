@@ -5,22 +5,23 @@
 //! back without raising their delivery count; bad input is refused with a clear error; a
 //! worker consumes nothing until it has read the stream, and writes snapshots of its state.
 
+mod pause;
+mod stream;
+
 use crate::binary;
 use crate::events::read_events;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use warren_common::control::Record;
 use warren_common::events::{EventKind, Stamped};
-use warren_common::Shutdown;
-use warren_common::{QueueSpec, Readiness};
+use warren_common::QueueSpec;
 use warren_producer::{Control, ControlError, Publisher, TaskOptions};
 use warren_tests::*;
-use warren_worker::{Registry, TaskContext, TaskError, Worker, WorkerConfig};
+use warren_worker::{Registry, TaskContext, TaskError, WorkerConfig};
 
 /// A queue, its control and events streams, unique to one test.
-struct Names {
+pub(crate) struct Names {
     queue: String,
     control: String,
     events: String,
@@ -67,7 +68,7 @@ impl Names {
 
 /// Runs of each task id, counted by the test's handlers.
 #[derive(Clone, Default)]
-struct Runs(Arc<Mutex<BTreeMap<String, u64>>>);
+pub(crate) struct Runs(Arc<Mutex<BTreeMap<String, u64>>>);
 
 impl Runs {
     fn record(&self, ctx: &TaskContext) {
@@ -90,7 +91,7 @@ impl Runs {
 
 /// `t.count` (counts its runs), `t.sleep` (counts, then sleeps `ms`) and `t.wait` (counts,
 /// then waits until cancelled, telling `dropped` when its future is dropped).
-fn registry(runs: &Runs, dropped: &Arc<AtomicBool>) -> Registry {
+pub(crate) fn registry(runs: &Runs, dropped: &Arc<AtomicBool>) -> Registry {
     let mut registry = Registry::new();
     let (count, sleep, wait) = (runs.clone(), runs.clone(), runs.clone());
     let dropped = dropped.clone();
@@ -137,7 +138,7 @@ fn kinds(events: &[Stamped], id: &str) -> Vec<EventKind> {
 }
 
 /// Reads the events stream until every id in `ids` has an ending.
-async fn endings(stream: &str, ids: &[String]) -> Vec<Stamped> {
+pub(crate) async fn endings(stream: &str, ids: &[String]) -> Vec<Stamped> {
     read_events(stream, |events| {
         ids.iter().all(|id| {
             events
@@ -333,100 +334,6 @@ async fn a_cancel_that_loses_the_race_leaves_the_task_succeeded() {
     names.clean_up().await;
 }
 
-/// Waits until the worker's readiness detail says whether `queue` is paused.
-async fn until_paused(worker: &TestWorker, queue: &str, paused: bool) {
-    let what = format!("queue `{queue}` is paused");
-    let health = worker.health.clone();
-    wait_until(Duration::from_secs(20), "the pause to show", || {
-        let (health, what) = (health.clone(), what.clone());
-        async move {
-            health.get() == Readiness::Ready
-                && health.detail().is_some_and(|d| d.contains(&what)) == paused
-        }
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn ten_pause_and_resume_cycles_run_every_task_once_with_unchanged_delivery_counts() {
-    let names = Names::new("control-pause");
-    let mut config = names.config();
-    // One runs, fifteen wait prefetched: each pause has deliveries to give back.
-    config.concurrency = 1;
-    config.prefetch = 16;
-    let (runs, dropped) = (Runs::default(), Arc::default());
-    let worker = TestWorker::start(registry(&runs, &dropped), config).await;
-    let publisher = names.publisher().await;
-    let mut ids = Vec::new();
-    for _ in 0..100 {
-        let id = publisher
-            .publish("t.sleep", &5u64, &TaskOptions::new())
-            .await
-            .unwrap();
-        ids.push(id.to_string());
-    }
-    let control = Control::new(publisher.clone(), &names.control);
-    for cycle in 0..10 {
-        let before = runs.total();
-        control.pause(&names.queue).await.unwrap();
-        until_paused(&worker, &names.queue, true).await;
-        control.resume(&names.queue).await.unwrap();
-        until_paused(&worker, &names.queue, false).await;
-        wait_until(
-            Duration::from_secs(20),
-            "a task to run after the resume",
-            || {
-                let runs = runs.clone();
-                async move { runs.total() > before }
-            },
-        )
-        .await;
-        assert!(runs.total() < 100, "cycle {cycle}: tasks left to pause");
-    }
-    let events = endings(&names.events, &ids).await;
-    for id in &ids {
-        assert_eq!(runs.of(id), 1, "task {id} ran once");
-        let ran: Vec<(EventKind, Option<u64>)> = events
-            .iter()
-            .filter(|e| e.event.id == *id)
-            .map(|e| (e.event.event, e.event.delivery_count))
-            .filter(|(kind, _)| *kind != EventKind::Started)
-            .collect();
-        assert_eq!(ran, [(EventKind::Succeeded, Some(0))], "task {id}");
-    }
-    let report = worker.stop().await;
-    assert_eq!(report.totals.succeeded, 100);
-    assert!(
-        report.totals.requeued > 0,
-        "pauses gave prefetched deliveries back"
-    );
-    names.clean_up().await;
-}
-
-#[tokio::test]
-async fn a_pause_written_before_the_worker_started_keeps_the_queue_unconsumed() {
-    let names = Names::new("control-paused-boot");
-    let publisher = names.publisher().await;
-    let id = publisher
-        .publish("t.count", &(), &TaskOptions::new())
-        .await
-        .unwrap()
-        .to_string();
-    let control = Control::new(publisher.clone(), &names.control);
-    control.pause(&names.queue).await.unwrap();
-    let (runs, dropped) = (Runs::default(), Arc::default());
-    let worker = TestWorker::start(registry(&runs, &dropped), names.config()).await;
-    until_paused(&worker, &names.queue, true).await;
-    let conn = raw_connection().await;
-    assert_eq!(ready_count(&conn, &names.queue).await, 1, "not consumed");
-    assert_eq!(runs.of(&id), 0);
-    control.resume(&names.queue).await.unwrap();
-    endings(&names.events, std::slice::from_ref(&id)).await;
-    assert_eq!(runs.of(&id), 1);
-    worker.stop().await;
-    names.clean_up().await;
-}
-
 #[tokio::test]
 async fn bad_control_input_is_refused_with_a_clear_error() {
     let names = Names::new("control-bad");
@@ -470,144 +377,5 @@ async fn bad_control_input_is_refused_with_a_clear_error() {
         "http://127.0.0.1:9",
     ]);
     assert_eq!(code, Some(0), "{stderr}");
-    names.clean_up().await;
-}
-
-#[tokio::test]
-async fn a_worker_consumes_nothing_until_it_can_read_the_control_stream() {
-    let names = Names::new("control-down");
-    let conn = raw_connection().await;
-    let channel = conn.create_channel().await.unwrap();
-    // A queue that refuses every publish in the stream's place: the worker cannot write its
-    // sync marker, so it cannot know it has read every record.
-    let mut refusing = lapin::types::FieldTable::default();
-    refusing.insert(
-        "x-max-length".into(),
-        lapin::types::AMQPValue::LongLongInt(0),
-    );
-    refusing.insert(
-        "x-overflow".into(),
-        lapin::types::AMQPValue::LongString("reject-publish".into()),
-    );
-    channel
-        .queue_declare(names.control.as_str().into(), Default::default(), refusing)
-        .await
-        .unwrap();
-    let publisher = names.publisher().await;
-    let id = publisher
-        .publish("t.count", &(), &TaskOptions::new())
-        .await
-        .unwrap()
-        .to_string();
-    let (runs, dropped) = (Runs::default(), Arc::default());
-    let metrics = prometheus::Registry::new();
-    let worker = Worker::new(registry(&runs, &dropped), names.config(), &metrics).unwrap();
-    let health = worker.health();
-    let shutdown = Shutdown::new();
-    let running = tokio::spawn(worker.run(shutdown.clone()));
-    let named = format!("the control stream `{}` is unavailable", names.control);
-    wait_until(
-        Duration::from_secs(30),
-        "a 503 naming the control stream",
-        || {
-            let (health, named) = (health.clone(), named.clone());
-            async move {
-                health.get() == Readiness::Unavailable
-                    && health.detail().is_some_and(|d| d.contains(&named))
-            }
-        },
-    )
-    .await;
-    assert_eq!(runs.of(&id), 0);
-    assert_eq!(
-        ready_count(&conn, &names.queue).await,
-        1,
-        "nothing consumed"
-    );
-
-    channel
-        .queue_delete(names.control.as_str().into(), Default::default())
-        .await
-        .unwrap();
-    endings(&names.events, std::slice::from_ref(&id)).await;
-    assert_eq!(runs.of(&id), 1);
-    assert_eq!(health.get(), Readiness::Ready);
-    shutdown.drain.cancel();
-    running.await.unwrap().unwrap();
-    names.clean_up().await;
-}
-
-/// Reads the control stream `stream` from its start until a record satisfies `found`.
-async fn read_control(stream: &str, found: impl Fn(&Record) -> bool) -> Record {
-    use futures::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-    let conn = raw_connection().await;
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .basic_qos(100, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut args = lapin::types::FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        lapin::types::AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = channel
-        .basic_consume(
-            stream.into(),
-            "control-test".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let delivery = tokio::time::timeout_at(deadline, consumer.next())
-            .await
-            .expect("the record before the timeout")
-            .expect("the consumer is open")
-            .expect("a delivery");
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
-        let record = Record::from_body(&delivery.data).expect("a valid control record");
-        if found(&record) {
-            let _ = conn.close(200, "read".into()).await;
-            return record;
-        }
-    }
-}
-
-#[tokio::test]
-async fn a_worker_writes_a_snapshot_of_the_state_in_force() {
-    let names = Names::new("control-snapshot");
-    let publisher = names.publisher().await;
-    let control = Control::new(publisher.clone(), &names.control);
-    control.pause(&names.queue).await.unwrap();
-    let cancel = control.cancel("snapshot-task").await.unwrap();
-    // Already expired when read: not carried.
-    Control::new(publisher.clone(), &names.control)
-        .with_horizon(Duration::ZERO)
-        .cancel("expired-task")
-        .await
-        .unwrap();
-    let mut config = names.config();
-    config.control_snapshot_interval = Duration::from_secs(1);
-    let (runs, dropped) = (Runs::default(), Arc::default());
-    let worker = TestWorker::start(registry(&runs, &dropped), config).await;
-    let snapshot = read_control(&names.control, |r| matches!(r, Record::Snapshot(_))).await;
-    let Record::Snapshot(snapshot) = snapshot else {
-        unreachable!("matched above")
-    };
-    assert_eq!(
-        snapshot.cancelled,
-        [cancel],
-        "only the cancellation in force"
-    );
-    assert_eq!(snapshot.queues.len(), 1);
-    assert_eq!(
-        (snapshot.queues[0].queue.as_str(), snapshot.queues[0].paused),
-        (names.queue.as_str(), true)
-    );
-    worker.stop().await;
     names.clean_up().await;
 }
