@@ -26,15 +26,20 @@ async fn until_paused(worker: &TestWorker, queue: &str, paused: bool) {
 #[tokio::test]
 async fn ten_pause_and_resume_cycles_run_every_task_once_with_unchanged_delivery_counts() {
     let names = Names::new("control-pause");
-    let mut config = names.config();
-    // One runs, fifteen wait prefetched: each pause has deliveries to give back.
-    config.concurrency = 1;
-    config.prefetch = 16;
     let (runs, dropped) = (Runs::default(), Arc::default());
-    let worker = TestWorker::start(registry(&runs, &dropped), config).await;
+    // Two workers; in each, one task runs and fifteen wait prefetched: each pause has
+    // deliveries to give back.
+    let mut workers = Vec::new();
+    for n in 0..2 {
+        let mut config = names.config();
+        config.concurrency = 1;
+        config.prefetch = 16;
+        config.worker_id = format!("{}-{n}", config.worker_id);
+        workers.push(TestWorker::start(registry(&runs, &dropped), config).await);
+    }
     let publisher = names.publisher().await;
     let mut ids = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..150 {
         let id = publisher
             .publish("t.sleep", &5u64, &TaskOptions::new())
             .await
@@ -45,9 +50,13 @@ async fn ten_pause_and_resume_cycles_run_every_task_once_with_unchanged_delivery
     for cycle in 0..10 {
         let before = runs.total();
         control.pause(&names.queue).await.unwrap();
-        until_paused(&worker, &names.queue, true).await;
+        for worker in &workers {
+            until_paused(worker, &names.queue, true).await;
+        }
         control.resume(&names.queue).await.unwrap();
-        until_paused(&worker, &names.queue, false).await;
+        for worker in &workers {
+            until_paused(worker, &names.queue, false).await;
+        }
         wait_until(
             Duration::from_secs(20),
             "a task to run after the resume",
@@ -57,7 +66,7 @@ async fn ten_pause_and_resume_cycles_run_every_task_once_with_unchanged_delivery
             },
         )
         .await;
-        assert!(runs.total() < 100, "cycle {cycle}: tasks left to pause");
+        assert!(runs.total() < 150, "cycle {cycle}: tasks left to pause");
     }
     let events = endings(&names.events, &ids).await;
     for id in &ids {
@@ -70,12 +79,14 @@ async fn ten_pause_and_resume_cycles_run_every_task_once_with_unchanged_delivery
             .collect();
         assert_eq!(ran, [(EventKind::Succeeded, Some(0))], "task {id}");
     }
-    let report = worker.stop().await;
-    assert_eq!(report.totals.succeeded, 100);
-    assert!(
-        report.totals.requeued > 0,
-        "pauses gave prefetched deliveries back"
-    );
+    let (mut succeeded, mut given_back) = (0, 0);
+    for worker in workers {
+        let report = worker.stop().await;
+        succeeded += report.totals.succeeded;
+        given_back += report.totals.requeued;
+    }
+    assert_eq!(succeeded, 150);
+    assert!(given_back > 0, "pauses gave prefetched deliveries back");
     names.clean_up().await;
 }
 
