@@ -19,9 +19,9 @@ use warren_common::{give_up_after, Amqp, AmqpArgs, LogFormat, Shutdown, Unreacha
 
 /// Exit codes, as `--help` lists them.
 const EXIT_CODES: &str = "Exit codes: 0 done; 1 failed (the message says why); 2 invalid flags \
-    or a refused command; 69 publish, stats or dead-letters could not connect to the broker \
-    within --connect-timeout, or tasks could not reach the server; 130 a second signal aborted \
-    the command.";
+    or a refused command; 69 publish, stats, dead-letters, tasks cancel or queues could not \
+    connect to the broker within --connect-timeout, or tasks status|list could not reach the \
+    server; 130 a second signal aborted the command.";
 
 /// Publish Warren tasks and inspect Warren queues.
 #[derive(Debug, Parser)]
@@ -74,7 +74,7 @@ enum Command {
 
 impl Cli {
     /// Whether the command does one thing and exits (`publish`, `stats`, `dead-letters`,
-    /// `tasks`, `workers`), rather than serving until stopped.
+    /// `tasks`, `queues`, `workers`), rather than serving until stopped.
     pub fn is_one_shot(&self) -> bool {
         !matches!(self.command, Command::Serve(_))
     }

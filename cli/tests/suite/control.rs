@@ -366,6 +366,13 @@ async fn bad_control_input_is_refused_with_a_clear_error() {
     let (code, stderr) = cli(&["tasks", "cancel", ""]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("the task id is empty"), "{stderr}");
+    // No broker within --connect-timeout: 69, as for the other broker commands.
+    let unreachable = std::process::Command::new(binary("warren-producer"))
+        .args(["queues", "pause", &names.queue, "--connect-timeout", "1s"])
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .output()
+        .expect("warren-producer runs");
+    assert_eq!(unreachable.status.code(), Some(69));
     // The same commands succeed on what exists.
     let (code, stderr) = cli(&["queues", "pause", &names.queue]);
     assert_eq!(code, Some(0), "{stderr}");
