@@ -60,14 +60,15 @@ pub fn register(registry: &mut Registry) {
         })
         .handle_with(cpu_bound, |_: TaskContext, p: Cpu| async move {
             let digest = tokio::task::spawn_blocking(move || hash_rounds(p.rounds)).await?;
-            tracing::debug!(digest = %hex(&digest), "hashed");
-            Ok::<_, TaskError>(())
+            // Its result: what a caller (`publish --wait`) or the task's status shows.
+            Ok::<_, TaskError>(hex(&digest))
         })
         .register(
             "demo.echo",
             |_: TaskContext, p: serde_json::Value| async move {
                 tracing::info!(payload = %p, "echo");
-                Ok::<_, TaskError>(())
+                // Its result is its payload.
+                Ok::<_, TaskError>(p)
             },
         )
         .handle(|ctx: TaskContext, p: Flaky| async move {

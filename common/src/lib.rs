@@ -29,6 +29,7 @@ pub mod process;
 mod publish;
 mod queue;
 mod reason;
+pub mod reply;
 mod republish;
 mod shutdown;
 mod task;
@@ -53,7 +54,8 @@ pub use envelope::{
 pub use header_value::{header_string, header_u64, int_value, text_value};
 pub use health::{Health, Readiness};
 pub use publish::{
-    ProducerMetrics, PublishError, Publisher, PublisherConfig, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
+    CallError, ProducerMetrics, PublishError, Publisher, PublisherConfig, TaskOptions,
+    DEFAULT_CONFIRM_TIMEOUT, DIRECT_REPLY_TO,
 };
 pub use queue::{dead_letter_queue_name, isolation_queue_name, QueueKind, QueueSpec, Retention};
 pub use reason::ReasonKind;

@@ -1,4 +1,4 @@
-//! Writing to the control stream (docs/wire-format.md §12): cancelling a task, pausing and
+//! Writing to the control stream (docs/wire-format.md §13): cancelling a task, pausing and
 //! resuming a queue. One implementation under the Rust API, the CLI and the HTTP ingest.
 
 use std::sync::atomic::{AtomicBool, Ordering};

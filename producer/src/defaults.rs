@@ -50,6 +50,9 @@ pub mod ingest {
     /// Connections served at once: 512, room for hundreds of slow or waiting clients while
     /// staying well under the common limit of 1024 open files.
     pub const MAX_CONNECTIONS: usize = 512;
+    /// Longest `?wait=` of `POST /v1/tasks`: 60 s. A waiting request holds one of the
+    /// connections; a task that takes longer is better followed by its status.
+    pub const MAX_WAIT: Duration = Duration::from_secs(60);
 }
 
 /// `warren-producer serve --index` and [`IndexConfig`](crate::status::IndexConfig).

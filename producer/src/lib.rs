@@ -22,7 +22,8 @@ pub use dead_letters::{
 pub use http::read_task_body;
 #[cfg(feature = "http")]
 pub use http::{serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError};
+pub use warren_common::reply::{Reply, ReplyStatus};
 pub use warren_common::{
-    Codec, ProducerMetrics, PublishError, Publisher, PublisherConfig, QueueKind, QueueSpec, Task,
-    TaskId, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
+    CallError, Codec, ProducerMetrics, PublishError, Publisher, PublisherConfig, QueueKind,
+    QueueSpec, Task, TaskId, TaskOptions, DEFAULT_CONFIRM_TIMEOUT,
 };

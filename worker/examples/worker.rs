@@ -16,9 +16,9 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::tasks::{self, Notify, Resize};
+    use super::tasks::{self, Notify, Resize, Resized};
     use std::time::Duration;
-    use warren_worker::testing::{perform, Perform};
+    use warren_worker::testing::{call, perform, Perform};
     use warren_worker::{Outcome, ReasonKind, Registry};
 
     fn registry() -> Registry {
@@ -34,6 +34,16 @@ mod tests {
             width: 640,
         };
         assert_eq!(perform(&registry(), &task).await, Outcome::Ack);
+    }
+
+    #[tokio::test]
+    async fn resizing_returns_where_the_thumbnail_is() {
+        let task = Resize {
+            path: "cat.png".into(),
+            width: 640,
+        };
+        let resized: Resized = call(&registry(), &task).await.unwrap();
+        assert_eq!(resized.path, "thumbnails/cat.png");
     }
 
     #[tokio::test]

@@ -80,6 +80,11 @@ pub struct WorkerArgs {
     /// Largest payload accepted; larger ones are dead-lettered unread.
     #[arg(long, env = "WARREN_MAX_PAYLOAD_BYTES", default_value_t = defaults::MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
+    /// Largest result (a handler's return value, as JSON) carried in the succeeded event and
+    /// the reply to a caller; a larger one is left out, the event saying so, and the task
+    /// still succeeds.
+    #[arg(long, env = "WARREN_MAX_RESULT_BYTES", default_value_t = defaults::MAX_RESULT_BYTES)]
+    pub max_result_bytes: usize,
     /// Returns of a task running alone (its x-delivery-count in the quorum queue's isolation
     /// queue) after which it is dead-lettered as `crash_loop` instead of run again.
     #[arg(long, env = "WARREN_CRASH_BUDGET", default_value_t = defaults::CRASH_BUDGET)]
@@ -118,7 +123,7 @@ pub struct WorkerArgs {
     /// consuming until events can be recorded again.
     #[arg(long, env = "WARREN_EVENTS_TIMEOUT", default_value_t = defaults::EVENTS_TIMEOUT.into())]
     pub events_timeout: humantime::Duration,
-    /// Follow this control stream (docs/wire-format.md §12), e.g. warren.control: skip
+    /// Follow this control stream (docs/wire-format.md §13), e.g. warren.control: skip
     /// cancelled tasks, stop cancelled handlers, stop consuming paused queues. Read from its
     /// start before any queue is consumed. Declared with a day's retention unless it
     /// exists. Off unless given.
@@ -171,6 +176,8 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
     /// Largest payload accepted.
     pub max_payload_bytes: usize,
+    /// Largest result carried, as JSON.
+    pub max_result_bytes: usize,
     /// Returns of a task running alone tolerated before `crash_loop`.
     pub crash_budget: u64,
     /// Drain timeout.
@@ -212,6 +219,7 @@ impl WorkerConfig {
             max_attempts: defaults::MAX_ATTEMPTS,
             retry: RetryPolicy::default(),
             max_payload_bytes: defaults::MAX_PAYLOAD_BYTES,
+            max_result_bytes: defaults::MAX_RESULT_BYTES,
             crash_budget: defaults::CRASH_BUDGET,
             shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
             poll_interval: defaults::POLL_INTERVAL,
@@ -317,6 +325,7 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
                 jitter: args.retry_jitter,
             },
             max_payload_bytes: args.max_payload_bytes,
+            max_result_bytes: args.max_result_bytes,
             crash_budget: args.crash_budget,
             shutdown_timeout: args.shutdown_timeout.into(),
             poll_interval: args.poll_interval.into(),
@@ -355,6 +364,10 @@ pub mod defaults {
     pub const MAX_ATTEMPTS: u32 = 5;
     /// Largest payload accepted.
     pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+    /// Largest result carried, as JSON: 64 KiB. Results travel in the events stream, which
+    /// keeps them for its retention, and a reply; bulky output belongs in storage of its
+    /// own, with the result naming where.
+    pub const MAX_RESULT_BYTES: usize = 64 * 1024;
     /// Returns of a task running alone tolerated before it is dead-lettered as `crash_loop`.
     pub const CRASH_BUDGET: u64 = 5;
     /// How long a drain waits for running tasks.

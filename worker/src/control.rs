@@ -1,4 +1,4 @@
-//! The worker's side of the control stream (docs/wire-format.md §12): the state its records
+//! The worker's side of the control stream (docs/wire-format.md §13): the state its records
 //! add up to (cancelled tasks, paused queues), the running tasks a cancellation stops, and
 //! [`follow`]ing the stream in each session.
 //!
@@ -178,7 +178,7 @@ impl Drop for Tracked {
     }
 }
 
-/// Whether the task a handler runs was cancelled (docs/wire-format.md §12). An async handler
+/// Whether the task a handler runs was cancelled (docs/wire-format.md §13). An async handler
 /// is stopped at its next await without looking; code that blocks polls
 /// [`is_cancelled`](Self::is_cancelled). Cheap to clone; never cancelled when the worker
 /// follows no control stream.

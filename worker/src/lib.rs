@@ -10,6 +10,7 @@ mod control;
 mod heartbeat;
 mod metrics;
 mod outcome;
+mod output;
 mod pool;
 mod rate_limit;
 mod registry;

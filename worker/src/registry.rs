@@ -1,11 +1,14 @@
 //! The task registry: task names mapped to typed async handlers. A handler receives its
 //! payload already decoded into its own type, plus a [`TaskContext`]; its error type says
-//! whether the task may be retried.
+//! whether the task may be retried, and what it returns on success (any `Serialize` value,
+//! or `()`) is the task's result.
 
 use crate::outcome::{Failure, ReasonKind};
+use crate::output::Output;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
@@ -36,7 +39,7 @@ pub struct TaskContext {
     pub redelivered: bool,
     /// The publisher's W3C `traceparent`, to propagate to work the handler starts.
     pub traceparent: Option<String>,
-    /// Whether the task was cancelled (docs/wire-format.md §12): an async handler is stopped
+    /// Whether the task was cancelled (docs/wire-format.md §13): an async handler is stopped
     /// at its next await anyway; code that blocks polls it.
     pub cancellation: crate::Cancellation,
 }
@@ -159,7 +162,7 @@ pub struct HandlerOptions {
     pub cpu_bound: bool,
 }
 
-pub(crate) type HandlerResult = Result<(), TaskError>;
+pub(crate) type HandlerResult = Result<Output, TaskError>;
 type ErasedHandler = dyn Fn(TaskContext, Codec, &[u8]) -> Result<BoxFuture<'static, HandlerResult>, CodecError>
     + Send
     + Sync;
@@ -199,11 +202,12 @@ impl Registry {
 
     /// Registers `handler` for tasks named `name`; its payload type `T` is decoded from JSON
     /// or bincode as the message says. Replaces an earlier handler of the same name.
-    pub fn register<T, F, Fut, E>(&mut self, name: &str, handler: F) -> &mut Self
+    pub fn register<T, F, Fut, R, E>(&mut self, name: &str, handler: F) -> &mut Self
     where
         T: DeserializeOwned + Send + 'static,
         F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Serialize + Send + 'static,
         E: Into<TaskError> + 'static,
     {
         self.register_with(name, HandlerOptions::default(), handler)
@@ -211,29 +215,31 @@ impl Registry {
 
     /// Registers `handler` for the typed task `T` under its [`Task::NAME`]:
     /// `registry.handle(resize)` for `async fn resize(ctx: TaskContext, task: Resize)`.
-    pub fn handle<T, F, Fut, E>(&mut self, handler: F) -> &mut Self
+    pub fn handle<T, F, Fut, R, E>(&mut self, handler: F) -> &mut Self
     where
         T: Task,
         F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Serialize + Send + 'static,
         E: Into<TaskError> + 'static,
     {
         self.register_with(T::NAME, HandlerOptions::default(), handler)
     }
 
     /// Like [`handle`](Self::handle), with a timeout or attempt limit of its own.
-    pub fn handle_with<T, F, Fut, E>(&mut self, options: HandlerOptions, handler: F) -> &mut Self
+    pub fn handle_with<T, F, Fut, R, E>(&mut self, options: HandlerOptions, handler: F) -> &mut Self
     where
         T: Task,
         F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Serialize + Send + 'static,
         E: Into<TaskError> + 'static,
     {
         self.register_with(T::NAME, options, handler)
     }
 
     /// Like [`register`](Self::register), with a timeout or attempt limit of its own.
-    pub fn register_with<T, F, Fut, E>(
+    pub fn register_with<T, F, Fut, R, E>(
         &mut self,
         name: &str,
         options: HandlerOptions,
@@ -242,13 +248,14 @@ impl Registry {
     where
         T: DeserializeOwned + Send + 'static,
         F: Fn(TaskContext, T) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Serialize + Send + 'static,
         E: Into<TaskError> + 'static,
     {
         let erased = move |ctx: TaskContext, codec: Codec, body: &[u8]| {
             let payload: T = codec.decode(body)?;
             let fut = handler(ctx, payload);
-            Ok(async move { fut.await.map_err(Into::into) }.boxed())
+            Ok(async move { fut.await.map(Output::new).map_err(Into::into) }.boxed())
         };
         let entry = Entry {
             options,
@@ -259,7 +266,7 @@ impl Registry {
     }
 
     /// Registers a handler that receives the payload undecoded, as a [`Payload`].
-    pub fn register_raw<F, Fut, E>(
+    pub fn register_raw<F, Fut, R, E>(
         &mut self,
         name: &str,
         options: HandlerOptions,
@@ -267,7 +274,8 @@ impl Registry {
     ) -> &mut Self
     where
         F: Fn(TaskContext, Payload) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        Fut: Future<Output = Result<R, E>> + Send + 'static,
+        R: Serialize + Send + 'static,
         E: Into<TaskError> + 'static,
     {
         let erased = move |ctx: TaskContext, codec: Codec, body: &[u8]| {
@@ -278,7 +286,7 @@ impl Registry {
                     bytes: body.to_vec(),
                 },
             );
-            Ok(async move { fut.await.map_err(Into::into) }.boxed())
+            Ok(async move { fut.await.map(Output::new).map_err(Into::into) }.boxed())
         };
         let entry = Entry {
             options,

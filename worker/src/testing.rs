@@ -37,12 +37,43 @@
 //! ));
 //! # }
 //! ```
+//!
+//! A handler's result is what [`call`] returns, as a caller of `Publisher::call` would get it.
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use warren_worker::testing::call;
+//! use warren_worker::{Registry, Task, TaskContext, TaskError};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Add {
+//!     a: u64,
+//!     b: u64,
+//! }
+//!
+//! impl Task for Add {
+//!     const NAME: &'static str = "math.add";
+//! }
+//!
+//! async fn add(_: TaskContext, task: Add) -> Result<u64, TaskError> {
+//!     Ok(task.a + task.b)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let mut registry = Registry::new();
+//! registry.handle(add);
+//! let sum: u64 = call(&registry, &Add { a: 2, b: 3 }).await.unwrap();
+//! assert_eq!(sum, 5);
+//! # }
+//! ```
 
-use crate::consume::execute::{self, Arrival};
+use crate::consume::execute::{self, Arrival, Ran};
 use crate::consume::isolation::Mode;
 use crate::outcome::{Failure, Outcome, ReasonKind};
 use crate::{Registry, Worker, WorkerConfig};
 use lapin::BasicProperties;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
 use warren_common::{Envelope, Task, TaskOptions};
@@ -56,6 +87,18 @@ pub const TEST_QUEUE: &str = "test";
 /// [`Outcome::DeadLetter`] with the kind and reason.
 pub async fn perform<T: Task>(registry: &Registry, task: &T) -> Outcome {
     Perform::new(registry).task(task).await
+}
+
+/// Runs `task` once like [`perform`], and returns its handler's result, or, when it did not
+/// succeed, what the worker would do instead.
+///
+/// # Panics
+/// If the handler's result does not decode as `R`: the test asks for the wrong type.
+pub async fn call<T: Task, R: DeserializeOwned>(
+    registry: &Registry,
+    task: &T,
+) -> Result<R, Outcome> {
+    Perform::new(registry).call(task).await
 }
 
 /// A handler run with settings of its own: the attempt number, the publish options, the
@@ -114,27 +157,53 @@ impl<'r> Perform<'r> {
         self.named(T::NAME, task).await
     }
 
+    /// Runs the typed `task` and returns its handler's result (see [`call`]).
+    ///
+    /// # Panics
+    /// If the handler's result does not decode as `R`.
+    pub async fn call<T: Task, R: DeserializeOwned>(self, task: &T) -> Result<R, Outcome> {
+        match self.run_named(T::NAME, task).await {
+            (Outcome::Ack, Some(output)) => Ok(output.decode().unwrap_or_else(|error| {
+                panic!(
+                    "the result of `{}` does not decode as asked: {error}",
+                    T::NAME
+                )
+            })),
+            (outcome, _) => Err(outcome),
+        }
+    }
+
     /// Runs the task named `name` with `payload`, as a producer in any language could send it.
     pub async fn named<P: Serialize + ?Sized>(self, name: &str, payload: &P) -> Outcome {
+        self.run_named(name, payload).await.0
+    }
+
+    async fn run_named<P: Serialize + ?Sized>(self, name: &str, payload: &P) -> Ran {
         let (mut envelope, body) = match self.options.prepare(name, payload) {
             Ok(prepared) => prepared,
             Err(error) => {
-                return Outcome::DeadLetter(Failure::new(ReasonKind::InvalidMessage, error))
+                let failure = Failure::new(ReasonKind::InvalidMessage, error);
+                return (Outcome::DeadLetter(failure), None);
             }
         };
         envelope.attempt = self.attempt;
         let properties = envelope.to_properties();
-        self.raw(&properties, &body).await
+        self.run_raw(&properties, &body).await
     }
 
     /// Runs a message given as its AMQP properties and body, e.g. one a producer in another
     /// language wrote.
     pub async fn raw(self, properties: &BasicProperties, body: &[u8]) -> Outcome {
+        self.run_raw(properties, body).await.0
+    }
+
+    async fn run_raw(self, properties: &BasicProperties, body: &[u8]) -> Ran {
         let prometheus = prometheus::Registry::new();
         let worker = match Worker::new(self.registry.clone(), self.config, &prometheus) {
             Ok(worker) => worker,
             Err(error) => {
-                return Outcome::DeadLetter(Failure::new(ReasonKind::InvalidMessage, error))
+                let failure = Failure::new(ReasonKind::InvalidMessage, error);
+                return (Outcome::DeadLetter(failure), None);
             }
         };
         let shared = &*worker.shared;

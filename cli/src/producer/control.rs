@@ -1,5 +1,5 @@
 //! `warren-producer tasks cancel ID` and `warren-producer queues pause|resume QUEUE`: control
-//! records written to the control stream over AMQP (docs/wire-format.md §12), confirmed by
+//! records written to the control stream over AMQP (docs/wire-format.md §13), confirmed by
 //! the broker before the command returns. Workers following the stream act on them.
 
 use super::tasks::ServerArgs;

@@ -7,7 +7,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
-use warren_common::{Amqp, Codec, QueueKind, QueueSpec, Retention, Shutdown};
+use warren_common::process::exit;
+use warren_common::reply::{Reply, ReplyStatus};
+use warren_common::{Amqp, CallError, Codec, QueueKind, QueueSpec, Retention, Shutdown};
 use warren_producer::{PublishError, Publisher, PublisherConfig, TaskOptions};
 
 /// Arguments of `publish`.
@@ -59,6 +61,11 @@ pub struct PublishArgs {
     /// Priority 0-9 (only priority queues honour it).
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
     priority: Option<u8>,
+    /// Wait this long for the task to end, then print its reply (its result, or why it
+    /// failed) as JSON: exit code 0 if it succeeded, 1 if it failed, 75 if no reply came in
+    /// time (the task was published and may still run). Only for a single task.
+    #[arg(long, value_name = "TIMEOUT", value_parser = super::parse_timeout, conflicts_with = "count")]
+    wait: Option<Duration>,
     /// Maximum number of confirms in flight.
     #[arg(long, default_value_t = 1000)]
     window: usize,
@@ -119,16 +126,41 @@ pub async fn run(
         priority: args.priority,
         ..TaskOptions::default()
     };
-    let code = match args.count {
-        None => {
+    let code = match (args.count, args.wait) {
+        (None, Some(timeout)) => {
+            let called = publisher.call_named(&args.task, &payload, &options, timeout);
+            answered(called.await)?
+        }
+        (None, None) => {
             let id = publisher.publish(&args.task, &payload, &options).await?;
             println!("{id}");
             ExitCode::SUCCESS
         }
-        Some(count) => publish_many(&publisher, &args, &payload, &options, count, shutdown).await,
+        (Some(count), _) => {
+            publish_many(&publisher, &args, &payload, &options, count, shutdown).await
+        }
     };
     publisher.close().await;
     Ok(code)
+}
+
+/// Prints a call's reply and says by the exit code how the task ended.
+fn answered(called: Result<Reply<'static>, CallError>) -> anyhow::Result<ExitCode> {
+    match called {
+        Ok(reply) => {
+            println!("{}", String::from_utf8_lossy(&reply.to_bytes()));
+            if reply.status == ReplyStatus::Succeeded {
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprintln!("error: task {} ended {}", reply.id, reply.status.as_str());
+            Ok(ExitCode::from(exit::FAILURE))
+        }
+        Err(error @ (CallError::Timeout { .. } | CallError::Disconnected { .. })) => {
+            eprintln!("error: {error}");
+            Ok(ExitCode::from(exit::NO_ANSWER))
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 async fn publish_many(

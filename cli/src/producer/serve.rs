@@ -47,6 +47,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WARREN_MAX_BATCH", default_value_t = defaults::MAX_BATCH,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     max_batch: usize,
+    /// Longest wait of `POST /v1/tasks?wait=`; a longer one is cut to it (each waiting
+    /// request holds one of the --max-connections).
+    #[arg(long, env = "WARREN_MAX_WAIT", default_value_t = defaults::MAX_WAIT.into())]
+    max_wait: humantime::Duration,
     /// Time a client has to send a request's head, from connecting (or from the first byte of
     /// its next request); slower connections are closed.
     #[arg(long, env = "WARREN_HEADER_READ_TIMEOUT",
@@ -120,6 +124,7 @@ pub async fn run(
         auth_token,
         max_body_bytes: args.max_body_bytes,
         max_batch: args.max_batch,
+        max_wait: args.max_wait.into(),
         connections: ConnectionLimits {
             header_read_timeout: args.header_read_timeout.into(),
             body_read_timeout: args.body_read_timeout.into(),

@@ -227,6 +227,15 @@ fn status_text(json: &Value) -> String {
             let (kind, reason) = (text(&error["kind"]), text(&error["reason"]));
             line("error", format!("{kind}: {reason}"));
         }
+        if !json["result"].is_null() {
+            line("result", json["result"].to_string());
+        }
+        if !json["result_error"].is_null() {
+            line(
+                "result",
+                format!("left out: {}", text(&json["result_error"])),
+            );
+        }
     }
     out + &index_note(json)
 }

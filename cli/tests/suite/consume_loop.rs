@@ -116,11 +116,11 @@ async fn handlers_fail_alike(name: &str, spawn: bool) {
             Ok::<_, TaskError>(())
         })
         .register_raw("test.refuses", options, |_, _| async {
-            Err(TaskError::permanent("no, at once"))
+            Err::<(), _>(TaskError::permanent("no, at once"))
         })
         .register_raw("test.refuses-later", options, move |_, _| async move {
             wait().await;
-            Err(TaskError::permanent("no, after waiting"))
+            Err::<(), _>(TaskError::permanent("no, after waiting"))
         })
         .register_raw("test.hangs", options, |_, _| async {
             tokio::time::sleep(Duration::from_secs(60)).await;

@@ -1,4 +1,4 @@
-//! The control stream against the real broker (docs/wire-format.md §12): a task cancelled
+//! The control stream against the real broker (docs/wire-format.md §13): a task cancelled
 //! while queued, delayed or running never runs or is stopped, is acked and recorded as
 //! `cancelled`, and is not retried; a cancellation written before a worker started is honoured
 //! by it; pausing a queue stops every worker consuming it and gives prefetched deliveries

@@ -8,6 +8,41 @@ use warren_common::{dead_letter_queue_name, headers};
 use warren_tests::*;
 
 #[tokio::test]
+async fn the_call_example_gets_the_worker_examples_result_and_failure() {
+    let queue = unique_queue("examples-call");
+    let url = amqp_url();
+    let mut worker =
+        WorkerProcess::start_program(&example("worker"), &["--queue", &queue], &url).await;
+    for _ in 0..200 {
+        if worker.readiness().await == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let called = tokio::process::Command::new(example("call"))
+        .arg(&queue)
+        .env("AMQP_URL", &url)
+        .output()
+        .await
+        .expect("the call example runs");
+    let stdout = String::from_utf8_lossy(&called.stdout);
+    assert!(
+        called.status.success(),
+        "call example failed: {stdout}{}",
+        String::from_utf8_lossy(&called.stderr)
+    );
+    assert_eq!(
+        stdout,
+        "images.resize returned thumbnails/photos/cat.png (640 wide)\n\
+         images.resize failed: permanent: width must be positive\n"
+    );
+    worker.signal("TERM");
+    let status = worker.child.wait().await.expect("the worker exits");
+    assert_eq!(status.code(), Some(0), "a drained worker exits 0");
+    delete_queues(&raw_connection().await, &queue).await;
+}
+
+#[tokio::test]
 async fn the_worker_example_runs_what_the_publisher_example_sends() {
     let queue = unique_queue("examples");
     let url = amqp_url();

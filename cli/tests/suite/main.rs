@@ -5,6 +5,7 @@
 mod binaries;
 mod blocked;
 mod broker_restart;
+mod calls;
 mod cluster;
 mod consume_loop;
 mod control;

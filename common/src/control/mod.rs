@@ -1,5 +1,5 @@
 //! The control stream: cancellations of tasks and pauses of queues, as durable records in a
-//! small RabbitMQ stream every worker follows from its start (docs/wire-format.md §12).
+//! small RabbitMQ stream every worker follows from its start (docs/wire-format.md §13).
 //!
 //! This module is the record format, written and read ([`Record`], one JSON object per
 //! stream message), and the state the records add up to ([`ControlState`]): which tasks are

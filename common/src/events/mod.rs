@@ -110,7 +110,7 @@ pub enum EventKind {
     DeadLettered,
     /// It was dead-lettered because its expiry passed before it could run.
     Expired,
-    /// It was cancelled (the control stream, docs/wire-format.md §12): not run, or its
+    /// It was cancelled (the control stream, docs/wire-format.md §13): not run, or its
     /// handler stopped, and not retried.
     Cancelled,
 }
@@ -137,6 +137,29 @@ impl EventKind {
                 | EventKind::Expired
                 | EventKind::Cancelled
         )
+    }
+}
+
+/// A JSON value carried as it was written (a handler's result), compared by its text.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawJson<'a>(pub Cow<'a, serde_json::value::RawValue>);
+
+impl RawJson<'_> {
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The same value owning its text.
+    pub fn into_owned(self) -> RawJson<'static> {
+        RawJson(Cow::Owned(self.0.into_owned()))
+    }
+}
+
+impl PartialEq for RawJson<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
     }
 }
 
@@ -181,6 +204,14 @@ pub struct Event<'a> {
     /// When the next attempt is due (`retrying`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at_ms: Option<u64>,
+    /// What the handler returned, as JSON (`succeeded`; absent when it returned nothing, or
+    /// when the result could not be carried: then `result_error` says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<RawJson<'a>>,
+    /// Why a result was left out (larger than the worker's `--max-result-bytes`, or not
+    /// serializable); the task succeeded all the same.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub result_error: Option<Cow<'a, str>>,
 }
 
 impl<'a> Event<'a> {
@@ -217,6 +248,14 @@ impl<'a> Event<'a> {
             out.extend_from_slice(b",\"retry_at_ms\":");
             write_u64(out, at);
         }
+        if let Some(result) = &self.result {
+            out.extend_from_slice(b",\"result\":");
+            out.extend_from_slice(result.get().as_bytes());
+        }
+        if let Some(error) = &self.result_error {
+            out.extend_from_slice(b",\"result_error\":");
+            write_str(out, error);
+        }
         out.push(b'}');
     }
 
@@ -232,6 +271,8 @@ impl<'a> Event<'a> {
             delivery_count: None,
             error: None,
             retry_at_ms: None,
+            result: None,
+            result_error: None,
         }
     }
 }
@@ -346,6 +387,8 @@ impl Event<'_> {
                 reason: own(e.reason),
             }),
             retry_at_ms: self.retry_at_ms,
+            result: self.result.map(RawJson::into_owned),
+            result_error: self.result_error.map(own),
         }
     }
 }
@@ -391,6 +434,9 @@ mod tests {
             kind: "expired".into(),
             reason: "line\nbreak\ttab \u{7f}".into(),
         });
+        let result = serde_json::value::RawValue::from_string(r#"{"a":[1,"é\n"]}"#.into()).unwrap();
+        full.result = Some(RawJson(Cow::Borrowed(&result)));
+        full.result_error = Some("too \"large\"".into());
         let bare = Event::new(
             EventKind::Started,
             "0190a5b4-2f1c-7c3e",

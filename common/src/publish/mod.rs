@@ -3,12 +3,14 @@
 //! reconnects when its link is lost, and turns nacks, unroutable messages and lost
 //! connections into errors.
 
+mod call;
 mod error;
 mod link;
 mod metrics;
 mod options;
 mod publisher;
 
+pub use call::{CallError, DIRECT_REPLY_TO};
 pub use error::PublishError;
 pub use metrics::ProducerMetrics;
 pub use options::TaskOptions;

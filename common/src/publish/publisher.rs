@@ -63,16 +63,18 @@ impl Default for PublisherConfig {
 /// clones share the connection.
 #[derive(Clone)]
 pub struct Publisher {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
-    link: Arc<Linker>,
+pub(super) struct Inner {
+    pub(super) link: Arc<Linker>,
     topology: Topology,
-    config: PublisherConfig,
+    pub(super) config: PublisherConfig,
     delays_declared: std::sync::atomic::AtomicU64,
     /// Work queues seen to exist on the current connection (see [`Publisher::ensure_queue`]).
     known_queues: Mutex<KnownQueues>,
+    /// The channel that receives replies to calls, once a call opened it.
+    pub(super) replies: super::call::RepliesSlot,
 }
 
 /// Queues known to exist, and the connection (generation) they were checked on.
@@ -109,6 +111,7 @@ impl Publisher {
                 config,
                 delays_declared,
                 known_queues: Mutex::default(),
+                replies: Default::default(),
             }),
         })
     }
@@ -138,6 +141,7 @@ impl Publisher {
             config,
             delays_declared,
             known_queues: Mutex::default(),
+            replies: Default::default(),
         };
         Ok(Publisher {
             inner: Arc::new(inner),
@@ -167,7 +171,7 @@ impl Publisher {
             })
     }
 
-    async fn link(&self, id: &str) -> Result<Arc<super::link::Link>, PublishError> {
+    pub(super) async fn link(&self, id: &str) -> Result<Arc<super::link::Link>, PublishError> {
         let timeout = self.inner.config.confirm_timeout;
         self.inner
             .link
@@ -186,11 +190,26 @@ impl Publisher {
         options: &TaskOptions,
     ) -> Result<TaskId, PublishError> {
         let (envelope, body) = self.prepare(task, payload, options)?;
+        let properties = envelope.to_properties();
+        self.publish_prepared(&envelope, &body, properties, options, On::Publisher)
+            .await?;
+        Ok(envelope.id)
+    }
+
+    /// Publishes a prepared task where its options say (its queue, or the delay cascade), on
+    /// the publisher's channel or another of its connection's.
+    pub(super) async fn publish_prepared(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        mut properties: BasicProperties,
+        options: &TaskOptions,
+        on: On<'_>,
+    ) -> Result<(), PublishError> {
         let queue = options
             .queue
             .as_deref()
             .unwrap_or(&self.inner.config.default_queue);
-        let mut properties = envelope.to_properties();
         if let Some(priority) = options.priority {
             properties = properties.with_priority(priority.min(9));
         }
@@ -202,19 +221,18 @@ impl Publisher {
                 } else {
                     ""
                 };
-                self.publish_raw(exchange, queue, &body, properties, &envelope.id)
-                    .await?;
+                self.publish_on(exchange, queue, body, properties, &envelope.id, on)
+                    .await
             }
             Some(wait) => {
                 self.ensure_queue(queue, &envelope.id).await?;
                 self.ensure_delays(&envelope.id).await?;
                 let exchange = delay::delay_entry_exchange();
                 let key = delay::delay_routing_key(wait, queue);
-                self.publish_raw(&exchange, &key, &body, properties, &envelope.id)
-                    .await?;
+                self.publish_on(&exchange, &key, body, properties, &envelope.id, on)
+                    .await
             }
         }
-        Ok(envelope.id)
     }
 
     /// Publishes a typed task under its [`Task::NAME`] with default options, and returns its
@@ -270,8 +288,21 @@ impl Publisher {
         properties: BasicProperties,
         id: &str,
     ) -> Result<(), PublishError> {
+        self.publish_on(exchange, routing_key, body, properties, id, On::Publisher)
+            .await
+    }
+
+    async fn publish_on(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        id: &str,
+        on: On<'_>,
+    ) -> Result<(), PublishError> {
         let result = self
-            .try_publish(exchange, routing_key, body, properties, id)
+            .try_publish(exchange, routing_key, body, properties, id, on)
             .await;
         if let Some(metrics) = &self.inner.link.metrics {
             match &result {
@@ -289,9 +320,14 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
         id: &str,
+        on: On<'_>,
     ) -> Result<(), PublishError> {
         let timeout = self.inner.config.confirm_timeout;
         let link = self.link(id).await?;
+        let channel = match on {
+            On::Publisher => &link.channel,
+            On::Channel(channel) => channel,
+        };
         if !self.inner.link.wait_unblocked(timeout).await {
             return Err(PublishError::Blocked {
                 id: id.to_owned(),
@@ -299,7 +335,9 @@ impl Publisher {
             });
         }
         let broken = |source| {
-            self.inner.link.mark_broken(link.generation);
+            if let On::Publisher = on {
+                self.inner.link.mark_broken(link.generation);
+            }
             PublishError::Connection {
                 id: id.to_owned(),
                 source,
@@ -313,8 +351,7 @@ impl Publisher {
         // Sending can stall too (lapin holds writes while the broker blocks the connection),
         // so the timeout covers the publish and its confirm together.
         let publish = async {
-            let confirm = link
-                .channel
+            let confirm = channel
                 .basic_publish(
                     exchange.into(),
                     routing_key.into(),
@@ -338,7 +375,7 @@ impl Publisher {
                 .confirm_latency
                 .observe(started.elapsed().as_secs_f64());
         }
-        if confirmation.is_nack() {
+        if confirmation.is_nack() && matches!(on, On::Publisher) {
             self.inner.link.refused(&link).await;
         }
         match confirmation {
@@ -417,6 +454,15 @@ impl Publisher {
     pub async fn close(&self) {
         self.inner.link.close().await;
     }
+}
+
+/// The channel a publish goes out on.
+#[derive(Clone, Copy)]
+pub(super) enum On<'a> {
+    /// The publisher's own.
+    Publisher,
+    /// Another channel of the publisher's connection (the one receiving a call's reply).
+    Channel(&'a Channel),
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

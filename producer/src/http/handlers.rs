@@ -8,12 +8,15 @@ use super::error::{publish_failure, ApiError, FieldError, RETRY_AFTER_SECS};
 use super::json::JsonBody;
 use super::request::{BatchRequest, TaskRequest, ValidTask};
 use crate::{PublishError, Publisher};
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use std::time::Duration;
+use warren_common::CallError;
 
 /// What the `/v1` handlers share.
 #[derive(Clone)]
@@ -21,6 +24,8 @@ pub(crate) struct AppState {
     pub(crate) broker: Broker,
     pub(crate) default_queue: Arc<str>,
     pub(crate) max_batch: usize,
+    /// Longest `?wait=` of `POST /v1/tasks`.
+    pub(crate) max_wait: Duration,
     /// The control stream the control endpoints write to.
     pub(crate) control_stream: Arc<str>,
     /// Readers of the status index, if the server keeps one.
@@ -69,22 +74,74 @@ struct NotConfirmed {
     status: StatusCode,
 }
 
-/// `POST /v1/tasks`: publishes one task, answering 202 with its id once confirmed.
+/// The query of `POST /v1/tasks`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishQuery {
+    /// Wait this long for the task to end (`30s`), answering with its reply.
+    wait: Option<String>,
+}
+
+/// `POST /v1/tasks`: publishes one task, answering 202 with its id once confirmed; with
+/// `?wait=30s`, 200 with its reply (its result, or why it failed) if it ends within that
+/// time, else 202 with its id.
 pub(crate) async fn publish_one(
     State(app): State<AppState>,
     headers: HeaderMap,
+    query: Result<Query<PublishQuery>, QueryRejection>,
     JsonBody(request): JsonBody<TaskRequest>,
-) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+) -> Result<Response, ApiError> {
+    let wait = wait_time(query)?.map(|wait| wait.min(app.max_wait));
     let task = request.validate("", &app.default_queue, traceparent(&headers))?;
     let publisher = app.broker.ready().map_err(|e| e.with_id(task.id()))?;
-    publish(&publisher, &task).await.map_err(|e| {
+    let not_accepted = |e: PublishError| {
         let e = ApiError::from_publish(&e, &task.queue, "queue").with_id(task.id());
         tracing::warn!(task_id = %task.id(), task = %task.task, queue = %task.queue, error = %e.body.error, "task not accepted");
         e
-    })?;
-    tracing::debug!(task_id = %task.id(), task = %task.task, queue = %task.queue, "task accepted");
-    let id = task.options.id.unwrap_or_default();
-    Ok((StatusCode::ACCEPTED, Json(Accepted { id })))
+    };
+    let accepted = || {
+        let id = task.id().to_owned();
+        (StatusCode::ACCEPTED, Json(Accepted { id })).into_response()
+    };
+    let Some(timeout) = wait else {
+        publish(&publisher, &task).await.map_err(not_accepted)?;
+        tracing::debug!(task_id = %task.id(), task = %task.task, queue = %task.queue, "task accepted");
+        return Ok(accepted());
+    };
+    let called = publisher.call_named(&task.task, &task.payload, &task.options, timeout);
+    match called.await {
+        Ok(reply) => {
+            let body = reply.to_bytes();
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        // Published, not ended (or its reply cannot come): the task runs all the same.
+        Err(CallError::Timeout { .. } | CallError::Disconnected { .. }) => Ok(accepted()),
+        Err(CallError::Publish(e)) => Err(not_accepted(e)),
+        Err(other) => Err(ApiError::new(StatusCode::BAD_GATEWAY, other.to_string())),
+    }
+}
+
+/// The `wait` of `POST /v1/tasks?wait=`, whole seconds or milliseconds (`30s`, `500ms`):
+/// `None` for no wait (absent, or 0).
+fn wait_time(
+    query: Result<Query<PublishQuery>, QueryRejection>,
+) -> Result<Option<Duration>, FieldError> {
+    let Query(query) = query.map_err(|e| FieldError::new("wait", e.body_text()))?;
+    let Some(text) = query.wait else {
+        return Ok(None);
+    };
+    let (digits, to_duration): (&str, fn(u64) -> Duration) = match text.strip_suffix("ms") {
+        Some(ms) => (ms, Duration::from_millis),
+        None => (text.strip_suffix('s').unwrap_or(""), Duration::from_secs),
+    };
+    let valid = (1..=9).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    if !valid {
+        let message = format!("wait is not a duration such as 30s or 500ms: {text:?}");
+        return Err(FieldError::new("wait", message));
+    }
+    // Nine digits at most: the number fits.
+    let wait = to_duration(digits.parse().unwrap_or(0));
+    Ok((!wait.is_zero()).then_some(wait))
 }
 
 /// `POST /v1/tasks:batch`: validates every task (any invalid one fails the whole batch

@@ -60,6 +60,9 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Most tasks in one batch.
     pub max_batch: usize,
+    /// Longest wait of `POST /v1/tasks?wait=` (a longer one is cut to it): a waiting request
+    /// holds one of the connections.
+    pub max_wait: std::time::Duration,
     /// Timeouts of slow or idle clients and the most connections served at once.
     pub connections: ConnectionLimits,
     /// Registry for the producer's and the server's metrics, served on `/metrics`.
@@ -85,6 +88,7 @@ impl IngestConfig {
             auth_token: None,
             max_body_bytes: defaults::MAX_BODY_BYTES,
             max_batch: defaults::MAX_BATCH,
+            max_wait: defaults::MAX_WAIT,
             connections: ConnectionLimits::default(),
             registry: prometheus::Registry::new(),
             #[cfg(feature = "status")]
@@ -146,6 +150,7 @@ pub async fn serve_ingest(
         broker: broker.clone(),
         default_queue: default_queue.as_str().into(),
         max_batch: config.max_batch,
+        max_wait: config.max_wait,
         control_stream: config.control_stream.as_str().into(),
         #[cfg(feature = "status")]
         index: index.as_ref().map(|i| i.readers.clone()),

@@ -17,6 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -57,6 +58,10 @@ pub(crate) struct IndexBody {
 struct Found {
     #[serde(flatten)]
     status: StatusBody,
+    /// What the handler returned (JSON), when the task succeeded with a result.
+    result: Option<Box<RawValue>>,
+    /// Why a result was left out (larger than the worker's limit, or not serializable).
+    result_error: Option<String>,
     index: IndexBody,
 }
 
@@ -75,6 +80,8 @@ struct Unknown {
     ended_at: Option<String>,
     retry_at: Option<String>,
     error: Option<LastError>,
+    result: Option<()>,
+    result_error: Option<String>,
     index: IndexBody,
 }
 
@@ -100,11 +107,22 @@ pub(crate) async fn get_task(
         .map_err(unreadable)?;
     let index = index_body(fresh);
     Ok(match found {
-        Some(status) => Json(Found {
-            status: status_body(status),
-            index,
-        })
-        .into_response(),
+        Some(mut status) => {
+            // The index holds what a worker wrote, which it wrote as JSON; text that is not
+            // (an index file edited by hand) is shown as missing, not as an error.
+            let result = status
+                .result
+                .take()
+                .and_then(|json| RawValue::from_string(json).ok());
+            let result_error = status.result_error.take();
+            Json(Found {
+                status: status_body(status),
+                result,
+                result_error,
+                index,
+            })
+            .into_response()
+        }
         None => Json(Unknown {
             id,
             state: State::Unknown,
@@ -118,6 +136,8 @@ pub(crate) async fn get_task(
             ended_at: None,
             retry_at: None,
             error: None,
+            result: None,
+            result_error: None,
             index,
         })
         .into_response(),

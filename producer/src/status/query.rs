@@ -27,6 +27,10 @@ pub(crate) struct TaskStatus {
     pub(crate) retry_at_ms: Option<u64>,
     /// The last error's kind and reason.
     pub(crate) error: Option<(String, String)>,
+    /// The handler's result as JSON text, and why a result was left out; read for one task's
+    /// status, not for listings.
+    pub(crate) result: Option<String>,
+    pub(crate) result_error: Option<String>,
 }
 
 /// How complete and how fresh the index is.
@@ -120,6 +124,17 @@ fn status(row: &Row<'_>) -> rusqlite::Result<TaskStatus> {
         ended_at_ms: row.get(9)?,
         retry_at_ms: row.get(10)?,
         error: kind.map(|k| (k, reason.unwrap_or_default())),
+        result: None,
+        result_error: None,
+    })
+}
+
+/// A task's status with its result.
+fn detail(row: &Row<'_>) -> rusqlite::Result<TaskStatus> {
+    Ok(TaskStatus {
+        result: row.get(13)?,
+        result_error: row.get(14)?,
+        ..status(row)?
     })
 }
 
@@ -144,8 +159,10 @@ pub(crate) fn get(
 ) -> rusqlite::Result<(Option<TaskStatus>, Freshness)> {
     let tx = conn.unchecked_transaction()?;
     let found = tx
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?
-        .query_row([id], status)
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS}, result, result_error FROM tasks WHERE id = ?1"
+        ))?
+        .query_row([id], detail)
         .optional()?;
     let fresh = freshness(&tx)?;
     tx.finish()?;

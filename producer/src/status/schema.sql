@@ -17,6 +17,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     retry_at_ms INTEGER,
     error_kind TEXT,
     error_reason TEXT,
+    result TEXT,
+    result_error TEXT,
     rank_attempt INTEGER NOT NULL,
     rank_delivery_count INTEGER NOT NULL,
     rank_phase INTEGER NOT NULL,

@@ -369,13 +369,15 @@ fn apply_event(
         "INSERT INTO tasks (id, task, queue, state, attempt, delivery_count, worker,
             updated_at_ms, started_at_ms, ended_at_ms, retry_at_ms, error_kind, error_reason,
             rank_attempt, rank_delivery_count, rank_phase,
-            position_epoch, position_offset, position_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)
+            position_epoch, position_offset, position_seq, result, result_error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+            ?19, ?20, ?21)
          ON CONFLICT (id) DO UPDATE SET task = ?2, queue = ?3, state = ?4, attempt = ?5,
             delivery_count = ?6, worker = ?7, updated_at_ms = ?8, started_at_ms = ?9,
             ended_at_ms = ?10, retry_at_ms = ?11, error_kind = ?12, error_reason = ?13,
             rank_attempt = ?14, rank_delivery_count = ?15, rank_phase = ?16,
-            position_epoch = ?17, position_offset = ?18, position_seq = ?19",
+            position_epoch = ?17, position_offset = ?18, position_seq = ?19, result = ?20,
+            result_error = ?21",
     )?
     .execute(params![
         event.id,
@@ -397,6 +399,8 @@ fn apply_event(
         rank.position.epoch,
         rank.position.offset,
         rank.position.seq,
+        event.result.as_ref().map(|r| r.get()),
+        event.result_error,
     ])?;
     if let Some(s) = stored {
         *applied.counts.entry((s.queue, s.state)).or_default() -= 1;

@@ -14,6 +14,13 @@ impl Task for Resize {
     const NAME: &'static str = "images.resize";
 }
 
+/// What resizing made: the task's result.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resized {
+    pub path: String,
+    pub width: u32,
+}
+
 /// Send a user a notification.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Notify {
@@ -25,13 +32,18 @@ impl Task for Notify {
     const NAME: &'static str = "users.notify";
 }
 
-pub async fn resize(ctx: TaskContext, task: Resize) -> Result<(), TaskError> {
+pub async fn resize(ctx: TaskContext, task: Resize) -> Result<Resized, TaskError> {
     if task.width == 0 {
         // No retry can fix this: dead-lettered at once, with this reason.
         return Err(TaskError::permanent("width must be positive"));
     }
     tracing::info!(id = %ctx.id, path = %task.path, width = task.width, "resized");
-    Ok(())
+    // What the handler returns is the task's result: shown with its status, and sent to a
+    // caller waiting with `Publisher::call`.
+    Ok(Resized {
+        path: format!("thumbnails/{}", task.path),
+        width: task.width,
+    })
 }
 
 pub async fn notify(ctx: TaskContext, task: Notify) -> Result<(), TaskError> {

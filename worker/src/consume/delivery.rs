@@ -9,22 +9,23 @@
 //!    waiting on something after its first poll is [`Stage::Running`].
 //! 4. **Settled**: an ack at once on success, else once its retry, dead letter or move to run
 //!    alone is published ([`Stage::Routing`], through [`routing`]). When the worker records
-//!    events, the settlement carries the [`Ticket`] of the event saying so, and the ack waits
-//!    for its confirmation ([`Acks::settle_after`]).
+//!    events, the settlement carries the [`Ticket`] of the event saying so ([`report`], which
+//!    also answers a waiting caller), and the ack waits for its confirmation
+//!    ([`Acks::settle_after`]).
 //!
 //! A delivery that never waits (most short tasks) goes through all of it in one call with no
 //! future, allocation or wake-up of its own; one that waits moves into a future the consume
 //! loop polls until its stage is [`Stage::Settled`].
 
 use crate::consume::acks::{Acks, Settle};
-use crate::consume::execute::{self, Handler};
+use crate::consume::execute::{self, Handler, Ran};
 use crate::consume::isolation::Mode;
+use crate::consume::report::{record_event, report};
 use crate::consume::routing;
 use crate::heartbeat::Listed;
 use crate::metrics::{QueueMetrics, TaskMetrics};
-use crate::outcome::Failure;
 use crate::registry::Entry;
-use crate::{Outcome, ReasonKind, Shared};
+use crate::{Outcome, Shared};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::FutureExt;
@@ -37,10 +38,10 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span};
-use warren_common::events::{Event, EventError, EventKind, Ticket};
+use warren_common::events::{EventKind, Ticket};
 use warren_common::Publisher;
-use warren_common::{delay, header_u64, headers, now_ms, Claimed, Envelope, EnvelopeError};
 use warren_common::{headers_without, republished, BROKER_HEADERS};
+use warren_common::{Claimed, Envelope, EnvelopeError};
 
 /// What every delivery of one consume loop borrows.
 #[derive(Clone, Copy)]
@@ -237,14 +238,13 @@ impl<'a> Deliveries<'a> {
                 Handler::start(shared, self.queue, arrival, envelope, entry, metrics)
             },
         );
-        let outcome = match started.map(|handler| handler.poll_once(shared, metrics)) {
-            Err(refused) => refused,
-            Ok(Ok(outcome)) => outcome,
+        let ran = match started.map(|handler| handler.poll_once(shared, metrics)) {
+            Err(refused) => (refused, None),
+            Ok(Ok(ran)) => ran,
             Ok(Err(handler)) => {
-                let listed =
-                    record_event(shared, self.queue, delivery, EventKind::Started, None, None)
-                        .and(Claimed::from_properties(&delivery.properties).id)
-                        .map(|id| shared.running.list(id));
+                let listed = record_event(shared, self.queue, delivery, EventKind::Started)
+                    .and(Claimed::from_properties(&delivery.properties).id)
+                    .map(|id| shared.running.list(id));
                 return Stage::Running {
                     handler,
                     permit,
@@ -257,8 +257,8 @@ impl<'a> Deliveries<'a> {
         };
         in_progress.dec();
         drop(cpu);
-        let hold = matches!(outcome, Outcome::Isolate { .. }).then_some(permit);
-        self.settle(delivery, outcome, metrics, hold)
+        let hold = matches!(ran.0, Outcome::Isolate { .. }).then_some(permit);
+        self.settle(delivery, ran, metrics, hold)
     }
 
     /// Settles a delivery whose handler ran (or was refused): an ack at once, or a retry or
@@ -266,7 +266,7 @@ impl<'a> Deliveries<'a> {
     fn settle(
         self,
         delivery: &Delivery,
-        outcome: Outcome,
+        (outcome, output): Ran,
         metrics: &'a TaskMetrics,
         hold: Option<SemaphorePermit<'a>>,
     ) -> Stage<'a> {
@@ -274,7 +274,15 @@ impl<'a> Deliveries<'a> {
             let settle = Settle::Ack(delivery.delivery_tag);
             record(metrics, &outcome, settle);
             self.metrics.held.dec();
-            let after = record_ending(self.shared, self.queue, delivery, &outcome, settle);
+            let ran = (&outcome, output);
+            let after = report(
+                self.shared,
+                self.publisher,
+                self.queue,
+                delivery,
+                ran,
+                settle,
+            );
             return Stage::Settled(settle, after);
         }
         Stage::Routing {
@@ -314,13 +322,13 @@ impl<'a> Deliveries<'a> {
                     listed,
                     metrics,
                 } => {
-                    let outcome = handler.finish(self.shared, metrics).await;
+                    let ran = handler.finish(self.shared, metrics).await;
                     self.metrics.in_progress.dec();
                     drop(cpu);
                     drop(permit);
                     drop(running);
                     drop(listed);
-                    self.settle(&delivery, outcome, metrics, None)
+                    self.settle(&delivery, ran, metrics, None)
                 }
                 Stage::Routing {
                     outcome,
@@ -329,7 +337,9 @@ impl<'a> Deliveries<'a> {
                 } => {
                     let settle = self.route(&delivery, &outcome, metrics).await;
                     drop(hold);
-                    let after = record_ending(self.shared, self.queue, &delivery, &outcome, settle);
+                    let (shared, publisher) = (self.shared, self.publisher);
+                    let ran = (&outcome, None);
+                    let after = report(shared, publisher, self.queue, &delivery, ran, settle);
                     Stage::Settled(settle, after)
                 }
                 Stage::Settled(settle, after) => return (settle, after),
@@ -457,64 +467,4 @@ pub(crate) fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
         Outcome::Isolate { .. } => metrics.isolated.inc(),
         Outcome::Cancelled => {}
     }
-}
-
-/// Records in the worker's events what settling a delivery says happened to its task: it
-/// succeeded, will be retried, or was dead-lettered (a move to run alone, or a return to the
-/// queue, ends nothing). Returns the event's ticket; `None` when no event was recorded.
-pub(crate) fn record_ending(
-    shared: &Shared,
-    queue: &str,
-    delivery: &Delivery,
-    outcome: &Outcome,
-    settle: Settle,
-) -> Option<Ticket> {
-    shared.events.as_ref()?;
-    if !matches!(settle, Settle::Ack(_)) {
-        return None;
-    }
-    let (kind, failure, retry_at) = match outcome {
-        Outcome::Ack => (EventKind::Succeeded, None, None),
-        Outcome::Retry { after, failure } => {
-            let due = now_ms().saturating_add(delay::delay_seconds(*after).saturating_mul(1000));
-            (EventKind::Retrying, Some(failure), Some(due))
-        }
-        Outcome::DeadLetter(failure) if failure.kind == ReasonKind::Expired => {
-            (EventKind::Expired, Some(failure), None)
-        }
-        Outcome::DeadLetter(failure) => (EventKind::DeadLettered, Some(failure), None),
-        Outcome::Isolate { .. } => return None,
-        Outcome::Cancelled => (EventKind::Cancelled, None, None),
-    };
-    record_event(shared, queue, delivery, kind, failure, retry_at)
-}
-
-/// Records an event of `kind` about `delivery`'s task, if the worker records events and the
-/// delivery names a task id (there is nothing to look up otherwise).
-pub(crate) fn record_event(
-    shared: &Shared,
-    queue: &str,
-    delivery: &Delivery,
-    kind: EventKind,
-    failure: Option<&Failure>,
-    retry_at_ms: Option<u64>,
-) -> Option<Ticket> {
-    let events = shared.events.as_ref()?;
-    let claimed = Claimed::from_properties(&delivery.properties);
-    let mut event = Event::new(kind, claimed.id?, claimed.task.unwrap_or(""), queue);
-    event.attempt = claimed.attempt;
-    // The broker writes the count from the first return on (quorum queues); a delivery
-    // never returned has none. A classic queue's redelivery says only that it came back.
-    event.delivery_count = delivery
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|table| header_u64(table, headers::X_DELIVERY_COUNT).ok().flatten())
-        .or((!delivery.redelivered).then_some(0));
-    event.error = failure.map(|failure| EventError {
-        kind: failure.kind.as_str().into(),
-        reason: failure.reason.as_str().into(),
-    });
-    event.retry_at_ms = retry_at_ms;
-    Some(events.record(&event))
 }

@@ -5,6 +5,7 @@
 use crate::consume::isolation::{self, Mode, Verdict};
 use crate::metrics::TaskMetrics;
 use crate::outcome::{Failure, Outcome, ReasonKind};
+use crate::output::Output;
 use crate::registry::{Entry, HandlerResult, TaskContext};
 use crate::{Cancellation, Shared};
 use futures::future::BoxFuture;
@@ -105,6 +106,9 @@ pub(crate) fn admit<'a>(
     Ok((envelope, entry))
 }
 
+/// What an attempt came to: the delivery's fate, and the handler's result if it succeeded.
+pub(crate) type Ran = (Outcome, Option<Output>);
+
 /// Admits a delivery and runs its handler to its end, in one go: for runs alone and the
 /// testing API, which wait for each task anyway. The consume loop goes through the same steps
 /// one at a time ([`crate::consume::delivery`]), so that a handler finished on its first poll
@@ -116,16 +120,16 @@ pub(crate) async fn run(
     envelope: Result<Envelope, EnvelopeError>,
     metrics: &TaskMetrics,
     mode: Mode,
-) -> Outcome {
+) -> Ran {
     let task = envelope.as_ref().map_or("", |e| e.task.as_str());
     let entry = shared.registry.get(task);
     let (envelope, entry) = match admit(shared, delivery, envelope, entry, mode) {
         Ok(admitted) => admitted,
-        Err(refused) => return refused,
+        Err(refused) => return (refused, None),
     };
     match Handler::start(shared, queue, delivery, envelope, entry, metrics) {
         Ok(handler) => handler.finish(shared, metrics).await,
-        Err(outcome) => outcome,
+        Err(outcome) => (outcome, None),
     }
 }
 
@@ -218,11 +222,7 @@ impl Handler {
     /// Polls a handler that runs inline once, with a waker that does nothing: a handler
     /// still waiting is polled again (with its own waker) by whoever runs [`finish`](Self::finish).
     /// Most short tasks end here, with no future, allocation or wake-up of their own.
-    pub(crate) fn poll_once(
-        mut self,
-        shared: &Shared,
-        metrics: &TaskMetrics,
-    ) -> Result<Outcome, Self> {
+    pub(crate) fn poll_once(mut self, shared: &Shared, metrics: &TaskMetrics) -> Result<Ran, Self> {
         if self.attempt.spawn {
             return Err(self);
         }
@@ -238,19 +238,19 @@ impl Handler {
 
     /// Runs the handler to its end, within its timeout, unless its task is cancelled
     /// meanwhile (then it is dropped, or aborted when spawned).
-    pub(crate) async fn finish(self, shared: &Shared, metrics: &TaskMetrics) -> Outcome {
+    pub(crate) async fn finish(self, shared: &Shared, metrics: &TaskMetrics) -> Ran {
         let cancellation = self.cancellation.clone();
         tokio::select! {
             biased;
-            outcome = self.run(shared, metrics) => outcome,
+            ran = self.run(shared, metrics) => ran,
             () = cancellation.cancelled() => {
                 tracing::info!(outcome = "cancelled", "task cancelled while running; handler stopped");
-                Outcome::Cancelled
+                (Outcome::Cancelled, None)
             }
         }
     }
 
-    async fn run(self, shared: &Shared, metrics: &TaskMetrics) -> Outcome {
+    async fn run(self, shared: &Shared, metrics: &TaskMetrics) -> Ran {
         let Handler {
             future, attempt, ..
         } = self;
@@ -285,13 +285,13 @@ impl Drop for AbortOnDrop {
 
 impl Attempt {
     /// The outcome of the attempt, counted in the task's metrics.
-    fn conclude(self, shared: &Shared, metrics: &TaskMetrics, ended: Ended) -> Outcome {
+    fn conclude(self, shared: &Shared, metrics: &TaskMetrics, ended: Ended) -> Ran {
         metrics
             .duration
             .observe(self.started.elapsed().as_secs_f64());
         let mut asked = None;
         let failure = match ended {
-            Ok(Ok(Ok(()))) => return Outcome::Ack,
+            Ok(Ok(Ok(output))) => return (Outcome::Ack, Some(output)),
             Ok(Ok(Err(error))) => {
                 asked = error.retry_delay();
                 error.into_failure()
@@ -307,15 +307,17 @@ impl Attempt {
         };
         metrics.failed(failure.kind);
         let retry = &shared.config.retry;
-        Outcome::after_failure(
-            failure,
-            self.number,
-            self.max_attempts,
-            |attempt| match asked {
-                Some(delay) => delay.min(warren_common::delay::max_delay()),
-                None => retry.delay_after(attempt),
-            },
-        )
+        let outcome =
+            Outcome::after_failure(
+                failure,
+                self.number,
+                self.max_attempts,
+                |attempt| match asked {
+                    Some(delay) => delay.min(warren_common::delay::max_delay()),
+                    None => retry.delay_after(attempt),
+                },
+            );
+        (outcome, None)
     }
 }
 

@@ -14,8 +14,9 @@
 
 use crate::consume::acks::Settle;
 use crate::consume::consumer::SessionLink;
-use crate::consume::delivery::{record, record_ending, task_span};
+use crate::consume::delivery::{record, task_span};
 use crate::consume::execute;
+use crate::consume::report::report;
 use crate::consume::routing;
 use crate::metrics::QueueMetrics;
 use crate::{Outcome, Shared};
@@ -198,7 +199,7 @@ impl Isolation {
         metrics.received.inc();
         queue_metrics.in_progress.inc();
         let shared = &*self.shared;
-        let outcome = async {
+        let (outcome, output) = async {
             tracing::info!("running alone");
             execute::run(
                 shared,
@@ -233,7 +234,8 @@ impl Isolation {
         if let Settle::Requeue(_) = settle {
             queue_metrics.requeued.inc();
         }
-        let after = record_ending(shared, &self.queue, delivery, &outcome, settle);
+        let ran = (&outcome, output);
+        let after = report(shared, &self.publisher, &self.queue, delivery, ran, settle);
         (settle, after)
     }
 

@@ -11,7 +11,9 @@
 //!    timeout with panics caught. Produces an [`Outcome`](crate::Outcome); no broker here.
 //! 5. [`routing`]: publishes a failed task's retry or dead letter, with a confirm, before
 //!    the delivery is acked.
-//! 6. [`acks`]: settles deliveries on the channel with as few frames as possible, and owns
+//! 6. [`report`]: records the task's transition in the events stream and answers a caller
+//!    waiting for its end, with the handler's result.
+//! 7. [`acks`]: settles deliveries on the channel with as few frames as possible, and owns
 //!    the timers that send what is held back.
 //!
 //! Beside the path: [`isolation`] runs alone the tasks that keep crashing their workers, and
@@ -23,5 +25,6 @@ pub(crate) mod delivery;
 pub(crate) mod execute;
 pub(crate) mod isolation;
 pub(crate) mod monitor;
+pub(crate) mod report;
 pub(crate) mod routing;
 pub(crate) mod subscription;

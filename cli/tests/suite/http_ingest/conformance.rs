@@ -13,6 +13,52 @@ use std::time::Duration;
 use warren_producer::status::IndexConfig;
 use warren_tests::*;
 
+/// Consumes `queue` and answers the tasks that name a `reply_to`: the first with a reply a
+/// worker would send, the next with one that is not JSON.
+async fn answer_calls(queue: String) {
+    use futures::StreamExt;
+    let conn = raw_connection().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut deliveries = channel
+        .basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut answered = 0;
+    while let Some(Ok(delivery)) = deliveries.next().await {
+        delivery.ack(Default::default()).await.unwrap();
+        let props = &delivery.properties;
+        let (Some(reply_to), Some(nonce)) = (props.reply_to(), props.correlation_id()) else {
+            continue;
+        };
+        let id = props
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let body = match answered {
+            0 => json!({"id": id, "status": "succeeded", "result": [1]}).to_string(),
+            _ => "not a reply".to_owned(),
+        };
+        answered += 1;
+        let reply = lapin::BasicProperties::default().with_correlation_id(nonce.clone());
+        channel
+            .basic_publish(
+                "".into(),
+                reply_to.as_str().into(),
+                Default::default(),
+                body.as_bytes(),
+                reply,
+            )
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn every_documented_answer_is_produced_as_documented() {
     let spec = Arc::new(Spec::load());
@@ -72,6 +118,18 @@ async fn every_documented_answer_is_produced_as_documented() {
         );
         assert_eq!(stalled.status, 408, "{stalled:?}");
     }
+    // `?wait=`: a stand-in worker answers the first call as a worker does, the second with a
+    // reply that is not in the documented format.
+    let stand_in = tokio::spawn(answer_calls(queue.clone()));
+    let waited = client
+        .post_json("/v1/tasks?wait=20s", &json!({"task": "t"}))
+        .await;
+    assert_eq!(waited.status, 200, "{}", waited.text);
+    let garbled = client
+        .post_json("/v1/tasks?wait=20s", &json!({"task": "t"}))
+        .await;
+    assert_eq!(garbled.status, 502, "{}", garbled.text);
+    stand_in.abort();
     assert_eq!(client.get("/healthz").await.status, 200);
     assert_eq!(client.get("/readyz").await.status, 200);
     assert_eq!(client.get("/metrics").await.status, 200);
@@ -262,8 +320,11 @@ async fn schemathesis_finds_the_spec_and_the_server_in_agreement() {
     let stream = format!("{queue}.events");
     let index_file = std::env::temp_dir().join(format!("{queue}.index.db"));
     let control = format!("{queue}.control");
+    // No worker consumes: a `?wait=` waits its whole time, kept short.
     let mut child = serve_command(&queue, "127.0.0.1:0", &token_file)
         .args([
+            "--max-wait",
+            "50ms",
             "--events-stream",
             &stream,
             "--control-stream",
