@@ -240,13 +240,15 @@ impl Handler {
     /// meanwhile (then it is dropped, or aborted when spawned).
     pub(crate) async fn finish(self, shared: &Shared, metrics: &TaskMetrics) -> Ran {
         let cancellation = self.cancellation.clone();
+        // The cancellation first: blocking code that returns because it saw the cancellation
+        // ends a cancelled task, not a successful one (the token fires before it can see it).
         tokio::select! {
             biased;
-            ran = self.run(shared, metrics) => ran,
             () = cancellation.cancelled() => {
                 tracing::info!(outcome = "cancelled", "task cancelled while running; handler stopped");
                 (Outcome::Cancelled, None)
             }
+            ran = self.run(shared, metrics) => ran,
         }
     }
 

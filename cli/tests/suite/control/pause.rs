@@ -39,9 +39,9 @@ async fn ten_pause_and_resume_cycles_run_every_task_once_with_unchanged_delivery
     }
     let publisher = names.publisher().await;
     let mut ids = Vec::new();
-    for _ in 0..150 {
+    for _ in 0..300 {
         let id = publisher
-            .publish("t.sleep", &5u64, &TaskOptions::new())
+            .publish("t.sleep", &30u64, &TaskOptions::new())
             .await
             .unwrap();
         ids.push(id.to_string());
@@ -66,7 +66,7 @@ async fn ten_pause_and_resume_cycles_run_every_task_once_with_unchanged_delivery
             },
         )
         .await;
-        assert!(runs.total() < 150, "cycle {cycle}: tasks left to pause");
+        assert!(runs.total() < 300, "cycle {cycle}: tasks left to pause");
     }
     let events = endings(&names.events, &ids).await;
     for id in &ids {
@@ -85,7 +85,7 @@ async fn ten_pause_and_resume_cycles_run_every_task_once_with_unchanged_delivery
         succeeded += report.totals.succeeded;
         given_back += report.totals.requeued;
     }
-    assert_eq!(succeeded, 150);
+    assert_eq!(succeeded, 300);
     assert!(given_back > 0, "pauses gave prefetched deliveries back");
     names.clean_up().await;
 }
