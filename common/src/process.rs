@@ -17,9 +17,6 @@ pub mod exit {
     pub const ABANDONED: u8 = 3;
     /// No broker URL accepted a connection in time (sysexits' EX_UNAVAILABLE).
     pub const UNAVAILABLE: u8 = 69;
-    /// A task was published but its end is not known: no reply came in time, or the
-    /// connection that would carry it was lost (sysexits' EX_TEMPFAIL).
-    pub const NO_ANSWER: u8 = 75;
     /// The broker refused the configuration: a queue's arguments, a permission, a name
     /// (sysexits' EX_CONFIG).
     pub const CONFIG: u8 = 78;

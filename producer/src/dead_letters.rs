@@ -12,16 +12,19 @@
 //! would interleave what they put back.
 
 mod checkout;
+mod events;
 mod pass;
 mod properties;
 mod replay;
 mod view;
 
+pub use events::BROKER_DEAD_LETTER_DELIVERY_COUNT;
 pub use replay::Selection;
 pub use view::{DeadLetter, Filter};
 pub use warren_common::BROKER_KIND_PREFIX;
 
 use crate::{PublishError, Publisher};
+use events::BrokerEvents;
 use pass::Pass;
 use std::time::Duration;
 use warren_common::{dead_letter_queue_name, inspect_queue, now_ms, Retention, TopologyError};
@@ -83,6 +86,19 @@ pub enum DeadLetterError {
         /// The first failure.
         source: Box<PublishError>,
     },
+    /// The events stream to record broker dead letters in does not exist: check its name
+    /// (the workers' `--events-stream`).
+    #[error("no events stream `{0}`: is it the workers' --events-stream?")]
+    NoEventsStream(String),
+    /// The events of broker dead letters were not confirmed in time; the dead letters of
+    /// that page were not settled (they stay in the queue).
+    #[error("the events stream `{stream}` did not confirm the broker dead letters' events within {timeout:?}; nothing was settled on that page: check the stream and run the command again")]
+    EventsNotRecorded {
+        /// The stream.
+        stream: String,
+        /// The time waited.
+        timeout: Duration,
+    },
     /// Requested ids are not in the queue (the others were replayed).
     #[error("replayed {replayed} dead letters, but `{queue}` has no dead letter with id {}: check the ids with `warren-producer dead-letters list`", .missing.join(", "))]
     MissingIds {
@@ -136,6 +152,7 @@ pub struct DeadLetterQueue {
     queue: String,
     dlq: String,
     max_age: Option<Duration>,
+    events: Option<BrokerEvents>,
 }
 
 impl DeadLetterQueue {
@@ -170,6 +187,7 @@ impl DeadLetterQueue {
             queue: queue.to_owned(),
             dlq,
             max_age: Some(Retention::default().max_age),
+            events: None,
         })
     }
 
@@ -179,6 +197,20 @@ impl DeadLetterQueue {
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
         self.max_age = Some(max_age).filter(|age| !age.is_zero());
         self
+    }
+
+    /// Records a `dead_lettered` event in the events stream `stream` (the workers'
+    /// `--events-stream`), as `source`, for each dead letter the broker wrote by itself (a
+    /// quorum queue's delivery limit) that a list, replay or purge passes over, so that the
+    /// status index learns how those tasks ended (docs/wire-format.md §11.4). A page of dead
+    /// letters is settled only once its events are confirmed.
+    pub async fn record_broker_dead_letters(
+        mut self,
+        stream: &str,
+        source: &str,
+    ) -> Result<Self, DeadLetterError> {
+        self.events = Some(BrokerEvents::start(&self.publisher, stream, source).await?);
+        Ok(self)
     }
 
     /// The work queue.
@@ -194,7 +226,13 @@ impl DeadLetterQueue {
     /// The first `limit` dead letters selected by `filter`, oldest first. Every dead letter
     /// stays in the queue, in its order.
     pub async fn list(&self, filter: &Filter, limit: usize) -> Result<Listing, DeadLetterError> {
-        let mut pass = Pass::start(&self.publisher, &self.dlq, self.max_age).await?;
+        let mut pass = Pass::start(
+            &self.publisher,
+            &self.dlq,
+            self.max_age,
+            self.events.clone(),
+        )
+        .await?;
         let now = now_ms();
         let mut listing = Listing::default();
         while pass.next_page().await? {
@@ -216,7 +254,13 @@ impl DeadLetterQueue {
     /// Deletes the dead letters selected by `filter` (an empty filter selects all) and
     /// returns how many were deleted. The others stay, in their order.
     pub async fn purge(&self, filter: &Filter) -> Result<usize, DeadLetterError> {
-        let mut pass = Pass::start(&self.publisher, &self.dlq, self.max_age).await?;
+        let mut pass = Pass::start(
+            &self.publisher,
+            &self.dlq,
+            self.max_age,
+            self.events.clone(),
+        )
+        .await?;
         let now = now_ms();
         let mut deleted = 0;
         while pass.next_page().await? {

@@ -10,12 +10,13 @@ pub mod defaults;
 mod http;
 #[cfg(feature = "scheduler")]
 pub mod scheduler;
-#[cfg(feature = "status")]
+#[cfg(any(feature = "status", feature = "status-client"))]
 pub mod status;
 
 pub use control::{Control, ControlError, DEFAULT_CONTROL_STREAM};
 pub use dead_letters::{
-    DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection, BROKER_KIND_PREFIX,
+    DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection,
+    BROKER_DEAD_LETTER_DELIVERY_COUNT, BROKER_KIND_PREFIX,
 };
 #[cfg(feature = "http")]
 #[doc(hidden)]

@@ -32,6 +32,11 @@ pub struct DeadLettersArgs {
         global = true
     )]
     dead_letter_max_age: Duration,
+    /// The workers' events stream (their --events-stream): each dead letter the broker wrote
+    /// by itself (a delivery limit) that the command passes over is recorded there as
+    /// `dead_lettered`, so the status index shows how the task ended.
+    #[arg(long, env = "WARREN_EVENTS_STREAM", global = true)]
+    events_stream: Option<String>,
     #[command(flatten)]
     pub(super) connect: super::ConnectTimeout,
     #[command(subcommand)]
@@ -144,8 +149,8 @@ pub async fn run(
     };
     let connecting = Publisher::connect(config, &shutdown.drain);
     let publisher = args.connect.bound(amqp, connecting).await??;
-    let opened = DeadLetterQueue::open(&publisher, queue, exchange).await;
-    let result = match opened.map(|dlq| dlq.with_max_age(args.dead_letter_max_age)) {
+    let opened = open(&publisher, queue, exchange, &args).await;
+    let result = match opened {
         Ok(dlq) => match args.command {
             DeadLettersCommand::List(a) => list(&dlq, a).await,
             DeadLettersCommand::Replay(a) => replay(&dlq, a).await,
@@ -155,6 +160,28 @@ pub async fn run(
     };
     publisher.close().await;
     result
+}
+
+/// The dead-letter queue of `queue`, recording broker dead letters if asked.
+async fn open(
+    publisher: &Publisher,
+    queue: &str,
+    exchange: &str,
+    args: &DeadLettersArgs,
+) -> Result<DeadLetterQueue, DeadLetterError> {
+    let dlq = DeadLetterQueue::open(publisher, queue, exchange)
+        .await?
+        .with_max_age(args.dead_letter_max_age);
+    match &args.events_stream {
+        Some(stream) => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default();
+            let source = format!("dead-letters@{host}-{}", std::process::id());
+            dlq.record_broker_dead_letters(stream, &source).await
+        }
+        None => Ok(dlq),
+    }
 }
 
 async fn list(dlq: &DeadLetterQueue, args: ListArgs) -> anyhow::Result<ExitCode> {

@@ -1,13 +1,13 @@
 //! The `warren-producer` command line: publish tasks, inspect queues, serve the HTTP API and
 //! ask it what became of tasks.
 
-mod client;
 mod control;
 mod dead_letters;
 mod publish;
 mod serve;
 mod stats;
 mod tasks;
+mod wait;
 mod workers;
 
 use clap::{Parser, Subcommand};

@@ -1,13 +1,13 @@
 //! `warren-producer publish`: one task (printing its id) or many, paced and pipelined, with a
 //! progress bar on a terminal and a summary.
 
+use super::wait;
 use anyhow::Context;
 use futures::{stream, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
-use warren_common::process::exit;
 use warren_common::reply::{Reply, ReplyStatus};
 use warren_common::{Amqp, CallError, Codec, QueueKind, QueueSpec, Retention, Shutdown};
 use warren_producer::{PublishError, Publisher, PublisherConfig, TaskOptions};
@@ -62,8 +62,8 @@ pub struct PublishArgs {
     #[arg(long, value_parser = clap::value_parser!(u8).range(0..=9))]
     priority: Option<u8>,
     /// Wait this long for the task to end, then print its reply (its result, or why it
-    /// failed) as JSON: exit code 0 if it succeeded, 1 if it failed, 75 if no reply came in
-    /// time (the task was published and may still run). Only for a single task.
+    /// failed) as JSON. Exit codes as `tasks wait`: 0 succeeded, 4 dead-lettered, 5 expired,
+    /// 75 no reply in time (the task was published and may still run). Only for one task.
     #[arg(long, value_name = "TIMEOUT", value_parser = super::parse_timeout, conflicts_with = "count")]
     wait: Option<Duration>,
     /// Maximum number of confirms in flight.
@@ -149,15 +149,19 @@ fn answered(called: Result<Reply<'static>, CallError>) -> anyhow::Result<ExitCod
     match called {
         Ok(reply) => {
             println!("{}", String::from_utf8_lossy(&reply.to_bytes()));
-            if reply.status == ReplyStatus::Succeeded {
-                return Ok(ExitCode::SUCCESS);
-            }
+            // The codes of `tasks wait`.
+            let code = match reply.status {
+                ReplyStatus::Succeeded => return Ok(ExitCode::SUCCESS),
+                ReplyStatus::DeadLettered => wait::DEAD_LETTERED,
+                ReplyStatus::Expired => wait::EXPIRED,
+                ReplyStatus::Cancelled => wait::ENDED_OTHERWISE,
+            };
             eprintln!("error: task {} ended {}", reply.id, reply.status.as_str());
-            Ok(ExitCode::from(exit::FAILURE))
+            Ok(ExitCode::from(code))
         }
         Err(error @ (CallError::Timeout { .. } | CallError::Disconnected { .. })) => {
             eprintln!("error: {error}");
-            Ok(ExitCode::from(exit::NO_ANSWER))
+            Ok(ExitCode::from(wait::NOT_ENDED))
         }
         Err(error) => Err(error.into()),
     }

@@ -1,13 +1,17 @@
-//! `warren-producer tasks status|list`: what became of tasks, asked of a `warren-producer
-//! serve` that keeps a status index (`GET /v1/tasks/{id}` and `GET /v1/tasks`, see
-//! docs/openapi.yaml). Text for people, or the server's JSON answer with `--json`.
+//! `warren-producer tasks status|list|wait`: what became of tasks, asked of a
+//! `warren-producer serve` that keeps a status index (`GET /v1/tasks/{id}` and
+//! `GET /v1/tasks`, see docs/openapi.yaml) through the library's `StatusClient`. Text for
+//! people, or the server's JSON answer with `--json`. `tasks cancel` writes to the control stream
+//! instead (`super::control`).
 
-use super::client::{encode, Answer, Client, ClientError};
+use super::wait::{self, WaitArgs};
 use anyhow::Context;
+use serde::Serialize;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use warren_common::process::exit;
+use warren_producer::status::{ClientError, State, StatusClient, TaskQuery, Timestamp};
 
 /// Where `serve` listens unless told otherwise (its default `--listen` port).
 const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -42,6 +46,9 @@ enum TasksCommand {
     Status(StatusArgs),
     /// List tasks, newest change first.
     List(ListArgs),
+    /// Wait for a task to end and show its final status. Exit codes: 0 succeeded,
+    /// 4 dead-lettered, 5 expired, 6 ended otherwise, 75 not ended within --timeout.
+    Wait(WaitArgs),
     /// Cancel a task: written to the control stream over AMQP (not through the server);
     /// workers following it do not run the task, or stop its handler. Says so when the
     /// server's index shows the task had already ended.
@@ -77,26 +84,24 @@ struct ListArgs {
 }
 
 /// Asks the server and prints its answer. Exit codes: 0 answered (an unknown task
-/// included), 1 the server refused the request, 69 the server could not be reached.
+/// included), 1 the server refused the request, 69 the server could not be reached; `wait`
+/// has its own (see [`wait::run`]).
 pub async fn run(
     args: TasksArgs,
     amqp: &warren_common::Amqp,
     shutdown: &warren_common::Shutdown,
 ) -> anyhow::Result<ExitCode> {
-    let path = match args.command {
-        TasksCommand::Status(ref status) => format!("/v1/tasks/{}", encode(&status.id)),
-        TasksCommand::List(ref list) => format!("/v1/tasks?{}", list.query()),
-        TasksCommand::Cancel(cancel) => {
-            return super::control::cancel(cancel, &args.server, amqp, shutdown).await
-        }
+    if let TasksCommand::Cancel(cancel) = args.command {
+        return super::control::cancel(cancel, &args.server, amqp, shutdown).await;
+    }
+    let client = client(&args.server)?;
+    let json = match &args.command {
+        TasksCommand::Status(status) => answered(client.task(&status.id).await)?,
+        TasksCommand::List(list) => answered(client.tasks(&list.query()?).await)?,
+        TasksCommand::Wait(wait) => return wait::run(&client, wait, args.server.json).await,
+        TasksCommand::Cancel(_) => unreachable!("answered above"),
     };
-    let status = matches!(args.command, TasksCommand::Status(_));
-    let json = match ask(&args.server, &path, |answer, json| {
-        // An unknown task is a 200; a 404 saying so is taken as the same answer.
-        status && answer.status == 404 && json["state"] == "unknown"
-    })
-    .await?
-    {
+    let json = match json {
         Ok(json) => json,
         Err(code) => return Ok(code),
     };
@@ -105,8 +110,7 @@ pub async fn run(
     } else {
         match args.command {
             TasksCommand::Status(_) => print!("{}", status_text(&json)),
-            TasksCommand::List(_) => print!("{}", list_text(&json)),
-            TasksCommand::Cancel(_) => {}
+            _ => print!("{}", list_text(&json)),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -114,28 +118,13 @@ pub async fn run(
 
 /// The ending the server's index shows for task `id` (`succeeded`, `dead_lettered`,
 /// `expired`), if the server answers and shows one: a cancel made now lost the race.
-pub(super) async fn ended_state(args: &ServerArgs, id: &str) -> Option<String> {
-    let token = match &args.auth_token_file {
-        None => None,
-        Some(path) => Some(std::fs::read_to_string(path).ok()?.trim().to_owned()),
-    };
-    let client = Client::new(&args.server, token).ok()?;
-    let answer = client
-        .get(&format!("/v1/tasks/{}", encode(id)))
-        .await
-        .ok()?;
-    let json: Value = serde_json::from_slice(&answer.body).ok()?;
-    let state = json["state"].as_str()?;
-    matches!(state, "succeeded" | "dead_lettered" | "expired").then(|| state.to_owned())
+pub(super) async fn ended_state(args: &ServerArgs, id: &str) -> Option<State> {
+    let status = client(args).ok()?.task(id).await.ok()?;
+    (status.state.is_ended() && status.state != State::Cancelled).then_some(status.state)
 }
 
-/// GETs `path` from the server: its JSON answer if 200 (or `also_answered`), else the exit
-/// code of a refusal (1, the server's message printed) or of an unreachable server (69).
-pub(super) async fn ask(
-    args: &ServerArgs,
-    path: &str,
-    also_answered: impl Fn(&Answer, &Value) -> bool,
-) -> anyhow::Result<Result<Value, ExitCode>> {
+/// The client of the server `args` names.
+pub(super) fn client(args: &ServerArgs) -> anyhow::Result<StatusClient> {
     let token = match &args.auth_token_file {
         None => None,
         Some(path) => Some(
@@ -145,49 +134,57 @@ pub(super) async fn ask(
                 .to_owned(),
         ),
     };
-    let client = Client::new(&args.server, token)?;
-    let answer = match client.get(path).await {
-        Ok(answer) => answer,
-        Err(error @ ClientError::Unreachable(_)) => {
+    StatusClient::new(&args.server, token).context("--server")
+}
+
+/// An answer as JSON (as the server wrote it), or the exit code of a failure, its message
+/// printed: 69 the server could not be reached, 1 it refused or is not a status API.
+pub(super) fn answered<T: Serialize>(
+    answer: Result<T, ClientError>,
+) -> anyhow::Result<Result<Value, ExitCode>> {
+    match answer {
+        Ok(answer) => Ok(Ok(serde_json::to_value(answer)?)),
+        Err(error) => Ok(Err(failed(&error))),
+    }
+}
+
+/// Prints why the server gave no answer; its exit code.
+pub(super) fn failed(error: &ClientError) -> ExitCode {
+    match error {
+        ClientError::Unreachable { .. } => {
             eprintln!("error: cannot reach the server: {error}");
-            return Ok(Err(ExitCode::from(exit::UNAVAILABLE)));
+            ExitCode::from(exit::UNAVAILABLE)
         }
-        Err(error) => return Err(error.into()),
-    };
-    let json: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-    if answer.status == 200 || also_answered(&answer, &json) {
-        Ok(Ok(json))
-    } else {
-        Ok(Err(refused(&answer, &json)))
+        _ => {
+            eprintln!("error: {error}");
+            ExitCode::from(exit::FAILURE)
+        }
     }
 }
 
 impl ListArgs {
-    fn query(&self) -> String {
-        let limit = self.limit.to_string();
-        let pairs = [
-            ("state", self.state.as_deref()),
-            ("task", self.task.as_deref()),
-            ("queue", self.queue.as_deref()),
-            ("since", self.since.as_deref()),
-            ("limit", Some(limit.as_str())),
-            ("cursor", self.cursor.as_deref()),
-        ];
-        let given = pairs
-            .iter()
-            .filter_map(|(k, v)| Some(format!("{k}={}", encode((*v)?))));
-        given.collect::<Vec<_>>().join("&")
+    fn query(&self) -> anyhow::Result<TaskQuery> {
+        let mut query = TaskQuery::new().limit(self.limit);
+        if let Some(state) = &self.state {
+            query = query.state(State::parse(state).context("--state")?);
+        }
+        if let Some(task) = &self.task {
+            query = query.task(task);
+        }
+        if let Some(queue) = &self.queue {
+            query = query.queue(queue);
+        }
+        if let Some(since) = &self.since {
+            let time = chrono::DateTime::parse_from_rfc3339(since)
+                .with_context(|| format!("--since `{since}`: not an RFC 3339 time with a zone"))?;
+            let ms = u64::try_from(time.timestamp_millis()).context("--since: before 1970")?;
+            query = query.since(Timestamp::from_millis(ms));
+        }
+        if let Some(cursor) = &self.cursor {
+            query = query.cursor(cursor);
+        }
+        Ok(query)
     }
-}
-
-/// A refusal: the server's error message, exit code 1.
-fn refused(answer: &Answer, json: &Value) -> ExitCode {
-    let message = json["error"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| String::from_utf8_lossy(&answer.body).into_owned());
-    eprintln!("error: the server answered {}: {message}", answer.status);
-    ExitCode::from(exit::FAILURE)
 }
 
 /// Text of a JSON field: strings bare, null as `-`.
@@ -199,7 +196,7 @@ pub(super) fn text(value: &Value) -> String {
     }
 }
 
-fn status_text(json: &Value) -> String {
+pub(super) fn status_text(json: &Value) -> String {
     let mut out = String::new();
     let mut line = |name: &str, value: String| out.push_str(&format!("{name:<15}{value}\n"));
     line("id", text(&json["id"]));
@@ -276,15 +273,22 @@ pub(super) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> 
     out
 }
 
-/// A warning when the server's index may miss events.
+/// A warning when the server's index may miss events, or is catching up on a backlog.
 pub(super) fn index_note(json: &Value) -> String {
-    match json["index"]["incomplete_since"].as_str() {
+    let mut note = match json["index"]["incomplete_since"].as_str() {
         Some(since) => format!(
             "note: this server's index may miss events from {since} on (see its \
              warren_index_gaps_total)\n"
         ),
         None => String::new(),
+    };
+    if json["index"]["caught_up"] == false {
+        note.push_str(
+            "note: this server's index is catching up on the events stream: statuses may be \
+             far behind\n",
+        );
     }
+    note
 }
 
 #[cfg(test)]
@@ -306,6 +310,14 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("retry at"));
+        assert!(!text.contains("result"), "{text}");
+        let succeeded = json!({"id": "c", "state": "succeeded", "result": {"size": [1, 2]},
+            "index": {"incomplete_since": null}});
+        let text = status_text(&succeeded);
+        assert!(text.contains("result         {\"size\":[1,2]}\n"), "{text}");
+        let left_out = json!({"id": "d", "state": "succeeded", "result_error": "too big",
+            "index": {"incomplete_since": null}});
+        assert!(status_text(&left_out).contains("result         left out: too big\n"));
         let unknown = json!({"id": "b", "state": "unknown", "task": null,
             "index": {"incomplete_since": "2026-01-01T00:00:00.000Z"}});
         let text = status_text(&unknown);
@@ -314,6 +326,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("may miss events from 2026-01-01"), "{text}");
+        assert!(!text.contains("catching up"), "{text}");
+        let behind = json!({"id": "c", "state": "unknown", "index": {"caught_up": false}});
+        assert!(status_text(&behind).contains("is catching up"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! (`GET /v1/workers`, see docs/openapi.yaml), alive and recently gone. Text for people, or
 //! the server's JSON answer with `--json`.
 
-use super::tasks::{ask, index_note, table, text, ServerArgs};
+use super::tasks::{answered, client, index_note, table, text, ServerArgs};
 use serde_json::Value;
 use std::process::ExitCode;
 
@@ -16,7 +16,7 @@ pub struct WorkersArgs {
 /// Asks the server and prints its answer. Exit codes: 0 answered, 1 the server refused the
 /// request, 69 the server could not be reached.
 pub async fn run(args: WorkersArgs) -> anyhow::Result<ExitCode> {
-    let json = match ask(&args.server, "/v1/workers", |_, _| false).await? {
+    let json = match answered(client(&args.server)?.workers().await)? {
         Ok(json) => json,
         Err(code) => return Ok(code),
     };

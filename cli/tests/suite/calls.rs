@@ -235,7 +235,7 @@ async fn publish_wait_prints_the_reply_and_says_by_its_exit_code_how_the_task_en
         "20s",
     ];
     let failed = publish(&queue, &args).await;
-    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    assert_eq!(failed.status.code(), Some(4), "{failed:?}");
     let reply: Value = serde_json::from_slice(&failed.stdout).unwrap();
     assert_eq!(reply["status"], "dead_lettered");
     assert_eq!(reply["error"]["kind"], "retries_exhausted");

@@ -1,7 +1,8 @@
 //! A node of a three-node RabbitMQ cluster is killed (SIGKILL) under load: no worker exits,
 //! publishing resumes within seconds, every confirmed task runs (a delayed or retried one only
 //! may be lost if it was dead-lettered into a delay level while the level had no leader: the
-//! levels dead-letter at-most-once, see `common/src/cascade.rs`), and readiness shows what the outage took away and recovers. Runs on a private
+//! levels dead-letter at-most-once, see `common/src/cascade.rs`), and readiness shows what the outage took away and recovers. With the
+//! events stream's leader killed too, no task is acked without its ending recorded. Runs on a private
 //! cluster on loopback ports; the system broker is never touched.
 
 use crate::WorkerProcess;
@@ -235,16 +236,72 @@ fn assert_running(worker: &mut WorkerProcess) {
     );
 }
 
+/// The ids of the tasks whose `succeeded` event is in `stream`, read from its start through
+/// `url`, once every one of `expected` is there (or after a minute).
+async fn succeeded_in_stream(
+    url: &str,
+    stream: &str,
+    expected: &HashSet<String>,
+) -> HashSet<String> {
+    use futures::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    use warren_common::events::{read_record, EventKind, Record};
+    let conn = lapin_connection(url).await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = channel
+        .basic_consume(
+            stream.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .unwrap();
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !expected.is_subset(&seen) {
+        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+        let Ok(Some(Ok(delivery))) = next else { break };
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        if let Ok(Record::Events(events)) = read_record(&headers, &delivery.data) {
+            let succeeded = events
+                .into_iter()
+                .filter(|e| e.event.event == EventKind::Succeeded);
+            seen.extend(succeeded.map(|e| e.event.id.into_owned()));
+        }
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    seen
+}
+
 #[tokio::test]
 async fn killing_the_work_queue_leader_stops_no_worker_and_loses_no_task() {
     let Some(cluster) = PrivateCluster::start_or_skip("leader", 3) else {
         return;
     };
     let queue = unique_queue("leader");
-    // The first worker declares the queue (and the cascade) on node 0: their leader.
-    let mut first = start_worker(&[&queue], &[], &urls_from(&cluster, 0)).await;
-    let mut second = start_worker(&[&queue], &[], &urls_from(&cluster, 1)).await;
+    let stream = format!("{queue}.events");
+    let events = ["--events-stream", stream.as_str()];
+    // The first worker declares the queue, the cascade and the events stream on node 0: their
+    // leader, killed below.
+    let mut first = start_worker(&[&queue], &events, &urls_from(&cluster, 0)).await;
+    let mut second = start_worker(&[&queue], &events, &urls_from(&cluster, 1)).await;
     let victim = cluster.node_of(&queue, 1).expect("the queue has a leader");
+    assert_eq!(
+        cluster.node_of(&stream, 1),
+        Some(victim),
+        "the events stream's leader is the work queue's"
+    );
     let publisher = cluster_publisher(&cluster, victim).await;
 
     let (load, killed) = load_across_kill(&cluster, publisher, &queue, victim).await;
@@ -253,6 +310,22 @@ async fn killing_the_work_queue_leader_stops_no_worker_and_loses_no_task() {
     assert_running(&mut second);
     assert_eq!(first.readiness().await, 200);
     assert_eq!(second.readiness().await, 200);
+    // No task was acked without its ending on the events stream: every task that succeeded,
+    // before the kill, during the stream's election or after, has its `succeeded` event.
+    let finished: HashSet<String> = [&first, &second]
+        .iter()
+        .flat_map(|w| w.finished_ids())
+        .collect();
+    let survivor = cluster.urls_from((victim + 1) % 3)[0].clone();
+    let recorded = succeeded_in_stream(&survivor, &stream, &finished).await;
+    let missing: Vec<&String> = finished.difference(&recorded).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} finished tasks have no succeeded event, e.g. {:?}",
+        missing.len(),
+        finished.len(),
+        &missing[..missing.len().min(3)]
+    );
 }
 
 #[tokio::test]

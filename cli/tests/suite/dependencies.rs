@@ -1,7 +1,8 @@
 //! What a Rust team pays for each library: without default features, a crate that only
 //! publishes or only implements a worker pulls in no HTTP server, no command-line parser, no
 //! progress bars, no cron or time-zone tables, no log formatting, no SQLite, and never the
-//! producer; the HTTP ingest alone does not compile SQLite either (only the status index does).
+//! producer; the HTTP ingest alone does not compile SQLite either (only the status index does),
+//! and the status API's client is an HTTP client only.
 
 use std::process::Command;
 
@@ -75,6 +76,17 @@ fn only_the_status_index_compiles_sqlite() {
     assert!(sqlite.is_empty(), "the ingest alone pulls in {sqlite:?}");
     let index = tree_with("warren-producer", &["--features", "status"]);
     assert!(index.iter().any(|c| c == "rusqlite"), "{index:?}");
+}
+
+#[test]
+fn the_status_client_is_an_http_client_without_a_server_or_sqlite() {
+    let client = tree_with("warren-producer", &["--features", "status-client"]);
+    assert!(client.iter().any(|c| c == "hyper"), "{client:?}");
+    let server: Vec<&String> = client
+        .iter()
+        .filter(|c| ["axum", "rusqlite", "libsqlite3-sys", "chrono"].contains(&c.as_str()))
+        .collect();
+    assert!(server.is_empty(), "the status client pulls in {server:?}");
 }
 
 #[test]

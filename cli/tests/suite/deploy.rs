@@ -1173,6 +1173,7 @@ fn kubernetes_manifests_pass_kubernetes_validate_and_kustomize() {
         "ScaledObject",
         "Service",
         "ServiceMonitor",
+        "StatefulSet",
         "TriggerAuthentication",
     ];
     assert_eq!(
@@ -1314,6 +1315,7 @@ fn servicemonitors_scrape_every_process_on_its_admin_or_http_port() {
         ("warren-worker", "worker", "admin", 9090),
         ("warren-producer", "producer", "http", 8080),
         ("warren-scheduler", "scheduler", "admin", 9092),
+        ("warren-status", "status", "http", 8080),
     ] {
         let monitor = object(&objects, "ServiceMonitor", name);
         assert_eq!(str_of(&monitor["apiVersion"]), "monitoring.coreos.com/v1");
@@ -1334,7 +1336,12 @@ fn servicemonitors_scrape_every_process_on_its_admin_or_http_port() {
             .find(|p| str_of(&p["name"]) == port_name)
             .unwrap_or_else(|| panic!("Service {name} has no port {port_name}"));
         assert_eq!(service_port["port"].as_i64(), Some(port));
-        let deployment = object(&objects, "Deployment", name);
+        let kind = if name == "warren-status" {
+            "StatefulSet"
+        } else {
+            "Deployment"
+        };
+        let deployment = object(&objects, kind, name);
         let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
         assert!(
             selects(&service["spec"]["selector"], pod_labels),
@@ -1372,6 +1379,71 @@ fn producer_deployment_runs_the_http_ingest_with_probes() {
     );
     let secret = &env(producer, "AMQP_URL")["valueFrom"]["secretKeyRef"];
     assert_eq!(str_of(&secret["name"]), "warren-amqp");
+}
+
+/// Each replica of the status service keeps its index on a volume of its own (a claim per
+/// pod), follows the stream the workers record into, and is probed like the ingest; only one
+/// ServiceMonitor's Service selects its pods, so each is scraped once.
+#[test]
+fn status_statefulset_keeps_an_index_per_replica_on_its_own_volume() {
+    let objects = k8s_objects();
+    let set = object(&objects, "StatefulSet", "warren-status");
+    let status = container(set, "status");
+    let argv: Vec<&str> = list(&status["command"])
+        .iter()
+        .chain(list(&status["args"]))
+        .map(str_of)
+        .collect();
+    let flag = |name: &str| {
+        let at = argv.iter().position(|a| *a == name);
+        at.and_then(|i| argv.get(i + 1))
+            .copied()
+            .unwrap_or_default()
+    };
+    assert_eq!(argv[..2], ["warren-producer", "serve"]);
+    let index = Path::new(flag("--index"));
+    let mount = list(&status["volumeMounts"])
+        .iter()
+        .find(|m| index.starts_with(str_of(&m["mountPath"])))
+        .unwrap_or_else(|| panic!("the index {index:?} is on no mounted volume"));
+    let claims = list(&set["spec"]["volumeClaimTemplates"]);
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0]["metadata"]["name"], mount["name"]);
+    assert_eq!(
+        list(&claims[0]["spec"]["accessModes"]),
+        [Yaml::String("ReadWriteOnce".into())]
+    );
+    let pod_security = &set["spec"]["template"]["spec"]["securityContext"];
+    assert_eq!(
+        pod_security["fsGroup"], pod_security["runAsGroup"],
+        "the volume is writable by the non-root user"
+    );
+    let worker = container(object(&objects, "Deployment", "warren-worker"), "worker");
+    assert_eq!(
+        str_of(&env(worker, "WARREN_EVENTS_STREAM")["value"]),
+        flag("--events-stream"),
+        "the workers record into the stream the index follows"
+    );
+    assert_eq!(
+        probe(status, "readinessProbe"),
+        ("/readyz".into(), 8080, "http".into())
+    );
+    let headless = object(&objects, "Service", str_of(&set["spec"]["serviceName"]));
+    assert_eq!(str_of(&headless["spec"]["clusterIP"]), "None");
+    let pod_labels = &set["spec"]["template"]["metadata"]["labels"];
+    let monitored: Vec<&Yaml> = objects
+        .iter()
+        .filter(|o| str_of(&o["kind"]) == "Service")
+        .filter(|s| selects(&s["spec"]["selector"], pod_labels))
+        .filter(|s| {
+            let monitor = object(&objects, "ServiceMonitor", "warren-status");
+            selects(
+                &monitor["spec"]["selector"]["matchLabels"],
+                &s["metadata"]["labels"],
+            )
+        })
+        .collect();
+    assert_eq!(monitored.len(), 1, "each pod is scraped once");
 }
 
 /// Two replicas, one leading by the lease: each reads the schedule from the ConfigMap that
@@ -1554,7 +1626,7 @@ fn deployment_files_give_the_binaries_only_flags_and_variables_they_accept() {
     let mut checked = BTreeSet::new();
     for deployment in objects
         .iter()
-        .filter(|o| str_of(&o["kind"]) == "Deployment")
+        .filter(|o| ["Deployment", "StatefulSet"].contains(&str_of(&o["kind"])))
     {
         for container in list(&deployment["spec"]["template"]["spec"]["containers"]) {
             let argv: Vec<&str> = list(&container["command"])
@@ -1566,7 +1638,11 @@ fn deployment_files_give_the_binaries_only_flags_and_variables_they_accept() {
                 .iter()
                 .map(|e| str_of(&e["name"]))
                 .collect();
-            let what = format!("Deployment {}", str_of(&deployment["metadata"]["name"]));
+            let what = format!(
+                "{} {}",
+                str_of(&deployment["kind"]),
+                str_of(&deployment["metadata"]["name"])
+            );
             check_invocation(&what, &argv, &vars);
             checked.insert(argv[0]);
         }

@@ -4,7 +4,10 @@
 //! alike (every answer checked against docs/openapi.yaml); a killed index resumes and equals
 //! one built from the stream's start; a stream cut by retention or recreated is reported.
 
+mod broker;
+mod client;
 mod restart;
+mod volume;
 mod workers;
 
 use crate::binary;

@@ -1,13 +1,16 @@
 //! A pass over a whole dead-letter queue, page by page: each page is checked out, acted on
 //! and settled before the next, so memory holds one page at most. Every page puts back what
 //! it keeps at the tail, so once the pass has gone through the messages counted at its start,
-//! the queue is back in its order.
+//! the queue is back in its order. With broker events on, a page is settled only once the
+//! events of the broker dead letters it took are confirmed.
 
 use super::checkout::{Checkout, PAGE};
-use super::DeadLetterError;
+use super::events::BrokerEvents;
+use super::{DeadLetter, DeadLetterError};
 use crate::Publisher;
 use lapin::message::Delivery;
 use std::time::Duration;
+use warren_common::events::Ticket;
 use warren_common::inspect_queue;
 
 /// A pass over the dead letters of one queue.
@@ -24,6 +27,10 @@ pub(super) struct Pass {
     asked: u16,
     /// The last page was shorter than asked: the queue is exhausted.
     exhausted: bool,
+    /// Where broker dead letters' events go, if anywhere.
+    events: Option<BrokerEvents>,
+    /// The last event the current page recorded.
+    recorded: Option<Ticket>,
 }
 
 impl Pass {
@@ -32,6 +39,7 @@ impl Pass {
         publisher: &Publisher,
         queue: &str,
         max_age: Option<Duration>,
+        events: Option<BrokerEvents>,
     ) -> Result<Self, DeadLetterError> {
         let channel = publisher
             .create_channel()
@@ -51,12 +59,17 @@ impl Pass {
             page: None,
             asked: 0,
             exhausted: false,
+            events,
+            recorded: None,
         })
     }
 
     /// Settles the current page, if any, and checks out the next; false once the pass has
     /// gone through every message counted at the start.
     pub(super) async fn next_page(&mut self) -> Result<bool, DeadLetterError> {
+        if let (Some(events), Some(ticket)) = (&self.events, self.recorded.take()) {
+            events.confirmed(ticket).await?;
+        }
         if let Some(page) = self.page.take() {
             let taken = page.taken();
             page.finish().await?;
@@ -77,10 +90,17 @@ impl Pass {
 
     /// The next message of the current page, or `None` at its end.
     pub(super) async fn take(&mut self) -> Result<Option<Delivery>, DeadLetterError> {
-        match &mut self.page {
-            Some(page) => page.take().await,
-            None => Ok(None),
+        let Some(page) = &mut self.page else {
+            return Ok(None);
+        };
+        let taken = page.take().await?;
+        if let (Some(events), Some(delivery)) = (&self.events, &taken) {
+            let dead = DeadLetter::from_message(&delivery.properties, &delivery.data);
+            if let Some(ticket) = events.record(&dead) {
+                self.recorded = Some(ticket);
+            }
         }
+        Ok(taken)
     }
 
     /// Keeps a message of the current page: it is put back when the page is settled.

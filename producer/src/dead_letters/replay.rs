@@ -74,7 +74,13 @@ impl DeadLetterQueue {
         selection: &Selection,
         reset_attempts: bool,
     ) -> Result<usize, DeadLetterError> {
-        let mut pass = Pass::start(&self.publisher, &self.dlq, self.max_age).await?;
+        let mut pass = Pass::start(
+            &self.publisher,
+            &self.dlq,
+            self.max_age,
+            self.events.clone(),
+        )
+        .await?;
         let mut found = HashSet::new();
         let mut tally = Tally::default();
         while pass.next_page().await? {

@@ -9,89 +9,17 @@ use super::error::{ApiError, FieldError};
 use super::handlers::AppState;
 use super::time::parse_rfc3339_ms;
 use crate::defaults::index as defaults;
-use crate::status::query::{self, Cursor, Filter, Freshness, Page, Readers, TaskStatus};
+use crate::status::api::{IndexState, TaskError, TaskList, TaskStatus, Timestamp};
+use crate::status::query::TaskStatus as IndexedStatus;
+use crate::status::query::{self, Cursor, Filter, Freshness, Page, Readers};
 use crate::status::State;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State as Extract};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
-use serde_json::value::RawValue;
 use std::collections::HashSet;
 use std::sync::Arc;
-
-/// A task's status, as answered.
-#[derive(Debug, Serialize)]
-pub(crate) struct StatusBody {
-    id: String,
-    state: State,
-    task: String,
-    queue: String,
-    attempt: Option<u32>,
-    delivery_count: Option<u64>,
-    worker: String,
-    updated_at: String,
-    started_at: Option<String>,
-    ended_at: Option<String>,
-    retry_at: Option<String>,
-    error: Option<LastError>,
-}
-
-#[derive(Debug, Serialize)]
-struct LastError {
-    kind: String,
-    reason: String,
-}
-
-/// How complete and fresh the index that answered is.
-#[derive(Debug, Serialize)]
-pub(crate) struct IndexBody {
-    /// Events from this time on may be missing (null: none are).
-    incomplete_since: Option<String>,
-    /// The newest event time applied (null: none yet).
-    events_until: Option<String>,
-}
-
-/// `GET /v1/tasks/{id}`, found.
-#[derive(Debug, Serialize)]
-struct Found {
-    #[serde(flatten)]
-    status: StatusBody,
-    /// What the handler returned (JSON), when the task succeeded with a result.
-    result: Option<Box<RawValue>>,
-    /// Why a result was left out (larger than the worker's limit, or not serializable).
-    result_error: Option<String>,
-    index: IndexBody,
-}
-
-/// `GET /v1/tasks/{id}`, not in the index: the state `unknown`, every other field null.
-#[derive(Debug, Serialize)]
-struct Unknown {
-    id: String,
-    state: State,
-    task: Option<String>,
-    queue: Option<String>,
-    attempt: Option<u32>,
-    delivery_count: Option<u64>,
-    worker: Option<String>,
-    updated_at: Option<String>,
-    started_at: Option<String>,
-    ended_at: Option<String>,
-    retry_at: Option<String>,
-    error: Option<LastError>,
-    result: Option<()>,
-    result_error: Option<String>,
-    index: IndexBody,
-}
-
-/// `GET /v1/tasks`.
-#[derive(Debug, Serialize)]
-struct Listing {
-    tasks: Vec<StatusBody>,
-    next_cursor: Option<String>,
-    index: IndexBody,
-}
 
 /// `GET /v1/tasks/{id}`: 200 with the status, `unknown` when the index has no event of it.
 pub(crate) async fn get_task(
@@ -105,43 +33,15 @@ pub(crate) async fn get_task(
         .read(move |conn| query::get(conn, &key))
         .await
         .map_err(unreadable)?;
-    let index = index_body(fresh);
-    Ok(match found {
-        Some(mut status) => {
-            // The index holds what a worker wrote, which it wrote as JSON; text that is not
-            // (an index file edited by hand) is shown as missing, not as an error.
-            let result = status
-                .result
-                .take()
-                .and_then(|json| RawValue::from_string(json).ok());
-            let result_error = status.result_error.take();
-            Json(Found {
-                status: status_body(status),
-                result,
-                result_error,
-                index,
-            })
-            .into_response()
-        }
-        None => Json(Unknown {
-            id,
-            state: State::Unknown,
-            task: None,
-            queue: None,
-            attempt: None,
-            delivery_count: None,
-            worker: None,
-            updated_at: None,
-            started_at: None,
-            ended_at: None,
-            retry_at: None,
-            error: None,
-            result: None,
-            result_error: None,
-            index,
-        })
-        .into_response(),
-    })
+    let index = index_body(fresh, &readers);
+    let answer = match found {
+        Some(status) => TaskStatus {
+            index: Some(index),
+            ..status_body(status)
+        },
+        None => TaskStatus::unknown(id, index),
+    };
+    Ok(Json(answer).into_response())
 }
 
 /// `GET /v1/tasks?state=&task=&queue=&since=&limit=&cursor=`: a page of statuses.
@@ -159,10 +59,10 @@ pub(crate) async fn list_tasks(
         .read(move |conn| query::list(conn, &filter))
         .await
         .map_err(unreadable)?;
-    Ok(Json(Listing {
+    Ok(Json(TaskList {
         tasks: tasks.into_iter().map(status_body).collect(),
         next_cursor: next.map(|c| c.encode()),
-        index: index_body(freshness),
+        index: index_body(freshness, &readers),
     })
     .into_response())
 }
@@ -248,37 +148,39 @@ fn filter(query: &str) -> Result<Filter, FieldError> {
     Ok(filter)
 }
 
-fn status_body(status: TaskStatus) -> StatusBody {
-    StatusBody {
+fn status_body(status: IndexedStatus) -> TaskStatus {
+    let time = Timestamp::from_millis;
+    TaskStatus {
         id: status.id,
         state: status.state,
-        task: status.task,
-        queue: status.queue,
+        task: Some(status.task),
+        queue: Some(status.queue),
         attempt: status.attempt,
         delivery_count: status.delivery_count,
-        worker: status.worker,
-        updated_at: rfc3339(status.updated_at_ms),
-        started_at: status.started_at_ms.map(rfc3339),
-        ended_at: status.ended_at_ms.map(rfc3339),
-        retry_at: status.retry_at_ms.map(rfc3339),
+        worker: Some(status.worker),
+        updated_at: Some(time(status.updated_at_ms)),
+        started_at: status.started_at_ms.map(time),
+        ended_at: status.ended_at_ms.map(time),
+        retry_at: status.retry_at_ms.map(time),
         error: status
             .error
-            .map(|(kind, reason)| LastError { kind, reason }),
+            .map(|(kind, reason)| TaskError { kind, reason }),
+        // The index holds what a worker wrote as JSON; text that is not JSON (a file edited
+        // by hand) is shown as no result, not as an error.
+        result: status
+            .result
+            .and_then(|json| serde_json::from_str(&json).ok()),
+        result_error: status.result_error,
+        index: None,
     }
 }
 
-pub(super) fn index_body(fresh: Freshness) -> IndexBody {
-    IndexBody {
-        incomplete_since: fresh.incomplete_since_ms.map(rfc3339),
-        events_until: fresh.last_event_at_ms.map(rfc3339),
+pub(super) fn index_body(fresh: Freshness, readers: &Readers) -> IndexState {
+    IndexState {
+        incomplete_since: fresh.incomplete_since_ms.map(Timestamp::from_millis),
+        events_until: fresh.last_event_at_ms.map(Timestamp::from_millis),
+        caught_up: readers.caught_up(),
     }
-}
-
-/// Milliseconds since the epoch as an RFC 3339 UTC time with milliseconds.
-pub(super) fn rfc3339(ms: u64) -> String {
-    let time = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX))
-        .unwrap_or_default();
-    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]
@@ -307,10 +209,5 @@ mod tests {
         ] {
             assert_eq!(filter(query).unwrap_err().field, field, "{query}");
         }
-    }
-
-    #[test]
-    fn times_are_rfc3339_utc_with_milliseconds() {
-        assert_eq!(rfc3339(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
     }
 }

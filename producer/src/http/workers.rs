@@ -4,43 +4,13 @@
 
 use super::error::{ApiError, FieldError};
 use super::handlers::AppState;
-use super::status::{index, index_body, rfc3339, unreadable, IndexBody};
+use super::status::{index, index_body, unreadable};
+use crate::status::api::{Timestamp, Worker, WorkerList};
 use crate::status::query;
 use crate::status::workers::{self, WorkerStatus};
 use axum::extract::{RawQuery, State as Extract};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
-use std::collections::BTreeMap;
-
-/// A worker, as answered.
-#[derive(Debug, Serialize)]
-struct WorkerBody {
-    id: String,
-    status: &'static str,
-    /// `farewell` (it drained) or `silent` (no heartbeat for three intervals); null if alive.
-    gone_reason: Option<String>,
-    gone_at: Option<String>,
-    host: String,
-    pid: u32,
-    version: String,
-    queues: Vec<String>,
-    concurrency: u64,
-    prefetch: u64,
-    running: Vec<String>,
-    counts: BTreeMap<String, u64>,
-    started_at: String,
-    last_heartbeat_at: String,
-    heard_at: String,
-    heartbeat_interval_ms: u64,
-}
-
-/// `GET /v1/workers`.
-#[derive(Debug, Serialize)]
-struct Listing {
-    workers: Vec<WorkerBody>,
-    index: IndexBody,
-}
 
 /// `GET /v1/workers`: every worker indexed, alive ones first.
 pub(crate) async fn list_workers(
@@ -55,20 +25,21 @@ pub(crate) async fn list_workers(
         .read(|conn| Ok((workers::list(conn)?, query::freshness(conn)?)))
         .await
         .map_err(unreadable)?;
-    Ok(Json(Listing {
+    Ok(Json(WorkerList {
         workers: found.into_iter().map(worker_body).collect(),
-        index: index_body(freshness),
+        index: index_body(freshness, &readers),
     })
     .into_response())
 }
 
-fn worker_body(worker: WorkerStatus) -> WorkerBody {
+fn worker_body(worker: WorkerStatus) -> Worker {
     let hb = worker.heartbeat;
-    WorkerBody {
+    let time = Timestamp::from_millis;
+    Worker {
         id: hb.worker,
-        status: worker.status.as_str(),
+        status: worker.status,
         gone_reason: worker.gone_reason,
-        gone_at: worker.gone_at_ms.map(rfc3339),
+        gone_at: worker.gone_at_ms.map(time),
         host: hb.host,
         pid: hb.pid,
         version: hb.version,
@@ -77,9 +48,9 @@ fn worker_body(worker: WorkerStatus) -> WorkerBody {
         prefetch: hb.prefetch,
         running: hb.running,
         counts: hb.counts,
-        started_at: rfc3339(hb.started_at_ms),
-        last_heartbeat_at: rfc3339(hb.at_ms),
-        heard_at: rfc3339(worker.heard_at_ms),
+        started_at: time(hb.started_at_ms),
+        last_heartbeat_at: time(hb.at_ms),
+        heard_at: time(worker.heard_at_ms),
         heartbeat_interval_ms: hb.interval_ms,
     }
 }

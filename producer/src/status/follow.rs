@@ -9,6 +9,7 @@
 //! Either way the index records a gap, counts it and goes on; it never skips silently.
 
 use super::metrics::IndexMetrics;
+use super::query::Readers;
 use super::store::{Batch, GapReason, LastBatch, Store};
 use super::workers::{self, Presence};
 use futures::StreamExt;
@@ -17,6 +18,7 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer};
 use std::cmp::Ordering;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -40,6 +42,11 @@ const LIVENESS_CHECK: Duration = Duration::from_millis(250);
 const GONE_KEPT: Duration = Duration::from_secs(3600);
 /// How long the follower waits for the stream's last messages when looking for its end.
 const PROBE_IDLE: Duration = Duration::from_secs(2);
+/// How long the last chunk's deliveries may pause before [`current_end`] takes the end as
+/// found.
+const CHUNK_IDLE: Duration = Duration::from_millis(200);
+/// The longest [`current_end`] reads: a stream written without pause has no idle moment.
+const PROBE_LIMIT: Duration = Duration::from_secs(5);
 /// The offset header of a stream delivery.
 const OFFSET_HEADER: &str = "x-stream-offset";
 
@@ -68,6 +75,8 @@ enum Flow {
 
 /// The writer of the index.
 pub(crate) struct Follower {
+    /// The readers, told whether the index has caught up.
+    pub(crate) readers: Arc<Readers>,
     pub(crate) amqp: Amqp,
     pub(crate) stream: String,
     pub(crate) store: Arc<Mutex<Store>>,
@@ -160,7 +169,12 @@ impl Follower {
         };
         tracing::info!(stream = %self.stream, from = %from, "status index following the events stream");
         let (channel, mut consumer) = consume(conn, &self.stream, PREFETCH, start).await?;
-        let flow = self.read(&mut consumer, expect, stop, pacer, sweep).await;
+        // Where the stream ends now, found beside the reading: caught up once applied.
+        self.caught_up(false);
+        let end = current_end(conn, &self.stream);
+        let flow = self
+            .read(&mut consumer, expect, end, stop, pacer, sweep)
+            .await;
         let _ = channel.close(200, "done".into()).await;
         flow
     }
@@ -170,11 +184,15 @@ impl Follower {
         &self,
         consumer: &mut Consumer,
         mut expect: Expect,
+        end: impl Future<Output = Result<Option<u64>, lapin::Error>>,
         stop: &CancellationToken,
         pacer: &mut Pacer,
         sweep: &mut tokio::time::Interval,
     ) -> Result<Flow, FollowError> {
         let mut pending: Vec<(u64, Delivery)> = Vec::new();
+        tokio::pin!(end);
+        // Where the stream ended when this pass started: unknown until found.
+        let mut target: Option<Option<u64>> = None;
         let mut deadline = Instant::now();
         let mut liveness = tokio::time::interval(LIVENESS_CHECK);
         liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -193,8 +211,14 @@ impl Follower {
                     self.check_workers().await?;
                     continue;
                 }
+                found = &mut end, if target.is_none() => {
+                    target = Some(found?);
+                    self.check_caught_up(target);
+                    continue;
+                }
                 _ = tokio::time::sleep_until(deadline), if !pending.is_empty() => {
                     self.flush(&mut pending).await?;
+                    self.check_caught_up(target);
                     continue;
                 }
                 next = consumer.next() => next,
@@ -224,8 +248,28 @@ impl Follower {
             pending.push((offset, delivery));
             if pending.len() >= MAX_DELIVERIES {
                 self.flush(&mut pending).await?;
+                self.check_caught_up(target);
             }
         }
+    }
+
+    /// Says the index caught up once it has committed the stream up to `target`, where the
+    /// stream ended when this pass started (`Some(None)`: it was empty; `None`: not found yet).
+    fn check_caught_up(&self, target: Option<Option<u64>>) {
+        let Some(end) = target else { return };
+        if self.readers.caught_up() {
+            return;
+        }
+        let committed = self.store().progress().last.as_ref().map(|l| l.offset);
+        if end.is_none_or(|end| committed >= Some(end)) {
+            tracing::info!(stream = %self.stream, offset = committed, "status index caught up with the events stream");
+            self.caught_up(true);
+        }
+    }
+
+    fn caught_up(&self, caught_up: bool) {
+        self.readers.set_caught_up(caught_up);
+        self.metrics.caught_up(caught_up);
     }
 
     /// Checks a delivery against what the stored offset leads to expect: offsets up to the
@@ -274,6 +318,10 @@ impl Follower {
         let invalid = batches.iter().filter(|b| b.source.is_empty()).count();
         let count = batches.len();
         let horizon = now_ms().saturating_sub(self.retention.as_millis() as u64);
+        let newest_event = batches
+            .iter()
+            .flat_map(|b| b.events.iter().map(|e| e.event.at_ms))
+            .max();
         let store = self.store.clone();
         let (applied, newest, workers) = tokio::task::spawn_blocking(move || {
             let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
@@ -286,6 +334,9 @@ impl Follower {
         self.metrics.workers(workers);
         self.metrics.committed(&applied, count, invalid, offset);
         self.metrics.last_event(newest);
+        if let Some(at_ms) = newest_event {
+            self.metrics.lag(at_ms, now_ms());
+        }
         // Acking only grants credit: nothing is removed from a stream.
         last.acker.ack(BasicAckOptions { multiple: true }).await?;
         pending.clear();
@@ -428,6 +479,33 @@ async fn consume(
         )
         .await?;
     Ok((channel, consumer))
+}
+
+/// Where the stream ends about now: the highest offset of its last chunk (read until its
+/// deliveries pause for [`CHUNK_IDLE`], at most [`PROBE_LIMIT`]); none for an empty stream.
+async fn current_end(conn: &Connection, stream: &str) -> Result<Option<u64>, lapin::Error> {
+    let (channel, mut consumer) =
+        consume(conn, stream, 100, AMQPValue::LongString("last".into())).await?;
+    let limit = Instant::now() + PROBE_LIMIT;
+    let mut end = None;
+    loop {
+        let idle = if end.is_none() {
+            PROBE_IDLE
+        } else {
+            CHUNK_IDLE
+        };
+        let wait = idle.min(limit.saturating_duration_since(Instant::now()));
+        match tokio::time::timeout(wait, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                end = end.max(offset_of(&delivery));
+                delivery.ack(BasicAckOptions::default()).await?;
+            }
+            Ok(Some(Err(error))) => return Err(error),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = channel.close(200, "found the end".into()).await;
+    Ok(end)
 }
 
 /// The highest offset of the stream, read from its last chunk until one at least `want` is

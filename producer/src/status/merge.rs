@@ -3,6 +3,9 @@
 //! delivery count, then phase (a run's `started` before its ending), then by where they are
 //! in the stream. The highest-ranked event seen is the task's status; so applying an event
 //! twice, or a batch again, changes nothing.
+//!
+//! The status client (`status-client` without `status`) uses only [`State`].
+#![cfg_attr(not(feature = "status"), allow(dead_code))]
 
 use serde::{Deserialize, Serialize};
 use warren_common::events::{EventKind, Stamped};

@@ -20,6 +20,8 @@ pub(crate) struct IndexMetrics {
     workers: IntGaugeVec,
     deleted: IntCounter,
     failures: IntCounter,
+    caught_up: IntGauge,
+    lag: Gauge,
 }
 
 impl IndexMetrics {
@@ -88,7 +90,19 @@ impl IndexMetrics {
                 "warren_index_failures_total",
                 "Times the status index could not write its file; it reads the events again.",
             )?,
+            caught_up: IntGauge::new(
+                "warren_index_caught_up",
+                "1 once the status index has applied the stream up to where it ended when the \
+                 index (re)connected, else 0 (it is catching up on a backlog).",
+            )?,
+            lag: Gauge::new(
+                "warren_index_lag_seconds",
+                "At the status index's last commit: its time minus the newest event time it \
+                 applied (the event's source's clock); grows while it falls behind a burst.",
+            )?,
         };
+        registry.register(Box::new(metrics.caught_up.clone()))?;
+        registry.register(Box::new(metrics.lag.clone()))?;
         registry.register(Box::new(metrics.events.clone()))?;
         registry.register(Box::new(metrics.batches.clone()))?;
         registry.register(Box::new(metrics.invalid_batches.clone()))?;
@@ -165,6 +179,17 @@ impl IndexMetrics {
         let deleted: i64 = changes.values().map(|d| -d).sum();
         self.deleted.inc_by(deleted.max(0) as u64);
         self.count(changes);
+    }
+
+    /// Whether the index has caught up with the stream's end as of its (re)connection.
+    pub(crate) fn caught_up(&self, caught_up: bool) {
+        self.caught_up.set(i64::from(caught_up));
+    }
+
+    /// How far the newest event of a commit (`newest_ms`) is behind `now_ms`.
+    pub(crate) fn lag(&self, newest_ms: u64, now_ms: u64) {
+        self.lag
+            .set(now_ms.saturating_sub(newest_ms) as f64 / 1000.0);
     }
 
     /// A failed write.

@@ -8,29 +8,52 @@
 //! there. The HTTP handlers read through their own read-only connections ([`query`]). Each
 //! replica of `serve` keeps its own file: answers are eventually consistent, and a status
 //! just recorded may not be in another replica's index yet.
+//!
+//! The answers' types ([`api`]) and, with the `status-client` feature, a Rust client of the
+//! API ([`StatusClient`]) need neither SQLite nor the server: the `status` feature adds those.
 
+pub mod api;
+#[cfg(feature = "status-client")]
+mod client;
+#[cfg(feature = "status")]
 mod follow;
 mod merge;
+#[cfg(feature = "status")]
 mod metrics;
+#[cfg(feature = "status")]
 pub(crate) mod query;
+#[cfg(feature = "status")]
 mod store;
+#[cfg(feature = "status-client")]
+mod transport;
+#[cfg(feature = "status")]
 pub(crate) mod workers;
 
+pub use api::{
+    IndexState, Liveness, TaskError, TaskList, TaskStatus, Timestamp, Worker, WorkerList,
+};
+#[cfg(feature = "status-client")]
+pub use client::{ClientError, StatusClient, TaskQuery, DEFAULT_REQUEST_TIMEOUT};
 pub use merge::State;
+#[cfg(feature = "status")]
 pub use store::IndexError;
 
-use crate::defaults::index as defaults;
-use follow::Follower;
-use metrics::IndexMetrics;
-use query::Readers;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use store::Store;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use warren_common::Amqp;
+#[cfg(feature = "status")]
+use {
+    crate::defaults::index as defaults,
+    follow::Follower,
+    metrics::IndexMetrics,
+    query::Readers,
+    std::path::PathBuf,
+    std::sync::{Arc, Mutex},
+    std::time::Duration,
+    store::Store,
+    tokio::task::JoinHandle,
+    tokio_util::sync::CancellationToken,
+    warren_common::Amqp,
+};
 
+#[cfg(feature = "status")]
 /// Settings of the status index.
 #[derive(Clone, Debug)]
 pub struct IndexConfig {
@@ -42,6 +65,7 @@ pub struct IndexConfig {
     pub retention: Duration,
 }
 
+#[cfg(feature = "status")]
 impl IndexConfig {
     /// An index of `stream` in the file at `path`, keeping ended tasks for the default
     /// retention ([`crate::defaults::index::RETENTION`]).
@@ -54,12 +78,14 @@ impl IndexConfig {
     }
 }
 
+#[cfg(feature = "status")]
 /// A running index: its readers, and the task following the stream.
 pub(crate) struct StatusIndex {
     pub(crate) readers: Arc<Readers>,
     follower: JoinHandle<()>,
 }
 
+#[cfg(feature = "status")]
 impl StatusIndex {
     /// Opens the index file and starts following the stream (connecting with `amqp`) until
     /// `stop` fires. Metrics go to `registry`.
@@ -75,6 +101,7 @@ impl StatusIndex {
         restore_metrics(&store, &metrics)?;
         let readers = Readers::new(&config.path);
         let follower = Follower {
+            readers: readers.clone(),
             amqp,
             stream: config.stream.clone(),
             store: Arc::new(Mutex::new(store)),
@@ -94,6 +121,7 @@ impl StatusIndex {
     }
 }
 
+#[cfg(feature = "status")]
 /// Sets the metrics that describe the file from what it holds.
 fn restore_metrics(store: &Store, metrics: &IndexMetrics) -> rusqlite::Result<()> {
     let conn = store.connection();
@@ -115,5 +143,6 @@ fn restore_metrics(store: &Store, metrics: &IndexMetrics) -> rusqlite::Result<()
     Ok(())
 }
 
+#[cfg(feature = "status")]
 #[cfg(test)]
 mod tests;

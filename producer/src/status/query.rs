@@ -8,6 +8,7 @@ use super::store::state_column;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
 /// A task's status as indexed.
@@ -237,6 +238,9 @@ fn to_i64(value: u64) -> i64 {
 pub(crate) struct Readers {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    /// Whether the writer has applied the stream up to where it ended when the writer
+    /// (re)connected: set by the writer, said in every answer.
+    caught_up: AtomicBool,
 }
 
 /// Idle connections kept; more are opened under load and closed after use.
@@ -248,7 +252,19 @@ impl Readers {
         Arc::new(Readers {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
+            caught_up: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the index has caught up with the stream (see [`Readers::set_caught_up`]).
+    pub(crate) fn caught_up(&self) -> bool {
+        self.caught_up.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Set by the writer: whether it has applied the stream up to where it ended when the
+    /// writer last (re)connected.
+    pub(crate) fn set_caught_up(&self, caught_up: bool) {
+        self.caught_up.store(caught_up, AtomicOrdering::Relaxed);
     }
 
     /// Runs `read` on a connection, on a blocking thread.

@@ -29,21 +29,7 @@ pub(crate) struct Presence {
     pub(crate) farewell: bool,
 }
 
-/// Whether a worker is heard from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Liveness {
-    Alive,
-    Gone,
-}
-
-impl Liveness {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Liveness::Alive => "alive",
-            Liveness::Gone => "gone",
-        }
-    }
-}
+pub(crate) use super::api::Liveness;
 
 /// A worker as indexed.
 #[derive(Clone, Debug, PartialEq)]

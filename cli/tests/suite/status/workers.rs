@@ -13,7 +13,7 @@ use warren_tests::*;
 
 /// Starts the stock `warren-worker` as `id`, recording events with 200 ms heartbeats, and
 /// waits until it is ready.
-async fn worker(names: &Names, id: &str) -> WorkerProcess {
+pub(super) async fn worker(names: &Names, id: &str) -> WorkerProcess {
     let args = [
         "--queue",
         &names.queue,

@@ -1,7 +1,8 @@
-//! A small HTTP/1.1 client for the API of `warren-producer serve`, on hyper's connection API
-//! (already in the tree for the server): one `GET` per connection, plain `http://` only, the
-//! bearer token if one is given, the whole exchange bounded by a timeout.
+//! The HTTP/1.1 exchange under [`super::StatusClient`], on hyper's connection API (already
+//! in the tree for the server): one `GET` per connection, plain `http://` only, the bearer
+//! token if one is given, the whole exchange bounded by a timeout.
 
+use super::client::ClientError;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::{Request, Uri};
@@ -10,41 +11,16 @@ use std::fmt;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// How long a request may take, connecting included.
-pub const TIMEOUT: Duration = Duration::from_secs(10);
-
 /// The answer to a request: its status and body.
 #[derive(Debug)]
-pub struct Answer {
-    /// The HTTP status code.
-    pub status: u16,
-    /// The body.
-    pub body: Bytes,
+pub(super) struct Answer {
+    pub(super) status: u16,
+    pub(super) body: Bytes,
 }
 
-/// Why a server could not be asked.
-#[derive(Debug)]
-pub enum ClientError {
-    /// The server URL is not `http://host[:port][/prefix]`.
-    Url(String),
-    /// The server did not answer (refused, reset, timed out).
-    Unreachable(String),
-}
-
-impl fmt::Display for ClientError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientError::Url(why) => write!(f, "--server: {why}"),
-            ClientError::Unreachable(why) => f.write_str(why),
-        }
-    }
-}
-
-impl std::error::Error for ClientError {}
-
-/// A server's API, at a base URL.
-#[derive(Debug, Clone)]
-pub struct Client {
+/// A server at a base URL.
+#[derive(Clone)]
+pub(super) struct Transport {
     authority: String,
     host: String,
     port: u16,
@@ -52,9 +28,20 @@ pub struct Client {
     token: Option<String>,
 }
 
-impl Client {
-    /// A client of the server at `base` (`http://host[:port][/prefix]`), presenting `token`.
-    pub fn new(base: &str, token: Option<String>) -> Result<Client, ClientError> {
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token is a secret: never printed.
+        f.debug_struct("Transport")
+            .field("authority", &self.authority)
+            .field("prefix", &self.prefix)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl Transport {
+    /// The server at `base` (`http://host[:port][/prefix]`), presenting `token`.
+    pub(super) fn new(base: &str, token: Option<String>) -> Result<Transport, ClientError> {
         let uri: Uri = base
             .parse()
             .map_err(|e| ClientError::Url(format!("`{base}` is not a URL: {e}")))?;
@@ -66,7 +53,7 @@ impl Client {
         let authority = uri
             .authority()
             .ok_or_else(|| ClientError::Url(format!("`{base}` names no host")))?;
-        Ok(Client {
+        Ok(Transport {
             authority: authority.to_string(),
             host: authority.host().trim_matches(['[', ']']).to_owned(),
             port: authority.port_u16().unwrap_or(80),
@@ -75,21 +62,33 @@ impl Client {
         })
     }
 
-    /// `GET path_and_query` (which starts with `/`), within [`TIMEOUT`].
-    pub async fn get(&self, path_and_query: &str) -> Result<Answer, ClientError> {
-        let url = format!("http://{}{}{path_and_query}", self.authority, self.prefix);
-        tokio::time::timeout(TIMEOUT, self.exchange(&url))
+    /// The full URL of `path_and_query` (which starts with `/`).
+    pub(super) fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}{path_and_query}", self.authority, self.prefix)
+    }
+
+    /// `GET path_and_query`, within `timeout`.
+    pub(super) async fn get(
+        &self,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<Answer, ClientError> {
+        let url = self.url(path_and_query);
+        tokio::time::timeout(timeout, self.exchange(&url))
             .await
             .unwrap_or_else(|_| {
-                Err(ClientError::Unreachable(format!(
-                    "{url}: no answer within {}s",
-                    TIMEOUT.as_secs()
-                )))
+                Err(ClientError::Unreachable {
+                    url: url.clone(),
+                    reason: format!("no answer within {timeout:?}"),
+                })
             })
     }
 
     async fn exchange(&self, url: &str) -> Result<Answer, ClientError> {
-        let unreachable = |e: &dyn fmt::Display| ClientError::Unreachable(format!("{url}: {e}"));
+        let unreachable = |e: &dyn fmt::Display| ClientError::Unreachable {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        };
         let stream = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| unreachable(&e))?;
@@ -122,7 +121,7 @@ impl Client {
 }
 
 /// `text` percent-encoded for a URL path segment or query value.
-pub fn encode(text: &str) -> String {
+pub(super) fn encode(text: &str) -> String {
     let mut encoded = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -140,13 +139,14 @@ mod tests {
 
     #[test]
     fn server_urls_are_http_with_an_optional_prefix() {
-        let client = Client::new("http://127.0.0.1:8080/", None).unwrap();
-        assert_eq!((client.host.as_str(), client.port), ("127.0.0.1", 8080));
-        assert_eq!(client.prefix, "");
-        let behind = Client::new("http://warren.internal/api", None).unwrap();
+        let server = Transport::new("http://127.0.0.1:8080/", None).unwrap();
+        assert_eq!((server.host.as_str(), server.port), ("127.0.0.1", 8080));
+        assert_eq!(server.prefix, "");
+        let behind = Transport::new("http://warren.internal/api", None).unwrap();
         assert_eq!((behind.port, behind.prefix.as_str()), (80, "/api"));
-        assert!(Client::new("https://warren.internal", None).is_err());
-        assert!(Client::new("not a url", None).is_err());
+        assert_eq!(behind.url("/v1/x"), "http://warren.internal/api/v1/x");
+        assert!(Transport::new("https://warren.internal", None).is_err());
+        assert!(Transport::new("not a url", None).is_err());
     }
 
     #[test]
