@@ -13,6 +13,7 @@ mod broker_metrics;
 mod cascade;
 mod codec;
 mod connect;
+pub mod control;
 mod dead_letter;
 mod declare;
 pub mod delay;

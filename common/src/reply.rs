@@ -20,6 +20,8 @@ pub enum ReplyStatus {
     DeadLettered,
     /// Its expiry passed before it could run.
     Expired,
+    /// It was cancelled through the control stream.
+    Cancelled,
 }
 
 impl ReplyStatus {
@@ -29,6 +31,7 @@ impl ReplyStatus {
             ReplyStatus::Succeeded => "succeeded",
             ReplyStatus::DeadLettered => "dead_lettered",
             ReplyStatus::Expired => "expired",
+            ReplyStatus::Cancelled => "cancelled",
         }
     }
 }

@@ -2,6 +2,7 @@
 //! confirmed it, pipelines confirms when many tasks are in flight, and turns nacks, unroutable
 //! messages and lost connections into errors.
 
+mod control;
 mod dead_letters;
 #[cfg(any(feature = "http", feature = "scheduler"))]
 pub mod defaults;
@@ -12,6 +13,7 @@ pub mod scheduler;
 #[cfg(any(feature = "status", feature = "status-client"))]
 pub mod status;
 
+pub use control::{Control, ControlError, DEFAULT_CONTROL_STREAM};
 pub use dead_letters::{
     DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection,
     BROKER_DEAD_LETTER_DELIVERY_COUNT, BROKER_KIND_PREFIX,

@@ -106,5 +106,6 @@ fn fate(outcome: &Outcome) -> String {
             format!("dead-lettered ({}): {}", failure.kind, failure.reason)
         }
         Outcome::Isolate { returns } => format!("isolated after {returns} returns"),
+        Outcome::Cancelled => "cancelled (acked, not retried)".to_owned(),
     }
 }

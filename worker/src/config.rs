@@ -123,6 +123,12 @@ pub struct WorkerArgs {
     /// consuming until events can be recorded again.
     #[arg(long, env = "WARREN_EVENTS_TIMEOUT", default_value_t = defaults::EVENTS_TIMEOUT.into())]
     pub events_timeout: humantime::Duration,
+    /// Follow this control stream (docs/wire-format.md §13), e.g. warren.control: skip
+    /// cancelled tasks, stop cancelled handlers, stop consuming paused queues. Read from its
+    /// start before any queue is consumed. Declared with a day's retention unless it
+    /// exists. Off unless given.
+    #[arg(long, env = "WARREN_CONTROL_STREAM", value_name = "STREAM")]
+    pub control_stream: Option<String>,
 }
 
 /// A setting that cannot work.
@@ -188,6 +194,10 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// How long finished tasks wait for their events' confirmation.
     pub events_timeout: Duration,
+    /// The control stream followed (`None`: none is).
+    pub control_stream: Option<String>,
+    /// How old the control stream's last snapshot may get before this worker writes one.
+    pub control_snapshot_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -218,6 +228,8 @@ impl WorkerConfig {
             events_stream: None,
             heartbeat_interval: defaults::HEARTBEAT_INTERVAL,
             events_timeout: defaults::EVENTS_TIMEOUT,
+            control_stream: None,
+            control_snapshot_interval: warren_common::control::SNAPSHOT_INTERVAL,
         }
     }
 
@@ -322,6 +334,8 @@ impl TryFrom<&WorkerArgs> for WorkerConfig {
             events_stream: args.events_stream.clone(),
             heartbeat_interval: args.heartbeat_interval.into(),
             events_timeout: args.events_timeout.into(),
+            control_stream: args.control_stream.clone(),
+            control_snapshot_interval: warren_common::control::SNAPSHOT_INTERVAL,
         };
         config.validate()?;
         Ok(config)

@@ -6,6 +6,7 @@
 
 mod config;
 mod consume;
+mod control;
 mod heartbeat;
 mod metrics;
 mod outcome;
@@ -21,6 +22,7 @@ pub mod testing;
 #[cfg(feature = "runtime")]
 pub use config::WorkerArgs;
 pub use config::{defaults, ConfigError, WorkerConfig};
+pub use control::Cancellation;
 pub use metrics::{Totals, WorkerMetrics, UNKNOWN_TASK_LABEL};
 pub use outcome::{Failure, Outcome, ReasonKind};
 pub use pool::{DrainReport, Worker, WorkerError};
@@ -49,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) rate_limits: rate_limit::RateLimits,
     pub(crate) tasks: TaskTracker,
     pub(crate) topology: warren_common::Topology,
+    /// The control stream's state (cancellations, pauses), if the worker follows one.
+    pub(crate) control: Option<Arc<control::Control>>,
     /// Where task events are recorded, if they are.
     pub(crate) events: Option<warren_common::events::EventLog>,
     /// The tasks running that recorded `started`, for the heartbeats.

@@ -45,6 +45,9 @@ pub enum Outcome {
         /// How many times the broker returned it to the work queue.
         returns: u64,
     },
+    /// It was cancelled through the control stream (before it ran, or its handler was
+    /// stopped): ack it, and do not retry it.
+    Cancelled,
 }
 
 impl Outcome {

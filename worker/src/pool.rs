@@ -99,6 +99,12 @@ impl Worker {
                 .events_stream
                 .as_ref()
                 .map(|stream| EventLog::new(stream.clone(), config.worker_id.clone())),
+            control: config.control_stream.as_ref().map(|stream| {
+                Arc::new(crate::control::Control::new(
+                    stream.clone(),
+                    config.control_snapshot_interval,
+                ))
+            }),
             running: Default::default(),
             started_at_ms: warren_common::now_ms(),
             registry,
@@ -251,7 +257,9 @@ impl Worker {
         drain: &CancellationToken,
     ) -> Ended {
         let stop = drain.child_token();
-        let states = QueueStates::new(&self.shared.config.queues, self.health.clone());
+        let config = &self.shared.config;
+        let control = config.control_stream.as_deref();
+        let states = QueueStates::new(&config.queues, control, self.health.clone());
         // Retries go through the cascade: try it once before any task can fail.
         let cascade = match declare_cascade(conn, &states, &stop, true).await {
             Some(error) if error.is_permanent() => {
@@ -284,7 +292,8 @@ impl Worker {
             let monitor = async {
                 let events = declare_events(&self.shared, conn, &stop);
                 let monitor = crate::consume::monitor::monitor(&self.shared, conn, &states, &stop);
-                futures::future::join(events, monitor).await;
+                let control = crate::control::follow(&self.shared, conn, publisher, &states, &stop);
+                futures::future::join3(events, monitor, control).await;
             };
             let lost = async {
                 connection_lost(conn, &stop).await;

@@ -39,6 +39,9 @@ pub struct TaskContext {
     pub redelivered: bool,
     /// The publisher's W3C `traceparent`, to propagate to work the handler starts.
     pub traceparent: Option<String>,
+    /// Whether the task was cancelled (docs/wire-format.md §13): an async handler is stopped
+    /// at its next await anyway; code that blocks polls it.
+    pub cancellation: crate::Cancellation,
 }
 
 /// A failed task. Plain errors converted with `?` are retryable; wrap an error in

@@ -1,6 +1,7 @@
 //! The `warren-producer` command line: publish tasks, inspect queues, serve the HTTP API and
 //! ask it what became of tasks.
 
+mod control;
 mod dead_letters;
 pub mod events;
 mod publish;
@@ -19,9 +20,9 @@ use warren_common::{give_up_after, Amqp, AmqpArgs, LogFormat, Shutdown, Unreacha
 
 /// Exit codes, as `--help` lists them.
 const EXIT_CODES: &str = "Exit codes: 0 done; 1 failed (the message says why); 2 invalid flags \
-    or a refused command; 69 publish, stats or dead-letters could not connect to the broker \
-    within --connect-timeout, or tasks could not reach the server; 130 a second signal aborted \
-    the command.";
+    or a refused command; 69 publish, stats, dead-letters, tasks cancel or queues could not \
+    connect to the broker within --connect-timeout, or tasks status|list could not reach the \
+    server; 130 a second signal aborted the command.";
 
 /// Publish Warren tasks and inspect Warren queues.
 #[derive(Debug, Parser)]
@@ -61,8 +62,12 @@ enum Command {
     /// Serve the HTTP ingest: publish tasks posted as JSON (see docs/openapi.yaml); with
     /// --index, also keep the status index and answer what became of tasks.
     Serve(serve::ServeArgs),
-    /// Ask a `serve` with --index what became of tasks: `tasks status ID`, `tasks list`.
+    /// Ask a `serve` with --index what became of tasks: `tasks status ID`, `tasks list`;
+    /// cancel one through the control stream: `tasks cancel ID`.
     Tasks(tasks::TasksArgs),
+    /// Pause or resume consuming a queue, through the control stream: `queues pause Q`,
+    /// `queues resume Q`.
+    Queues(control::QueuesArgs),
     /// Ask a `serve` with --index which workers it heard from: alive, or gone (drained, or
     /// silent for three heartbeat intervals) within the last hour.
     Workers(workers::WorkersArgs),
@@ -70,7 +75,7 @@ enum Command {
 
 impl Cli {
     /// Whether the command does one thing and exits (`publish`, `stats`, `dead-letters`,
-    /// `tasks`, `workers`), rather than serving until stopped.
+    /// `tasks`, `queues`, `workers`), rather than serving until stopped.
     pub fn is_one_shot(&self) -> bool {
         !matches!(self.command, Command::Serve(_))
     }
@@ -127,7 +132,8 @@ pub async fn run(cli: Cli, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => {
             serve::run(args, &amqp, &cli.exchange, cli.via_exchange, &shutdown).await
         }
-        Command::Tasks(args) => tasks::run(args).await,
+        Command::Tasks(args) => tasks::run(args, &amqp, &shutdown).await,
+        Command::Queues(args) => control::queues(args, &amqp, &shutdown).await,
         Command::Workers(args) => workers::run(args).await,
     };
     match result.map_err(anyhow::Error::downcast::<Unreachable>) {
@@ -153,6 +159,7 @@ mod tests {
             Command::Publish(a) => a.connect.connect_timeout,
             Command::Stats(a) => a.connect.connect_timeout,
             Command::DeadLetters(a) => a.connect.connect_timeout,
+            Command::Queues(a) => a.connect().connect_timeout,
             Command::Serve(_) | Command::Tasks(_) | Command::Workers(_) => {
                 panic!("no broker connect timeout")
             }

@@ -160,6 +160,7 @@ fn answered(called: Result<Reply<'static>, CallError>) -> anyhow::Result<ExitCod
                 ReplyStatus::Succeeded => return Ok(ExitCode::SUCCESS),
                 ReplyStatus::DeadLettered => wait::DEAD_LETTERED,
                 ReplyStatus::Expired => wait::EXPIRED,
+                ReplyStatus::Cancelled => wait::ENDED_OTHERWISE,
             };
             eprintln!("error: task {} ended {}", reply.id, reply.status.as_str());
             Ok(ExitCode::from(code))

@@ -82,6 +82,10 @@ pub struct ServeArgs {
     #[arg(long, env = "WARREN_INDEX_RETENTION",
           default_value_t = index_defaults::RETENTION.into())]
     index_retention: humantime::Duration,
+    /// The control stream POST /v1/tasks/{id}/cancel and POST /v1/queues/{queue}/pause|resume
+    /// write to (the workers' --control-stream).
+    #[arg(long, env = "WARREN_CONTROL_STREAM", default_value = warren_producer::DEFAULT_CONTROL_STREAM)]
+    control_stream: String,
 }
 
 /// Serves until the first shutdown signal, then drains.
@@ -138,6 +142,7 @@ pub async fn run(
                 retention: args.index_retention.into(),
                 ..IndexConfig::new(stream, path)
             }),
+        control_stream: args.control_stream,
         ..IngestConfig::new(publisher)
     };
     serve_ingest(listener, config, shutdown.drain.clone()).await?;

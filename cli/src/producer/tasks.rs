@@ -1,7 +1,8 @@
 //! `warren-producer tasks status|list|wait`: what became of tasks, asked of a
 //! `warren-producer serve` that keeps a status index (`GET /v1/tasks/{id}` and
 //! `GET /v1/tasks`, see docs/openapi.yaml) through the library's `StatusClient`. Text for
-//! people, or the server's JSON answer with `--json`.
+//! people, or the server's JSON answer with `--json`. `tasks cancel` writes to the control stream
+//! instead (`super::control`).
 
 use super::wait::{self, WaitArgs};
 use anyhow::Context;
@@ -49,6 +50,10 @@ enum TasksCommand {
     /// Wait for a task to end and show its final status. Exit codes: 0 succeeded,
     /// 4 dead-lettered, 5 expired, 6 ended otherwise, 75 not ended within --timeout.
     Wait(WaitArgs),
+    /// Cancel a task: written to the control stream over AMQP (not through the server);
+    /// workers following it do not run the task, or stop its handler. Says so when the
+    /// server's index shows the task had already ended.
+    Cancel(super::control::CancelArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -60,7 +65,7 @@ struct StatusArgs {
 #[derive(Debug, clap::Args)]
 struct ListArgs {
     /// Only tasks in this state.
-    #[arg(long, value_parser = ["published", "running", "lost", "retrying", "succeeded", "dead_lettered", "expired"])]
+    #[arg(long, value_parser = ["published", "running", "lost", "retrying", "succeeded", "dead_lettered", "expired", "cancelled"])]
     state: Option<String>,
     /// Only tasks of this name.
     #[arg(long)]
@@ -82,12 +87,20 @@ struct ListArgs {
 /// Asks the server and prints its answer. Exit codes: 0 answered (an unknown task
 /// included), 1 the server refused the request, 69 the server could not be reached; `wait`
 /// has its own (see [`wait::run`]).
-pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    args: TasksArgs,
+    amqp: &warren_common::Amqp,
+    shutdown: &warren_common::Shutdown,
+) -> anyhow::Result<ExitCode> {
+    if let TasksCommand::Cancel(cancel) = args.command {
+        return super::control::cancel(cancel, &args.server, amqp, shutdown).await;
+    }
     let client = client(&args.server)?;
     let json = match &args.command {
         TasksCommand::Status(status) => answered(client.task(&status.id).await)?,
         TasksCommand::List(list) => answered(client.tasks(&list.query()?).await)?,
         TasksCommand::Wait(wait) => return wait::run(&client, wait, args.server.json).await,
+        TasksCommand::Cancel(_) => unreachable!("answered above"),
     };
     let json = match json {
         Ok(json) => json,
@@ -102,6 +115,13 @@ pub async fn run(args: TasksArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The ending the server's index shows for task `id` (`succeeded`, `dead_lettered`,
+/// `expired`), if the server answers and shows one: a cancel made now lost the race.
+pub(super) async fn ended_state(args: &ServerArgs, id: &str) -> Option<State> {
+    let status = client(args).ok()?.task(id).await.ok()?;
+    (status.state.is_ended() && status.state != State::Cancelled).then_some(status.state)
 }
 
 /// The client of the server `args` names.

@@ -13,7 +13,7 @@ pub(super) const DEAD_LETTERED: u8 = 4;
 /// The task expired before it could run.
 pub(super) const EXPIRED: u8 = 5;
 /// The task ended in another way (one added after these codes, such as a cancellation).
-const ENDED_OTHERWISE: u8 = 6;
+pub(super) const ENDED_OTHERWISE: u8 = 6;
 /// The task had not ended within `--timeout` (sysexits' EX_TEMPFAIL: ask again later).
 pub(super) const NOT_ENDED: u8 = 75;
 

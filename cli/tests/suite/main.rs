@@ -8,6 +8,7 @@ mod broker_restart;
 mod calls;
 mod cluster;
 mod consume_loop;
+mod control;
 mod crash;
 mod dead_letters;
 mod dependencies;

@@ -13,7 +13,9 @@ mod workers;
 
 use crate::binary;
 use crate::http_ingest::openapi::Spec;
-use crate::http_ingest::support::{delete_stream, remove_index, serve_command, sigterm, Client};
+use crate::http_ingest::support::{
+    delete_stream, remove_index, serve_command, sigterm, Client, JSON,
+};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -50,6 +52,11 @@ impl Names {
         }
     }
 
+    /// The control stream the test's workers and server use.
+    fn control(&self) -> String {
+        format!("{}.control", self.queue)
+    }
+
     fn index(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -58,6 +65,7 @@ impl Names {
         let conn = raw_connection().await;
         delete_queues(&conn, &self.queue).await;
         delete_stream(&conn, &self.stream).await;
+        delete_stream(&conn, &self.control()).await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -80,6 +88,7 @@ impl Serve {
         let mut child = serve_command(&names.queue, "127.0.0.1:0", &names.token_file)
             .args(["--events-stream", &names.stream, "--index"])
             .arg(index)
+            .args(["--control-stream", &names.control()])
             .args(args)
             .spawn()
             .expect("warren-producer serve starts");
@@ -358,6 +367,97 @@ async fn each_state_is_reported_alike_by_http_and_the_cli() {
         ) >= 7.0
     );
     worker.stop().await;
+    serve.stop().await;
+    names.clean_up().await;
+}
+
+/// Runs `warren-producer tasks cancel ID` for the test's control stream, asking `serve`
+/// whether the task had ended: (exit code, stdout and stderr).
+async fn cli_cancel(serve: &Serve, names: &Names, id: &str) -> (i32, String) {
+    let control = names.control();
+    let (code, out) = cli(serve, names, &["cancel", id, "--control-stream", &control]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("cancel of {id} recorded")), "{out}");
+    (code, out)
+}
+
+#[tokio::test]
+async fn cancelled_tasks_are_reported_alike_and_a_late_cancel_says_the_task_had_ended() {
+    let names = Names::new("status.cancel");
+    let mut config = test_config(&names.queue);
+    config.events_stream = Some(names.stream.clone());
+    config.control_stream = Some(names.control());
+    let mut registry = Registry::new();
+    demo::register(&mut registry);
+    let worker = TestWorker::start(registry, config).await;
+    let serve = Serve::start(&names, &names.index("index.db")).await;
+    let publisher = publisher(&names.queue).await;
+    let long = || demo::Sleep { ms: 600_000 };
+    let running_cli = publisher.send(&long()).await.unwrap().to_string();
+    let running_http = publisher.send(&long()).await.unwrap().to_string();
+    let delayed = TaskOptions::new().delay(Duration::from_secs(2));
+    let delayed = publisher
+        .publish("demo.noop", &(), &delayed)
+        .await
+        .unwrap()
+        .to_string();
+    let done = publisher
+        .publish("demo.noop", &(), &TaskOptions::new())
+        .await
+        .unwrap()
+        .to_string();
+
+    // Running: stopped, through the CLI and through HTTP.
+    serve.wait_for_state(&running_cli, "running").await;
+    serve.wait_for_state(&running_http, "running").await;
+    let (_, out) = cli_cancel(&serve, &names, &running_cli).await;
+    assert!(!out.contains("finished before the cancel"), "{out}");
+    let answer = serve
+        .client
+        .post_raw(
+            &format!("/v1/tasks/{running_http}/cancel"),
+            JSON,
+            String::new(),
+        )
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.text);
+    assert_eq!(answer.json["finished_before_cancel"], Value::Null);
+    // In the delay cascade: not run when it comes back.
+    cli_cancel(&serve, &names, &delayed).await;
+    for id in [&running_cli, &running_http, &delayed] {
+        serve.wait_for_state(id, "cancelled").await;
+        assert_eq!(
+            cli_state(&serve, &names, id).await,
+            "cancelled",
+            "task {id}"
+        );
+    }
+    let cancelled = serve.list_ids("state=cancelled").await;
+    assert_eq!(
+        cancelled.into_iter().collect::<BTreeSet<_>>(),
+        [&running_cli, &running_http, &delayed]
+            .into_iter()
+            .cloned()
+            .collect()
+    );
+
+    // A cancel that loses the race says so, and the task stays succeeded.
+    serve.wait_for_state(&done, "succeeded").await;
+    let (_, out) = cli_cancel(&serve, &names, &done).await;
+    assert!(
+        out.contains("finished before the cancel: succeeded"),
+        "{out}"
+    );
+    let late = serve
+        .client
+        .post_raw(&format!("/v1/tasks/{done}/cancel"), JSON, String::new())
+        .await;
+    assert_eq!(late.json["finished_before_cancel"], "succeeded");
+    assert_eq!(cli_state(&serve, &names, &done).await, "succeeded");
+
+    let report = worker.stop().await;
+    assert_eq!(report.totals.retried + report.totals.dead_lettered, 0);
+    assert_eq!(report.abandoned, 0);
     serve.stop().await;
     names.clean_up().await;
 }

@@ -116,6 +116,9 @@ pub enum EventKind {
     DeadLettered,
     /// It was dead-lettered because its expiry passed before it could run.
     Expired,
+    /// It was cancelled (the control stream, docs/wire-format.md §13): not run, or its
+    /// handler stopped, and not retried.
+    Cancelled,
 }
 
 impl EventKind {
@@ -128,6 +131,7 @@ impl EventKind {
             EventKind::Retrying => "retrying",
             EventKind::DeadLettered => "dead_lettered",
             EventKind::Expired => "expired",
+            EventKind::Cancelled => "cancelled",
         }
     }
 
@@ -135,7 +139,10 @@ impl EventKind {
     pub fn is_ending(self) -> bool {
         matches!(
             self,
-            EventKind::Succeeded | EventKind::DeadLettered | EventKind::Expired
+            EventKind::Succeeded
+                | EventKind::DeadLettered
+                | EventKind::Expired
+                | EventKind::Cancelled
         )
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct AppState {
     pub(crate) max_batch: usize,
     /// Longest `?wait=` of `POST /v1/tasks`.
     pub(crate) max_wait: Duration,
+    /// The control stream the control endpoints write to.
+    pub(crate) control_stream: Arc<str>,
     /// Readers of the status index, if the server keeps one.
     #[cfg(feature = "status")]
     pub(crate) index: Option<Arc<crate::status::query::Readers>>,

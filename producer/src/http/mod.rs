@@ -12,6 +12,7 @@ mod auth;
 mod body;
 mod broker;
 mod conn;
+mod control;
 mod error;
 mod handlers;
 mod json;
@@ -72,6 +73,9 @@ pub struct IngestConfig {
     /// The status index to keep and answer `GET /v1/tasks` from; none: those answer 501.
     #[cfg(feature = "status")]
     pub index: Option<crate::status::IndexConfig>,
+    /// The control stream `POST /v1/tasks/{id}/cancel` and `/v1/queues/{queue}/pause|resume`
+    /// write to (the workers' `--control-stream`); default `warren.control`.
+    pub control_stream: String,
 }
 
 impl IngestConfig {
@@ -93,6 +97,7 @@ impl IngestConfig {
             events: None,
             #[cfg(feature = "status")]
             index: None,
+            control_stream: crate::DEFAULT_CONTROL_STREAM.to_owned(),
         }
     }
 }
@@ -151,6 +156,7 @@ pub async fn serve_ingest(
         default_queue: default_queue.as_str().into(),
         max_batch: config.max_batch,
         max_wait: config.max_wait,
+        control_stream: config.control_stream.as_str().into(),
         #[cfg(feature = "status")]
         index: index.as_ref().map(|i| i.readers.clone()),
     };
@@ -215,6 +221,9 @@ fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpM
         .route("/v1/tasks", get(reads::list_tasks))
         .route("/v1/tasks/{id}", get(reads::get_task))
         .route("/v1/workers", get(reads::list_workers))
+        .route("/v1/tasks/{id}/cancel", post(control::cancel))
+        .route("/v1/queues/{queue}/pause", post(control::pause))
+        .route("/v1/queues/{queue}/resume", post(control::resume))
         // Added last, so it runs first: nothing of an unauthorised body is read.
         .route_layer(from_fn_with_state(
             config.auth_token.clone(),

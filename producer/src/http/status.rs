@@ -111,7 +111,7 @@ fn filter(query: &str) -> Result<Filter, FieldError> {
                         "state",
                         format!(
                             "`{value}` is not a state: published, running, lost, retrying, \
-                             succeeded, dead_lettered or expired"
+                             succeeded, dead_lettered, expired or cancelled"
                         ),
                     )
                 })?);

@@ -30,13 +30,15 @@ pub enum State {
     DeadLettered,
     /// It was dead-lettered because its expiry passed before it could run.
     Expired,
+    /// It was cancelled (the control stream): not run, or its handler stopped.
+    Cancelled,
     /// No event of it has reached the index.
     Unknown,
 }
 
 impl State {
     /// The states the index stores (all but `unknown`).
-    pub const INDEXED: [State; 7] = [
+    pub const INDEXED: [State; 8] = [
         State::Published,
         State::Running,
         State::Lost,
@@ -44,6 +46,7 @@ impl State {
         State::Succeeded,
         State::DeadLettered,
         State::Expired,
+        State::Cancelled,
     ];
 
     /// The state an event leaves its task in.
@@ -55,6 +58,7 @@ impl State {
             EventKind::Retrying => State::Retrying,
             EventKind::DeadLettered => State::DeadLettered,
             EventKind::Expired => State::Expired,
+            EventKind::Cancelled => State::Cancelled,
         }
     }
 
@@ -68,6 +72,7 @@ impl State {
             State::Succeeded => "succeeded",
             State::DeadLettered => "dead_lettered",
             State::Expired => "expired",
+            State::Cancelled => "cancelled",
             State::Unknown => "unknown",
         }
     }
@@ -84,7 +89,7 @@ impl State {
     pub fn is_ended(self) -> bool {
         matches!(
             self,
-            State::Succeeded | State::DeadLettered | State::Expired
+            State::Succeeded | State::DeadLettered | State::Expired | State::Cancelled
         )
     }
 }
@@ -117,7 +122,7 @@ pub(crate) struct Rank {
     /// `delivery_count`, 0 when absent.
     pub(crate) delivery_count: u64,
     /// 0 for `published`, 1 for `started`, 2 for an ending (`succeeded`, `retrying`,
-    /// `dead_lettered`, `expired`).
+    /// `dead_lettered`, `expired`, `cancelled`).
     pub(crate) phase: u8,
     pub(crate) position: Position,
 }
@@ -155,7 +160,8 @@ fn phase(kind: EventKind) -> u8 {
         EventKind::Succeeded
         | EventKind::Retrying
         | EventKind::DeadLettered
-        | EventKind::Expired => 2,
+        | EventKind::Expired
+        | EventKind::Cancelled => 2,
     }
 }
 

@@ -199,6 +199,8 @@ pub(crate) struct Acks<'a> {
     stall: Timer,
     /// Set once the events stream stalled: nothing waiting for an event is acked any more.
     stalled: bool,
+    /// Deliveries covered by the frames sent so far.
+    sent: u64,
 }
 
 /// A timer that is either armed for a deadline or off.
@@ -248,6 +250,7 @@ impl<'a> Acks<'a> {
             events_timeout,
             stall: Timer::new(),
             stalled: false,
+            sent: 0,
         }
     }
 
@@ -388,6 +391,12 @@ impl<'a> Acks<'a> {
         }
     }
 
+    /// How many deliveries the frames sent so far settled: with the highest delivery tag
+    /// received, how many the channel holds unsettled.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
+
     /// Flushes everything, waits until every frame is written (or has failed), and returns
     /// how many deliveries' settlements could not be sent.
     pub(crate) async fn finish(mut self) -> u64 {
@@ -404,6 +413,7 @@ impl<'a> Acks<'a> {
 
     /// Sends `action`, which settles `deliveries` deliveries.
     fn send_covering(&mut self, action: AckAction, deliveries: u64) {
+        self.sent += deliveries;
         let channel = self.channel;
         let frame = async move {
             let result = match action {

@@ -17,6 +17,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -37,6 +38,11 @@ pub(crate) const CONSUMER_TAG: &str = "warren";
 const RETURN_WINDOW: Duration = Duration::from_secs(5);
 /// How long a stopping consumer waits for the broker to confirm its cancel.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the consumer of a paused queue waits, before its cancel, for the broker to have
+/// sent it all it may send (see [`exhaust_credit`]).
+const PAUSE_SETTLE: Duration = Duration::from_secs(2);
+/// How often, meanwhile, it looks whether the queue has anything left to send.
+const PAUSE_POLL: Duration = Duration::from_millis(50);
 
 /// Why a consume loop stopped taking deliveries.
 pub(crate) enum ConsumerEnd {
@@ -156,7 +162,13 @@ impl Owned {
         mut consumer: Consumer,
         ended: oneshot::Sender<Option<String>>,
     ) -> u64 {
+        // Whether the queue was paused when the loop was stopped: then what never started goes
+        // back by copy, even if the queue is resumed before it is all given back.
+        let pausing = AtomicBool::new(false);
+        // The highest delivery tag received on the channel.
+        let mut last_tag = 0;
         let deliveries = Deliveries {
+            pausing: &pausing,
             shared: &self.shared,
             publisher: &self.publisher,
             queue: &self.queue,
@@ -183,6 +195,12 @@ impl Owned {
             tokio::select! {
                 biased;
                 _ = &mut stopped, if taking => {
+                    if deliveries.is_paused() {
+                        pausing.store(true, Ordering::Release);
+                        let prefetch = self.shared.config.prefetch;
+                        let sent = acks.sent();
+                        exhaust_credit(deliveries, &mut consumer, &mut waiting, sent, &mut last_tag, prefetch).await;
+                    }
                     phase = Phase::Returning;
                     returned.as_mut().reset(Instant::now() + RETURN_WINDOW);
                     let cancel =
@@ -194,7 +212,7 @@ impl Owned {
                             "the broker did not confirm the consumer's cancel; going on");
                     }
                     for delivery in waiting.drain(..) {
-                        deliveries.returned(&mut acks, &delivery);
+                        deliveries.returned(&mut acks, delivery, &mut running);
                     }
                     if let Some(ended) = ended.take() {
                         let _ = ended.send(None);
@@ -213,7 +231,7 @@ impl Owned {
                     (Phase::Taking, Some(Ok(delivery))) => {
                         take(deliveries, delivery, &mut waiting, &mut acks, &mut running);
                     }
-                    (_, Some(Ok(delivery))) => deliveries.returned(&mut acks, &delivery),
+                    (_, Some(Ok(delivery))) => deliveries.returned(&mut acks, delivery, &mut running),
                     (Phase::Taking, end) => {
                         let reason = match end {
                             Some(Err(error)) => format!("consumer of `{}` failed: {error}", deliveries.queue),
@@ -240,6 +258,7 @@ impl Owned {
                 }
                 if phase == Phase::Taking {
                     while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+                        last_tag = delivery.delivery_tag;
                         take(deliveries, delivery, &mut waiting, &mut acks, &mut running);
                         progressed = true;
                     }
@@ -286,6 +305,41 @@ impl Owned {
             let _ = tokio::time::timeout(CANCEL_TIMEOUT, close).await;
         }
         lost
+    }
+}
+
+/// Before the consumer of a paused queue is cancelled: waits (at most [`PAUSE_SETTLE`], acking
+/// nothing meanwhile: `sent` deliveries are settled) until the broker can send it nothing more, because the channel holds a
+/// full prefetch window unsettled or the queue has nothing ready. A quorum queue returns what
+/// it sent to a consumer being cancelled, raising its delivery count; once the window is full
+/// nothing is on its way. What arrives meanwhile waits with the rest, to be given back.
+async fn exhaust_credit(
+    deliveries: Deliveries<'_>,
+    consumer: &mut Consumer,
+    waiting: &mut VecDeque<Delivery>,
+    sent: u64,
+    last_tag: &mut u64,
+    prefetch: u16,
+) {
+    let deadline = Instant::now() + PAUSE_SETTLE;
+    // A prefetch of 0 is no limit: only an empty queue sends nothing more.
+    while prefetch == 0 || last_tag.saturating_sub(sent) < u64::from(prefetch) {
+        let poll = (Instant::now() + PAUSE_POLL).min(deadline);
+        match tokio::time::timeout_at(poll, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                *last_tag = delivery.delivery_tag;
+                deliveries.taken();
+                waiting.push_back(delivery);
+            }
+            Ok(_) => return,
+            Err(_) if Instant::now() >= deadline => return,
+            Err(_) => {
+                match warren_common::inspect_queue(deliveries.channel, deliveries.queue).await {
+                    Ok(state) if state.ready > 0 => {}
+                    _ => return,
+                }
+            }
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use futures::FutureExt;
 use governor::DefaultDirectRateLimiter as RateLimiter;
 use lapin::message::Delivery;
 use lapin::options::BasicQosOptions;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +40,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use tracing::{Instrument, Span};
 use warren_common::events::{EventKind, Ticket};
 use warren_common::Publisher;
+use warren_common::{headers_without, republished, BROKER_HEADERS};
 use warren_common::{Claimed, Envelope, EnvelopeError};
 
 /// What every delivery of one consume loop borrows.
@@ -52,6 +53,8 @@ pub(crate) struct Deliveries<'a> {
     pub(crate) stop: &'a CancellationToken,
     /// The consume loop's channel.
     pub(crate) channel: &'a lapin::Channel,
+    /// Set when the loop was stopped by a pause of its queue.
+    pub(crate) pausing: &'a AtomicBool,
 }
 
 /// Where a delivery is after taking it as far as it could go without waiting. The delivery
@@ -101,11 +104,54 @@ impl<'a> Deliveries<'a> {
         self.metrics.deliveries.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Returns a delivery that was never started to its queue.
-    pub(crate) fn returned(self, acks: &mut Acks<'_>, delivery: &Delivery) {
+    /// Returns a delivery that was never started to its queue: requeued, or, when its queue
+    /// is paused, copied back to it (see [`give_back`](Self::give_back)) in a future added to
+    /// `running`.
+    pub(crate) fn returned(
+        self,
+        acks: &mut Acks<'_>,
+        delivery: Delivery,
+        running: &mut FuturesUnordered<BoxFuture<'a, Settled>>,
+    ) {
+        if self.pausing.load(Ordering::Acquire) {
+            running.push(self.give_back(delivery).boxed());
+            return;
+        }
         self.metrics.requeued.inc();
         self.metrics.held.dec();
         acks.settle(Settle::Requeue(delivery.delivery_tag));
+    }
+
+    /// Whether this loop's queue is paused through the control stream.
+    pub(crate) fn is_paused(self) -> bool {
+        self.shared
+            .control
+            .as_ref()
+            .is_some_and(|control| control.is_paused(self.queue))
+    }
+
+    /// Gives a delivery that never started back to its paused queue without raising its
+    /// delivery count (a requeue would: a few pauses would dead-letter it as a crash loop):
+    /// publishes a copy (same body, properties and headers but the broker's) with a confirm,
+    /// then acks it. A copy that cannot be published falls back to a requeue.
+    async fn give_back(self, delivery: Delivery) -> Settled {
+        let properties = &delivery.properties;
+        let copy = republished(properties, headers_without(properties, &BROKER_HEADERS));
+        let id = Claimed::from_properties(properties).id.unwrap_or("");
+        let published = self
+            .publisher
+            .publish_raw("", self.queue, &delivery.data, copy, id)
+            .await;
+        self.metrics.requeued.inc();
+        self.metrics.held.dec();
+        match published {
+            Ok(()) => (Settle::Ack(delivery.delivery_tag), None),
+            Err(error) => {
+                tracing::warn!(queue = %self.queue, task_id = id, %error,
+                    "could not give a task back to its paused queue; requeueing it");
+                (Settle::Requeue(delivery.delivery_tag), None)
+            }
+        }
     }
 
     /// Starts one delivery, holding `permit`, and takes it as far as it goes without
@@ -224,7 +270,7 @@ impl<'a> Deliveries<'a> {
         metrics: &'a TaskMetrics,
         hold: Option<SemaphorePermit<'a>>,
     ) -> Stage<'a> {
-        if let Outcome::Ack = outcome {
+        if let Outcome::Ack | Outcome::Cancelled = outcome {
             let settle = Settle::Ack(delivery.delivery_tag);
             record(metrics, &outcome, settle);
             self.metrics.held.dec();
@@ -259,6 +305,9 @@ impl<'a> Deliveries<'a> {
                 } => {
                     // Stopped while waiting for its turn: it never started.
                     let Some((permit, cpu)) = self.turn(limiter, cpu).await else {
+                        if self.pausing.load(Ordering::Acquire) {
+                            return self.give_back(delivery).await;
+                        }
                         self.metrics.requeued.inc();
                         self.metrics.held.dec();
                         return (Settle::Requeue(delivery.delivery_tag), None);
@@ -416,5 +465,6 @@ pub(crate) fn record(metrics: &TaskMetrics, outcome: &Outcome, settle: Settle) {
         Outcome::Retry { .. } => metrics.retried.inc(),
         Outcome::DeadLetter(failure) => metrics.dead_lettered(failure.kind),
         Outcome::Isolate { .. } => metrics.isolated.inc(),
+        Outcome::Cancelled => {}
     }
 }

@@ -7,7 +7,7 @@ use crate::metrics::TaskMetrics;
 use crate::outcome::{Failure, Outcome, ReasonKind};
 use crate::output::Output;
 use crate::registry::{Entry, HandlerResult, TaskContext};
-use crate::Shared;
+use crate::{Cancellation, Shared};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use lapin::message::Delivery;
@@ -91,6 +91,12 @@ pub(crate) fn admit<'a>(
             format!("expired at {expires} ms"),
         ));
     }
+    if let Some(control) = &shared.control {
+        if control.is_cancelled(&envelope.id, envelope.created_ms) {
+            tracing::info!(outcome = "cancelled", "task cancelled before it ran");
+            return Err(Outcome::Cancelled);
+        }
+    }
     let entry = entry.ok_or_else(|| {
         dead(
             ReasonKind::UnknownTask,
@@ -131,6 +137,7 @@ pub(crate) async fn run(
 pub(crate) struct Handler {
     future: BoxFuture<'static, HandlerResult>,
     attempt: Attempt,
+    cancellation: Cancellation,
 }
 
 /// What concluding an attempt needs to know of it.
@@ -177,6 +184,7 @@ impl Handler {
         // broker-held delay or retry backoff.
         let ready = envelope.created_ms.max(envelope.not_before_ms);
         let attempt = envelope.attempt;
+        let cancellation = Cancellation::of(shared, &envelope.id, envelope.created_ms);
         let ctx = TaskContext {
             id: envelope.id,
             task: envelope.task,
@@ -187,6 +195,7 @@ impl Handler {
             created_ms: envelope.created_ms,
             redelivered: delivery.redelivered,
             traceparent: envelope.traceparent,
+            cancellation: cancellation.clone(),
         };
         let future = entry
             .start(ctx, envelope.codec, delivery.data)
@@ -203,7 +212,11 @@ impl Handler {
             number: attempt,
             max_attempts,
         };
-        Ok(Handler { future, attempt })
+        Ok(Handler {
+            future,
+            attempt,
+            cancellation,
+        })
     }
 
     /// Polls a handler that runs inline once, with a waker that does nothing: a handler
@@ -223,13 +236,32 @@ impl Handler {
         Ok(self.attempt.conclude(shared, metrics, ended))
     }
 
-    /// Runs the handler to its end, within its timeout.
+    /// Runs the handler to its end, within its timeout, unless its task is cancelled
+    /// meanwhile (then it is dropped, or aborted when spawned).
     pub(crate) async fn finish(self, shared: &Shared, metrics: &TaskMetrics) -> Ran {
-        let Handler { future, attempt } = self;
+        let cancellation = self.cancellation.clone();
+        // The cancellation first: blocking code that returns because it saw the cancellation
+        // ends a cancelled task, not a successful one (the token fires before it can see it).
+        tokio::select! {
+            biased;
+            () = cancellation.cancelled() => {
+                tracing::info!(outcome = "cancelled", "task cancelled while running; handler stopped");
+                (Outcome::Cancelled, None)
+            }
+            ran = self.run(shared, metrics) => ran,
+        }
+    }
+
+    async fn run(self, shared: &Shared, metrics: &TaskMetrics) -> Ran {
+        let Handler {
+            future, attempt, ..
+        } = self;
         let deadline = attempt.started + attempt.timeout;
         let handler = AssertUnwindSafe(future).catch_unwind();
         let ended = if attempt.spawn {
             let mut task = tokio::spawn(handler);
+            // Stopped with its task (a cancellation drops this future).
+            let _abort = AbortOnDrop(task.abort_handle());
             match tokio::time::timeout_at(deadline, &mut task).await {
                 Ok(joined) => Ok(joined.unwrap_or_else(|e| Err(Box::new(e.to_string())))),
                 Err(elapsed) => {
@@ -241,6 +273,15 @@ impl Handler {
             tokio::time::timeout_at(deadline, handler).await
         };
         attempt.conclude(shared, metrics, ended)
+    }
+}
+
+/// Aborts a spawned handler when dropped (a no-op once it has finished).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -44,6 +44,7 @@ pub(crate) fn report(
         }
         Outcome::DeadLetter(failure) => (EventKind::DeadLettered, Some(failure), None),
         Outcome::Isolate { .. } => return None,
+        Outcome::Cancelled => (EventKind::Cancelled, None, None),
     };
     let carried = output.map(|output| output.to_json(shared.config.max_result_bytes));
     if let Some(reply_to) = reply_to {
@@ -124,6 +125,7 @@ fn answer(
         EventKind::Succeeded => ReplyStatus::Succeeded,
         EventKind::DeadLettered => ReplyStatus::DeadLettered,
         EventKind::Expired => ReplyStatus::Expired,
+        EventKind::Cancelled => ReplyStatus::Cancelled,
         _ => return,
     };
     let claimed = Claimed::from_properties(&delivery.properties);

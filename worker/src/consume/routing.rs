@@ -30,7 +30,7 @@ pub(crate) async fn route(
     let tag = delivery.delivery_tag;
     let id = envelope.map(|e| e.id.as_str()).unwrap_or("");
     let published = match outcome {
-        Outcome::Ack => return Settle::Ack(tag),
+        Outcome::Ack | Outcome::Cancelled => return Settle::Ack(tag),
         Outcome::Retry { after, failure } => {
             let attempt = envelope.map_or(1, |e| e.attempt) + 1;
             let props = retry_properties(&delivery.properties, attempt, failure, *after);

@@ -28,10 +28,16 @@ enum State {
     Fine,
     /// The broker cannot serve it now, for this reason.
     Unavailable(String),
+    /// Paused through the control stream: not consumed, on purpose.
+    Paused,
 }
 
 /// Name under which the delay cascade's state is kept beside the queues'.
 const CASCADE: &str = "the delay cascade";
+
+/// Name under which the control stream's state is kept beside the queues' (`Fine` once the
+/// session has read it up to its start).
+const CONTROL: &str = "the control stream";
 
 /// The state of every queue of a session, and of the delay cascade, published to readiness.
 pub(crate) struct QueueStates {
@@ -41,13 +47,21 @@ pub(crate) struct QueueStates {
     resubscribe: HashMap<String, Notify>,
     /// Per queue: how many times it was subscribed in this session.
     subscriptions: HashMap<String, AtomicU64>,
+    /// The control stream followed, if any.
+    control: Option<String>,
+    /// Whether the session has read the control stream up to its start (or follows none).
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl QueueStates {
-    pub(crate) fn new(queues: &[String], health: Health) -> Self {
+    /// The states of `queues`, and of the control stream `control` if the worker follows one.
+    pub(crate) fn new(queues: &[String], control: Option<&str>, health: Health) -> Self {
         let mut states: BTreeMap<String, State> =
             queues.iter().map(|q| (q.clone(), State::Pending)).collect();
         states.insert(CASCADE.to_owned(), State::Pending);
+        if control.is_some() {
+            states.insert(CONTROL.to_owned(), State::Pending);
+        }
         let resubscribe = queues.iter().map(|q| (q.clone(), Notify::new())).collect();
         let subscriptions = queues
             .iter()
@@ -58,7 +72,36 @@ impl QueueStates {
             states: Mutex::new(states),
             resubscribe,
             subscriptions,
+            control: control.map(str::to_owned),
+            synced: tokio::sync::watch::Sender::new(control.is_none()),
         }
+    }
+
+    /// The session has read the control stream up to its start: its queues may be consumed.
+    pub(crate) fn control_synced(&self) {
+        self.synced.send_replace(true);
+        self.set(CONTROL, State::Fine);
+    }
+
+    /// The control stream cannot be read, for `reason`.
+    pub(crate) fn control_unavailable(&self, reason: String) {
+        self.set(CONTROL, State::Unavailable(reason));
+    }
+
+    /// Waits until the session has read the control stream up to its start; `false` if
+    /// `stop` fired first.
+    pub(crate) async fn control_read(&self, stop: &CancellationToken) -> bool {
+        let mut synced = self.synced.subscribe();
+        tokio::select! {
+            _ = stop.cancelled() => false,
+            // The sender lives as long as `self`.
+            read = synced.wait_for(|&synced| synced) => read.is_ok(),
+        }
+    }
+
+    /// `queue` is paused: not consumed, on purpose.
+    pub(crate) fn paused(&self, queue: &str) {
+        self.set(queue, State::Paused);
     }
 
     pub(crate) fn consuming(&self, queue: &str) {
@@ -110,15 +153,21 @@ impl QueueStates {
     fn set(&self, what: &str, state: State) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         states.insert(what.to_owned(), state);
-        // Until everything has been tried once the worker is still connecting.
-        if states.values().any(|s| *s == State::Pending) {
+        // Until everything has been tried once the worker is still connecting, unless the
+        // control stream it waits for before consuming anything is unavailable (say so).
+        let control_down = matches!(states.get(CONTROL), Some(State::Unavailable(_)));
+        if !control_down && states.values().any(|s| *s == State::Pending) {
             return;
         }
+        let control = self.control.as_deref().unwrap_or("");
         let missing: Vec<String> = states
             .iter()
             .filter_map(|(what, state)| match state {
                 State::Unavailable(reason) if what == CASCADE => {
                     Some(format!("{CASCADE} is unavailable ({reason})"))
+                }
+                State::Unavailable(reason) if what == CONTROL => {
+                    Some(format!("{CONTROL} `{control}` is unavailable ({reason})"))
                 }
                 State::Unavailable(reason) => {
                     Some(format!("queue `{what}` is unavailable ({reason})"))
@@ -126,17 +175,20 @@ impl QueueStates {
                 _ => None,
             })
             .collect();
-        let consumed = states
+        let paused = states
             .iter()
-            .any(|(what, state)| what != CASCADE && *state == State::Fine);
+            .filter(|(_, state)| **state == State::Paused)
+            .map(|(what, _)| format!("queue `{what}` is paused"));
+        let detail: Vec<String> = missing.iter().cloned().chain(paused).collect();
+        let detail = (!detail.is_empty()).then(|| detail.join("; "));
+        // A paused queue counts as served: a paused worker is healthy.
+        let consumed = states.iter().any(|(what, state)| {
+            what != CASCADE && what != CONTROL && matches!(state, State::Fine | State::Paused)
+        });
         match (missing.is_empty(), consumed) {
-            (true, _) => self.health.set_with(Readiness::Ready, None),
-            (false, true) => self
-                .health
-                .set_with(Readiness::Degraded, Some(missing.join("; "))),
-            (false, false) => self
-                .health
-                .set_with(Readiness::Unavailable, Some(missing.join("; "))),
+            (true, _) => self.health.set_with(Readiness::Ready, detail),
+            (false, true) => self.health.set_with(Readiness::Degraded, detail),
+            (false, false) => self.health.set_with(Readiness::Unavailable, detail),
         }
     }
 }
@@ -166,7 +218,24 @@ pub(crate) async fn subscribe(
         .with_retention(config.retention);
     let mut ackers = Vec::new();
     let mut pacer = Pacer::new();
+    // Nothing runs before the control records written so far are applied.
+    if !states.control_read(stop).await {
+        return Ended {
+            ackers,
+            fatal: None,
+        };
+    }
     while !stop.is_cancelled() && conn.status().connected() {
+        if let Some(control) = shared.control.as_ref().filter(|c| c.is_paused(&queue)) {
+            tracing::info!(queue = %queue, stream = control.stream(), "queue paused; not consuming it until resumed");
+            states.paused(&queue);
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                () = control.until(&queue, false) => {}
+            }
+            tracing::info!(queue = %queue, "queue resumed");
+            continue;
+        }
         if let Err(error) = shared.topology.declare(conn, &spec).await {
             if error.is_permanent() {
                 return Ended {
@@ -245,9 +314,21 @@ async fn consume_once(
     let consuming = consume(shared.clone(), link, queue.clone());
     tokio::pin!(consuming);
     let restart = states.resubscribe[&**queue].notified();
+    // A pause stops the consumer as a re-subscription does; the loop then waits for the
+    // resume before subscribing again.
+    let paused = async {
+        match &shared.control {
+            Some(control) => control.until(queue, true).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         end = &mut consuming => (end, false),
         _ = restart => {
+            own_stop.cancel();
+            (consuming.await, true)
+        }
+        () = paused => {
             own_stop.cancel();
             (consuming.await, true)
         }

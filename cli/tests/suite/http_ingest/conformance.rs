@@ -170,6 +170,40 @@ async fn every_documented_answer_is_produced_as_documented() {
         assert_eq!(down_client.get(path).await.status, 501);
     }
 
+    // The control routes: a cancel that lost the race to the task's end says so.
+    let post = |client: &Client, path: &str| {
+        let (client, path) = (client.clone(), path.to_owned());
+        async move { client.post_raw(&path, JSON, String::new()).await }
+    };
+    let cancelled = post(&client, "/v1/tasks/spec-task/cancel").await;
+    assert_eq!(cancelled.status, 202);
+    assert_eq!(cancelled.json["finished_before_cancel"], "succeeded");
+    let not_seen = post(&client, "/v1/tasks/never-seen/cancel").await;
+    assert_eq!(not_seen.json["finished_before_cancel"], json!(null));
+    assert_eq!(post(&client, "/v1/tasks/%20/cancel").await.status, 400);
+    for action in ["pause", "resume"] {
+        let path = format!("/v1/queues/{queue}/{action}");
+        let answer = post(&client, &path).await;
+        assert_eq!(
+            (answer.status, answer.json["paused"] == (action == "pause")),
+            (202, true)
+        );
+        let unknown = post(&client, &format!("/v1/queues/{missing}/{action}")).await;
+        assert_eq!(
+            (unknown.status, unknown.json["field"].clone()),
+            (404, json!("queue"))
+        );
+        assert_eq!(post(&client.without_token(), &path).await.status, 401);
+        assert_eq!(post(&down_client, &path).await.status, 503);
+    }
+    assert_eq!(
+        post(&client.without_token(), "/v1/tasks/x/cancel")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(post(&down_client, "/v1/tasks/x/cancel").await.status, 503);
+
     let missed: Vec<_> = spec
         .documented()
         .difference(&spec.seen())
@@ -184,6 +218,7 @@ async fn every_documented_answer_is_produced_as_documented() {
     let conn = raw_connection().await;
     delete_queues(&conn, &queue).await;
     delete_stream(&conn, &stream).await;
+    delete_stream(&conn, &format!("{queue}.control")).await;
     remove_index(&index_file);
 }
 
@@ -284,9 +319,18 @@ async fn schemathesis_finds_the_spec_and_the_server_in_agreement() {
     std::fs::write(&token_file, "schemathesis-token\n").unwrap();
     let stream = format!("{queue}.events");
     let index_file = std::env::temp_dir().join(format!("{queue}.index.db"));
+    let control = format!("{queue}.control");
     // No worker consumes: a `?wait=` waits its whole time, kept short.
     let mut child = serve_command(&queue, "127.0.0.1:0", &token_file)
-        .args(["--max-wait", "50ms", "--events-stream", &stream, "--index"])
+        .args([
+            "--max-wait",
+            "50ms",
+            "--events-stream",
+            &stream,
+            "--control-stream",
+            &control,
+            "--index",
+        ])
         .arg(&index_file)
         .spawn()
         .expect("warren-producer serve starts");
@@ -348,5 +392,6 @@ async fn schemathesis_finds_the_spec_and_the_server_in_agreement() {
     let conn = raw_connection().await;
     delete_queues(&conn, &queue).await;
     delete_stream(&conn, &stream).await;
+    delete_stream(&conn, &control).await;
     remove_index(&index_file);
 }

@@ -35,6 +35,8 @@ pub struct Settings {
     pub connections: ConnectionLimits,
     /// The status index to keep, if any.
     pub index: Option<IndexConfig>,
+    /// The control stream the control routes write to: `<queue>.control`.
+    pub control_stream: String,
 }
 
 impl Settings {
@@ -47,6 +49,7 @@ impl Settings {
             max_body_bytes: warren_producer::defaults::ingest::MAX_BODY_BYTES,
             connections: ConnectionLimits::default(),
             index: None,
+            control_stream: format!("{queue}.control"),
         }
     }
 }
@@ -80,6 +83,7 @@ impl Server {
             max_body_bytes: settings.max_body_bytes,
             connections: settings.connections,
             index: settings.index,
+            control_stream: settings.control_stream.clone(),
             ..IngestConfig::new(publisher)
         };
         let shutdown = Shutdown::new();
