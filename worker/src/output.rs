@@ -7,8 +7,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use std::io;
 
-/// A value a handler returned, not yet serialized.
-pub(crate) struct Output(Box<dyn Erased>);
+/// A value a handler returned, not yet serialized; `None` for `()`, which has nothing to
+/// carry (most handlers: no serializing, no allocation, on the per-task path).
+pub(crate) struct Output(Option<Box<dyn Erased>>);
 
 trait Erased: Send {
     fn write(&self, out: &mut Limited) -> serde_json::Result<()>;
@@ -35,17 +36,23 @@ pub(crate) enum Carried {
 
 impl Output {
     pub(crate) fn new<T: Serialize + Send + 'static>(value: T) -> Self {
-        Output(Box::new(value))
+        if std::any::TypeId::of::<T>() == std::any::TypeId::of::<()>() {
+            return Output(None);
+        }
+        Output(Some(Box::new(value)))
     }
 
     /// The result as JSON of at most `limit` bytes. Serializing stops as soon as it passes
     /// the limit, so an oversized result costs at most `limit` bytes of work.
     pub(crate) fn to_json(&self, limit: usize) -> Carried {
+        let Some(value) = &self.0 else {
+            return Carried::Nothing;
+        };
         let mut out = Limited {
             bytes: Vec::new(),
             limit,
         };
-        if let Err(error) = self.0.write(&mut out) {
+        if let Err(error) = value.write(&mut out) {
             return Carried::Refused(if error.is_io() {
                 format!("the result is larger than the limit of {limit} bytes (--max-result-bytes)")
             } else {
@@ -69,10 +76,13 @@ impl Output {
     /// The result as `R`, for tests that run a handler without a broker.
     pub(crate) fn decode<R: serde::de::DeserializeOwned>(&self) -> serde_json::Result<R> {
         let mut out = Limited {
-            bytes: Vec::new(),
+            bytes: b"null".to_vec(),
             limit: usize::MAX,
         };
-        self.0.write(&mut out)?;
+        if let Some(value) = &self.0 {
+            out.bytes.clear();
+            value.write(&mut out)?;
+        }
         serde_json::from_slice(&out.bytes)
     }
 }
@@ -114,6 +124,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(Output::new(7u64).decode::<u64>().unwrap(), 7);
+        Output::new(()).decode::<()>().unwrap();
     }
 
     #[test]
