@@ -26,7 +26,7 @@ pub struct Cli {
 /// Which workloads to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum WorkloadChoice {
-    /// Every workload.
+    /// Every workload but `index` (which writes and indexes a million events: minutes).
     All,
     /// Throughput: publish then drain no-op tasks.
     W1,
@@ -41,6 +41,12 @@ pub enum WorkloadChoice {
     /// W1 and W2 with Warren's worker as shipped (no tuning flags) against the tuned
     /// baseline, and a burst of CPU-bound `demo.cpu` tasks.
     Defaults,
+    /// `Publisher::call` round trips against `warren-worker` (`demo.noop`, `demo.echo`) and a
+    /// hand-written lapin RPC over direct reply-to; in `all` (a few seconds).
+    Calls,
+    /// The status index alone: applying a backlog of `--index-events` events, then
+    /// `GET /v1/tasks/{id}` latency. Warren only; not in `all` (about a minute or more).
+    Index,
 }
 
 /// The benchmark's settings.
@@ -67,6 +73,27 @@ pub struct BenchArgs {
     /// Knobs of the throughput workloads.
     #[command(flatten)]
     pub tuning: Tuning,
+    /// Sizes of the `calls` and `index` workloads.
+    #[command(flatten)]
+    pub lifecycle: Lifecycle,
+}
+
+/// Sizes of the `calls` and `index` workloads (`--smoke` replaces them with tiny ones).
+#[derive(Clone, Debug, Args)]
+pub struct Lifecycle {
+    /// `calls`: calls made one after the other for each task and side.
+    #[arg(long, default_value_t = 2_000)]
+    pub calls: usize,
+    /// `calls`: callers at once in the concurrent run (0 skips it).
+    #[arg(long, default_value_t = 16)]
+    pub callers: usize,
+    /// `index`: events written to a fresh stream (one `succeeded` task each, 100 a batch)
+    /// before the index starts.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub index_events: usize,
+    /// `index`: `GET /v1/tasks/{id}` requests of random indexed ids, one after the other.
+    #[arg(long, default_value_t = 2_000)]
+    pub index_gets: usize,
 }
 
 /// Knobs of W1, W4 and the memory workload, applied to both sides alike.

@@ -1,7 +1,7 @@
 //! What every workload shares: the broker, the launcher, the sizes (full or smoke), and
 //! publishing a batch of tasks from either side.
 
-use crate::args::Tuning;
+use crate::args::{Lifecycle, Tuning};
 use crate::baseline::RawPublisher;
 use crate::broker::Broker;
 use crate::launch::{Launcher, Side, WorkerSettings};
@@ -33,11 +33,20 @@ pub struct Sizes {
     pub cpu_tasks: usize,
     /// Defaults: SHA-256 rounds of each `demo.cpu` task.
     pub cpu_rounds: u64,
+    /// Calls: sequential calls per task and side.
+    pub calls: usize,
+    /// Calls: callers at once in the concurrent run (0: none).
+    pub callers: usize,
+    /// Index: events in the backlog.
+    pub index_events: usize,
+    /// Index: `GET /v1/tasks/{id}` requests.
+    pub index_gets: usize,
 }
 
 impl Sizes {
-    /// The full benchmark (`tasks` from `--tasks`), or a smoke run of ~200 tasks each.
-    pub fn new(tasks: usize, smoke: bool) -> Sizes {
+    /// The full benchmark (`tasks` from `--tasks`, the calls and index sizes from
+    /// `lifecycle`), or a smoke run of ~200 tasks each (10,000 index events).
+    pub fn new(tasks: usize, lifecycle: &Lifecycle, smoke: bool) -> Sizes {
         if smoke {
             return Sizes {
                 tasks: 200,
@@ -49,6 +58,10 @@ impl Sizes {
                 scale_out: vec![1, 2, 4],
                 cpu_tasks: 20,
                 cpu_rounds: 2_000,
+                calls: 200,
+                callers: 4,
+                index_events: 10_000,
+                index_gets: 200,
             };
         }
         Sizes {
@@ -61,6 +74,10 @@ impl Sizes {
             scale_out: vec![1, 2, 4],
             cpu_tasks: 200,
             cpu_rounds: 20_000,
+            calls: lifecycle.calls,
+            callers: lifecycle.callers,
+            index_events: lifecycle.index_events,
+            index_gets: lifecycle.index_gets,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! `warren-bench`: Warren against a hand-written lapin baseline on the same broker, with the
-//! same settings, measured the same way. Six workloads (W1 throughput, W2 sleeping tasks,
-//! W3 latency, W4 scale-out, memory, and W1 and W2 again with Warren's defaults), each repeated and reported as median, min and max with
-//! Warren/baseline ratios, as a markdown table on stdout and a JSON file.
+//! same settings, measured the same way. Eight workloads (W1 throughput, W2 sleeping tasks,
+//! W3 latency, W4 scale-out, memory, W1 and W2 again with Warren's defaults, call round
+//! trips, and the status index alone, which has no baseline), each repeated and reported as
+//! median, min and max with Warren/baseline ratios, as a markdown table on stdout and a JSON
+//! file.
 //!
 //! Every queue it creates is uniquely named and deleted at the end, also after an error or
 //! Ctrl-C; every worker process it starts is killed if the run is abandoned.
@@ -9,10 +11,12 @@
 mod args;
 mod baseline;
 mod broker;
+mod calls;
 mod context;
 mod defaults;
 mod drain;
 mod http;
+mod index;
 mod latency;
 mod launch;
 mod memory;
@@ -24,7 +28,7 @@ mod stats;
 mod throughput;
 mod warren;
 
-pub use args::{BenchArgs, Cli, Role, Tuning, WorkerRoleArgs, WorkloadChoice};
+pub use args::{BenchArgs, Cli, Lifecycle, Role, Tuning, WorkerRoleArgs, WorkloadChoice};
 pub use report::{Report, Row, WorkloadReport};
 pub use stats::Summary;
 
@@ -81,13 +85,13 @@ async fn run_workloads(args: BenchArgs, broker: Broker) -> anyhow::Result<Report
         conn: broker.connect("warren-bench").await?,
         broker,
         launcher,
-        sizes: Sizes::new(args.tuning.tasks, args.smoke),
+        sizes: Sizes::new(args.tuning.tasks, &args.lifecycle, args.smoke),
         tuning: args.tuning.clone(),
         reps: if args.smoke { 1 } else { args.reps },
     };
     use WorkloadChoice::*;
     let chosen = match args.workload {
-        All => vec![W1, W2, W3, W4, Memory, Defaults],
+        All => vec![W1, W2, W3, W4, Memory, Defaults, Calls],
         one => vec![one],
     };
     let mut workloads = BTreeMap::new();
@@ -98,6 +102,8 @@ async fn run_workloads(args: BenchArgs, broker: Broker) -> anyhow::Result<Report
             W3 => ("w3", latency::w3(&ctx).await),
             W4 => ("w4", throughput::w4(&ctx).await),
             Defaults => ("defaults", defaults::defaults(&ctx).await),
+            Calls => ("calls", calls::calls(&ctx).await),
+            Index => ("index", index::index(&ctx).await),
             Memory | All => ("memory", memory::memory(&ctx).await),
         };
         workloads.insert(

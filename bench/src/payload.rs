@@ -8,6 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const NOOP: &str = "demo.noop";
 /// Sleeps `ms` milliseconds (Warren's built-in `demo.sleep`).
 pub const SLEEP: &str = "demo.sleep";
+/// Returns its payload (Warren's built-in `demo.echo`).
+pub const ECHO: &str = "demo.echo";
 /// Hashes `rounds` times on a blocking thread (Warren's built-in `demo.cpu`, CPU-bound).
 pub const CPU: &str = "demo.cpu";
 /// Records the time since `created_us` when its handler starts (registered by the benchmark).

@@ -16,6 +16,8 @@ pub enum Target {
     RatioAtMost(f64),
     /// Warren's median at most this (in the row's unit).
     WarrenAtMost(f64),
+    /// Warren's median at least this (in the row's unit).
+    WarrenAtLeast(f64),
 }
 
 impl Target {
@@ -24,6 +26,7 @@ impl Target {
             Target::RatioAtLeast(r) => format!("ratio ≥ {r:.2}"),
             Target::RatioAtMost(r) => format!("ratio ≤ {r:.2}"),
             Target::WarrenAtMost(v) => format!("Warren ≤ {v}"),
+            Target::WarrenAtLeast(v) => format!("Warren ≥ {v}"),
         }
     }
 }
@@ -66,6 +69,7 @@ impl Row {
             Target::RatioAtLeast(r) => ratio.map(|x| x >= r),
             Target::RatioAtMost(r) => ratio.map(|x| x <= r),
             Target::WarrenAtMost(v) => warren.as_ref().map(|w| w.median <= v),
+            Target::WarrenAtLeast(v) => warren.as_ref().map(|w| w.median >= v),
         });
         Row {
             metric: metric.to_owned(),
@@ -142,7 +146,7 @@ pub struct Report {
     pub reps: u32,
     /// Whether this was a smoke run (tiny sizes: the figures mean nothing).
     pub smoke: bool,
-    /// Results by workload (`w1`, `w2`, `w3`, `w4`, `memory`, `defaults`).
+    /// Results by workload (`w1`, `w2`, `w3`, `w4`, `memory`, `defaults`, `calls`, `index`).
     pub workloads: BTreeMap<String, WorkloadReport>,
     /// Every queue the run created (all deleted at its end, with their dead-letter queues).
     pub queues: Vec<String>,
@@ -207,11 +211,13 @@ impl Report {
         out
     }
 
-    /// The workloads in the order they are numbered, then memory, then defaults.
+    /// The workloads in the order they are numbered, then memory, defaults, calls, index.
     fn ordered(&self) -> impl Iterator<Item = (&String, &WorkloadReport)> {
         let rank = |key: &str| match key {
             "memory" => 1,
             "defaults" => 2,
+            "calls" => 3,
+            "index" => 4,
             _ => 0,
         };
         let mut all: Vec<_> = self.workloads.iter().collect();
@@ -232,7 +238,7 @@ impl Report {
 /// A value formatted for its unit.
 fn number(value: f64, unit: &str) -> String {
     match unit {
-        "tasks/s" => thousands(value.round() as u64),
+        "tasks/s" | "calls/s" | "events/s" => thousands(value.round() as u64),
         "s" => format!("{value:.3}"),
         "ms" => format!("{value:.2}"),
         "µs" => format!("{value:.1}"),

@@ -1,4 +1,4 @@
-//! The benchmark's smoke run: `warren-bench --smoke` runs every workload at a tiny size
+//! The benchmark's smoke run: `warren-bench --smoke` runs every workload of `all` at a tiny size
 //! against the real broker, exits 0, prints the table, writes a JSON report holding every
 //! workload for both sides, and leaves none of its queues behind. Nothing here looks at a
 //! performance figure: the machine's load decides those.
@@ -29,7 +29,7 @@ async fn the_smoke_run_covers_every_workload_and_cleans_up() {
     assert_eq!(report["smoke"], true);
 
     let table = String::from_utf8_lossy(&output.stdout);
-    for workload in ["w1", "w2", "w3", "w4", "memory", "defaults"] {
+    for workload in ["w1", "w2", "w3", "w4", "memory", "defaults", "calls"] {
         let rows = report["workloads"][workload]["rows"]
             .as_array()
             .unwrap_or_else(|| panic!("workload {workload} is missing from the report:\n{text}"));

@@ -5,9 +5,11 @@
 //! It leaves out what Warren adds for production: task ids and headers, retries, dead
 //! letters, crash budgets, metrics beyond one counter, reconnection and graceful drains.
 
+mod caller;
 mod publisher;
 mod worker;
 
+pub use caller::RawCaller;
 pub use publisher::{check, RawPublisher};
 pub use worker::{run_worker, SUCCEEDED_METRIC};
 

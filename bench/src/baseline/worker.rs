@@ -1,21 +1,24 @@
 //! The baseline worker process: one consumer with a prefetch limit, handlers run as futures
 //! in the consume loop itself (up to `concurrency` at once, no task spawned per delivery),
 //! and completed deliveries acked with one `multiple` ack for the contiguous prefix, at
-//! least every `ack_every` completions and whenever the loop is about to wait.
+//! least every `ack_every` completions and whenever the loop is about to wait. A delivery
+//! naming a `reply_to` (the `calls` workload) is answered before its ack: the handler's
+//! result as the body (`null` for `demo.noop`, the payload for `demo.echo`), with the
+//! delivery's correlation id, through the default exchange, without a confirm.
 //!
 //! Like `warren-worker`, it answers `/readyz` and `/metrics` on an admin port it announces
 //! on stderr, so the benchmark observes both sides the same way.
 
 use crate::args::WorkerRoleArgs;
 use crate::broker::{declare_plain_quorum, Broker};
-use crate::payload::{now_us, Sleep, Stamp, NOOP, SLEEP, STAMP};
+use crate::payload::{now_us, Sleep, Stamp, ECHO, NOOP, SLEEP, STAMP};
 use anyhow::{bail, Context};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Consumer};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Consumer};
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,6 +69,7 @@ pub async fn run_worker(args: WorkerRoleArgs) -> anyhow::Result<()> {
         state: &state,
         stamps: Vec::new(),
         expect: args.expect_stamps,
+        replies: Vec::new(),
     };
     run.consume(consumer, args.concurrency.max(1), term.recv())
         .await?;
@@ -108,7 +112,19 @@ struct Run<'a> {
     state: &'a State,
     stamps: Vec<f64>,
     expect: Option<usize>,
+    /// Replies of finished deliveries, sent before their ack.
+    replies: Vec<Reply>,
 }
+
+/// A reply to a caller: where to, its correlation id, and the handler's result.
+struct Reply {
+    to: ShortString,
+    correlation: Option<ShortString>,
+    body: Vec<u8>,
+}
+
+/// A finished delivery: its tag, and the reply its caller waits for, if any.
+type Done = (u64, Option<Reply>);
 
 impl Run<'_> {
     async fn consume(
@@ -123,7 +139,7 @@ impl Run<'_> {
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
-                Some(tag) = running.next(), if !running.is_empty() => self.finished(tag),
+                Some(done) = running.next(), if !running.is_empty() => self.finished(done),
                 next = consumer.next(), if running.len() < concurrency => {
                     running.push(self.start(next)?);
                 }
@@ -131,8 +147,8 @@ impl Run<'_> {
             // Take whatever else is ready without waiting, acking as the batch grows.
             loop {
                 let mut progressed = false;
-                while let Some(Some(tag)) = running.next().now_or_never() {
-                    self.finished(tag);
+                while let Some(Some(done)) = running.next().now_or_never() {
+                    self.finished(done);
                     progressed = true;
                     if self.ledger.ackable() >= self.ack_every {
                         self.ack().await?;
@@ -154,20 +170,27 @@ impl Run<'_> {
         self.ack().await
     }
 
-    /// Decodes a delivery and returns its handler, which yields the delivery tag when done.
+    /// Decodes a delivery and returns its handler, which yields the delivery tag (and the
+    /// reply to send, if the delivery names a `reply_to`) when done.
     fn start(
         &mut self,
         next: Option<lapin::Result<Delivery>>,
-    ) -> anyhow::Result<impl Future<Output = u64>> {
+    ) -> anyhow::Result<impl Future<Output = Done>> {
         let delivery = match next {
             Some(delivery) => delivery.context("the consumer failed")?,
             None => bail!("the broker cancelled the consumer"),
         };
         let task = delivery.properties.kind().as_ref().map(|s| s.as_str());
         let body = &delivery.data;
+        let mut result = b"null".to_vec();
         let sleep = match task.unwrap_or("") {
             NOOP => {
                 serde_json::from_slice::<serde::de::IgnoredAny>(body)?;
+                None
+            }
+            ECHO => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(body)?;
+                result = body.clone();
                 None
             }
             SLEEP => Some(Duration::from_millis(
@@ -182,15 +205,39 @@ impl Run<'_> {
             }
             other => bail!("no handler for task `{other}`"),
         };
-        Ok(handler(delivery.delivery_tag, sleep))
+        let props = &delivery.properties;
+        let reply = props.reply_to().clone().map(|to| Reply {
+            to,
+            correlation: props.correlation_id().clone(),
+            body: result,
+        });
+        Ok(handler(delivery.delivery_tag, sleep, reply))
     }
 
-    fn finished(&mut self, tag: u64) {
+    fn finished(&mut self, (tag, reply): Done) {
         self.ledger.done(tag);
+        self.replies.extend(reply);
         self.state.succeeded.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Sends the replies of finished deliveries, then acks them.
     async fn ack(&mut self) -> anyhow::Result<()> {
+        for reply in std::mem::take(&mut self.replies) {
+            let mut props = BasicProperties::default();
+            if let Some(correlation) = reply.correlation {
+                props = props.with_correlation_id(correlation);
+            }
+            self.channel
+                .basic_publish(
+                    "".into(),
+                    reply.to,
+                    BasicPublishOptions::default(),
+                    &reply.body,
+                    props,
+                )
+                .await
+                .context("publishing a reply")?;
+        }
         if let Some(up_to) = self.ledger.take() {
             self.channel
                 .basic_ack(up_to, BasicAckOptions { multiple: true })
@@ -201,11 +248,11 @@ impl Run<'_> {
     }
 }
 
-async fn handler(tag: u64, sleep: Option<Duration>) -> u64 {
+async fn handler(tag: u64, sleep: Option<Duration>, reply: Option<Reply>) -> Done {
     if let Some(duration) = sleep {
         tokio::time::sleep(duration).await;
     }
-    tag
+    (tag, reply)
 }
 
 /// Which delivery tags are done, and the highest one a `multiple` ack may name: every tag
