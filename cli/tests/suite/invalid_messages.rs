@@ -179,7 +179,18 @@ async fn invalid_messages_are_logged_and_counted_with_what_they_carried() {
     }
 
     // Counted under the registered task they name; a name this worker does not know is
-    // `<unknown>` and never becomes a series of its own.
+    // `<unknown>` and never becomes a series of its own. A dead letter is logged when it is
+    // published and counted just after: wait for the four counts.
+    let queue_label = [("queue", queue.as_str())];
+    wait_until(
+        Duration::from_secs(10),
+        "four dead letters counted",
+        || async {
+            let metrics = worker.scrape().await;
+            sample(&metrics, "warren_tasks_dead_lettered_total", &queue_label) == 4.0
+        },
+    )
+    .await;
     let metrics = worker.scrape().await;
     let dead_lettered = |task: &str, reason: &str| {
         let labels = [
