@@ -321,3 +321,25 @@ pub async fn http_get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
         .unwrap_or_default();
     Ok((status, body))
 }
+
+/// A consumer of the RabbitMQ stream `stream` on `conn`, from its first message (a stream
+/// needs `basic.qos` and manual acks; `prefetch` deliveries are sent ahead).
+pub async fn consume_stream(conn: &Connection, stream: &str, prefetch: u16) -> lapin::Consumer {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let channel = conn.create_channel().await.expect("a channel");
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .expect("basic.qos");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let options = BasicConsumeOptions::default();
+    channel
+        .basic_consume(stream.into(), "".into(), options, args)
+        .await
+        .expect("the stream can be consumed")
+}

@@ -244,29 +244,10 @@ async fn succeeded_in_stream(
     expected: &HashSet<String>,
 ) -> HashSet<String> {
     use futures::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::options::BasicAckOptions;
     use warren_common::events::{read_record, EventKind, Record};
     let conn = lapin_connection(url).await;
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .basic_qos(1000, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = channel
-        .basic_consume(
-            stream.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume_stream(&conn, stream, 1000).await;
     let mut seen = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !expected.is_subset(&seen) {

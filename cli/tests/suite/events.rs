@@ -4,7 +4,7 @@
 //! heartbeats and farewell.
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -26,25 +26,7 @@ struct Seen {
 /// Reads `stream` from its start until `done` says everything wanted is there.
 async fn read_stream(stream: &str, done: impl Fn(&Seen) -> bool) -> Seen {
     let conn = raw_connection().await;
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .basic_qos(100, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = channel
-        .basic_consume(
-            stream.into(),
-            "events-test".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume_stream(&conn, stream, 100).await;
     let mut seen = Seen::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !done(&seen) {

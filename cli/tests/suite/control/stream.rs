@@ -77,27 +77,9 @@ async fn a_worker_consumes_nothing_until_it_can_read_the_control_stream() {
 /// Reads the control stream `stream` from its start until a record satisfies `found`.
 async fn read_control(stream: &str, found: impl Fn(&Record) -> bool) -> Record {
     use futures::StreamExt;
-    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    use lapin::options::BasicAckOptions;
     let conn = raw_connection().await;
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .basic_qos(100, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut args = lapin::types::FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        lapin::types::AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = channel
-        .basic_consume(
-            stream.into(),
-            "control-test".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume_stream(&conn, stream, 100).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let delivery = tokio::time::timeout_at(deadline, consumer.next())

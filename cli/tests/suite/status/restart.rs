@@ -6,7 +6,7 @@
 use super::*;
 use crate::http_ingest::support::record_batches;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::json;
 
@@ -150,25 +150,7 @@ async fn a_killed_index_resumes_and_equals_one_built_from_the_start() {
 /// The offset of the first message the stream still holds.
 async fn first_offset(stream: &str) -> u64 {
     let conn = raw_connection().await;
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .basic_qos(1, BasicQosOptions::default())
-        .await
-        .unwrap();
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-stream-offset".into(),
-        AMQPValue::LongString("first".into()),
-    );
-    let mut consumer = channel
-        .basic_consume(
-            stream.into(),
-            "first-offset".into(),
-            BasicConsumeOptions::default(),
-            args,
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume_stream(&conn, stream, 1).await;
     let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
         .await
         .expect("a message within 10 s")
