@@ -7,18 +7,23 @@ use std::time::Duration;
 use warren_common::{dead_letter_queue_name, headers};
 use warren_tests::*;
 
+/// The worker example consuming `queue`, once it reports itself ready.
+async fn start_worker_example(queue: &str, url: &str) -> WorkerProcess {
+    let worker = WorkerProcess::start_program(&example("worker"), &["--queue", queue], url).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the worker example to consume",
+        || async { worker.readiness().await == 200 },
+    )
+    .await;
+    worker
+}
+
 #[tokio::test]
 async fn the_call_example_gets_the_worker_examples_result_and_failure() {
     let queue = unique_queue("examples-call");
     let url = amqp_url();
-    let mut worker =
-        WorkerProcess::start_program(&example("worker"), &["--queue", &queue], &url).await;
-    for _ in 0..200 {
-        if worker.readiness().await == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut worker = start_worker_example(&queue, &url).await;
     let called = tokio::process::Command::new(example("call"))
         .arg(&queue)
         .env("AMQP_URL", &url)
@@ -46,19 +51,7 @@ async fn the_call_example_gets_the_worker_examples_result_and_failure() {
 async fn the_worker_example_runs_what_the_publisher_example_sends() {
     let queue = unique_queue("examples");
     let url = amqp_url();
-    let mut worker =
-        WorkerProcess::start_program(&example("worker"), &["--queue", &queue], &url).await;
-    for _ in 0..200 {
-        if worker.readiness().await == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        worker.readiness().await,
-        200,
-        "the worker example is consuming"
-    );
+    let mut worker = start_worker_example(&queue, &url).await;
     let published = tokio::process::Command::new(example("publish"))
         .arg(&queue)
         .env("AMQP_URL", &url)
