@@ -153,6 +153,36 @@ pub struct DeadLetterQueue {
     dlq: String,
     max_age: Option<Duration>,
     events: Option<BrokerEvents>,
+    progress: Option<PassProgress>,
+}
+
+/// How far the pass of a list, replay or purge has gone through a dead-letter queue, for
+/// showing progress while it runs ([`DeadLetterQueue::with_progress`]).
+#[derive(Clone, Debug, Default)]
+pub struct PassProgress(std::sync::Arc<ProgressCounts>);
+
+#[derive(Debug, Default)]
+struct ProgressCounts {
+    total: std::sync::atomic::AtomicU64,
+    done: std::sync::atomic::AtomicU64,
+}
+
+impl PassProgress {
+    /// Dead letters in the queue when the pass started.
+    pub fn total(&self) -> u64 {
+        self.0.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Dead letters the pass has gone through (acted on or put back).
+    pub fn done(&self) -> u64 {
+        self.0.done.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(&self, total: u64, done: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.total.store(total, Relaxed);
+        self.0.done.store(done, Relaxed);
+    }
 }
 
 impl DeadLetterQueue {
@@ -188,6 +218,7 @@ impl DeadLetterQueue {
             dlq,
             max_age: Some(Retention::default().max_age),
             events: None,
+            progress: None,
         })
     }
 
@@ -196,6 +227,12 @@ impl DeadLetterQueue {
     /// of starting the limit afresh.
     pub fn with_max_age(mut self, max_age: Duration) -> Self {
         self.max_age = Some(max_age).filter(|age| !age.is_zero());
+        self
+    }
+
+    /// Reports the progress of each pass (list, replay, purge) into `progress`.
+    pub fn with_progress(mut self, progress: PassProgress) -> Self {
+        self.progress = Some(progress);
         self
     }
 
@@ -231,6 +268,7 @@ impl DeadLetterQueue {
             &self.dlq,
             self.max_age,
             self.events.clone(),
+            self.progress.clone(),
         )
         .await?;
         let now = now_ms();
@@ -259,6 +297,7 @@ impl DeadLetterQueue {
             &self.dlq,
             self.max_age,
             self.events.clone(),
+            self.progress.clone(),
         )
         .await?;
         let now = now_ms();

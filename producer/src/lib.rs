@@ -15,7 +15,7 @@ pub mod status;
 
 pub use control::{Control, ControlError, DEFAULT_CONTROL_STREAM};
 pub use dead_letters::{
-    DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, Selection,
+    DeadLetter, DeadLetterError, DeadLetterQueue, Filter, Listing, PassProgress, Selection,
     BROKER_DEAD_LETTER_DELIVERY_COUNT, BROKER_KIND_PREFIX,
 };
 #[cfg(feature = "http")]
@@ -23,6 +23,8 @@ pub use dead_letters::{
 pub use http::read_task_body;
 #[cfg(feature = "http")]
 pub use http::{serve_ingest, BearerToken, ConnectionLimits, IngestConfig, IngestError};
+#[cfg(feature = "console")]
+pub use http::{ConsoleConfig, ManagementUrl};
 pub use warren_common::reply::{Reply, ReplyStatus};
 pub use warren_common::{
     CallError, Codec, ProducerMetrics, PublishError, Publisher, PublisherConfig, QueueKind,

@@ -203,6 +203,7 @@ async fn list(dlq: &DeadLetterQueue, args: ListArgs) -> anyhow::Result<ExitCode>
         task: args.task,
         kind: args.kind,
         older_than: None,
+        ids: Vec::new(),
     };
     let listing = dlq.list(&filter, args.limit).await?;
     if args.json {
@@ -257,6 +258,7 @@ async fn purge(dlq: &DeadLetterQueue, args: PurgeArgs) -> anyhow::Result<ExitCod
         task: args.task,
         kind: args.kind,
         older_than: args.older_than,
+        ids: Vec::new(),
     };
     let deleted = dlq.purge(&filter).await?;
     println!(

@@ -11,7 +11,10 @@ use tokio::net::TcpListener;
 use warren_common::{Amqp, QueueKind, Shutdown};
 use warren_producer::defaults::{index as index_defaults, ingest as defaults};
 use warren_producer::status::IndexConfig;
-use warren_producer::{serve_ingest, BearerToken, ConnectionLimits, IngestConfig, PublisherConfig};
+use warren_producer::{
+    serve_ingest, BearerToken, ConnectionLimits, ConsoleConfig, IngestConfig, ManagementUrl,
+    PublisherConfig,
+};
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
@@ -86,6 +89,23 @@ pub struct ServeArgs {
     /// write to (the workers' --control-stream).
     #[arg(long, env = "WARREN_CONTROL_STREAM", default_value = warren_producer::DEFAULT_CONTROL_STREAM)]
     control_stream: String,
+    /// Serve the web console under /console (docs/console.md): queues, workers, tasks and
+    /// dead letters from the status index and the broker. Read-only unless --console-actions.
+    #[arg(long, env = "WARREN_CONSOLE", requires = "index")]
+    console: bool,
+    /// Let the console pause and resume queues, cancel tasks and replay or purge dead letters,
+    /// after logging in with the --auth-token-file token.
+    #[arg(long, env = "WARREN_CONSOLE_ACTIONS", requires_all = ["console", "auth_token_file"])]
+    console_actions: bool,
+    /// How often console pages refresh their figures.
+    #[arg(long, env = "WARREN_CONSOLE_REFRESH", default_value = "5s")]
+    console_refresh: humantime::Duration,
+    /// The RabbitMQ management API (http://user:password@host:15672), for the console's exact
+    /// per-queue figures (unacknowledged messages, rates). Without it the console uses what AMQP
+    /// can tell.
+    #[arg(long, env = "WARREN_MANAGEMENT_URL", requires = "console",
+          value_parser = ManagementUrl::parse)]
+    management_url: Option<ManagementUrl>,
 }
 
 /// Serves until the first shutdown signal, then drains.
@@ -143,6 +163,11 @@ pub async fn run(
                 ..IndexConfig::new(stream, path)
             }),
         control_stream: args.control_stream,
+        console: args.console.then(|| ConsoleConfig {
+            actions: args.console_actions,
+            refresh: args.console_refresh.into(),
+            management: args.management_url,
+        }),
         ..IngestConfig::new(publisher)
     };
     serve_ingest(listener, config, shutdown.drain.clone()).await?;

@@ -6,7 +6,7 @@
 
 use super::checkout::{Checkout, PAGE};
 use super::events::BrokerEvents;
-use super::{DeadLetter, DeadLetterError};
+use super::{DeadLetter, DeadLetterError, PassProgress};
 use crate::Publisher;
 use lapin::message::Delivery;
 use std::time::Duration;
@@ -31,6 +31,7 @@ pub(super) struct Pass {
     events: Option<BrokerEvents>,
     /// The last event the current page recorded.
     recorded: Option<Ticket>,
+    progress: Option<PassProgress>,
 }
 
 impl Pass {
@@ -40,6 +41,7 @@ impl Pass {
         queue: &str,
         max_age: Option<Duration>,
         events: Option<BrokerEvents>,
+        progress: Option<PassProgress>,
     ) -> Result<Self, DeadLetterError> {
         let channel = publisher
             .create_channel()
@@ -50,6 +52,9 @@ impl Pass {
             .map_err(|e| DeadLetterError::queue("counting dead letters", queue, e))?
             .ready;
         let _ = channel.close(200, "counted".into()).await;
+        if let Some(progress) = &progress {
+            progress.set(total.into(), 0);
+        }
         Ok(Pass {
             publisher: publisher.clone(),
             queue: queue.to_owned(),
@@ -61,6 +66,7 @@ impl Pass {
             exhausted: false,
             events,
             recorded: None,
+            progress,
         })
     }
 
@@ -77,6 +83,9 @@ impl Pass {
                 .done
                 .saturating_add(u32::try_from(taken).unwrap_or(u32::MAX));
             self.exhausted = taken < usize::from(self.asked);
+            if let Some(progress) = &self.progress {
+                progress.set(self.total.into(), self.done.into());
+            }
         }
         if self.exhausted || self.done >= self.total {
             return Ok(false);

@@ -24,6 +24,8 @@ pub enum Selection {
     Ids(Vec<String>),
     /// Every dead letter of this task name.
     Task(String),
+    /// Every dead letter the filter selects.
+    Matching(super::Filter),
 }
 
 impl Selection {
@@ -33,6 +35,7 @@ impl Selection {
             Selection::All => true,
             Selection::Ids(ids) => dead.id.as_ref().is_some_and(|id| ids.contains(id)),
             Selection::Task(task) => dead.task.as_deref() == Some(task.as_str()),
+            Selection::Matching(filter) => filter.matches(dead, warren_common::now_ms()),
         }
     }
 }
@@ -79,6 +82,7 @@ impl DeadLetterQueue {
             &self.dlq,
             self.max_age,
             self.events.clone(),
+            self.progress.clone(),
         )
         .await?;
         let mut found = HashSet::new();

@@ -116,6 +116,8 @@ pub struct Filter {
     /// Only dead letters whose last failure is at least this old. A dead letter without a
     /// failure time is never old enough: what cannot be dated is kept.
     pub older_than: Option<Duration>,
+    /// Only dead letters with one of these task ids (none given: any id).
+    pub ids: Vec<String>,
 }
 
 impl Filter {
@@ -137,7 +139,8 @@ impl Filter {
                 .is_some_and(|at| now_ms.saturating_sub(at) >= age.as_millis() as u64),
             None => true,
         };
-        task_ok && kind_ok && age_ok
+        let id_ok = self.ids.is_empty() || dead.id.as_ref().is_some_and(|id| self.ids.contains(id));
+        task_ok && kind_ok && age_ok && id_ok
     }
 }
 

@@ -24,7 +24,7 @@ impl BearerToken {
     }
 
     /// Whether `presented` is the token.
-    fn matches(&self, presented: &[u8]) -> bool {
+    pub(crate) fn matches(&self, presented: &[u8]) -> bool {
         self.0.ct_eq(&digest(presented)).into()
     }
 }

@@ -12,6 +12,8 @@ mod auth;
 mod body;
 mod broker;
 mod conn;
+#[cfg(feature = "console")]
+mod console;
 mod control;
 mod error;
 mod handlers;
@@ -26,6 +28,8 @@ mod time;
 mod workers;
 
 pub use auth::BearerToken;
+#[cfg(feature = "console")]
+pub use console::{ConsoleConfig, ManagementUrl};
 pub use request::read_task_body;
 pub use server::ConnectionLimits;
 
@@ -76,6 +80,9 @@ pub struct IngestConfig {
     /// The control stream `POST /v1/tasks/{id}/cancel` and `/v1/queues/{queue}/pause|resume`
     /// write to (the workers' `--control-stream`); default `warren.control`.
     pub control_stream: String,
+    /// The web console under `/console` (docs/console.md); none: no console.
+    #[cfg(feature = "console")]
+    pub console: Option<ConsoleConfig>,
 }
 
 impl IngestConfig {
@@ -98,6 +105,8 @@ impl IngestConfig {
             #[cfg(feature = "status")]
             index: None,
             control_stream: crate::DEFAULT_CONTROL_STREAM.to_owned(),
+            #[cfg(feature = "console")]
+            console: None,
         }
     }
 }
@@ -195,6 +204,13 @@ pub async fn serve_ingest(
     }
 }
 
+/// The virtual host of the ingest's broker, for the console's management API queries.
+#[cfg(feature = "console")]
+fn console_vhost(config: &IngestConfig) -> String {
+    let url = config.publisher.amqp.urls().first();
+    console::vhost_of(url.map_or("", |u| u.expose()))
+}
+
 /// The read routes: the status index's, or answers that there is none.
 #[cfg(feature = "status")]
 mod reads {
@@ -229,7 +245,22 @@ fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpM
             config.auth_token.clone(),
             auth::require_token,
         ))
-        .with_state(state);
+        .with_state(state.clone());
+    #[cfg(feature = "console")]
+    let console_state = state;
+    #[cfg(feature = "console")]
+    let v1 = match &config.console {
+        Some(console) => v1.merge(console::router(console::Parts {
+            app: console_state,
+            config: console.clone(),
+            token: config.auth_token.clone(),
+            exchange: config.publisher.exchange.clone(),
+            retention: config.retention,
+            events_stream: config.events.as_ref().map(|e| e.stream.clone()),
+            vhost: console_vhost(config),
+        })),
+        None => v1,
+    };
     v1.merge(admin_router(config.registry.clone(), health))
         .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn(error::json_errors))

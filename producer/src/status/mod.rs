@@ -23,9 +23,9 @@ mod metrics;
 #[cfg(feature = "status")]
 pub(crate) mod query;
 #[cfg(feature = "status")]
-mod store;
+pub(crate) mod store;
 #[cfg(feature = "status-client")]
-mod transport;
+pub(crate) mod transport;
 #[cfg(feature = "status")]
 pub(crate) mod workers;
 

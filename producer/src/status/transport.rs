@@ -13,19 +13,20 @@ use tokio::net::TcpStream;
 
 /// The answer to a request: its status and body.
 #[derive(Debug)]
-pub(super) struct Answer {
-    pub(super) status: u16,
-    pub(super) body: Bytes,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Bytes,
 }
 
 /// A server at a base URL.
 #[derive(Clone)]
-pub(super) struct Transport {
+pub(crate) struct Transport {
     authority: String,
     host: String,
     port: u16,
     prefix: String,
-    token: Option<String>,
+    /// The `Authorization` header's value, if any.
+    authorization: Option<String>,
 }
 
 impl fmt::Debug for Transport {
@@ -34,14 +35,17 @@ impl fmt::Debug for Transport {
         f.debug_struct("Transport")
             .field("authority", &self.authority)
             .field("prefix", &self.prefix)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
 
 impl Transport {
     /// The server at `base` (`http://host[:port][/prefix]`), presenting `token`.
-    pub(super) fn new(base: &str, token: Option<String>) -> Result<Transport, ClientError> {
+    pub(crate) fn new(base: &str, token: Option<String>) -> Result<Transport, ClientError> {
         let uri: Uri = base
             .parse()
             .map_err(|e| ClientError::Url(format!("`{base}` is not a URL: {e}")))?;
@@ -58,17 +62,23 @@ impl Transport {
             host: authority.host().trim_matches(['[', ']']).to_owned(),
             port: authority.port_u16().unwrap_or(80),
             prefix: uri.path().trim_end_matches('/').to_owned(),
-            token,
+            authorization: token.map(|token| format!("Bearer {token}")),
         })
     }
 
+    /// Sends `value` as the `Authorization` header instead (e.g. `Basic ...`).
+    pub(crate) fn with_authorization(mut self, value: String) -> Transport {
+        self.authorization = Some(value);
+        self
+    }
+
     /// The full URL of `path_and_query` (which starts with `/`).
-    pub(super) fn url(&self, path_and_query: &str) -> String {
+    pub(crate) fn url(&self, path_and_query: &str) -> String {
         format!("http://{}{}{path_and_query}", self.authority, self.prefix)
     }
 
     /// `GET path_and_query`, within `timeout`.
-    pub(super) async fn get(
+    pub(crate) async fn get(
         &self,
         path_and_query: &str,
         timeout: Duration,
@@ -99,8 +109,8 @@ impl Transport {
         let mut request = Request::get(url)
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::ACCEPT, "application/json");
-        if let Some(token) = &self.token {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some(authorization) = &self.authorization {
+            request = request.header(hyper::header::AUTHORIZATION, authorization);
         }
         let request = request
             .body(Empty::<Bytes>::new())
@@ -121,7 +131,7 @@ impl Transport {
 }
 
 /// `text` percent-encoded for a URL path segment or query value.
-pub(super) fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     let mut encoded = String::with_capacity(text.len());
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {

@@ -1,0 +1,253 @@
+//! The overview (`/console`): every Warren queue with its numbers, the live workers, and what
+//! is wrong, first. The queues are those the index has tasks of, those live workers consume
+//! and the ingest's default queue (AMQP cannot list queues); ready messages and consumers come
+//! from the broker, running tasks from the workers' heartbeats, retrying and dead-lettered
+//! tasks from the index, and the dead letters' count from the dead-letter queue itself.
+
+use super::figures::{QueueFigures, Snapshot};
+use super::format::{ago, count, maybe_count};
+use super::layout::{self, Flash, Section, Viewer};
+use super::security::Refusal;
+use super::{Console, Shared};
+use crate::status::api::Liveness;
+use crate::status::query::{self, Freshness};
+use crate::status::workers::{self, WorkerStatus};
+use crate::status::State;
+use axum::extract::State as Extract;
+use axum::response::{IntoResponse, Response};
+use maud::{html, Markup};
+use rusqlite::{Connection, OptionalExtension};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Workers gone this recently are listed as problems (when they went silent).
+const RECENTLY_GONE_MS: u64 = 15 * 60 * 1000;
+
+/// What the index says about the queues and workers.
+pub(crate) struct Indexed {
+    /// Tasks per queue and state.
+    pub(crate) counts: BTreeMap<String, HashMap<State, u64>>,
+    /// Tasks running per queue, from the live workers' heartbeats.
+    pub(crate) running: BTreeMap<String, u64>,
+    pub(crate) workers: Vec<WorkerStatus>,
+    pub(crate) fresh: Freshness,
+}
+
+impl Indexed {
+    pub(crate) fn read(conn: &Connection) -> rusqlite::Result<Indexed> {
+        let tx = conn.unchecked_transaction()?;
+        let mut counts: BTreeMap<String, HashMap<State, u64>> = BTreeMap::new();
+        {
+            let mut rows =
+                tx.prepare_cached("SELECT queue, state, tasks FROM counts WHERE tasks > 0")?;
+            let mut rows = rows.query([])?;
+            while let Some(row) = rows.next()? {
+                let state = crate::status::store::state_column(row, 1)?;
+                counts
+                    .entry(row.get(0)?)
+                    .or_default()
+                    .insert(state, row.get(2)?);
+            }
+        }
+        let workers = workers::list(&tx)?;
+        let running = running_by_queue(&tx, &workers)?;
+        let fresh = query::freshness(&tx)?;
+        tx.finish()?;
+        Ok(Indexed {
+            counts,
+            running,
+            workers,
+            fresh,
+        })
+    }
+
+    /// The tasks of `queue` in `state`, as indexed.
+    pub(crate) fn count(&self, queue: &str, state: State) -> u64 {
+        self.counts
+            .get(queue)
+            .and_then(|c| c.get(&state))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every queue known: from the index, the live workers and `default_queue`.
+    pub(crate) fn queues(&self, default_queue: &str) -> Vec<String> {
+        let mut queues: BTreeSet<String> = self.counts.keys().cloned().collect();
+        for worker in self.live() {
+            queues.extend(worker.heartbeat.queues.iter().cloned());
+        }
+        queues.insert(default_queue.to_owned());
+        queues.into_iter().collect()
+    }
+
+    pub(crate) fn live(&self) -> impl Iterator<Item = &WorkerStatus> {
+        self.workers.iter().filter(|w| w.status == Liveness::Alive)
+    }
+}
+
+/// The queue of each task the live workers say they run (by the index; a task not indexed
+/// yet counts for its worker's only queue, if it has one).
+fn running_by_queue(
+    conn: &Connection,
+    workers: &[WorkerStatus],
+) -> rusqlite::Result<BTreeMap<String, u64>> {
+    let mut queue_of = conn.prepare_cached("SELECT queue FROM tasks WHERE id = ?1")?;
+    let mut running = BTreeMap::new();
+    for worker in workers.iter().filter(|w| w.status == Liveness::Alive) {
+        let hb = &worker.heartbeat;
+        for id in &hb.running {
+            let queue: Option<String> = queue_of.query_row([id], |r| r.get(0)).optional()?;
+            let only = (hb.queues.len() == 1).then(|| hb.queues[0].clone());
+            if let Some(queue) = queue.or(only) {
+                *running.entry(queue).or_default() += 1;
+            }
+        }
+    }
+    Ok(running)
+}
+
+/// `GET /console`.
+pub(crate) async fn page(
+    Extract(console): Extract<Shared>,
+    viewer: Viewer,
+    flash: Option<Flash>,
+) -> Result<Response, Refusal> {
+    let readers = layout::readers(&console)?;
+    let indexed = readers
+        .read(Indexed::read)
+        .await
+        .map_err(layout::unreadable)?;
+    let queues = indexed.queues(&console.app.default_queue);
+    let figures = console.figures.of(&queues).await;
+    let now = warren_common::now_ms();
+    let mut problems = queue_problems(&console, &queues, &figures);
+    problems.extend(worker_problems(&indexed, now));
+    problems.extend(layout::index_problems(
+        &indexed.fresh,
+        readers.caught_up(),
+        now,
+    ));
+    let live = html! {
+        h1 { "Overview" }
+        (layout::problems(&problems))
+        (cards(&indexed, &figures, &queues))
+        h2 { "Queues" }
+        (queue_table(&queues, &figures, &indexed, console.config.management.is_some()))
+        h2 { "Workers" }
+        p {
+            (count(indexed.live().count() as u64)) " live; "
+            a href="/console/workers" { "every worker" }
+        }
+    };
+    Ok(layout::page(&viewer, "Overview", Section::Overview, flash, live).into_response())
+}
+
+fn cards(indexed: &Indexed, figures: &Snapshot, queues: &[String]) -> Markup {
+    let sum = |f: &dyn Fn(&QueueFigures) -> Option<u64>| -> u64 {
+        figures.figures.values().filter_map(f).sum()
+    };
+    let running: u64 = indexed.running.values().sum();
+    let retrying: u64 = queues
+        .iter()
+        .map(|q| indexed.count(q, State::Retrying))
+        .sum();
+    html! {
+        div.cards {
+            div.card #card-workers { div.value { (count(indexed.live().count() as u64)) } div.label { "live workers" } }
+            div.card #card-ready { div.value { (count(sum(&|f| f.ready))) } div.label { "ready" } }
+            div.card #card-running { div.value { (count(running)) } div.label { "running" } }
+            div.card #card-retrying { div.value { (count(retrying)) } div.label { "retrying" } }
+            div.card #card-dead { div.value { (count(sum(&|f| f.dead))) } div.label { "dead letters" } }
+        }
+    }
+}
+
+fn queue_table(
+    queues: &[String],
+    figures: &Snapshot,
+    indexed: &Indexed,
+    management: bool,
+) -> Markup {
+    html! {
+        table #queues {
+            thead { tr {
+                th { "Queue" } th.num { "Ready" }
+                @if management { th.num { "Unacked" } }
+                th.num { "Running" } th.num { "Retrying" } th.num { "Dead letters" } th.num { "Consumers" }
+                @if management { th.num { "In /s" } th.num { "Acked /s" } }
+            } }
+            tbody {
+                @for queue in queues {
+                    @let f = figures.figures.get(queue).cloned().unwrap_or_default();
+                    tr data-queue=(queue) {
+                        td { a href={ "/console/queues/" (super::security::encode(queue)) } { (queue) }
+                             @if f.missing { " " span.muted { "(not declared)" } } }
+                        td.num.ready { (maybe_count(f.ready)) }
+                        @if management { td.num { (maybe_count(f.stats.as_ref().map(|s| s.unacked))) } }
+                        td.num.running { (count(indexed.running.get(queue).copied().unwrap_or(0))) }
+                        td.num.retrying { (count(indexed.count(queue, State::Retrying))) }
+                        td.num.dead { (maybe_count(f.dead)) }
+                        td.num.consumers { (maybe_count(f.consumers)) }
+                        @if management {
+                            td.num { (rate(f.stats.as_ref().map(|s| s.publish_rate))) }
+                            td.num { (rate(f.stats.as_ref().map(|s| s.ack_rate))) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rate(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".to_owned(), |r| format!("{r:.1}"))
+}
+
+/// Queues with ready tasks and no consumer, and queues whose dead letters grow.
+fn queue_problems(console: &Console, queues: &[String], figures: &Snapshot) -> Vec<(bool, Markup)> {
+    let mut problems: Vec<(bool, Markup)> = figures
+        .problems
+        .iter()
+        .map(|p| (true, html! { "Some numbers are missing: " (p) }))
+        .collect();
+    for queue in queues {
+        let Some(f) = figures.figures.get(queue) else {
+            continue;
+        };
+        if let (Some(ready @ 1..), Some(0)) = (f.ready, f.consumers) {
+            problems.push((true, html! {
+                "Queue " a href={ "/console/queues/" (super::security::encode(queue)) } { (queue) }
+                " has " (count(ready)) " ready tasks and no consumer."
+            }));
+        }
+        if let Some((gained, over)) = console.figures.dead_growth(queue) {
+            problems.push((false, html! {
+                "Queue " a href={ "/console/queues/" (super::security::encode(queue)) } { (queue) }
+                " gained " (count(gained)) " dead letters in the last " (super::format::duration(over.as_millis() as u64)) "."
+            }));
+        }
+    }
+    problems
+}
+
+/// Workers that went silent recently (a farewell is a normal drain).
+fn worker_problems(indexed: &Indexed, now_ms: u64) -> Vec<(bool, Markup)> {
+    indexed
+        .workers
+        .iter()
+        .filter(|w| w.status == Liveness::Gone && w.gone_reason.as_deref() == Some("silent"))
+        .filter(|w| {
+            w.gone_at_ms
+                .is_some_and(|at| now_ms.saturating_sub(at) < RECENTLY_GONE_MS)
+        })
+        .map(|w| {
+            let when = w.gone_at_ms.map(|at| ago(at, now_ms)).unwrap_or_default();
+            (
+                true,
+                html! {
+                    "Worker " span.mono { (w.heartbeat.worker) } " on " (w.heartbeat.host)
+                    " went silent (" (when) "): its running tasks are lost until redelivered."
+                },
+            )
+        })
+        .collect()
+}
