@@ -7,6 +7,7 @@ mod blocked;
 mod broker_restart;
 mod calls;
 mod cluster;
+mod console;
 mod consume_loop;
 mod control;
 mod crash;

@@ -1,0 +1,354 @@
+//! The web console of `warren-producer serve --console` (docs/console.md), against the real
+//! broker, a real index file and the real binary: who may see and act (login, CSRF, another
+//! site's forms), the security headers on every answer, and a read-only console that offers
+//! no action. What the pages show and what their actions do to the broker is tested in a real
+//! browser (the `browser` tests).
+
+use crate::binary;
+use crate::http_ingest::support::{delete_stream, sigterm};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use warren_cli::demo;
+use warren_tests::*;
+use warren_worker::{Registry, WorkerConfig};
+
+pub(crate) const TOKEN: &str = "console-token";
+
+/// A queue, its events and control streams, an index and a token file, unique to one test.
+pub(crate) struct Names {
+    pub(crate) queue: String,
+    pub(crate) events: String,
+    pub(crate) control: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) token_file: PathBuf,
+}
+
+impl Names {
+    pub(crate) fn new(prefix: &str) -> Names {
+        let queue = unique_queue(prefix);
+        let dir = std::env::temp_dir().join(&queue);
+        std::fs::create_dir_all(&dir).unwrap();
+        let token_file = dir.join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        Names {
+            events: format!("{queue}.events"),
+            control: format!("{queue}.control"),
+            queue,
+            dir,
+            token_file,
+        }
+    }
+
+    /// A worker of the queue running the demo tasks, recording events and following the
+    /// control stream.
+    pub(crate) async fn worker(&self) -> TestWorker {
+        let mut config: WorkerConfig = test_config(&self.queue);
+        config.events_stream = Some(self.events.clone());
+        config.control_stream = Some(self.control.clone());
+        let mut registry = Registry::new();
+        demo::register(&mut registry);
+        TestWorker::start(registry, config).await
+    }
+
+    pub(crate) async fn clean_up(self) {
+        let conn = raw_connection().await;
+        delete_queues(&conn, &self.queue).await;
+        delete_stream(&conn, &self.events).await;
+        delete_stream(&conn, &self.control).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `warren-producer serve --console`, as an operator starts it.
+pub(crate) struct Serve {
+    child: Child,
+    pub(crate) lines: Arc<Mutex<Vec<String>>>,
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) url: String,
+}
+
+impl Serve {
+    /// Started with the token; `args` besides (e.g. `--console-actions`).
+    pub(crate) async fn start(names: &Names, args: &[&str]) -> Serve {
+        Serve::start_with(names, true, args).await
+    }
+
+    /// Started with or without the token.
+    pub(crate) async fn start_with(names: &Names, token: bool, args: &[&str]) -> Serve {
+        let mut command = Command::new(binary("warren-producer"));
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--queue", &names.queue])
+            .args([
+                "--events-stream",
+                &names.events,
+                "--control-stream",
+                &names.control,
+            ])
+            .arg("--index")
+            .arg(names.dir.join("index.db"))
+            .args(["--console", "--console-refresh", "1s"])
+            .args(args)
+            .env("AMQP_URL", amqp_url())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if token {
+            command.arg("--auth-token-file").arg(&names.token_file);
+        }
+        let mut child = command.spawn().expect("warren-producer serve starts");
+        let lines = capture_lines(child.stderr.take().expect("stderr is piped"));
+        let line = wait_for_line(&lines, "HTTP ingest listening", Duration::from_secs(60))
+            .await
+            .expect("the server logs its address");
+        let addr = line
+            .split("listen=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("the line names the address");
+        Serve {
+            child,
+            lines,
+            url: format!("http://{addr}"),
+        }
+    }
+
+    /// Stops it as an orchestrator would.
+    pub(crate) async fn stop(mut self) {
+        sigterm(&self.child);
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+    }
+}
+
+/// A plain HTTP client of the console that keeps its session cookie and follows no redirect.
+struct Browserless {
+    client: reqwest::Client,
+    url: String,
+    cookie: Option<String>,
+}
+
+impl Browserless {
+    fn new(serve: &Serve) -> Browserless {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        Browserless {
+            client,
+            url: serve.url.clone(),
+            cookie: None,
+        }
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let mut request = self.client.get(format!("{}{path}", self.url));
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, form: &str, origin: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form.to_owned());
+        if let Some(cookie) = &self.cookie {
+            request = request.header("cookie", cookie);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Logs in with `token`; returns the answer's status.
+    async fn login(&mut self, token: &str) -> u16 {
+        let answer = self
+            .post(
+                "/console/login",
+                &format!("token={token}&next=/console"),
+                None,
+            )
+            .await;
+        if let Some(cookie) = answer.headers().get("set-cookie") {
+            let cookie = cookie.to_str().unwrap();
+            self.cookie = Some(cookie.split(';').next().unwrap().to_owned());
+        }
+        answer.status().as_u16()
+    }
+
+    /// The CSRF token the pages' forms carry.
+    async fn csrf(&self) -> String {
+        let page = self.get("/console").await.text().await.unwrap();
+        let at = page
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with a CSRF token")
+            + 19;
+        page[at..at + 64].to_owned()
+    }
+}
+
+/// Records in a stream, read from its start (a stream that was never declared has none).
+async fn stream_length(stream: &str) -> u32 {
+    use futures::StreamExt;
+    use lapin::options::BasicAckOptions;
+    let conn = raw_connection().await;
+    let probe = conn.create_channel().await.unwrap();
+    if warren_common::inspect_queue(&probe, stream).await.is_err() {
+        return 0;
+    }
+    let mut consumer = consume_stream(&conn, stream, 100).await;
+    let mut records = 0;
+    // The stream is read to its end once nothing arrives for a second.
+    while let Ok(Some(delivery)) =
+        tokio::time::timeout(Duration::from_secs(1), consumer.next()).await
+    {
+        let delivery = delivery.expect("a delivery");
+        delivery.ack(BasicAckOptions::default()).await.unwrap();
+        records += 1;
+    }
+    let _ = conn.close(200, "".into()).await;
+    records
+}
+
+#[tokio::test]
+async fn console_pages_need_a_login_and_carry_security_headers() {
+    let names = Names::new("console-login");
+    let serve = Serve::start(&names, &["--console-actions"]).await;
+    let mut client = Browserless::new(&serve);
+
+    let answer = client.get("/console/tasks?state=running").await;
+    assert_eq!(answer.status(), 303);
+    assert_eq!(
+        answer.headers()["location"],
+        "/console/login?next=%2Fconsole%2Ftasks%3Fstate%3Drunning"
+    );
+    assert_eq!(client.login("not-the-token").await, 401);
+    assert!(client.cookie.is_none(), "a wrong token gets no session");
+    assert_eq!(client.login(TOKEN).await, 303);
+
+    let pages = ["/console", "/console/tasks", "/console/workers"];
+    let queue_page = format!("/console/queues/{}", names.queue);
+    for page in pages.iter().copied().chain([queue_page.as_str()]) {
+        let answer = client.get(page).await;
+        assert_eq!(answer.status(), 200, "{page}");
+        let headers = answer.headers();
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'"), "{page}: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{page}: {csp}");
+        assert!(!csp.contains("unsafe-inline"), "{page}: {csp}");
+        assert_eq!(headers["x-frame-options"], "DENY");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["cache-control"], "no-store");
+        assert!(headers["server-timing"]
+            .to_str()
+            .unwrap()
+            .starts_with("app;dur="));
+        let body = answer.text().await.unwrap();
+        assert!(!body.contains("<script>"), "{page}: no inline script");
+        assert!(!body.contains(" style="), "{page}: no inline style");
+    }
+    serve.stop().await;
+    names.clean_up().await;
+}
+
+#[tokio::test]
+async fn console_actions_need_the_session_s_csrf_token_and_this_site() {
+    let names = Names::new("console-csrf");
+    let worker = names.worker().await;
+    let serve = Serve::start(&names, &["--console-actions"]).await;
+    let mut client = Browserless::new(&serve);
+    let pause = format!("/console/queues/{}/pause", names.queue);
+
+    let answer = client.post(&pause, "csrf=x", None).await;
+    assert_eq!(answer.status(), 401, "no session");
+    client.login(TOKEN).await;
+    let csrf = client.csrf().await;
+    // The worker writes a marker at boot (docs/wire-format.md §13): count from here.
+    let records = stream_length(&names.control).await;
+    assert_eq!(
+        client.post(&pause, "", None).await.status(),
+        403,
+        "no token"
+    );
+    let forged = format!("csrf={}", "0".repeat(64));
+    assert_eq!(client.post(&pause, &forged, None).await.status(), 403);
+    let form = format!("csrf={csrf}");
+    let evil = client
+        .post(&pause, &form, Some("http://evil.example"))
+        .await;
+    assert_eq!(evil.status(), 403, "another site's form");
+    assert_eq!(
+        stream_length(&names.control).await,
+        records,
+        "nothing was written"
+    );
+
+    let origin = serve.url.clone();
+    let answer = client.post(&pause, &form, Some(&origin)).await;
+    assert_eq!(answer.status(), 303);
+    let location = answer.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&format!("/console/queues/{}?done=", names.queue)));
+    // The page it redirects to says what was done, once.
+    let page = client.get(&location).await.text().await.unwrap();
+    assert!(
+        page.contains(&format!("Paused `{}`", names.queue)),
+        "{page}"
+    );
+    let again = client.get(&location).await.text().await.unwrap();
+    assert!(!again.contains("Paused `"));
+    wait_until(Duration::from_secs(20), "the pause record", || async {
+        stream_length(&names.control).await == records + 1
+    })
+    .await;
+    let conn = raw_connection().await;
+    wait_until(
+        Duration::from_secs(20),
+        "the worker to stop consuming",
+        || async { consumer_count(&conn, &names.queue).await == 0 },
+    )
+    .await;
+
+    worker.stop().await;
+    serve.stop().await;
+    names.clean_up().await;
+}
+
+#[tokio::test]
+async fn a_console_without_a_token_is_read_only() {
+    let names = Names::new("console-open");
+    let serve = Serve::start_with(&names, false, &[]).await;
+    let client = Browserless::new(&serve);
+    let page = client
+        .get(&format!("/console/queues/{}", names.queue))
+        .await;
+    assert_eq!(page.status(), 200, "open without a login");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("Read-only"));
+    assert!(!page.contains("/pause\""), "no action offered");
+    let confirm = client
+        .get(&format!("/console/queues/{}/pause", names.queue))
+        .await;
+    assert_eq!(confirm.status(), 403);
+    let post = client
+        .post(&format!("/console/queues/{}/pause", names.queue), "", None)
+        .await;
+    assert_eq!(post.status(), 403);
+    assert_eq!(stream_length(&names.control).await, 0);
+    serve.stop().await;
+    names.clean_up().await;
+}
+
+/// Consumers of `queue` (a passive declare).
+async fn consumer_count(conn: &lapin::Connection, queue: &str) -> u32 {
+    let channel = conn.create_channel().await.unwrap();
+    let state = warren_common::inspect_queue(&channel, queue).await.unwrap();
+    let _ = channel.close(200, "".into()).await;
+    state.consumers
+}
