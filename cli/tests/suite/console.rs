@@ -65,6 +65,7 @@ impl Names {
 /// `warren-producer serve --console`, as an operator starts it.
 pub(crate) struct Serve {
     child: Child,
+    /// What it logged.
     pub(crate) lines: Arc<Mutex<Vec<String>>>,
     /// `http://127.0.0.1:PORT`.
     pub(crate) url: String,
@@ -117,10 +118,13 @@ impl Serve {
         }
     }
 
-    /// Stops it as an orchestrator would.
+    /// Stops it as an orchestrator would, and checks it stopped cleanly.
     pub(crate) async fn stop(mut self) {
         sigterm(&self.child);
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+        let waited = tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await;
+        let lines = self.lines.lock().unwrap().join("\n");
+        let status = waited.unwrap_or_else(|_| panic!("serve did not stop in 20 s:\n{lines}"));
+        assert!(status.expect("serve ran").success(), "{lines}");
     }
 }
 
