@@ -16,21 +16,42 @@ pub mod api;
 #[cfg(feature = "status-client")]
 mod client;
 #[cfg(feature = "status")]
+#[allow(
+    dead_code,
+    reason = "the console (issue 21) reads it; until then its tests do"
+)]
+pub(crate) mod dead_letters;
+#[cfg(feature = "status")]
 mod follow;
+#[cfg(feature = "status")]
+pub(crate) mod history;
 mod merge;
 #[cfg(feature = "status")]
 mod metrics;
 #[cfg(feature = "status")]
 pub(crate) mod query;
 #[cfg(feature = "status")]
+#[allow(
+    dead_code,
+    reason = "the console (issue 21) reads it; until then its tests do"
+)]
+pub(crate) mod queues;
+#[cfg(feature = "status")]
 mod store;
+#[cfg(feature = "status")]
+#[allow(
+    dead_code,
+    reason = "the console (issue 21) reads it; until then its tests do"
+)]
+pub(crate) mod throughput;
 #[cfg(feature = "status-client")]
 mod transport;
 #[cfg(feature = "status")]
 pub(crate) mod workers;
 
 pub use api::{
-    IndexState, Liveness, TaskError, TaskList, TaskStatus, Timestamp, Worker, WorkerList,
+    IndexState, Liveness, TaskError, TaskList, TaskStatus, TaskTimeline, TimelineEvent, Timestamp,
+    Worker, WorkerList,
 };
 #[cfg(feature = "status-client")]
 pub use client::{ClientError, StatusClient, TaskQuery, DEFAULT_REQUEST_TIMEOUT};
