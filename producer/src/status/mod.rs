@@ -37,6 +37,8 @@ pub(crate) mod query;
 )]
 pub(crate) mod queues;
 #[cfg(feature = "status")]
+mod seed;
+#[cfg(feature = "status")]
 mod store;
 #[cfg(feature = "status")]
 #[allow(
@@ -56,6 +58,8 @@ pub use api::{
 #[cfg(feature = "status-client")]
 pub use client::{ClientError, StatusClient, TaskQuery, DEFAULT_REQUEST_TIMEOUT};
 pub use merge::State;
+#[cfg(feature = "status")]
+pub use seed::{seed_index, Seed, SEED_REASON_KINDS};
 #[cfg(feature = "status")]
 pub use store::IndexError;
 

@@ -142,7 +142,8 @@ async fn every_documented_answer_is_produced_as_documented() {
     wait_until(
         Duration::from_secs(20),
         "the index to apply the event",
-        || async { client.get("/v1/tasks/spec-task").await.status == 200 },
+        // `unknown` is a 200 too: wait for the state the event gives.
+        || async { client.get("/v1/tasks/spec-task").await.json["state"] == "succeeded" },
     )
     .await;
     let never_seen = client.get("/v1/tasks/never-seen").await;
