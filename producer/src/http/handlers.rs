@@ -297,8 +297,8 @@ impl IntoResponse for BatchFailure {
 pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such route: POST /v1/tasks or /v1/tasks:batch publish tasks, GET /v1/tasks/{id} \
-         and GET /v1/tasks read their status",
+        "no such route: POST /v1/tasks or /v1/tasks:batch publish tasks, GET /v1/tasks/{id}, \
+         GET /v1/tasks/{id}/timeline and GET /v1/tasks read their status",
     )
 }
 

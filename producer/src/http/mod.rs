@@ -214,12 +214,13 @@ fn console_vhost(config: &IngestConfig) -> String {
 /// The read routes: the status index's, or answers that there is none.
 #[cfg(feature = "status")]
 mod reads {
-    pub(crate) use super::status::{get_task, list_tasks};
+    pub(crate) use super::status::{get_task, get_timeline, list_tasks};
     pub(crate) use super::workers::list_workers;
 }
 #[cfg(not(feature = "status"))]
 mod reads {
     pub(crate) use super::handlers::no_index as get_task;
+    pub(crate) use super::handlers::no_index as get_timeline;
     pub(crate) use super::handlers::no_index as list_tasks;
     pub(crate) use super::handlers::no_index as list_workers;
 }
@@ -236,6 +237,7 @@ fn router(state: AppState, config: &IngestConfig, health: Health, metrics: HttpM
         .route_layer(from_fn_with_state(body_limits, body::read_within_limits))
         .route("/v1/tasks", get(reads::list_tasks))
         .route("/v1/tasks/{id}", get(reads::get_task))
+        .route("/v1/tasks/{id}/timeline", get(reads::get_timeline))
         .route("/v1/workers", get(reads::list_workers))
         .route("/v1/tasks/{id}/cancel", post(control::cancel))
         .route("/v1/queues/{queue}/pause", post(control::pause))

@@ -1,5 +1,5 @@
 //! The read side of `/v1`: `GET /v1/tasks/{id}` answers a task's status from the status
-//! index, `GET /v1/tasks` lists statuses, newest change first, filtered and paged by an opaque
+//! index, `GET /v1/tasks/{id}/timeline` every event of it, `GET /v1/tasks` lists statuses, newest change first, filtered and paged by an opaque
 //! cursor. Every answer says how complete and how fresh the index is, because it is
 //! eventually consistent: an id just published is `unknown` until its first event arrives,
 //! which is why `unknown` is a 200 like any other state, not a 404 (a client cannot tell
@@ -9,7 +9,10 @@ use super::error::{ApiError, FieldError};
 use super::handlers::AppState;
 use super::time::parse_rfc3339_ms;
 use crate::defaults::index as defaults;
-use crate::status::api::{IndexState, TaskError, TaskList, TaskStatus, Timestamp};
+use crate::status::api::{
+    IndexState, TaskError, TaskList, TaskStatus, TaskTimeline, TimelineEvent, Timestamp,
+};
+use crate::status::history::{self, TimelineEntry};
 use crate::status::query::TaskStatus as IndexedStatus;
 use crate::status::query::{self, Cursor, Filter, Freshness, Page, Readers};
 use crate::status::State;
@@ -42,6 +45,48 @@ pub(crate) async fn get_task(
         None => TaskStatus::unknown(id, index),
     };
     Ok(Json(answer).into_response())
+}
+
+/// `GET /v1/tasks/{id}/timeline`: 200 with the task's events in rank order, none when the
+/// index has no event of it (as `unknown` is a 200 for its status).
+pub(crate) async fn get_timeline(
+    Extract(app): Extract<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let readers = index(&app)?;
+    let Path(id) = id.map_err(|e| FieldError::new("id", e.body_text()))?;
+    let key = id.clone();
+    let (entries, fresh) = readers
+        .read(move |conn| {
+            // One snapshot for the events and the index's state.
+            let tx = conn.unchecked_transaction()?;
+            let entries = history::timeline(&tx, &key)?;
+            let fresh = query::freshness(&tx)?;
+            tx.finish()?;
+            Ok((entries, fresh))
+        })
+        .await
+        .map_err(unreadable)?;
+    Ok(Json(TaskTimeline {
+        id,
+        events: entries.into_iter().map(timeline_event).collect(),
+        index: index_body(fresh, &readers),
+    })
+    .into_response())
+}
+
+fn timeline_event(entry: TimelineEntry) -> TimelineEvent {
+    TimelineEvent {
+        event: entry.event,
+        attempt: entry.attempt,
+        delivery_count: entry.delivery_count,
+        replays: entry.replays.unwrap_or(0),
+        worker: entry.worker,
+        at: Timestamp::from_millis(entry.at_ms),
+        error: entry.error.map(|(kind, reason)| TaskError { kind, reason }),
+        retry_at: entry.retry_at_ms.map(Timestamp::from_millis),
+        duration_ms: entry.duration_ms,
+    }
 }
 
 /// `GET /v1/tasks?state=&task=&queue=&since=&limit=&cursor=`: a page of statuses.

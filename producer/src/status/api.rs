@@ -1,5 +1,5 @@
-//! The answers of the status API (`GET /v1/tasks/{id}`, `GET /v1/tasks`, `GET /v1/workers`,
-//! docs/openapi.yaml) as types: the server serializes these and the Rust client
+//! The answers of the status API (`GET /v1/tasks/{id}`, `GET /v1/tasks/{id}/timeline`,
+//! `GET /v1/tasks`, `GET /v1/workers`, docs/openapi.yaml) as types: the server serializes these and the Rust client
 //! ([`super::StatusClient`]) deserializes the same ones, so the two cannot drift.
 
 use super::State;
@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use warren_common::events::PayloadCopy;
+use warren_common::events::{EventKind, PayloadCopy};
 
 /// An instant, written in the API as an RFC 3339 UTC time with milliseconds
 /// (`2026-12-01T09:00:00.123Z`).
@@ -169,6 +169,45 @@ pub struct TaskList {
     pub tasks: Vec<TaskStatus>,
     /// Where the next page starts; none on the last page.
     pub next_cursor: Option<String>,
+    /// The answering index's completeness.
+    pub index: IndexState,
+}
+
+/// One event of a task's timeline, as its source recorded it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEvent {
+    /// What happened: `published`, `started`, `succeeded`, `retrying`, `dead_lettered`,
+    /// `expired` or `cancelled` (docs/wire-format.md §11.4).
+    pub event: EventKind,
+    /// The attempt (1 for the first run).
+    pub attempt: Option<u32>,
+    /// The broker's delivery count of the run (quorum queues).
+    pub delivery_count: Option<u64>,
+    /// Replays from the dead letters (`x-warren-replays`; 0 for none).
+    pub replays: u32,
+    /// Who recorded it: a worker's id, a publisher's, or a dead-letter tool's.
+    pub worker: String,
+    /// When, by the recorder's clock.
+    pub at: Timestamp,
+    /// Why the attempt failed, or why the task was dead-lettered.
+    pub error: Option<TaskError>,
+    /// When the next attempt is due (`retrying`).
+    pub retry_at: Option<Timestamp>,
+    /// For an attempt's end, the milliseconds since its run's `started`, when the timeline
+    /// holds that `started` (a run that ends on its handler's first poll records none).
+    pub duration_ms: Option<u64>,
+}
+
+/// A task's timeline (`GET /v1/tasks/{id}/timeline`): every event the index read of it, those
+/// that no longer decide its status included, in the merge rule's order (docs/wire-format.md
+/// §11.6), not by the recorders' clocks. A task keeps its first `published` event and its 50
+/// latest events; a task the index has no event of has none.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskTimeline {
+    /// The task's id.
+    pub id: String,
+    /// Its events, the one that decides its status last.
+    pub events: Vec<TimelineEvent>,
     /// The answering index's completeness.
     pub index: IndexState,
 }

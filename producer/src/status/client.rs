@@ -1,8 +1,8 @@
 //! [`StatusClient`]: the status API of a `warren-producer serve --index` from Rust. A task's
-//! status by id, filtered listings, the workers, and [`StatusClient::wait`] for a task to
+//! status and timeline by id, filtered listings, the workers, and [`StatusClient::wait`] for a task to
 //! end, all answered as the types the server writes ([`super::api`]).
 
-use super::api::{TaskList, TaskStatus, Timestamp, WorkerList};
+use super::api::{TaskList, TaskStatus, TaskTimeline, Timestamp, WorkerList};
 use super::transport::{encode, Answer, Transport};
 use super::State;
 use serde::de::DeserializeOwned;
@@ -165,6 +165,13 @@ impl StatusClient {
     /// The status of task `id`; `unknown` when no event of it has reached the index (yet).
     pub async fn task(&self, id: &str) -> Result<TaskStatus, ClientError> {
         let path = format!("/v1/tasks/{}", encode(id));
+        self.get(&path).await
+    }
+
+    /// Every event of task `id` the index read, in the merge rule's order (the one that
+    /// decides its status last); none when no event of it has reached the index (yet).
+    pub async fn timeline(&self, id: &str) -> Result<TaskTimeline, ClientError> {
+        let path = format!("/v1/tasks/{}/timeline", encode(id));
         self.get(&path).await
     }
 

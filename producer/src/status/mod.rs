@@ -16,25 +16,38 @@ pub mod api;
 #[cfg(feature = "status-client")]
 mod client;
 #[cfg(feature = "status")]
+pub(crate) mod dead_letters;
+#[cfg(feature = "status")]
 mod follow;
+#[cfg(feature = "status")]
+pub(crate) mod history;
 mod merge;
 #[cfg(feature = "status")]
 mod metrics;
 #[cfg(feature = "status")]
 pub(crate) mod query;
 #[cfg(feature = "status")]
+pub(crate) mod queues;
+#[cfg(feature = "status")]
+mod seed;
+#[cfg(feature = "status")]
 pub(crate) mod store;
+#[cfg(feature = "status")]
+pub(crate) mod throughput;
 #[cfg(feature = "status-client")]
 pub(crate) mod transport;
 #[cfg(feature = "status")]
 pub(crate) mod workers;
 
 pub use api::{
-    IndexState, Liveness, TaskError, TaskList, TaskStatus, Timestamp, Worker, WorkerList,
+    IndexState, Liveness, TaskError, TaskList, TaskStatus, TaskTimeline, TimelineEvent, Timestamp,
+    Worker, WorkerList,
 };
 #[cfg(feature = "status-client")]
 pub use client::{ClientError, StatusClient, TaskQuery, DEFAULT_REQUEST_TIMEOUT};
 pub use merge::State;
+#[cfg(feature = "status")]
+pub use seed::{seed_index, Seed, SEED_REASON_KINDS};
 #[cfg(feature = "status")]
 pub use store::IndexError;
 

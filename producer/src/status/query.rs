@@ -112,7 +112,8 @@ pub(crate) struct Page {
     pub(crate) freshness: Freshness,
 }
 
-const COLUMNS: &str = "id, state, task, queue, attempt, delivery_count, worker, updated_at_ms,
+pub(crate) const COLUMNS: &str =
+    "id, state, task, queue, attempt, delivery_count, worker, updated_at_ms,
     started_at_ms, ended_at_ms, retry_at_ms, error_kind, error_reason, replays, published_at_ms,
     payload";
 
@@ -217,20 +218,30 @@ pub(crate) fn list(conn: &Connection, filter: &Filter) -> rusqlite::Result<Page>
         "SELECT {COLUMNS} FROM tasks {condition} ORDER BY updated_at_ms DESC, id DESC LIMIT ?{}",
         values.len()
     );
+    page(conn, &sql, values, filter.limit)
+}
+
+/// Runs `sql`, a selection of [`COLUMNS`] newest first bound to `values` whose limit is one
+/// more than `limit`, as a page with the index's freshness from the same snapshot.
+pub(crate) fn page(
+    conn: &Connection,
+    sql: &str,
+    values: Vec<Value>,
+    limit: usize,
+) -> rusqlite::Result<Page> {
     let tx = conn.unchecked_transaction()?;
     let mut tasks = tx
-        .prepare_cached(&sql)?
+        .prepare_cached(sql)?
         .query_map(rusqlite::params_from_iter(values), status)?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let fresh = freshness(&tx)?;
     tx.finish()?;
-    let next = (tasks.len() > filter.limit).then(|| {
-        tasks.truncate(filter.limit);
-        let last = tasks.last().expect("a page of at least one task");
-        Cursor {
-            updated_at_ms: last.updated_at_ms,
-            id: last.id.clone(),
-        }
+    let more = tasks.len() > limit;
+    tasks.truncate(limit);
+    // A limit of 0 has no last task to continue after: no cursor.
+    let next = tasks.last().filter(|_| more).map(|last| Cursor {
+        updated_at_ms: last.updated_at_ms,
+        id: last.id.clone(),
     });
     Ok(Page {
         tasks,

@@ -1,4 +1,4 @@
--- The status index file (docs/status.md), layout version 2 (`PRAGMA user_version`; store.rs
+-- The status index file (docs/status.md), layout version 3 (`PRAGMA user_version`; store.rs
 -- refuses a file of another). `tasks` holds one row per task: its status and the rank of the
 -- event that decided it (docs/wire-format.md §11.6: replays, attempt, delivery count, phase,
 -- then stream position: epoch, offset, sequence number), and what its `published` event
@@ -86,3 +86,61 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 -- Only the tasks a worker's status can move between `running` and `lost`.
 CREATE INDEX IF NOT EXISTS tasks_by_worker ON tasks (worker) WHERE state IN ('running', 'lost');
+-- Dead-lettered and expired tasks of a queue, newest first (the dead letters of the queue's
+-- page, filtered by task or reason kind): partial, so they hold only those tasks, and range
+-- scans however many tasks of other states the queue has. The queries repeat the `WHERE`
+-- word for word, which is how SQLite knows it can use them.
+CREATE INDEX IF NOT EXISTS tasks_dead ON tasks (queue, updated_at_ms, id)
+    WHERE state IN ('dead_lettered', 'expired');
+CREATE INDEX IF NOT EXISTS tasks_dead_by_kind ON tasks (queue, error_kind, updated_at_ms, id)
+    WHERE state IN ('dead_lettered', 'expired');
+CREATE INDEX IF NOT EXISTS tasks_dead_by_task ON tasks (queue, task, updated_at_ms, id)
+    WHERE state IN ('dead_lettered', 'expired');
+-- `dead_letters` counts those tasks per queue and error kind (`''` for one without), changed
+-- in the same transactions as the tasks, so the kinds present and their counts are read
+-- without a scan.
+CREATE TABLE IF NOT EXISTS dead_letters (
+    queue TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    tasks INTEGER NOT NULL,
+    PRIMARY KEY (queue, kind)
+) WITHOUT ROWID;
+-- `history` is each task's timeline (layout 3): one row per event read, those the merge rule
+-- outranks included, keyed by the task and the event's rank (§11.6), whose last part is its
+-- stream position, so an event read again is the same row and the rows read in key order are
+-- the rank order. A task keeps its first `published` event and its 50 latest others
+-- (history.rs); its rows are deleted with it.
+CREATE TABLE IF NOT EXISTS history (
+    id TEXT NOT NULL,
+    rank_replays INTEGER NOT NULL,
+    rank_attempt INTEGER NOT NULL,
+    rank_delivery_count INTEGER NOT NULL,
+    rank_phase INTEGER NOT NULL,
+    position_epoch INTEGER NOT NULL,
+    position_offset INTEGER NOT NULL,
+    position_seq INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    source TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    attempt INTEGER,
+    replays INTEGER,
+    delivery_count INTEGER,
+    error_kind TEXT,
+    error_reason TEXT,
+    retry_at_ms INTEGER,
+    PRIMARY KEY (id, rank_replays, rank_attempt, rank_delivery_count, rank_phase,
+        position_epoch, position_offset, position_seq)
+) WITHOUT ROWID;
+-- `throughput` counts the endings and retries recorded per 10-second bucket of their `at_ms`
+-- and per queue (layout 3), each event once, in the same transactions as the events; buckets
+-- older than an hour are deleted (throughput.rs).
+CREATE TABLE IF NOT EXISTS throughput (
+    bucket_ms INTEGER NOT NULL,
+    queue TEXT NOT NULL,
+    succeeded INTEGER NOT NULL,
+    retried INTEGER NOT NULL,
+    dead_lettered INTEGER NOT NULL,
+    expired INTEGER NOT NULL,
+    cancelled INTEGER NOT NULL,
+    PRIMARY KEY (bucket_ms, queue)
+) WITHOUT ROWID;

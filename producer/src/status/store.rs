@@ -1,10 +1,16 @@
 //! The index file, as its one writer sees it: a row per task holding its status and the rank
 //! of the event that decided it, task counts per queue and state kept in the same
 //! transactions, how far into the stream the index has read, and the gaps it found there.
+//! Beside them, in the same transactions: each task's timeline ([`history`]), the throughput
+//! counters ([`super::throughput`]) and the dead-letter counts per reason kind
+//! ([`dead_letters`]).
 //! Every change, including the stream offset it covers, commits in one transaction, so the
 //! file is always a consistent snapshot of the stream up to its stored offset.
 
+use super::dead_letters::{self, KindChanges};
+use super::history;
 use super::merge::{supersedes, Position, Rank, State};
+use super::throughput::Tally;
 use super::workers::{self, Presence};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::collections::HashMap;
@@ -12,8 +18,9 @@ use std::path::Path;
 use warren_common::events::{EventKind, Stamped};
 
 /// The file's layout (`PRAGMA user_version`); a file of another is refused rather than
-/// misread. 2: `published` events (replays in the rank, the payload's copy).
-const VERSION: i64 = 2;
+/// misread. 2: `published` events (replays in the rank, the payload's copy). 3: timelines,
+/// throughput counters, dead-letter counts and indexes.
+const VERSION: i64 = 3;
 
 /// The tables and indexes (created if missing): see `schema.sql`.
 const SCHEMA: &str = include_str!("schema.sql");
@@ -108,6 +115,10 @@ pub(crate) struct Applied {
     /// Events of tasks not indexed, older than the index's retention: not indexed.
     pub(crate) outdated: u64,
     pub(crate) counts: CountChanges,
+    /// Changes of the dead-letter counts per queue and reason kind.
+    pub(crate) dead_letters: KindChanges,
+    /// Endings and retries new to the index, for the throughput counters.
+    pub(crate) throughput: Tally,
 }
 
 /// The index file, opened for writing.
@@ -125,6 +136,7 @@ struct Stored {
     state: State,
     queue: String,
     started_at_ms: Option<u64>,
+    error_kind: Option<String>,
 }
 
 impl Store {
@@ -218,7 +230,7 @@ impl Store {
         for batch in batches {
             for event in &batch.events {
                 let rank = Rank::of(event, epoch, batch.offset);
-                apply_event(&tx, event, rank, horizon_ms, &mut applied)?;
+                apply_event(&tx, event, rank, (horizon_ms, now_ms), &mut applied)?;
                 newest = newest.max(Some(event.event.at_ms));
             }
             if let Some(presence) = &batch.presence {
@@ -234,6 +246,8 @@ impl Store {
         stream_now_ms = stream_now_ms.max(newest.unwrap_or(0));
         workers::mark_silent(&tx, now_ms, stream_now_ms, &mut applied.counts)?;
         change_counts(&tx, &applied.counts)?;
+        dead_letters::change(&tx, &applied.dead_letters)?;
+        applied.throughput.write(&tx, now_ms)?;
         tx.prepare_cached(
             "UPDATE progress SET stream_offset = ?1, batch_source = ?2, batch_first_seq = ?3,
              last_event_at_ms = ?4",
@@ -313,44 +327,59 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes up to `limit` tasks that ended before `before_ms`, keeping the counts right.
+    /// Deletes up to `limit` tasks that ended before `before_ms`, with their timelines,
+    /// keeping the counts right.
     pub(crate) fn sweep(&mut self, before_ms: u64, limit: usize) -> rusqlite::Result<CountChanges> {
         let tx = self.conn.transaction()?;
         let mut counts = CountChanges::new();
+        let mut dead = KindChanges::new();
+        let mut ids = Vec::new();
         {
             let mut delete = tx.prepare_cached(
                 "DELETE FROM tasks WHERE id IN
                  (SELECT id FROM tasks WHERE ended_at_ms < ?1 LIMIT ?2)
-                 RETURNING queue, state",
+                 RETURNING queue, state, error_kind, id",
             )?;
             let mut rows = delete.query(params![before_ms, limit as u64])?;
             while let Some(row) = rows.next()? {
                 let queue: String = row.get(0)?;
                 let state = state_column(row, 1)?;
+                let kind: Option<String> = row.get(2)?;
+                dead_letters::count(&mut dead, &queue, state, kind.as_deref(), -1);
                 *counts.entry((queue, state)).or_default() -= 1;
+                ids.push(row.get::<_, String>(3)?);
             }
         }
+        for id in &ids {
+            history::forget(&tx, id)?;
+        }
         change_counts(&tx, &counts)?;
+        dead_letters::change(&tx, &dead)?;
         tx.commit()?;
         Ok(counts)
     }
 }
 
-/// Applies one event: it becomes the task's status if it outranks the stored one.
+/// Applies one event: it joins its task's timeline, and becomes the task's status if it
+/// outranks the stored one. Events of tasks not indexed older than `horizon_ms` are left out;
+/// `now_ms` is the index's clock (the throughput counters' age).
 fn apply_event(
     tx: &Transaction<'_>,
     stamped: &Stamped,
     rank: Rank,
-    horizon_ms: u64,
+    (horizon_ms, now_ms): (u64, u64),
     applied: &mut Applied,
 ) -> rusqlite::Result<()> {
     let event = &stamped.event;
     let stored = stored(tx, &event.id)?;
+    if stored.is_none() && event.at_ms < horizon_ms {
+        applied.outdated += 1;
+        return Ok(());
+    }
+    if history::record(tx, stamped, &rank, stored.is_none())? {
+        applied.throughput.count(event, now_ms);
+    }
     match &stored {
-        None if event.at_ms < horizon_ms => {
-            applied.outdated += 1;
-            return Ok(());
-        }
         Some(s) if !supersedes(&rank, Some(&s.rank)) => {
             // A late `published` still tells when, and with which payload.
             if event.event == EventKind::Published {
@@ -433,8 +462,17 @@ fn apply_event(
         event.result_error,
     ])?;
     if let Some(s) = stored {
+        let kind = s.error_kind.as_deref();
+        dead_letters::count(&mut applied.dead_letters, &s.queue, s.state, kind, -1);
         *applied.counts.entry((s.queue, s.state)).or_default() -= 1;
     }
+    dead_letters::count(
+        &mut applied.dead_letters,
+        &event.queue,
+        state,
+        error_kind,
+        1,
+    );
     *applied
         .counts
         .entry((event.queue.to_string(), state))
@@ -446,7 +484,7 @@ fn apply_event(
 fn stored(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Stored>> {
     tx.prepare_cached(
         "SELECT rank_attempt, rank_delivery_count, rank_phase, position_epoch, position_offset,
-            position_seq, state, queue, started_at_ms, rank_replays
+            position_seq, state, queue, started_at_ms, rank_replays, error_kind
          FROM tasks WHERE id = ?1",
     )?
     .query_row([id], |r| {
@@ -465,6 +503,7 @@ fn stored(tx: &Transaction<'_>, id: &str) -> rusqlite::Result<Option<Stored>> {
             state: state_column(r, 6)?,
             queue: r.get(7)?,
             started_at_ms: r.get(8)?,
+            error_kind: r.get(10)?,
         })
     })
     .optional()

@@ -3,6 +3,7 @@
 //! counts per queue and state always equal the rows. The workers table and the `lost` state
 //! are in [`workers`].
 
+mod console;
 mod published;
 mod workers;
 
@@ -54,11 +55,18 @@ fn state(store: &Store, id: &str) -> Option<State> {
     found.map(|s| s.state)
 }
 
-/// Every row of the tasks and counts tables, as text.
+/// Every row of the tasks, counts, timelines, throughput and dead-letter counts tables, as
+/// text.
 fn snapshot(store: &Store) -> Vec<String> {
     let conn = store.connection();
     let mut rows = Vec::new();
-    for table in ["tasks ORDER BY id", "counts ORDER BY queue, state"] {
+    for table in [
+        "tasks ORDER BY id",
+        "counts ORDER BY queue, state",
+        "history ORDER BY id, position_epoch, position_offset, position_seq",
+        "throughput ORDER BY bucket_ms, queue",
+        "dead_letters ORDER BY queue, kind",
+    ] {
         let mut statement = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
         let columns = statement.column_count();
         let mut query = statement.query([]).unwrap();
@@ -72,8 +80,9 @@ fn snapshot(store: &Store) -> Vec<String> {
     rows
 }
 
-/// The counts table equals a count of the rows.
+/// The counts and dead-letter counts tables equal a count of the rows.
 fn assert_counts_right(store: &Store) {
+    console::assert_dead_letter_counts_right(store);
     let conn = store.connection();
     let kept: Vec<(String, String, i64)> = conn
         .prepare("SELECT queue, state, tasks FROM counts ORDER BY 1, 2")

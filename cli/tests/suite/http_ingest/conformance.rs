@@ -142,7 +142,8 @@ async fn every_documented_answer_is_produced_as_documented() {
     wait_until(
         Duration::from_secs(20),
         "the index to apply the event",
-        || async { client.get("/v1/tasks/spec-task").await.status == 200 },
+        // `unknown` is a 200 too: wait for the state the event gives.
+        || async { client.get("/v1/tasks/spec-task").await.json["state"] == "succeeded" },
     )
     .await;
     let never_seen = client.get("/v1/tasks/never-seen").await;
@@ -151,6 +152,16 @@ async fn every_documented_answer_is_produced_as_documented() {
         (200, json!("unknown"))
     );
     assert_eq!(client.get("/v1/tasks/%FF").await.status, 400);
+    let timeline = client.get("/v1/tasks/spec-task/timeline").await;
+    assert_eq!(timeline.status, 200, "{}", timeline.text);
+    assert_eq!(timeline.json["events"][0]["event"], "succeeded");
+    assert_eq!(timeline.json["events"][0]["worker"], "spec-worker");
+    let no_events = client.get("/v1/tasks/never-seen/timeline").await;
+    assert_eq!(
+        (no_events.status, no_events.json["events"].clone()),
+        (200, json!([]))
+    );
+    assert_eq!(client.get("/v1/tasks/%FF/timeline").await.status, 400);
     assert_eq!(client.get("/v1/tasks?state=succeeded").await.status, 200);
     assert_eq!(client.get("/v1/tasks?state=done").await.status, 400);
     let heartbeat = json!({"worker": "spec-worker", "host": "h", "pid": 1, "version": "0",
@@ -165,7 +176,12 @@ async fn every_documented_answer_is_produced_as_documented() {
     )
     .await;
     assert_eq!(client.get("/v1/workers?status=alive").await.status, 400);
-    for path in ["/v1/tasks", "/v1/tasks/spec-task", "/v1/workers"] {
+    for path in [
+        "/v1/tasks",
+        "/v1/tasks/spec-task",
+        "/v1/tasks/spec-task/timeline",
+        "/v1/workers",
+    ] {
         assert_eq!(client.without_token().get(path).await.status, 401);
         assert_eq!(down_client.get(path).await.status, 501);
     }

@@ -6,7 +6,9 @@ use super::{cli, Names, Serve, TOKEN};
 use crate::example;
 use std::time::{Duration, SystemTime};
 use warren_cli::demo;
-use warren_producer::status::{ClientError, Liveness, State, StatusClient, TaskQuery};
+use warren_producer::status::{
+    ClientError, Liveness, State, StatusClient, TaskQuery, TaskTimeline,
+};
 use warren_producer::TaskOptions;
 use warren_tests::*;
 use warren_worker::Registry;
@@ -55,6 +57,29 @@ async fn the_rust_client_and_tasks_wait_report_each_ending() {
         let typed = serde_json::to_value(client.task(id).await.unwrap()).unwrap();
         assert_eq!(typed, serve.status(id).await, "task {id}");
     }
+    // Their timelines: the sleeping task's run with its duration, the failing task's one
+    // ending (it failed on its handler's first poll: no `started`, so no duration).
+    let kinds = |timeline: &TaskTimeline| -> Vec<&'static str> {
+        timeline.events.iter().map(|e| e.event.as_str()).collect()
+    };
+    let slept = client.timeline(&sleep).await.unwrap();
+    assert_eq!(kinds(&slept), ["started", "succeeded"], "{slept:?}");
+    assert!(slept.events[1].duration_ms >= Some(1_000), "{slept:?}");
+    assert_eq!(slept.events[1].worker, worker_id);
+    let failed = client.timeline(&fail).await.unwrap();
+    assert_eq!(kinds(&failed), ["dead_lettered"], "{failed:?}");
+    let ending = &failed.events[0];
+    assert_eq!(
+        ending.error.as_ref().map(|e| e.kind.as_str()),
+        Some("retries_exhausted")
+    );
+    assert_eq!((ending.attempt, ending.duration_ms), (Some(1), None));
+    assert!(client
+        .timeline("no-such-task")
+        .await
+        .unwrap()
+        .events
+        .is_empty());
     let page = client
         .tasks(
             &TaskQuery::new()

@@ -17,7 +17,11 @@ pub(crate) const CSS_PATH: &str = concat!(
 pub(crate) const JS_PATH: &str =
     concat!("/console/static/console-", env!("CARGO_PKG_VERSION"), ".js");
 
+/// Where pages load the icon from.
+pub(crate) const ICON_PATH: &str = "/console/static/favicon.svg";
+
 const CSS: &str = include_str!("assets/console.css");
+const ICON: &str = include_str!("assets/favicon.svg");
 const JS: &str = include_str!("assets/console.js");
 
 /// A day: the paths change with each version.
@@ -34,6 +38,19 @@ pub(crate) fn routes() -> Router<Shared> {
                         (header::CACHE_CONTROL, CACHE),
                     ],
                     CSS,
+                )
+                    .into_response()
+            }),
+        )
+        .route(
+            ICON_PATH,
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "image/svg+xml"),
+                        (header::CACHE_CONTROL, CACHE),
+                    ],
+                    ICON,
                 )
                     .into_response()
             }),

@@ -2,21 +2,17 @@
 //! answers only ready messages and consumers, so each Warren queue (and its dead-letter queue)
 //! is declared passively, on one channel, at most once a second however many pages refresh.
 //! With the management API configured, its per-queue figures (unacknowledged messages, rates)
-//! are added. The dead-letter counts are also kept for a few minutes, to tell whether they grow.
+//! are added.
 
 use super::management::{Management, QueueStats};
 use crate::http::broker::Broker;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use warren_common::{dead_letter_queue_name, inspect_queue, TopologyError};
 
 /// How long an answer is reused.
 const FRESH_FOR: Duration = Duration::from_secs(1);
-
-/// How far back dead-letter counts are kept, and the least span that says they grow.
-const HISTORY: Duration = Duration::from_secs(300);
-const GROWTH_SPAN: Duration = Duration::from_secs(30);
 
 /// One queue's numbers; `None` where the broker could not say.
 #[derive(Clone, Debug, Default)]
@@ -47,8 +43,6 @@ pub(crate) struct Figures {
     management: Option<Management>,
     channel: tokio::sync::Mutex<Option<lapin::Channel>>,
     last: Mutex<Arc<Snapshot>>,
-    /// Dead-letter counts over the last minutes, oldest first.
-    dead: Mutex<VecDeque<(Instant, HashMap<String, u64>)>>,
 }
 
 impl Figures {
@@ -58,7 +52,6 @@ impl Figures {
             management,
             channel: tokio::sync::Mutex::new(None),
             last: Mutex::new(Arc::default()),
-            dead: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -91,7 +84,6 @@ impl Figures {
                 Err(e) => snapshot.problems.push(format!("management API: {e}")),
             }
         }
-        self.remember_dead(&snapshot);
         let snapshot = Arc::new(snapshot);
         *lock(&self.last) = snapshot.clone();
         snapshot
@@ -153,34 +145,6 @@ impl Figures {
                 Err(format!("the broker: {e}"))
             }
         }
-    }
-
-    fn remember_dead(&self, snapshot: &Snapshot) {
-        let counts: HashMap<String, u64> = snapshot
-            .figures
-            .iter()
-            .filter_map(|(q, f)| Some((q.clone(), f.dead?)))
-            .collect();
-        let mut history = lock(&self.dead);
-        let now = Instant::now();
-        while history.front().is_some_and(|(at, _)| now - *at > HISTORY) {
-            history.pop_front();
-        }
-        history.push_back((now, counts));
-    }
-
-    /// How many dead letters `queue` gained over the last minutes (at least
-    /// [`GROWTH_SPAN`] of them), if it gained any.
-    pub(crate) fn dead_growth(&self, queue: &str) -> Option<(u64, Duration)> {
-        let history = lock(&self.dead);
-        let (newest_at, newest) = history.back()?;
-        let (oldest_at, oldest) = history.front()?;
-        let span = newest_at.duration_since(*oldest_at);
-        if span < GROWTH_SPAN {
-            return None;
-        }
-        let gained = newest.get(queue)?.checked_sub(*oldest.get(queue)?)?;
-        (gained > 0).then_some((gained, span))
     }
 }
 

@@ -148,6 +148,7 @@ fn head(title: &str) -> Markup {
             meta charset="utf-8";
             meta name="viewport" content="width=device-width, initial-scale=1";
             title { (title) " · Warren" }
+            link rel="icon" href=(assets::ICON_PATH) type="image/svg+xml";
             link rel="stylesheet" href=(assets::CSS_PATH);
             script src=(assets::JS_PATH) defer {}
         }

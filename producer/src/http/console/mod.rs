@@ -12,6 +12,7 @@
 
 mod actions;
 mod assets;
+mod chart;
 mod figures;
 mod format;
 mod jobs;

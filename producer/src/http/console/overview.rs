@@ -8,79 +8,87 @@ use super::figures::{QueueFigures, Snapshot};
 use super::format::{ago, count, maybe_count};
 use super::layout::{self, Flash, Section, Viewer};
 use super::security::Refusal;
-use super::{Console, Shared};
+use super::Shared;
 use crate::status::api::Liveness;
 use crate::status::query::{self, Freshness};
+use crate::status::queues::{self, QueueSummary};
+use crate::status::throughput::{self, Bucket};
 use crate::status::workers::{self, WorkerStatus};
 use crate::status::State;
 use axum::extract::State as Extract;
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
 use rusqlite::{Connection, OptionalExtension};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Workers gone this recently are listed as problems (when they went silent).
 const RECENTLY_GONE_MS: u64 = 15 * 60 * 1000;
 
+/// How far back the chart and the dead-letter growth look.
+const CHART_SPAN_MS: u64 = 10 * 60 * 1000;
+const GROWTH_SPAN_MS: u64 = 5 * 60 * 1000;
+
 /// What the index says about the queues and workers.
 pub(crate) struct Indexed {
-    /// Tasks per queue and state.
-    pub(crate) counts: BTreeMap<String, HashMap<State, u64>>,
+    /// Every queue the index knows, with its tasks per state.
+    pub(crate) queues: Vec<QueueSummary>,
     /// Tasks running per queue, from the live workers' heartbeats.
     pub(crate) running: BTreeMap<String, u64>,
     pub(crate) workers: Vec<WorkerStatus>,
+    /// Endings and retries per queue over the last [`CHART_SPAN_MS`].
+    pub(crate) throughput: Vec<Bucket>,
     pub(crate) fresh: Freshness,
 }
 
 impl Indexed {
-    pub(crate) fn read(conn: &Connection) -> rusqlite::Result<Indexed> {
-        let tx = conn.unchecked_transaction()?;
-        let mut counts: BTreeMap<String, HashMap<State, u64>> = BTreeMap::new();
-        {
-            let mut rows =
-                tx.prepare_cached("SELECT queue, state, tasks FROM counts WHERE tasks > 0")?;
-            let mut rows = rows.query([])?;
-            while let Some(row) = rows.next()? {
-                let state = crate::status::store::state_column(row, 1)?;
-                counts
-                    .entry(row.get(0)?)
-                    .or_default()
-                    .insert(state, row.get(2)?);
-            }
-        }
-        let workers = workers::list(&tx)?;
-        let running = running_by_queue(&tx, &workers)?;
-        let fresh = query::freshness(&tx)?;
-        tx.finish()?;
+    /// Reads it all, at `now_ms`. (The parts are read one after the other, each a snapshot of
+    /// its own: a page may show a figure a transaction older than the next.)
+    pub(crate) fn read(conn: &Connection, now_ms: u64) -> rusqlite::Result<Indexed> {
+        let queues = queues::queues(conn)?;
+        let workers = workers::list(conn)?;
+        let running = running_by_queue(conn, &workers)?;
+        let throughput = throughput::throughput(conn, now_ms.saturating_sub(CHART_SPAN_MS))?;
+        let fresh = query::freshness(conn)?;
         Ok(Indexed {
-            counts,
+            queues,
             running,
             workers,
+            throughput,
             fresh,
         })
     }
 
     /// The tasks of `queue` in `state`, as indexed.
     pub(crate) fn count(&self, queue: &str, state: State) -> u64 {
-        self.counts
-            .get(queue)
-            .and_then(|c| c.get(&state))
-            .copied()
-            .unwrap_or(0)
+        self.queues
+            .iter()
+            .find(|q| q.queue == queue)
+            .map_or(0, |q| q.count(state))
     }
 
-    /// Every queue known: from the index, the live workers and `default_queue`.
-    pub(crate) fn queues(&self, default_queue: &str) -> Vec<String> {
-        let mut queues: BTreeSet<String> = self.counts.keys().cloned().collect();
-        for worker in self.live() {
-            queues.extend(worker.heartbeat.queues.iter().cloned());
-        }
+    /// Dead letters of `queue` the index lists: tasks that ended dead-lettered or expired.
+    pub(crate) fn dead(&self, queue: &str) -> u64 {
+        self.count(queue, State::DeadLettered) + self.count(queue, State::Expired)
+    }
+
+    /// Every queue known: from the index (tasks, heartbeats) and `default_queue`.
+    pub(crate) fn queue_names(&self, default_queue: &str) -> Vec<String> {
+        let mut queues: BTreeSet<String> = self.queues.iter().map(|q| q.queue.clone()).collect();
         queues.insert(default_queue.to_owned());
         queues.into_iter().collect()
     }
 
     pub(crate) fn live(&self) -> impl Iterator<Item = &WorkerStatus> {
         self.workers.iter().filter(|w| w.status == Liveness::Alive)
+    }
+
+    /// Dead letters `queue` gained since `since_ms`.
+    fn dead_since(&self, queue: &str, since_ms: u64) -> u64 {
+        self.throughput
+            .iter()
+            .filter(|b| b.queue == queue && b.start_ms + throughput::BUCKET_MS > since_ms)
+            .map(|b| b.dead_lettered + b.expired)
+            .sum()
     }
 }
 
@@ -112,14 +120,12 @@ pub(crate) async fn page(
     flash: Option<Flash>,
 ) -> Result<Response, Refusal> {
     let readers = layout::readers(&console)?;
-    let indexed = readers
-        .read(Indexed::read)
-        .await
-        .map_err(layout::unreadable)?;
-    let queues = indexed.queues(&console.app.default_queue);
-    let figures = console.figures.of(&queues).await;
     let now = warren_common::now_ms();
-    let mut problems = queue_problems(&console, &queues, &figures);
+    let read = readers.read(move |conn| Indexed::read(conn, now));
+    let indexed = read.await.map_err(layout::unreadable)?;
+    let queues = indexed.queue_names(&console.app.default_queue);
+    let figures = console.figures.of(&queues).await;
+    let mut problems = queue_problems(&queues, &figures, &indexed, now);
     problems.extend(worker_problems(&indexed, now));
     problems.extend(layout::index_problems(
         &indexed.fresh,
@@ -130,6 +136,8 @@ pub(crate) async fn page(
         h1 { "Overview" }
         (layout::problems(&problems))
         (cards(&indexed, &figures, &queues))
+        h2 { "Tasks per second, last 10 minutes" }
+        (super::chart::chart(&indexed.throughput, now, CHART_SPAN_MS))
         h2 { "Queues" }
         (queue_table(&queues, &figures, &indexed, console.config.management.is_some()))
         h2 { "Workers" }
@@ -203,13 +211,25 @@ fn rate(rate: Option<f64>) -> String {
 }
 
 /// Queues with ready tasks and no consumer, and queues whose dead letters grow.
-fn queue_problems(console: &Console, queues: &[String], figures: &Snapshot) -> Vec<(bool, Markup)> {
+fn queue_problems(
+    queues: &[String],
+    figures: &Snapshot,
+    indexed: &Indexed,
+    now_ms: u64,
+) -> Vec<(bool, Markup)> {
     let mut problems: Vec<(bool, Markup)> = figures
         .problems
         .iter()
         .map(|p| (true, html! { "Some numbers are missing: " (p) }))
         .collect();
     for queue in queues {
+        let gained = indexed.dead_since(queue, now_ms.saturating_sub(GROWTH_SPAN_MS));
+        if gained > 0 {
+            problems.push((false, html! {
+                "Queue " a href={ "/console/queues/" (super::security::encode(queue)) } { (queue) }
+                " gained " (count(gained)) " dead letters in the last 5 minutes."
+            }));
+        }
         let Some(f) = figures.figures.get(queue) else {
             continue;
         };
@@ -217,12 +237,6 @@ fn queue_problems(console: &Console, queues: &[String], figures: &Snapshot) -> V
             problems.push((true, html! {
                 "Queue " a href={ "/console/queues/" (super::security::encode(queue)) } { (queue) }
                 " has " (count(ready)) " ready tasks and no consumer."
-            }));
-        }
-        if let Some((gained, over)) = console.figures.dead_growth(queue) {
-            problems.push((false, html! {
-                "Queue " a href={ "/console/queues/" (super::security::encode(queue)) } { (queue) }
-                " gained " (count(gained)) " dead letters in the last " (super::format::duration(over.as_millis() as u64)) "."
             }));
         }
     }

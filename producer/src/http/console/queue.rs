@@ -13,7 +13,8 @@ use super::overview::Indexed;
 use super::security::encode;
 use super::security::Refusal;
 use super::Shared;
-use crate::status::query::{self, Cursor, Filter, Page, TaskStatus};
+use crate::status::dead_letters::{self, DeadLetterFilter, KindCount};
+use crate::status::query::{Cursor, Page};
 use crate::status::State;
 use axum::extract::{Path, RawQuery, State as Extract};
 use axum::response::{IntoResponse, Response};
@@ -90,19 +91,24 @@ pub(crate) async fn page(
 ) -> Result<Response, Refusal> {
     let readers = layout::readers(&console)?;
     let filter = DeadFilter::parse(raw.as_deref().unwrap_or(""));
-    let listing = Filter {
-        state: Some(State::DeadLettered),
+    let listing = DeadLetterFilter {
+        queue: queue.clone(),
         task: filter.task.clone(),
-        queue: Some(queue.clone()),
-        since_ms: None,
-        limit: PAGE,
+        reason_kind: filter.kind.clone(),
         after: filter.cursor.as_deref().and_then(Cursor::decode),
+        limit: PAGE,
     };
-    let read = readers.read(move |conn| Ok((Indexed::read(conn)?, query::list(conn, &listing)?)));
-    let (indexed, page) = read.await.map_err(layout::unreadable)?;
+    let now = warren_common::now_ms();
+    let read = readers.read(move |conn| {
+        Ok((
+            Indexed::read(conn, now)?,
+            dead_letters::dead_letters(conn, &listing)?,
+            dead_letters::dead_letter_kinds(conn, &listing.queue)?,
+        ))
+    });
+    let (indexed, page, kinds) = read.await.map_err(layout::unreadable)?;
     let figures = console.figures.of(std::slice::from_ref(&queue)).await;
     let f = figures.figures.get(&queue).cloned().unwrap_or_default();
-    let now = warren_common::now_ms();
     let problems = layout::index_problems(&indexed.fresh, readers.caught_up(), now);
     let max_age = console.retention.max_age.as_millis() as u64;
     let live = html! {
@@ -113,8 +119,8 @@ pub(crate) async fn page(
         (controls(&viewer, &queue))
         @if let Some(job) = console.jobs.of(&queue) { (job_box(&job, now)) }
         h2 { "Dead letters" }
-        (dead_summary(&f, indexed.count(&queue, State::DeadLettered), max_age))
-        (filters(&queue, &filter))
+        (dead_summary(&f, indexed.dead(&queue), max_age))
+        (filters(&queue, &filter, &kinds))
         (dead_table(&viewer, &queue, &filter, &page, now, max_age))
     };
     let title = format!("Queue {queue}");
@@ -183,11 +189,24 @@ fn dead_summary(f: &QueueFigures, indexed: u64, max_age_ms: u64) -> Markup {
     }
 }
 
-fn filters(queue: &str, filter: &DeadFilter) -> Markup {
+fn filters(queue: &str, filter: &DeadFilter, kinds: &[KindCount]) -> Markup {
+    let chosen = filter.kind.as_deref();
     html! {
         form.filters #dead-filters method="get" action={ "/console/queues/" (encode(queue)) } {
             label { "Task" input type="text" name="task" value=(filter.task.clone().unwrap_or_default()); }
-            label { "Reason kind" input type="text" name="kind" value=(filter.kind.clone().unwrap_or_default()) placeholder="e.g. handler, broker"; }
+            label { "Reason kind"
+                select name="kind" {
+                    option value="" { "any" }
+                    @for kind in kinds {
+                        option value=(kind.kind) selected[chosen == Some(kind.kind.as_str())] {
+                            (kind.kind) " (" (count(kind.tasks)) ")"
+                        }
+                    }
+                    @if let Some(other) = chosen.filter(|c| !kinds.iter().any(|k| k.kind == *c)) {
+                        option value=(other) selected { (other) " (0)" }
+                    }
+                }
+            }
             button type="submit" { "Filter" }
         }
     }
@@ -202,11 +221,7 @@ fn dead_table(
     max_age_ms: u64,
 ) -> Markup {
     let base = format!("/console/queues/{}", encode(queue));
-    let shown: Vec<&TaskStatus> = page
-        .tasks
-        .iter()
-        .filter(|t| kind_matches(filter.kind.as_deref(), t))
-        .collect();
+    let shown = &page.tasks;
     html! {
         @if viewer.actions {
             div.actions {
@@ -224,7 +239,7 @@ fn dead_table(
                         th { "Id" } th { "Task" } th { "Reason" } th.num { "Attempt" } th { "Dead-lettered" }
                     } }
                     tbody {
-                        @for task in &shown {
+                        @for task in shown {
                             @let at = task.ended_at_ms.unwrap_or(task.updated_at_ms);
                             @let gone = max_age_ms > 0 && now.saturating_sub(at) > max_age_ms;
                             tr data-id=(task.id) {
@@ -235,7 +250,7 @@ fn dead_table(
                                     @if let Some((kind, reason)) = &task.error { span.mono { (kind) } ": " (reason) }
                                 }
                                 td.num { (task.attempt.map(|a| a.to_string()).unwrap_or_default()) }
-                                td { (time(at)) @if gone { " " (badge("gone")) } }
+                                td { (time(at)) @if gone { " " (badge("gone")) } @if task.state == State::Expired { " " (badge("expired")) } }
                             }
                         }
                     }
@@ -252,14 +267,4 @@ fn dead_table(
             p.pager { a #next-page href={ (base) "?" (filter.query(&[("cursor", &next.encode())])) } { "Older dead letters" } }
         }
     }
-}
-
-/// Whether a dead-lettered task's reason is of `kind` (`broker` matches every kind the
-/// broker wrote, as the CLI's filter does).
-fn kind_matches(kind: Option<&str>, task: &TaskStatus) -> bool {
-    let Some(kind) = kind else {
-        return true;
-    };
-    let found = task.error.as_ref().map(|(k, _)| k.as_str()).unwrap_or("");
-    found == kind || (kind == "broker" && found.starts_with(crate::BROKER_KIND_PREFIX))
 }

@@ -8,6 +8,7 @@ use super::layout::{self, badge, Flash, Section, Viewer};
 use super::security::encode;
 use super::security::Refusal;
 use super::Shared;
+use crate::status::history::{self, TimelineEntry};
 use crate::status::query::{self, Cursor, Filter, Page, TaskStatus};
 use crate::status::State;
 use axum::extract::{Path, RawQuery, State as Extract};
@@ -163,10 +164,11 @@ pub(crate) async fn page(
 ) -> Result<Response, Refusal> {
     let readers = layout::readers(&console)?;
     let key = id.clone();
-    let (found, fresh) = readers
-        .read(move |conn| query::get(conn, &key))
-        .await
-        .map_err(layout::unreadable)?;
+    let read = readers.read(move |conn| {
+        let (found, fresh) = query::get(conn, &key)?;
+        Ok((found, fresh, history::timeline(conn, &key)?))
+    });
+    let (found, fresh, timeline) = read.await.map_err(layout::unreadable)?;
     let now = warren_common::now_ms();
     let problems = layout::index_problems(&fresh, readers.caught_up(), now);
     let live = html! {
@@ -183,6 +185,8 @@ pub(crate) async fn page(
             Some(task) => {
                 (facts(task, now))
                 (cancel_button(&viewer, &id, task.state))
+                h2 { "Timeline" }
+                (timeline_table(&timeline))
                 (payload_and_result(task))
             }
         }
@@ -211,6 +215,33 @@ fn facts(task: &TaskStatus, now: u64) -> Markup {
             dt { "Last change" } dd { (time(task.updated_at_ms)) }
             @if let Some((kind, reason)) = &task.error {
                 dt { "Last error" } dd #error { span.mono { (kind) } ": " (reason) }
+            }
+        }
+    }
+}
+
+/// What happened to the task, in the merge rule's order (docs/wire-format.md §11.6): each
+/// attempt with its worker, error and duration, and its end.
+fn timeline_table(timeline: &[TimelineEntry]) -> Markup {
+    html! {
+        @if timeline.is_empty() {
+            p.muted { "No event kept." }
+        } @else {
+            table #timeline {
+                thead { tr { th { "When" } th { "Event" } th.num { "Attempt" } th { "By" } th { "Took" } th { "Error" } } }
+                tbody {
+                    @for entry in timeline {
+                        tr {
+                            td { (time(entry.at_ms)) }
+                            td { (badge(entry.event.as_str()))
+                                 @if let Some(retry) = entry.retry_at_ms { br; span.muted { "next attempt " (time(retry)) } } }
+                            td.num { (entry.attempt.map(|a| a.to_string()).unwrap_or_default()) }
+                            td.mono { (entry.worker) }
+                            td { (entry.duration_ms.map(duration).unwrap_or_default()) }
+                            td { @if let Some((kind, reason)) = &entry.error { span.mono { (kind) } ": " (reason) } }
+                        }
+                    }
+                }
             }
         }
     }

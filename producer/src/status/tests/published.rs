@@ -118,7 +118,11 @@ fn a_replay_as_attempt_one_is_published_again_then_its_run_decides() {
 fn an_index_file_of_an_older_layout_is_refused_naming_the_file() {
     let dir = std::env::temp_dir().join(format!("warren-index-layout-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, version) in [("v1.sqlite", 1), ("unversioned.sqlite", 0)] {
+    for (name, version) in [
+        ("v2.sqlite", 2),
+        ("v1.sqlite", 1),
+        ("unversioned.sqlite", 0),
+    ] {
         let path = dir.join(name);
         let _ = std::fs::remove_file(&path);
         let old = rusqlite::Connection::open(&path).unwrap();
