@@ -16,12 +16,11 @@ mod driver;
 
 pub use driver::{CHROMEDRIVER_VAR, CHROMIUM_VAR};
 
-use driver::{Driver, Tools};
+use driver::{capabilities, BrowserLog, Driver, Tools};
 use fantoccini::elements::Element;
 use fantoccini::error::{CmdError, ErrorStatus};
-use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
 use fantoccini::{Client, ClientBuilder, Locator};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -347,29 +346,6 @@ fn retryable(e: &CmdError) -> bool {
     )
 }
 
-/// Headless Chromium with a private profile, the console log kept, nothing shared with the
-/// machine (no sandbox: tests may run as root in a container, where it cannot start).
-fn capabilities(chromium: &Path, profile: &Path) -> Capabilities {
-    let args = [
-        "--headless=new".to_owned(),
-        "--no-sandbox".to_owned(),
-        "--disable-gpu".to_owned(),
-        "--disable-dev-shm-usage".to_owned(),
-        format!("--window-size={},{}", VIEWPORT.0, VIEWPORT.1),
-        format!("--user-data-dir={}", profile.display()),
-        "--no-first-run".to_owned(),
-        "--disable-background-networking".to_owned(),
-    ];
-    let mut capabilities = Capabilities::new();
-    capabilities.insert("browserName".into(), json!("chrome"));
-    capabilities.insert(
-        "goog:chromeOptions".into(),
-        json!({ "binary": chromium, "args": args }),
-    );
-    capabilities.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
-    capabilities
-}
-
 /// Where [`Browser::screenshot`] writes: `console-screenshots/` in the build directory of the
 /// running test (the nearest directory above it holding cargo's `CACHEDIR.TAG`: `target/`, or
 /// `$CARGO_TARGET_DIR`), never the tracked tree. `scripts/console-screenshots` copies them
@@ -396,26 +372,4 @@ fn target_dir() -> PathBuf {
                 .unwrap_or(Path::new("."))
                 .join("target")
         })
-}
-
-/// chromedriver's `POST /session/ID/se/log` for the `browser` log: the entries since the
-/// last call.
-#[derive(Debug)]
-struct BrowserLog;
-
-impl WebDriverCompatibleCommand for BrowserLog {
-    fn endpoint(
-        &self,
-        base_url: &url::Url,
-        session_id: Option<&str>,
-    ) -> Result<url::Url, url::ParseError> {
-        base_url.join(&format!(
-            "session/{}/se/log",
-            session_id.unwrap_or_default()
-        ))
-    }
-
-    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
-        (http::Method::POST, Some(r#"{"type":"browser"}"#.to_owned()))
-    }
 }

@@ -1,8 +1,11 @@
 //! The chromedriver process a [`Browser`](super::Browser) talks to: Chromium and chromedriver
 //! found on the machine, chromedriver started on a free port in a process group of its own
 //! (with its log in the test's directory), and stopped, with every Chromium process it
-//! started, when dropped.
+//! started, when dropped; the capabilities Chromium is started with, and chromedriver's own
+//! command for the browser's console log.
 
+use fantoccini::wd::{Capabilities, WebDriverCompatibleCommand};
+use serde_json::json;
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -252,4 +255,49 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Headless Chromium with a private profile, the console log kept, nothing shared with the
+/// machine (no sandbox: tests may run as root in a container, where it cannot start).
+pub fn capabilities(chromium: &Path, profile: &Path) -> Capabilities {
+    let args = [
+        "--headless=new".to_owned(),
+        "--no-sandbox".to_owned(),
+        "--disable-gpu".to_owned(),
+        "--disable-dev-shm-usage".to_owned(),
+        format!("--window-size={},{}", super::VIEWPORT.0, super::VIEWPORT.1),
+        format!("--user-data-dir={}", profile.display()),
+        "--no-first-run".to_owned(),
+        "--disable-background-networking".to_owned(),
+    ];
+    let mut capabilities = Capabilities::new();
+    capabilities.insert("browserName".into(), json!("chrome"));
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({ "binary": chromium, "args": args }),
+    );
+    capabilities.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
+    capabilities
+}
+
+/// chromedriver's `POST /session/ID/se/log` for the `browser` log: the entries since the
+/// last call.
+#[derive(Debug)]
+pub struct BrowserLog;
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base_url: &url::Url,
+        session_id: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base_url.join(&format!(
+            "session/{}/se/log",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _request_url: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(r#"{"type":"browser"}"#.to_owned()))
+    }
 }
