@@ -7,6 +7,7 @@
 #   ensure_promtool  # best effort: promtool for the metrics tests
 #   ensure_deploy_validators  # best effort: docker-compose, promtool and prometheus for the deployment tests
 #   ensure_cargo_fuzz  # `cargo +nightly fuzz` usable (installing cargo-fuzz), or 1 saying what is missing
+#   ensure_browser   # best effort: headless Chromium and chromedriver for the browser tests
 #
 # Every step taken is printed on stderr with a `==>` prefix. URLs are always
 # printed through mask_url, so the AMQP password never reaches the terminal
@@ -154,18 +155,35 @@ _warren_rabbitmq_bin() {
 	return 1
 }
 
+# How apt-get is run: as is (root), or behind `sudo -n` (see _warren_can_sudo_apt).
+_warren_apt_sudo=()
+
 _warren_apt_get() {
+	local shown=${_warren_apt_sudo[*]:+"${_warren_apt_sudo[*]} "}
+	local run=(${_warren_apt_sudo[@]+"${_warren_apt_sudo[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get)
 	if ((!_warren_apt_updated)); then
-		say "apt-get update"
-		apt-get update >&2 || return 1
+		say "${shown}apt-get update"
+		"${run[@]}" update >&2 || return 1
 		_warren_apt_updated=1
 	fi
-	say "apt-get install -y $*"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >&2
+	say "${shown}apt-get install -y $*"
+	"${run[@]}" install -y "$@" >&2
 }
 
 _warren_can_apt() {
 	_warren_is_root && [[ -f /etc/debian_version ]] && command -v apt-get >/dev/null 2>&1
+}
+
+# _warren_can_sudo_apt: not root, but on Debian with a sudo that runs apt-get without
+# asking for a password (`sudo -n` never prompts: a script must not hang on one). Sets
+# _warren_apt_sudo for _warren_apt_get.
+_warren_can_sudo_apt() {
+	if [[ -f /etc/debian_version ]] && command -v apt-get >/dev/null 2>&1 &&
+		command -v sudo >/dev/null 2>&1 && sudo -n true >/dev/null 2>&1; then
+		_warren_apt_sudo=(sudo -n)
+		return 0
+	fi
+	return 1
 }
 
 # _warren_start_rabbitmq HOST PORT: start the local node and wait for it.
@@ -362,6 +380,47 @@ ensure_cargo_fuzz() {
 		fi
 	fi
 	say "cargo-fuzz: $(cargo +nightly fuzz --version 2>/dev/null), $(cargo +nightly --version 2>/dev/null)"
+}
+
+# _warren_browser_missing: print the Debian package of each browser program not installed:
+# Chromium, and its WebDriver server chromedriver (package chromium-driver).
+_warren_browser_missing() {
+	command -v chromium >/dev/null 2>&1 || printf 'chromium\n'
+	command -v chromedriver >/dev/null 2>&1 || printf 'chromium-driver\n'
+}
+
+# ensure_browser: best effort; headless Chromium and chromedriver for the browser tests
+# (tests/src/browser.rs), Debian's chromium and chromium-driver, installed with apt-get as
+# root or through a sudo that asks no password (with fonts-liberation, which chromium only
+# recommends: screenshots need real fonts). Quick when both are there (two `command -v`).
+# Never fails: otherwise it prints the command to run, and the browser tests skip (fail
+# under CI, tests/src/skip.rs).
+ensure_browser() {
+	local missing=()
+	mapfile -t missing < <(_warren_browser_missing)
+	if ((${#missing[@]} == 0)); then
+		say "browser: $(command -v chromium), $(command -v chromedriver)"
+		return 0
+	fi
+	if _warren_can_apt || _warren_can_sudo_apt; then
+		say "installing the browser for the browser tests: ${missing[*]}"
+		if _warren_apt_get --no-install-recommends "${missing[@]}" fonts-liberation &&
+			[[ -z $(_warren_browser_missing) ]]; then
+			say "browser: $(command -v chromium), $(command -v chromedriver)"
+		else
+			warn "could not install ${missing[*]}; the browser tests will skip (fail under CI)"
+		fi
+		_warren_apt_sudo=()
+		return 0
+	fi
+	warn "missing ${missing[*]}: the browser tests will skip (fail under CI). To install:"
+	if [[ -f /etc/debian_version ]]; then
+		printf '        sudo apt-get update && sudo apt-get install -y --no-install-recommends %s fonts-liberation\n' \
+			"${missing[*]}" >&2
+	else
+		printf '        Chromium and its chromedriver from your system (on Debian: %s)\n' "${missing[*]}" >&2
+	fi
+	return 0
 }
 
 # ensure_cargo: cargo must be there; fails with a message naming rustup.

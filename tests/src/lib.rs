@@ -1,10 +1,17 @@
 //! Support for Warren's integration tests: unique queue names, raw broker access, in-process
-//! workers and the real binaries. Every test talks to the real broker at `AMQP_URL`.
+//! workers and the real binaries, and a real browser. Every test talks to the real broker at
+//! `AMQP_URL`.
 
+mod browser;
 mod node;
 mod scrape;
 mod skip;
 
+pub use browser::{
+    screenshot_dir, Browser, LogEntry, CHROMEDRIVER_VAR, CHROMIUM_VAR, VIEWPORT, WAIT,
+};
+/// The WebDriver client under [`Browser`], for what its helpers do not cover.
+pub use fantoccini;
 pub use node::{PrivateCluster, PrivateNode};
 pub use scrape::{sample, samples};
 pub use skip::{skip_or_fail, strict, STRICT_VAR};

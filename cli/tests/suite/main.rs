@@ -5,6 +5,7 @@
 mod binaries;
 mod blocked;
 mod broker_restart;
+mod browser;
 mod calls;
 mod cluster;
 mod console;
