@@ -47,6 +47,10 @@ pub enum WorkloadChoice {
     /// The status index alone: applying a backlog of `--index-events` events, then
     /// `GET /v1/tasks/{id}` latency. Warren only; not in `all` (about a minute or more).
     Index,
+    /// The web console's pages on an index of `--console-tasks` tasks with
+    /// `--console-dead-letters` dead letters in one queue: the server time of each. Warren
+    /// only; not in `all` (a minute or more).
+    Console,
 }
 
 /// The benchmark's settings.
@@ -94,6 +98,15 @@ pub struct Lifecycle {
     /// `index`: `GET /v1/tasks/{id}` requests of random indexed ids, one after the other.
     #[arg(long, default_value_t = 2_000)]
     pub index_gets: usize,
+    /// `console`: succeeded tasks in the seeded index.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub console_tasks: u64,
+    /// `console`: dead letters in the seeded index and on the broker, all in one queue.
+    #[arg(long, default_value_t = 100_000)]
+    pub console_dead_letters: u64,
+    /// `console`: requests of each page in each repetition.
+    #[arg(long, default_value_t = 20)]
+    pub console_gets: usize,
 }
 
 /// Knobs of W1, W4 and the memory workload, applied to both sides alike.

@@ -41,6 +41,10 @@ pub struct Sizes {
     pub index_events: usize,
     /// Index: `GET /v1/tasks/{id}` requests.
     pub index_gets: usize,
+    /// Console: tasks and dead letters seeded, and requests of each page.
+    pub console_tasks: u64,
+    pub console_dead_letters: u64,
+    pub console_gets: usize,
 }
 
 impl Sizes {
@@ -62,6 +66,9 @@ impl Sizes {
                 callers: 4,
                 index_events: 10_000,
                 index_gets: 200,
+                console_tasks: 10_000,
+                console_dead_letters: 1_000,
+                console_gets: 5,
             };
         }
         Sizes {
@@ -78,6 +85,9 @@ impl Sizes {
             callers: lifecycle.callers,
             index_events: lifecycle.index_events,
             index_gets: lifecycle.index_gets,
+            console_tasks: lifecycle.console_tasks,
+            console_dead_letters: lifecycle.console_dead_letters,
+            console_gets: lifecycle.console_gets,
         }
     }
 }

@@ -9,6 +9,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// `GET path` on `addr`: the status code and the body.
 pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let (status, _, body) = get_with_head(addr, path).await?;
+    Ok((status, body))
+}
+
+/// `GET path` on `addr`: the status code, the head (status line and headers) and the body.
+pub async fn get_with_head(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String, String)> {
     let mut stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
@@ -31,7 +37,7 @@ pub async fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> 
     {
         bail!("chunked responses are not supported");
     }
-    Ok((status, body.to_owned()))
+    Ok((status, head.to_owned(), body.to_owned()))
 }
 
 /// The sum of every sample of `metric` in a Prometheus text exposition.

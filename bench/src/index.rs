@@ -304,7 +304,7 @@ impl Picker {
 }
 
 /// Deletes the index file and SQLite's files beside it; reports what it could not delete.
-fn remove_index(path: &Path) {
+pub(crate) fn remove_index(path: &Path) {
     let mut files = vec![path.to_path_buf()];
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut name = path.as_os_str().to_owned();

@@ -12,6 +12,7 @@ mod args;
 mod baseline;
 mod broker;
 mod calls;
+mod console;
 mod context;
 mod defaults;
 mod drain;
@@ -104,6 +105,7 @@ async fn run_workloads(args: BenchArgs, broker: Broker) -> anyhow::Result<Report
             Defaults => ("defaults", defaults::defaults(&ctx).await),
             Calls => ("calls", calls::calls(&ctx).await),
             Index => ("index", index::index(&ctx).await),
+            Console => ("console", console::console(&ctx).await),
             Memory | All => ("memory", memory::memory(&ctx).await),
         };
         workloads.insert(
