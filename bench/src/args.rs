@@ -47,6 +47,10 @@ pub enum WorkloadChoice {
     /// The status index alone: applying a backlog of `--index-events` events, then
     /// `GET /v1/tasks/{id}` latency. Warren only; not in `all` (about a minute or more).
     Index,
+    /// The status index's lag while W1's Warren side runs with events on (`published`
+    /// events and the worker's), and how soon after the drain it has caught up. Warren
+    /// only; not in `all`.
+    Lag,
 }
 
 /// The benchmark's settings.
