@@ -51,6 +51,10 @@ pub enum WorkloadChoice {
     /// `--console-dead-letters` dead letters in one queue: the server time of each. Warren
     /// only; not in `all` (a minute or more).
     Console,
+    /// The status index's lag while W1's Warren side runs with events on (`published`
+    /// events and the worker's), and how soon after the drain it has caught up. Warren
+    /// only; not in `all`.
+    Lag,
 }
 
 /// The benchmark's settings.

@@ -19,6 +19,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use warren_common::events::{
@@ -26,7 +27,7 @@ use warren_common::events::{
 };
 use warren_common::{int_value, text_value};
 use warren_producer::status::IndexConfig;
-use warren_producer::{serve_ingest, IngestConfig, PublisherConfig};
+use warren_producer::{serve_ingest, IngestConfig, IngestError, PublisherConfig};
 
 /// Events in one batch (one stream message), as a busy worker writes them.
 const BATCH: usize = 100;
@@ -191,16 +192,24 @@ async fn write_backlog(ctx: &Ctx, stream: &str) -> anyhow::Result<(Vec<String>, 
     Ok((ids, took))
 }
 
-/// Starts the ingest with the index of `stream` in `path`, waits until it has read every
-/// event, then times the GETs. Returns the seconds to apply the backlog and the GET
-/// latencies (microseconds). The ingest runs until `stop` fires.
-async fn index_and_query(
+/// An ingest with the index, started in this process.
+pub(crate) struct Index {
+    /// Its metrics.
+    pub registry: prometheus::Registry,
+    /// Its HTTP address.
+    pub addr: SocketAddr,
+    /// The server, which runs until the `stop` it was started with fires.
+    pub server: JoinHandle<Result<(), IngestError>>,
+}
+
+/// Starts the ingest with the index of `stream` (followed from its start) in a fresh file
+/// `path`, until `stop` fires.
+pub(crate) async fn start_index(
     ctx: &Ctx,
     stream: &str,
     path: &Path,
-    ids: &[String],
     stop: &CancellationToken,
-) -> anyhow::Result<(f64, Vec<f64>)> {
+) -> anyhow::Result<Index> {
     let publisher = PublisherConfig {
         amqp: crate::warren::amqp(&ctx.broker.url)?,
         default_queue: ctx.broker.queue("index.ingest"),
@@ -212,8 +221,30 @@ async fn index_and_query(
     let registry = config.registry.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let server = tokio::spawn(serve_ingest(listener, config, stop.clone()));
+    Ok(Index {
+        registry,
+        addr,
+        server,
+    })
+}
+
+/// Starts the ingest with the index of `stream` in `path`, waits until it has read every
+/// event, then times the GETs. Returns the seconds to apply the backlog and the GET
+/// latencies (microseconds). The ingest runs until `stop` fires.
+async fn index_and_query(
+    ctx: &Ctx,
+    stream: &str,
+    path: &Path,
+    ids: &[String],
+    stop: &CancellationToken,
+) -> anyhow::Result<(f64, Vec<f64>)> {
     let start = Instant::now();
-    let mut server = tokio::spawn(serve_ingest(listener, config, stop.clone()));
+    let Index {
+        registry,
+        addr,
+        mut server,
+    } = start_index(ctx, stream, path, stop).await?;
     let n = ids.len() as f64;
     // Generous: ten times slower than the target still finishes.
     let deadline = Duration::from_secs_f64(60.0 + 10.0 * n / TARGET_RATE);

@@ -99,6 +99,9 @@ pub struct Launcher {
     pub self_exe: PathBuf,
     /// The broker URL.
     pub url: String,
+    /// Warren's drain workers record events in this stream (`--events-stream`; without
+    /// it, they inherit `WARREN_EVENTS_STREAM` if set).
+    pub events_stream: Option<String>,
 }
 
 impl Launcher {
@@ -114,6 +117,9 @@ impl Launcher {
                 let mut cmd = wrapped(&self.worker_bin);
                 cmd.args(["--queue", queue, "--admin-addr", "127.0.0.1:0"])
                     .args(["--amqp-url", &self.url]);
+                if let Some(stream) = &self.events_stream {
+                    cmd.args(["--events-stream", stream]);
+                }
                 if settings.stock {
                     // Its default filter (info) logs the admin address too.
                     cmd.env_remove("RUST_LOG");

@@ -1,9 +1,9 @@
 //! `warren-bench`: Warren against a hand-written lapin baseline on the same broker, with the
-//! same settings, measured the same way. Eight workloads (W1 throughput, W2 sleeping tasks,
+//! same settings, measured the same way. Nine workloads (W1 throughput, W2 sleeping tasks,
 //! W3 latency, W4 scale-out, memory, W1 and W2 again with Warren's defaults, call round
-//! trips, and the status index alone, which has no baseline), each repeated and reported as
-//! median, min and max with Warren/baseline ratios, as a markdown table on stdout and a JSON
-//! file.
+//! trips, and two without a baseline: the status index alone, and its lag behind W1), each
+//! repeated and reported as median, min and max with Warren/baseline ratios, as a markdown
+//! table on stdout and a JSON file.
 //!
 //! Every queue it creates is uniquely named and deleted at the end, also after an error or
 //! Ctrl-C; every worker process it starts is killed if the run is abandoned.
@@ -18,6 +18,7 @@ mod defaults;
 mod drain;
 mod http;
 mod index;
+mod lag;
 mod latency;
 mod launch;
 mod memory;
@@ -81,6 +82,7 @@ async fn run_workloads(args: BenchArgs, broker: Broker) -> anyhow::Result<Report
         worker_bin,
         self_exe: std::env::current_exe().context("locating this binary")?,
         url: args.amqp_url.clone(),
+        events_stream: None,
     };
     let ctx = Ctx {
         conn: broker.connect("warren-bench").await?,
@@ -106,6 +108,7 @@ async fn run_workloads(args: BenchArgs, broker: Broker) -> anyhow::Result<Report
             Calls => ("calls", calls::calls(&ctx).await),
             Index => ("index", index::index(&ctx).await),
             Console => ("console", console::console(&ctx).await),
+            Lag => ("lag", lag::lag(&ctx).await),
             Memory | All => ("memory", memory::memory(&ctx).await),
         };
         workloads.insert(

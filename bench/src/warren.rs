@@ -19,8 +19,19 @@ pub fn amqp(url: &str) -> anyhow::Result<Amqp> {
         .map_err(|e: String| anyhow::anyhow!("--amqp-url: {e}"))
 }
 
-/// A Warren publisher for `queue`, with the queue declared as a worker would declare it.
+/// A Warren publisher for `queue`, with the queue declared as a worker would declare it,
+/// recording `published` events if the environment says so ([`published_events`]).
 pub async fn publisher(broker: &Broker, queue: &str) -> anyhow::Result<Publisher> {
+    publisher_with(broker, queue, published_events()?).await
+}
+
+/// A Warren publisher for `queue`, with the queue declared as a worker would declare it,
+/// recording `events`.
+pub async fn publisher_with(
+    broker: &Broker,
+    queue: &str,
+    events: Option<PublishedEvents>,
+) -> anyhow::Result<Publisher> {
     let config = PublisherConfig {
         amqp: amqp(&broker.url)?,
         default_queue: queue.to_owned(),
@@ -31,7 +42,7 @@ pub async fn publisher(broker: &Broker, queue: &str) -> anyhow::Result<Publisher
     publisher
         .declare(&QueueSpec::new(queue, QueueKind::Quorum))
         .await?;
-    Ok(match published_events()? {
+    Ok(match events {
         Some(events) => publisher.with_events(events),
         None => publisher,
     })
@@ -41,21 +52,31 @@ pub async fn publisher(broker: &Broker, queue: &str) -> anyhow::Result<Publisher
 /// `warren-producer publish` reads it: `WARREN_EVENTS_STREAM` (the workers inherit it too)
 /// and `WARREN_EVENTS_PAYLOAD_BYTES`. None without a stream: the baseline records nothing.
 fn published_events() -> anyhow::Result<Option<PublishedEvents>> {
-    let Some(stream) = std::env::var("WARREN_EVENTS_STREAM")
+    match events_stream() {
+        Some(stream) => published_events_to(&stream).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// `WARREN_EVENTS_STREAM`, unless unset or empty.
+fn events_stream() -> Option<String> {
+    std::env::var("WARREN_EVENTS_STREAM")
         .ok()
         .filter(|s| !s.is_empty())
-    else {
-        return Ok(None);
-    };
+}
+
+/// `published` events to `stream`, with the payload copy's size from
+/// `WARREN_EVENTS_PAYLOAD_BYTES` (default [`warren_common::events::DEFAULT_PAYLOAD_BYTES`]).
+pub fn published_events_to(stream: &str) -> anyhow::Result<PublishedEvents> {
     let events = PublishedEvents::new(stream);
-    Ok(Some(match std::env::var("WARREN_EVENTS_PAYLOAD_BYTES") {
+    Ok(match std::env::var("WARREN_EVENTS_PAYLOAD_BYTES") {
         Ok(bytes) => events.payload_bytes(
             bytes
                 .parse()
                 .with_context(|| format!("WARREN_EVENTS_PAYLOAD_BYTES={bytes}"))?,
         ),
         Err(_) => events,
-    }))
+    })
 }
 
 /// JSON payloads: Warren's `demo.noop` takes any payload, which needs a self-describing
@@ -107,6 +128,8 @@ pub async fn run_latency_worker(args: WorkerRoleArgs) -> anyhow::Result<()> {
     config.amqp = amqp(&args.amqp_url)?;
     config.concurrency = args.concurrency;
     config.prefetch = args.prefetch;
+    // Like `warren-worker`, which the W1 workers are: events on when the environment says.
+    config.events_stream = events_stream();
     let metrics = prometheus::Registry::new();
     let worker = Worker::new(registry, config, &metrics)?;
     let admin = "127.0.0.1:0".parse().expect("a valid socket address");
