@@ -20,7 +20,8 @@ async fn indexed(serve: &Serve, queue: &str, state: &str) -> f64 {
     )
 }
 
-/// Every row of the index's tasks, counts and progress tables, as text.
+/// Every row of the index's tasks, counts, progress, timelines, dead-letter counts and
+/// throughput tables, as text.
 fn dump(index: &Path) -> Vec<String> {
     let conn = rusqlite::Connection::open(index).expect("the index opens");
     let mut rows = Vec::new();
@@ -28,6 +29,9 @@ fn dump(index: &Path) -> Vec<String> {
         "tasks ORDER BY id",
         "counts ORDER BY queue, state",
         "progress",
+        "history ORDER BY id, position_epoch, position_offset, position_seq",
+        "dead_letters ORDER BY queue, kind",
+        "throughput ORDER BY bucket_ms, queue",
     ] {
         let mut statement = conn.prepare(&format!("SELECT * FROM {table}")).unwrap();
         let columns = statement.column_count();
