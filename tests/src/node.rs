@@ -15,6 +15,8 @@ pub struct PrivateNode {
     /// AMQP port.
     pub port: u16,
     dist_port: u16,
+    /// The management API's port, when the node runs the plugin.
+    management_port: Option<u16>,
 }
 
 impl PrivateNode {
@@ -37,8 +39,18 @@ impl PrivateNode {
     /// by another test before the node binds it (the node then dies at once): the start is
     /// tried again on other ports, up to three times.
     pub fn start(label: &str) -> PrivateNode {
+        Self::start_with(label, false)
+    }
+
+    /// Starts a node with the management plugin, its HTTP API on a free port of 127.0.0.1
+    /// (see [`PrivateNode::management_url`]) and statistics collected every second.
+    pub fn start_with_management(label: &str) -> PrivateNode {
+        Self::start_with(label, true)
+    }
+
+    fn start_with(label: &str, management: bool) -> PrivateNode {
         for attempt in 1..=3 {
-            let node = Self::prepare(label);
+            let node = Self::prepare(label, management);
             if node.try_boot() {
                 return node;
             }
@@ -51,22 +63,40 @@ impl PrivateNode {
     }
 
     /// A node's name, ports, data directory and configuration, not started yet.
-    fn prepare(label: &str) -> PrivateNode {
+    fn prepare(label: &str, management: bool) -> PrivateNode {
         let port = free_port();
         let dist_port = free_port();
+        let management_port = management.then(free_port);
         let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
         let dir = std::env::temp_dir().join(format!("warren-node-{label}-{suffix}"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("plugins"), "[].").expect("plugins file");
+        let plugins = if management {
+            "[rabbitmq_management]."
+        } else {
+            "[]."
+        };
+        std::fs::write(dir.join("plugins"), plugins).expect("plugins file");
         // The system's rabbitmq.conf pins the listener to 5672: the node gets its own file.
-        let conf = format!("listeners.tcp.local = 127.0.0.1:{port}\n");
+        let mut conf = format!("listeners.tcp.local = 127.0.0.1:{port}\n");
+        if let Some(http) = management_port {
+            conf.push_str(&format!(
+                "management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {http}\ncollect_statistics_interval = 1000\n"
+            ));
+        }
         std::fs::write(dir.join("rabbitmq.conf"), conf).expect("config file");
         PrivateNode {
             name: format!("warren-{label}-{suffix}@localhost"),
             dir,
             port,
             dist_port,
+            management_port,
         }
+    }
+
+    /// The management API's URL (with the guest credentials), if the node runs the plugin.
+    pub fn management_url(&self) -> Option<String> {
+        self.management_port
+            .map(|port| format!("http://guest:guest@127.0.0.1:{port}"))
     }
 
     /// The AMQP URL of the node.

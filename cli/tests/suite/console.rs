@@ -79,6 +79,15 @@ impl Serve {
 
     /// Started with or without the token.
     pub(crate) async fn start_with(names: &Names, token: bool, args: &[&str]) -> Serve {
+        Serve::spawn(names, &amqp_url(), token, args).await
+    }
+
+    /// Started without the token against the broker at `url`.
+    pub(crate) async fn start_on(names: &Names, url: &str, args: &[&str]) -> Serve {
+        Serve::spawn(names, url, false, args).await
+    }
+
+    async fn spawn(names: &Names, url: &str, token: bool, args: &[&str]) -> Serve {
         let mut command = Command::new(binary("warren-producer"));
         command
             .arg("serve")
@@ -93,7 +102,7 @@ impl Serve {
             .arg(names.dir.join("index.db"))
             .args(["--console", "--console-refresh", "1s"])
             .args(args)
-            .env("AMQP_URL", amqp_url())
+            .env("AMQP_URL", url)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -355,4 +364,67 @@ async fn consumer_count(conn: &lapin::Connection, queue: &str) -> u32 {
     let state = warren_common::inspect_queue(&channel, queue).await.unwrap();
     let _ = channel.close(200, "".into()).await;
     state.consumers
+}
+
+#[tokio::test]
+async fn with_the_management_api_the_overview_shows_the_broker_s_unacked_messages() {
+    let Some(node) = management_node() else {
+        return;
+    };
+    let names = Names::new("console-management");
+    let management = node.management_url().expect("the node runs the plugin");
+    let mut config: WorkerConfig = test_config(&names.queue);
+    config.amqp = warren_common::Amqp::new([node.url().parse().expect("a URL")]).expect("one URL");
+    config.concurrency = 2;
+    let mut registry = Registry::new();
+    demo::register(&mut registry);
+    let worker = TestWorker::start(registry, config).await;
+    let serve = Serve::start_on(&names, &node.url(), &["--management-url", &management]).await;
+    // Two tasks that run for a minute: held unacked by the worker all along.
+    let publisher = warren_producer::Publisher::connect(
+        warren_producer::PublisherConfig {
+            amqp: warren_common::Amqp::new([node.url().parse().unwrap()]).unwrap(),
+            default_queue: names.queue.clone(),
+            ..warren_producer::PublisherConfig::default()
+        },
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let sleep = demo::Sleep { ms: 60_000 };
+    for _ in 0..2 {
+        publisher.send(&sleep).await.unwrap();
+    }
+    let client = Browserless::new(&serve);
+    wait_until(
+        Duration::from_secs(30),
+        "the overview to show 2 unacked",
+        || async {
+            let page = client.get("/console").await.text().await.unwrap();
+            page.contains("<td class=\"num unacked\">2</td>")
+        },
+    )
+    .await;
+    let logged = serve.lines.lock().unwrap().join("\n");
+    assert!(
+        !logged.contains("guest:guest@"),
+        "the password is masked: {logged}"
+    );
+    worker.stop().await;
+    serve.stop().await;
+    publisher.close().await;
+    node.stop();
+    let _ = std::fs::remove_dir_all(&names.dir);
+}
+
+/// A private node with the management plugin, or `None` (skipped) without RabbitMQ here.
+fn management_node() -> Option<PrivateNode> {
+    if !PrivateNode::available() {
+        skip_or_fail(
+            "console management",
+            "RabbitMQ is not installed here: no private node",
+        );
+        return None;
+    }
+    Some(PrivateNode::start_with_management("console-mgmt"))
 }

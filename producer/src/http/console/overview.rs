@@ -190,7 +190,7 @@ fn queue_table(
                         td { a href={ "/console/queues/" (super::security::encode(queue)) } { (queue) }
                              @if f.missing { " " span.muted { "(not declared)" } } }
                         td.num.ready { (maybe_count(f.ready)) }
-                        @if management { td.num { (maybe_count(f.stats.as_ref().map(|s| s.unacked))) } }
+                        @if management { td.num.unacked { (maybe_count(f.stats.as_ref().map(|s| s.unacked))) } }
                         td.num.running { (count(indexed.running.get(queue).copied().unwrap_or(0))) }
                         td.num.retrying { (count(indexed.count(queue, State::Retrying))) }
                         td.num.dead { (maybe_count(f.dead)) }
