@@ -237,6 +237,7 @@ fn dead_table(
                     thead { tr {
                         @if viewer.actions { th { "" } }
                         th { "Id" } th { "Task" } th { "Reason" } th.num { "Attempt" } th { "Dead-lettered" }
+                        @if viewer.actions { th { "" } }
                     } }
                     tbody {
                         @for task in shown {
@@ -251,6 +252,13 @@ fn dead_table(
                                 }
                                 td.num { (task.attempt.map(|a| a.to_string()).unwrap_or_default()) }
                                 td { (time(at)) @if gone { " " (badge("gone")) } @if task.state == State::Expired { " " (badge("expired")) } }
+                                @if viewer.actions {
+                                    td.row-actions {
+                                        a.replay-one href={ (base) "/replay?id=" (encode(&task.id)) } { "replay" }
+                                        " "
+                                        a.purge-one href={ (base) "/purge?id=" (encode(&task.id)) } { "purge" }
+                                    }
+                                }
                             }
                         }
                     }

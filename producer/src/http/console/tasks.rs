@@ -27,6 +27,8 @@ struct Query {
     state: Option<String>,
     task: Option<String>,
     queue: Option<String>,
+    /// A time, as `<input type="datetime-local">` sends it (UTC) or in RFC 3339.
+    since: Option<String>,
     cursor: Option<String>,
 }
 
@@ -40,6 +42,7 @@ impl Query {
                 "state" => query.state = value,
                 "task" => query.task = value,
                 "queue" => query.queue = value,
+                "since" => query.since = value,
                 "cursor" => query.cursor = value,
                 _ => {}
             }
@@ -84,11 +87,19 @@ pub(crate) async fn list(
         Some(state) => state,
         None => None,
     };
+    let since_ms = match query.since.as_deref().map(since_ms) {
+        Some(None) => {
+            let message = "The time is not one the form gives, such as 2026-12-07T09:30, in UTC.";
+            return Err(Refusal::new(StatusCode::BAD_REQUEST, message));
+        }
+        Some(since) => since,
+        None => None,
+    };
     let filter = Filter {
         state,
         task: query.task.clone(),
         queue: query.queue.clone(),
-        since_ms: None,
+        since_ms,
         limit: PAGE,
         after: query.cursor.as_deref().and_then(Cursor::decode),
     };
@@ -110,6 +121,15 @@ pub(crate) async fn list(
     Ok(layout::page(&viewer, "Tasks", Section::Tasks, flash, live).into_response())
 }
 
+/// A time as the form's `datetime-local` field sends it (`2026-12-07T09:30`, with or without
+/// seconds), taken as UTC, or any RFC 3339 time.
+fn since_ms(text: &str) -> Option<u64> {
+    use crate::http::time::parse_rfc3339_ms;
+    [text.to_owned(), format!("{text}Z"), format!("{text}:00Z")]
+        .iter()
+        .find_map(|t| parse_rfc3339_ms(t).ok())
+}
+
 fn filters(query: &Query) -> Markup {
     let value = |v: &Option<String>| v.clone().unwrap_or_default();
     html! {
@@ -126,6 +146,7 @@ fn filters(query: &Query) -> Markup {
             }
             label { "Task" input type="text" name="task" value=(value(&query.task)); }
             label { "Queue" input type="text" name="queue" value=(value(&query.queue)); }
+            label { "Changed since (UTC)" input type="datetime-local" name="since" step="1" value=(value(&query.since)); }
             button type="submit" { "List" }
         }
     }
@@ -290,5 +311,18 @@ fn payload_and_result(task: &TaskStatus) -> Markup {
             @if let Some(why) = &task.result_error { p.muted #result-error { "Result left out: " (why) } }
             @if task.result.is_none() && task.result_error.is_none() { p.muted { "None." } }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_s_times_are_utc() {
+        assert_eq!(since_ms("1970-01-01T00:01"), Some(60_000));
+        assert_eq!(since_ms("1970-01-01T00:01:02"), Some(62_000));
+        assert_eq!(since_ms("1970-01-01T01:00:00+01:00"), Some(0));
+        assert_eq!(since_ms("yesterday"), None);
     }
 }
