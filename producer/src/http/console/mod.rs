@@ -20,6 +20,7 @@ mod layout;
 mod management;
 mod overview;
 mod queue;
+mod replay;
 mod security;
 mod tasks;
 mod workers;
