@@ -74,9 +74,13 @@ impl Console {
         format!("{}{path}", self.serve.url)
     }
 
-    /// Loads `path` and waits for the element `css` that says it has loaded.
+    /// Loads `path`, waits for the element `css` that says it has loaded, then for the page
+    /// to refresh its live part once: what a test reads next is what an operator watching
+    /// the page sees, not only the first answer.
     pub(super) async fn visit(&self, path: &str, css: &str) {
         self.browser.goto(&self.url(path)).await;
+        self.browser.wait_for(css).await;
+        self.browser.wait_for_text("Updated ").await;
         self.browser.wait_for(css).await;
         self.assert_no_js_error().await;
     }
