@@ -2,7 +2,9 @@
 //! broker, a real index file and the real binary: who may see and act (login, CSRF, another
 //! site's forms), the security headers on every answer, and a read-only console that offers
 //! no action. What the pages show and what their actions do to the broker is tested in a real
-//! browser (the `browser` tests).
+//! browser (`console::browser`, console/browser.rs).
+
+mod browser;
 
 use crate::binary;
 use crate::http_ingest::support::{delete_stream, sigterm};
@@ -45,7 +47,13 @@ impl Names {
     /// A worker of the queue running the demo tasks, recording events and following the
     /// control stream.
     pub(crate) async fn worker(&self) -> TestWorker {
+        self.worker_of(test_config(&self.queue).concurrency).await
+    }
+
+    /// [`worker`](Self::worker) running at most `concurrency` tasks at once.
+    pub(crate) async fn worker_of(&self, concurrency: usize) -> TestWorker {
         let mut config: WorkerConfig = test_config(&self.queue);
+        config.concurrency = concurrency;
         config.events_stream = Some(self.events.clone());
         config.control_stream = Some(self.control.clone());
         let mut registry = Registry::new();

@@ -51,7 +51,9 @@
     if (!fresh || busy()) {
       return;
     }
-    live.replaceChildren(...Array.from(fresh.childNodes, (n) => document.adoptNode(n)));
+    // Copied out first: adopting a node takes it out of `fresh.childNodes`, a live list.
+    const nodes = Array.from(fresh.childNodes);
+    live.replaceChildren(...nodes.map((n) => document.adoptNode(n)));
     if (stamp) stamp.textContent = "Updated " + new Date().toLocaleTimeString();
   }
 
