@@ -112,7 +112,14 @@ impl Jobs {
         let queue = queue.to_owned();
         tokio::spawn(async move {
             let state = match work.await {
-                Ok(n) => JobState::Done(format!("{} {n} dead letters of `{queue}`", kind.past())),
+                Ok(n) => {
+                    let noun = if n == 1 {
+                        "dead letter"
+                    } else {
+                        "dead letters"
+                    };
+                    JobState::Done(format!("{} {n} {noun} of `{queue}`", kind.past()))
+                }
                 Err(e) => JobState::Failed(e.to_string()),
             };
             match &state {

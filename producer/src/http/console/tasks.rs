@@ -226,11 +226,15 @@ fn facts(task: &TaskStatus, now: u64) -> Markup {
             dt { "Task" } dd #task-name { (task.task) }
             dt { "Queue" } dd { a href={ "/console/queues/" (encode(&task.queue)) } { (task.queue) } }
             dt { "Attempt" } dd { (task.attempt.map(|a| a.to_string()).unwrap_or_else(|| "-".into())) }
-            dt { "Deliveries" } dd { (task.delivery_count.map(|a| a.to_string()).unwrap_or_else(|| "-".into())) }
+            dt { "Redeliveries" } dd { (task.delivery_count.map(|n| format!("{n} (of this attempt: a worker gone, a requeue)")).unwrap_or_else(|| "-".into())) }
             @if let Some(replays) = task.replays.filter(|r| *r > 0) { dt { "Replays" } dd { (replays) } }
             dt { "Worker" } dd.mono { (task.worker) }
             dt { "Published" } dd { (maybe_time(task.published_at_ms)) }
-            dt { "Started" } dd { (maybe_time(task.started_at_ms)) }
+            dt { "Started" } dd {
+                @if task.started_at_ms.is_none() && task.ended_at_ms.is_some() {
+                    span.muted { "not recorded: it ended on its handler's first poll" }
+                } @else { (maybe_time(task.started_at_ms)) }
+            }
             dt { "Ended" } dd { (maybe_time(task.ended_at_ms)) @if let Some(d) = run_time { " (ran " (duration(d)) ")" } }
             @if let Some(retry) = task.retry_at_ms { dt { "Next attempt" } dd { (time(retry)) " (" (ago(retry, now)) ")" } }
             dt { "Last change" } dd { (time(task.updated_at_ms)) }

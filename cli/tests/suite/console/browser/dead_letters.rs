@@ -58,7 +58,7 @@ async fn console_browser_replays_and_purges_dead_letters() {
     console
         .wait_for_exact(
             "#job-done",
-            &format!("Done: replayed 1 dead letters of `{queue}`"),
+            &format!("Done: replayed 1 dead letter of `{queue}`"),
         )
         .await;
     console.wait_for_state(replayed, "succeeded").await;
