@@ -7,12 +7,12 @@
 //! (`.config/nextest.toml`).
 
 use crate::binary;
+use crate::http_ingest::support::listening;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use warren_tests::{
-    amqp_url, capture_lines, http_get, screenshot_dir, unique_queue, wait_for_line, wait_until,
-    Browser, VIEWPORT,
+    amqp_url, http_get, screenshot_dir, unique_queue, wait_until, Browser, VIEWPORT,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,16 +30,7 @@ async fn the_browser_shows_what_warren_producer_serve_answers() {
         .kill_on_drop(true)
         .spawn()
         .expect("warren-producer serve starts");
-    let lines = capture_lines(serve.stderr.take().expect("stderr is piped"));
-    let line = wait_for_line(&lines, "HTTP ingest listening", Duration::from_secs(60))
-        .await
-        .expect("the server listens");
-    let addr = line
-        .split("listen=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the line names the address")
-        .to_owned();
+    let (_lines, addr) = listening(&mut serve, Duration::from_secs(60)).await;
     wait_until(Duration::from_secs(30), "the server to be ready", || {
         let addr = addr.clone();
         async move { matches!(http_get(&addr, "/readyz").await, Ok((200, _))) }

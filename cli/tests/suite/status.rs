@@ -14,7 +14,7 @@ mod workers;
 use crate::binary;
 use crate::http_ingest::openapi::Spec;
 use crate::http_ingest::support::{
-    delete_stream, remove_index, serve_command, sigterm, Client, JSON,
+    delete_stream, listening, remove_index, serve_command, sigterm, Client, JSON,
 };
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -92,15 +92,7 @@ impl Serve {
             .args(args)
             .spawn()
             .expect("warren-producer serve starts");
-        let lines = capture_lines(child.stderr.take().expect("stderr is piped"));
-        let line = wait_for_line(&lines, "HTTP ingest listening", Duration::from_secs(60))
-            .await
-            .expect("the server logs its address");
-        let addr = line
-            .split("listen=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .expect("the line names the address");
+        let (lines, addr) = listening(&mut child, Duration::from_secs(60)).await;
         let url = format!("http://{addr}");
         let client = Client::new(&url, Arc::new(Spec::load())).with_token(TOKEN);
         Serve {

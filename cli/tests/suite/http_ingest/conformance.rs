@@ -350,16 +350,7 @@ async fn schemathesis_finds_the_spec_and_the_server_in_agreement() {
         .arg(&index_file)
         .spawn()
         .expect("warren-producer serve starts");
-    let lines = capture_lines(child.stderr.take().unwrap());
-    let line = wait_for_line(&lines, "HTTP ingest listening", Duration::from_secs(120))
-        .await
-        .expect("the server logs its address");
-    let addr = line
-        .split("listen=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the line names the address")
-        .to_owned();
+    let (_lines, addr) = listening(&mut child, Duration::from_secs(120)).await;
     let base = format!("http://{addr}");
     Client::new(&base, Arc::new(Spec::load()))
         .wait_ready()

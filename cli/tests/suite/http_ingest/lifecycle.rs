@@ -115,16 +115,7 @@ async fn the_binary_serves_refuses_a_taken_port_and_drains_on_sigterm() {
     let mut child = serve_command(&queue, "127.0.0.1:0", &token_file)
         .spawn()
         .expect("warren-producer serve starts");
-    let lines = capture_lines(child.stderr.take().unwrap());
-    let line = wait_for_line(&lines, "HTTP ingest listening", Duration::from_secs(60))
-        .await
-        .unwrap();
-    let addr = line
-        .split("listen=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("the line names the address")
-        .to_owned();
+    let (_lines, addr) = listening(&mut child, Duration::from_secs(60)).await;
     let client =
         Client::new(&format!("http://{addr}"), Arc::new(Spec::load())).with_token("bin-token");
     client.wait_ready().await;

@@ -319,6 +319,25 @@ pub fn serve_command(queue: &str, listen: &str, token_file: &Path) -> Command {
     cmd
 }
 
+/// The log lines of a `warren-producer serve` just spawned (stderr piped), and its address
+/// (`127.0.0.1:PORT`, from its "HTTP ingest listening" line, which it waits for).
+pub async fn listening(
+    child: &mut Child,
+    timeout: Duration,
+) -> (std::sync::Arc<std::sync::Mutex<Vec<String>>>, String) {
+    let lines = warren_tests::capture_lines(child.stderr.take().expect("stderr is piped"));
+    let line = warren_tests::wait_for_line(&lines, "HTTP ingest listening", timeout)
+        .await
+        .expect("the server logs its address");
+    let addr = line
+        .split("listen=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the line names the address")
+        .to_owned();
+    (lines, addr)
+}
+
 /// Sends SIGTERM, as an orchestrator stopping the process would.
 pub fn sigterm(child: &Child) {
     let pid = child.id().expect("the child is running");
