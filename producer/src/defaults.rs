@@ -68,3 +68,12 @@ pub mod index {
     /// Most tasks in one page of `GET /v1/tasks`.
     pub const MAX_PAGE: usize = 1000;
 }
+
+/// `warren-producer serve --console` and [`ConsoleConfig`](crate::ConsoleConfig).
+#[cfg(feature = "console")]
+pub mod console {
+    use std::time::Duration;
+
+    /// How often a console page refreshes its figures.
+    pub const REFRESH: Duration = Duration::from_secs(5);
+}

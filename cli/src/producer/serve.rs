@@ -98,7 +98,8 @@ pub struct ServeArgs {
     #[arg(long, env = "WARREN_CONSOLE_ACTIONS", requires_all = ["console", "auth_token_file"])]
     console_actions: bool,
     /// How often console pages refresh their figures.
-    #[arg(long, env = "WARREN_CONSOLE_REFRESH", default_value = "5s")]
+    #[arg(long, env = "WARREN_CONSOLE_REFRESH",
+          default_value_t = warren_producer::defaults::console::REFRESH.into())]
     console_refresh: humantime::Duration,
     /// The RabbitMQ management API (http://user:password@host:15672), for the console's exact
     /// per-queue figures (unacknowledged messages, rates). Without it the console uses what AMQP

@@ -56,7 +56,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Viewer {
             .extensions
             .get::<Viewer>()
             .cloned()
-            .unwrap_or_else(|| Viewer::open(Duration::from_secs(5))))
+            .unwrap_or_else(|| Viewer::open(crate::defaults::console::REFRESH)))
     }
 }
 

@@ -54,7 +54,7 @@ impl Default for ConsoleConfig {
     fn default() -> Self {
         ConsoleConfig {
             actions: false,
-            refresh: Duration::from_secs(5),
+            refresh: crate::defaults::console::REFRESH,
             management: None,
         }
     }
@@ -125,11 +125,12 @@ pub(crate) fn router(parts: Parts) -> Router {
         .route("/console/tasks/{id}", get(tasks::page))
         .route("/console/workers", get(workers::page))
         .merge(actions::routes())
+        .merge(security::session_routes())
         .route_layer(from_fn_with_state(
             console.clone(),
             security::require_session,
         ))
-        .merge(security::routes())
+        .merge(security::login_routes())
         .merge(assets::routes())
         .layer(DefaultBodyLimit::max(security::MAX_FORM_BYTES))
         .layer(from_fn(security::headers))

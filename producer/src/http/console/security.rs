@@ -243,10 +243,15 @@ pub(crate) fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'
         .map(|(_, v)| v.as_str())
 }
 
-pub(crate) fn routes() -> Router<Shared> {
-    Router::new()
-        .route("/console/login", get(login_form).post(login))
-        .route("/console/logout", post(logout))
+/// The login form, open to all.
+pub(crate) fn login_routes() -> Router<Shared> {
+    Router::new().route("/console/login", get(login_form).post(login))
+}
+
+/// Logging out, behind the session middleware like the pages (it needs the session's CSRF
+/// token).
+pub(crate) fn session_routes() -> Router<Shared> {
+    Router::new().route("/console/logout", post(logout))
 }
 
 /// Where to go after logging in: a console path, never another site.
@@ -313,16 +318,11 @@ async fn login(State(console): State<Shared>, headers: HeaderMap, body: Bytes) -
     response
 }
 
-async fn logout(
-    State(console): State<Shared>,
-    viewer: axum::Extension<Viewer>,
-    body: Bytes,
-) -> Response {
+async fn logout(viewer: Viewer, body: Bytes) -> Response {
     let fields = form_fields(&body);
     if let Err(refused) = check_csrf(&viewer, field(&fields, "csrf")) {
         return refused.into_response();
     }
-    let _ = console;
     let mut response = Redirect::to("/console/login").into_response();
     let cookie = format!("{SESSION_COOKIE}=; Path=/console; Max-Age=0; HttpOnly; SameSite=Strict");
     if let Ok(cookie) = HeaderValue::from_str(&cookie) {
