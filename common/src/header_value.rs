@@ -9,10 +9,15 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 /// it, not enough to let a hostile header fill a dead letter's reason.
 const QUOTED_CHARS: usize = 40;
 
-/// An integer header value. Always a signed 64-bit integer: the broker and every client
-/// library read it, and lapin would turn a plain `u64` into a timestamp.
+/// An integer header value: a signed 64-bit integer, which the broker and every client
+/// library read (lapin would turn a plain `u64` into a timestamp). A value above `i64::MAX`,
+/// which only a producer's header can hold, is written as a decimal string, so that what a
+/// worker writes back (a retry, a dead letter) reads the same.
 pub fn int_value(value: u64) -> AMQPValue {
-    AMQPValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX))
+    match i64::try_from(value) {
+        Ok(signed) => AMQPValue::LongLongInt(signed),
+        Err(_) => AMQPValue::LongString(LongString::from(value.to_string())),
+    }
 }
 
 /// A string header value. Always a long string: RabbitMQ refuses short strings in tables.
@@ -224,9 +229,14 @@ mod tests {
     fn written_integers_read_back() {
         for value in [0, 1, u64::from(u32::MAX), i64::MAX as u64] {
             assert_eq!(read(int_value(value)), Ok(Some(value)));
+            assert!(matches!(int_value(value), AMQPValue::LongLongInt(_)));
         }
-        // Past i64::MAX the writer saturates rather than wrap to a negative number.
-        assert_eq!(read(int_value(u64::MAX)), Ok(Some(i64::MAX as u64)));
+        // Past i64::MAX, a decimal string: neither wrapped to a negative number nor cut
+        // (the fuzzer found a not-before time of 17000000050000005000 written back as
+        // i64::MAX).
+        for value in [i64::MAX as u64 + 1, 17_000_000_050_000_005_000, u64::MAX] {
+            assert_eq!(read(int_value(value)), Ok(Some(value)));
+        }
         assert_eq!(read(text_value("42")), Ok(Some(42)));
     }
 }
