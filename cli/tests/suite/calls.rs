@@ -257,19 +257,6 @@ async fn publish_wait_prints_the_reply_and_says_by_its_exit_code_how_the_task_en
     delete_queues(&raw_connection().await, &queue).await;
 }
 
-/// The pid of the broker connection named `name`, as `rabbitmqctl` knows it.
-fn connection_pid(name: &str) -> Option<String> {
-    let listed = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "pid", "client_properties"])
-        .output()
-        .expect("rabbitmqctl runs");
-    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
-    text.lines()
-        .find(|line| line.contains(name))
-        .and_then(|line| line.split_whitespace().next())
-        .map(str::to_owned)
-}
-
 #[tokio::test]
 async fn a_caller_that_loses_its_connection_gets_an_error_and_the_task_still_runs_once() {
     let queue = unique_queue("calls-lost");
@@ -306,7 +293,7 @@ async fn a_caller_that_loses_its_connection_gets_an_error_and_the_task_still_run
         started.load(Ordering::SeqCst) == 1
     })
     .await;
-    let pid = connection_pid(&name).expect("the caller's connection is listed");
+    let pid = crate::process::connection_pid(&name).expect("the caller's connection is listed");
     let closed = std::process::Command::new("rabbitmqctl")
         .args([
             "close_connection",

@@ -236,35 +236,6 @@ fn assert_running(worker: &mut WorkerProcess) {
     );
 }
 
-/// The ids of the tasks whose `succeeded` event is in `stream`, read from its start through
-/// `url`, once every one of `expected` is there (or after a minute).
-async fn succeeded_in_stream(
-    url: &str,
-    stream: &str,
-    expected: &HashSet<String>,
-) -> HashSet<String> {
-    use futures::StreamExt;
-    use lapin::options::BasicAckOptions;
-    use warren_common::events::{read_record, EventKind, Record};
-    let conn = lapin_connection(url).await;
-    let mut consumer = consume_stream(&conn, stream, 1000).await;
-    let mut seen = HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !expected.is_subset(&seen) {
-        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
-        let Ok(Some(Ok(delivery))) = next else { break };
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        if let Ok(Record::Events(events)) = read_record(&headers, &delivery.data) {
-            let succeeded = events
-                .into_iter()
-                .filter(|e| e.event.event == EventKind::Succeeded);
-            seen.extend(succeeded.map(|e| e.event.id.into_owned()));
-        }
-        delivery.ack(BasicAckOptions::default()).await.unwrap();
-    }
-    seen
-}
-
 #[tokio::test]
 async fn killing_the_work_queue_leader_stops_no_worker_and_loses_no_task() {
     let Some(cluster) = PrivateCluster::start_or_skip("leader", 3) else {
@@ -298,7 +269,7 @@ async fn killing_the_work_queue_leader_stops_no_worker_and_loses_no_task() {
         .flat_map(|w| w.finished_ids())
         .collect();
     let survivor = cluster.urls_from((victim + 1) % 3)[0].clone();
-    let recorded = succeeded_in_stream(&survivor, &stream, &finished).await;
+    let recorded = crate::events::succeeded_in_stream(&survivor, &stream, &finished).await;
     let missing: Vec<&String> = finished.difference(&recorded).collect();
     assert!(
         missing.is_empty(),

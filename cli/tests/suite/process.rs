@@ -139,3 +139,28 @@ impl WorkerProcess {
             .unwrap_or_default()
     }
 }
+
+/// The pid of the shared broker's connection named exactly `name`, as `rabbitmqctl` knows it.
+pub fn connection_pid(name: &str) -> Option<String> {
+    let listed = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "pid", "client_properties"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let quoted = format!("\"{name}\"");
+    text.lines()
+        .find(|line| line.contains(&quoted))
+        .and_then(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+}
+
+/// Has the shared broker close the connection named `name` (`rabbitmqctl close_connection`),
+/// as a network fault would.
+pub fn close_connection(name: &str, why: &str) {
+    let pid = connection_pid(name).unwrap_or_else(|| panic!("no connection named {name:?}"));
+    let closed = std::process::Command::new("rabbitmqctl")
+        .args(["close_connection", &pid, why])
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(closed.status.success(), "{closed:?}");
+}
