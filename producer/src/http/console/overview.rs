@@ -223,14 +223,19 @@ fn queue_problems(
         .map(|p| (true, html! { "Some numbers are missing: " (p) }))
         .collect();
     for queue in queues {
+        let f = figures.figures.get(queue);
         let gained = indexed.dead_since(queue, now_ms.saturating_sub(GROWTH_SPAN_MS));
         if gained > 0 {
+            // What the broker holds now: those dead letters may have been replayed or purged.
+            let held = f.and_then(|f| f.dead);
             problems.push((false, html! {
                 "Queue " a href={ "/console/queues/" (super::security::encode(queue)) } { (queue) }
-                " gained " (count(gained)) " dead letters in the last 5 minutes."
+                " gained " (count(gained)) " dead letters in the last 5 minutes"
+                @if let Some(held) = held { " (" (count(held)) " in its dead-letter queue now)" }
+                "."
             }));
         }
-        let Some(f) = figures.figures.get(queue) else {
+        let Some(f) = f else {
             continue;
         };
         if let (Some(ready @ 1..), Some(0)) = (f.ready, f.consumers) {

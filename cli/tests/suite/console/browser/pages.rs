@@ -64,6 +64,13 @@ async fn overview(console: &Console) {
         .wait_for_exact(&format!("{row} td.ready"), &broker.ready.to_string())
         .await;
     console.wait_for_exact("#card-workers .value", "1").await;
+    // What stands out: the dead letters gained, and how many the broker still holds.
+    console
+        .browser
+        .wait_for_text(&format!(
+            "{queue} gained 2 dead letters in the last 5 minutes (2 in its dead-letter queue now)."
+        ))
+        .await;
     console.browser.screenshot("console-overview").await;
     console.assert_no_js_error().await;
 }
