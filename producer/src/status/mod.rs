@@ -13,6 +13,7 @@
 //! API ([`StatusClient`]) need neither SQLite nor the server: the `status` feature adds those.
 
 pub mod api;
+mod apply;
 #[cfg(feature = "status-client")]
 mod client;
 #[cfg(feature = "status")]
