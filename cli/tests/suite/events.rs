@@ -54,7 +54,7 @@ pub(crate) async fn read_events(stream: &str, done: impl Fn(&[Stamped]) -> bool)
 
 /// The ids of the tasks whose `succeeded` event is in `stream`, read from its start through
 /// `url`, once every one of `expected` is there (or after a minute).
-pub(crate) async fn succeeded_in_stream(
+async fn succeeded_in_stream(
     url: &str,
     stream: &str,
     expected: &HashSet<String>,
@@ -81,6 +81,24 @@ pub(crate) async fn succeeded_in_stream(
     }
     let _ = conn.close(200, "read".into()).await;
     seen
+}
+
+/// Asserts that every one of `finished` has its `succeeded` event in `stream`, read through
+/// `url`: no task was acked without its ending recorded.
+pub(crate) async fn assert_every_ending_recorded(
+    url: &str,
+    stream: &str,
+    finished: &HashSet<String>,
+) {
+    let recorded = succeeded_in_stream(url, stream, finished).await;
+    let missing: Vec<&String> = finished.difference(&recorded).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} finished tasks have no succeeded event, e.g. {:?}",
+        missing.len(),
+        finished.len(),
+        &missing[..missing.len().min(3)]
+    );
 }
 
 /// Declares, in the events stream's place, a queue that refuses every publish: the worker
@@ -441,15 +459,7 @@ async fn a_worker_that_reconnects_under_load_acks_no_task_without_its_ending_rec
     })
     .await;
     let finished: HashSet<String> = worker.finished_ids().into_iter().collect();
-    let recorded = succeeded_in_stream(&amqp_url(), &stream, &finished).await;
-    let missing: Vec<&String> = finished.difference(&recorded).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {} finished tasks have no succeeded event, e.g. {:?}",
-        missing.len(),
-        finished.len(),
-        &missing[..missing.len().min(3)]
-    );
+    assert_every_ending_recorded(&amqp_url(), &stream, &finished).await;
     let lines = worker.lines.lock().unwrap().clone();
     let reconnects = lines.iter().filter(|l| l.contains("reconnecting")).count();
     assert!(reconnects >= 3, "the worker reconnected {reconnects} times");

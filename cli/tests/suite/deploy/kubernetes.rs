@@ -6,6 +6,40 @@ use super::*;
 
 pub(super) const K8S_DIR: &str = "deploy/kubernetes";
 
+/// The pod's grace period outlasts the time `container` may take to stop, the duration in
+/// its environment variable `timeout`.
+fn outlives(pod: &Yaml, container: &Yaml, timeout: &str) {
+    let needed = seconds(str_of(&env(container, timeout)["value"]));
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_i64()
+        .unwrap_or(30);
+    assert!(
+        needed > 0 && grace > i64::try_from(needed).unwrap(),
+        "grace {grace}s, {timeout} {needed}s"
+    );
+}
+
+/// `container` takes its broker URL from the `warren-amqp` Secret, has CPU and memory
+/// requests and limits, and its pod runs as a user other than root.
+fn runs_bounded_as_non_root_with_the_secret(pod: &Yaml, container: &Yaml) {
+    let secret = &env(container, "AMQP_URL")["valueFrom"]["secretKeyRef"];
+    assert_eq!(
+        (str_of(&secret["name"]), str_of(&secret["key"])),
+        ("warren-amqp", "url")
+    );
+    for bound in ["requests", "limits"] {
+        let resources = &container["resources"][bound];
+        assert!(
+            !resources["cpu"].is_badvalue() && !resources["memory"].is_badvalue(),
+            "{bound}"
+        );
+    }
+    assert_eq!(
+        pod["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true)
+    );
+}
+
 /// The manifests of deploy/kubernetes (every *.yaml but kustomization.yaml), by file name.
 fn manifest_files() -> BTreeSet<String> {
     std::fs::read_dir(repo().join(K8S_DIR))
@@ -227,31 +261,8 @@ fn worker_deployment_probes_its_admin_port_and_outlives_its_drain() {
         ("/readyz".into(), 9090, "admin".into())
     );
 
-    let drain = seconds(str_of(&env(worker, "WARREN_SHUTDOWN_TIMEOUT")["value"]));
-    let grace = pod["spec"]["terminationGracePeriodSeconds"]
-        .as_i64()
-        .unwrap_or(30);
-    assert!(
-        drain > 0 && grace > i64::try_from(drain).unwrap(),
-        "grace {grace}s, drain {drain}s"
-    );
-
-    let secret = &env(worker, "AMQP_URL")["valueFrom"]["secretKeyRef"];
-    assert_eq!(
-        (str_of(&secret["name"]), str_of(&secret["key"])),
-        ("warren-amqp", "url")
-    );
-    for bound in ["requests", "limits"] {
-        let resources = &worker["resources"][bound];
-        assert!(
-            !resources["cpu"].is_badvalue() && !resources["memory"].is_badvalue(),
-            "{bound}"
-        );
-    }
-    assert_eq!(
-        pod["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
-        Some(true)
-    );
+    outlives(pod, worker, "WARREN_SHUTDOWN_TIMEOUT");
+    runs_bounded_as_non_root_with_the_secret(pod, worker);
     let annotations = &pod["metadata"]["annotations"];
     assert_eq!(str_of(&annotations["prometheus.io/scrape"]), "true");
     assert_eq!(str_of(&annotations["prometheus.io/port"]), "9090");
@@ -510,30 +521,8 @@ fn scheduler_deployment_runs_two_replicas_of_its_schedule_with_probes() {
         str_of(&env(workers, "WARREN_QUEUES")["value"]),
     );
 
-    let confirm = seconds(str_of(&env(scheduler, "WARREN_CONFIRM_TIMEOUT")["value"]));
-    let grace = pod["spec"]["terminationGracePeriodSeconds"]
-        .as_i64()
-        .unwrap_or(30);
-    assert!(
-        confirm > 0 && grace > i64::try_from(confirm).unwrap(),
-        "grace {grace}s, confirm timeout {confirm}s"
-    );
-    let secret = &env(scheduler, "AMQP_URL")["valueFrom"]["secretKeyRef"];
-    assert_eq!(
-        (str_of(&secret["name"]), str_of(&secret["key"])),
-        ("warren-amqp", "url")
-    );
-    for bound in ["requests", "limits"] {
-        let resources = &scheduler["resources"][bound];
-        assert!(
-            !resources["cpu"].is_badvalue() && !resources["memory"].is_badvalue(),
-            "{bound}"
-        );
-    }
-    assert_eq!(
-        pod["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
-        Some(true)
-    );
+    outlives(pod, scheduler, "WARREN_CONFIRM_TIMEOUT");
+    runs_bounded_as_non_root_with_the_secret(pod, scheduler);
     let security = &scheduler["securityContext"];
     assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
     assert_eq!(security["readOnlyRootFilesystem"].as_bool(), Some(true));
