@@ -208,11 +208,8 @@ impl EventLog {
         }
         buffer.in_flight = None;
         drop(buffer);
-        self.inner.confirmed.send_if_modified(|confirmed| {
-            let moved = *confirmed < number + 1;
-            *confirmed = (*confirmed).max(number + 1);
-            moved
-        });
+        // The batches before it are confirmed already: the one in flight is the next.
+        self.inner.confirmed.send_replace(number + 1);
     }
 
     /// Sends what is recorded, one batch at a time with a confirm, through `publisher`,
@@ -220,8 +217,8 @@ impl EventLog {
     /// later one, so the confirmed batches are always a prefix.
     ///
     /// A worker starts a sender per connection, and the last session's may still be
-    /// running: they share the batch in flight (it may be sent twice; readers drop the
-    /// second by its sequence numbers), and a sender that fails once a later one has
+    /// running: they share the batch in flight (it may reach the stream twice; applying it
+    /// again changes nothing, docs/wire-format.md §11.2), and a sender that fails once a later one has
     /// started stops, leaving the work to it.
     pub async fn run(&self, publisher: &Publisher, stop: &CancellationToken) {
         let inner = &self.inner;
